@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` and `make test`. Both run the same idempotent set-up.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+export EMBCAT_DATABASE_URL ?= postgresql://embcat:embcat@127.0.0.1:5432/embcat
+
+.PHONY: setup venv db migrate test demo lint clean-venv bench
+
+setup: venv db migrate
+
+# Reinstall only when pyproject.toml changes (the stamp records the last install).
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first, pinned: it takes the local CPU wheel instead of several GB of CUDA packages.
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+db:
+	@./scripts/provision-db.sh
+
+migrate: venv
+	@$(BIN)/embcat db upgrade
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+demo: setup
+	$(BIN)/embcat demo
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

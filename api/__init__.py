@@ -1,0 +1,1 @@
+"""The STAC API application (stac-fastapi). Only composes catalog/ and encoders/."""

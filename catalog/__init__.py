@@ -1,0 +1,1 @@
+"""Catalogue library: database schema, STAC records, publishing, search and exchange."""

@@ -1,0 +1,99 @@
+"""Domain errors, and the one place where database errors are translated into them.
+
+The API maps these classes to HTTP statuses in one dict (api/errors.py); the CLI prints
+their message and exits non-zero. Nothing above catalog/ inspects psycopg exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import sqlalchemy.exc
+
+
+class EmbcatError(Exception):
+    """Base class of every error embcat reports to a user."""
+
+
+class InvalidInput(EmbcatError):
+    """The request or the input files are malformed (the user can fix them)."""
+
+
+class NotFound(EmbcatError):
+    """A collection, item, space or key does not exist."""
+
+
+class Conflict(EmbcatError):
+    """The request conflicts with the catalogue's state (duplicate id, space mismatch)."""
+
+
+class Unauthorized(EmbcatError):
+    """No valid credentials were given."""
+
+
+class Forbidden(EmbcatError):
+    """Valid credentials without the scope the operation needs."""
+
+
+class DatabaseUnavailable(EmbcatError):
+    """The database cannot be reached or is restarting; retry later."""
+
+
+class DatabaseTooOld(EmbcatError):
+    """The server lacks PostGIS / pgvector or runs versions older than required."""
+
+
+class QueryTimeout(EmbcatError):
+    """A statement ran past its time limit."""
+
+
+def translate(exc: BaseException) -> EmbcatError | None:
+    """Map a driver or SQLAlchemy exception to a domain error (None: not ours to map)."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, psycopg.errors.QueryCanceled):
+        return QueryTimeout("the query ran past the statement time limit")
+    if isinstance(orig, psycopg.errors.UniqueViolation):
+        return Conflict(f"already exists: {_detail(orig)}")
+    if isinstance(orig, psycopg.errors.ForeignKeyViolation):
+        return NotFound(f"refers to something that does not exist: {_detail(orig)}")
+    if isinstance(
+        orig,
+        psycopg.errors.InvalidTextRepresentation
+        | psycopg.errors.DataException
+        | psycopg.errors.InvalidParameterValue,
+    ):
+        return InvalidInput(f"invalid value: {_detail(orig)}")
+    if isinstance(
+        orig,
+        psycopg.OperationalError
+        | psycopg.errors.AdminShutdown
+        | psycopg.errors.CannotConnectNow
+        | psycopg.errors.ConnectionException,
+    ) or isinstance(exc, sqlalchemy.exc.DisconnectionError):
+        return DatabaseUnavailable("the catalogue database is unavailable; retry shortly")
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return DatabaseUnavailable("no database connection free in time; retry shortly")
+    return None
+
+
+def _detail(err: BaseException) -> str:
+    diag = getattr(err, "diag", None)
+    detail = getattr(diag, "message_detail", None) if diag is not None else None
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return detail or primary or str(err).splitlines()[0]
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise database exceptions inside the block as domain errors."""
+    try:
+        yield
+    except EmbcatError:
+        raise
+    except (psycopg.Error, sqlalchemy.exc.SQLAlchemyError) as exc:
+        mapped = translate(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -1,0 +1,66 @@
+"""``embcat db``: check the server, migrate, show the revision."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group()
+def db() -> None:
+    """Database: versions check and schema migrations."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+def upgrade(revision: str) -> None:
+    """Migrate the schema up to REVISION (idempotent)."""
+    from catalog import migrate
+    from catalog.settings import DatabaseSettings
+
+    settings = DatabaseSettings()
+    before = migrate.current(settings)
+    migrate.upgrade(settings, revision)
+    after = migrate.current(settings)
+    if before == after:
+        click.echo(f"database already at revision {after}")
+    else:
+        click.echo(f"database migrated {before or 'empty'} -> {after}")
+
+
+@db.command()
+@click.option("--revision", default="-1", show_default=True, help="Target ('base' drops all).")
+@click.confirmation_option(prompt="Downgrade the catalogue schema? Data in dropped tables is lost")
+def downgrade(revision: str) -> None:
+    """Migrate the schema down to REVISION."""
+    from catalog import migrate
+
+    migrate.downgrade(revision=revision)
+    click.echo(f"database at revision {migrate.current()}")
+
+
+@db.command()
+def check() -> None:
+    """Check PostgreSQL, PostGIS and pgvector versions and the schema revision."""
+    from catalog import migrate
+    from catalog.checks import check_server
+    from catalog.db import connect
+
+    with connect() as conn:
+        v = check_server(conn, require_installed=False)
+        rev = migrate.current_revision(conn)
+    head = migrate.head_revision()
+    click.echo(
+        json.dumps(
+            {
+                "postgres": v.postgres,
+                "postgis": v.postgis or v.postgis_available,
+                "pgvector": v.pgvector or v.pgvector_available,
+                "revision": rev,
+                "head": head,
+                "up_to_date": rev == head,
+            },
+            indent=2,
+        )
+    )

@@ -1,0 +1,165 @@
+"""The contract between the encode job and the publish job: shard schema and manifest.
+
+An encode run leaves a directory with one GeoParquet shard per rank and a
+``manifest.json`` written by rank 0 after all shards are complete::
+
+    run-dir/
+      manifest.json
+      shard-00000-of-00002.parquet
+      shard-00001-of-00002.parquet
+
+Shard rows (one per chip, close to the Major TOM convention):
+
+===================  ==========================================  ==============================
+column               arrow type                                  meaning
+===================  ==========================================  ==============================
+id                   string                                      deterministic chip id
+geometry             binary (WKB, EPSG:4326 / OGC:CRS84)         chip footprint
+datetime             timestamp[us, tz=UTC]                       acquisition time of the source
+source_item          string                                      STAC item id or file stem
+source_asset         string                                      asset key or file name
+source_href          string                                      where the raster was read
+source_crs           string                                      e.g. "EPSG:32633"
+window_col           int32                                       pixel window (col offset)
+window_row           int32                                       pixel window (row offset)
+window_width         int32                                       window width in pixels
+window_height        int32                                       window height in pixels
+nodata_fraction      float32                                     share of nodata pixels
+embedding            fixed_size_list<float32 or float16>[D]      the vector
+===================  ==========================================  ==============================
+
+The file-level ``geo`` metadata follows GeoParquet 1.1 (primary column ``geometry``,
+WKB encoding, CRS OGC:CRS84). This module is dependency-light on purpose: both the
+encode job (encoders/) and the publish job (catalog/) import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+SHARD_PATTERN = "shard-{rank:05d}-of-{world:05d}.parquet"
+
+
+def shard_name(rank: int, world: int) -> str:
+    return SHARD_PATTERN.format(rank=rank, world=world)
+
+
+def shard_schema(dimensions: int, dtype: Literal["float32", "float16"] = "float32") -> pa.Schema:
+    """Arrow schema of a shard for vectors of ``dimensions`` values of ``dtype``."""
+    value_type = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("geometry", pa.binary(), nullable=False),
+            pa.field("datetime", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("source_item", pa.string(), nullable=False),
+            pa.field("source_asset", pa.string(), nullable=False),
+            pa.field("source_href", pa.string(), nullable=False),
+            pa.field("source_crs", pa.string(), nullable=False),
+            pa.field("window_col", pa.int32(), nullable=False),
+            pa.field("window_row", pa.int32(), nullable=False),
+            pa.field("window_width", pa.int32(), nullable=False),
+            pa.field("window_height", pa.int32(), nullable=False),
+            pa.field("nodata_fraction", pa.float32(), nullable=False),
+            pa.field("embedding", pa.list_(value_type, dimensions), nullable=False),
+        ]
+    )
+
+
+def geo_metadata(bbox: list[float] | None = None) -> dict[str, Any]:
+    """GeoParquet 1.1 file metadata for a shard (value of the ``geo`` key)."""
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"]}
+    if bbox is not None:
+        column["bbox"] = bbox
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+class EncoderIdentity(BaseModel):
+    """Which encoder made the vectors: defines the embedding space."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    dimensions: int = Field(gt=0)
+    dtype: Literal["float32", "float16"] = "float32"
+    metric: Literal["cosine", "l2", "inner_product"] = "cosine"
+    normalized: bool = False
+    bands: list[str] = Field(default_factory=list)
+    chip_size: int | None = None
+    gsd: float | None = None
+    mlm: dict[str, Any] = Field(default_factory=dict, description="STAC MLM fields (mlm:*)")
+
+
+class ShardRecord(BaseModel):
+    path: str = Field(description="file name relative to the manifest")
+    rank: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RunParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    chip_size: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    bands: list[str] = Field(default_factory=list)
+    grid_id: str = Field(description="identifies the chip grid (chip size, stride, source CRS)")
+    world_size: int = Field(1, ge=1)
+    batch_size: int | None = None
+    device: str | None = None
+    nodata_threshold: float | None = None
+    inputs: list[str] = Field(default_factory=list)
+    encoder_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """What ``manifest.json`` holds. Rank 0 writes it once every shard is complete."""
+
+    model_config = ConfigDict(extra="allow")
+
+    embcat_manifest_version: int = MANIFEST_VERSION
+    created: datetime
+    encoder: EncoderIdentity
+    run: RunParameters
+    software: dict[str, str] = Field(default_factory=dict)
+    shards: list[ShardRecord]
+    rows: int = Field(ge=0, description="sum of shard rows")
+    skipped_nodata: int = Field(0, ge=0)
+    source_bytes: int = Field(0, ge=0, description="bytes of source imagery the chips cover")
+
+    def dump(self, directory: Path) -> Path:
+        path = directory / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True))
+        tmp.replace(path)  # atomic: a manifest is either absent or complete
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        return cls.model_validate_json(path.read_bytes())
+
+    def checksum(self) -> str:
+        """sha256 of the canonical JSON (the publish record keeps it)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(canonical).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

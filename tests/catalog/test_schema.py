@@ -1,0 +1,101 @@
+"""The schema's own behaviour: change sequence, tombstones, per-space HNSW index."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector import HalfVector
+from psycopg.types.json import Jsonb
+
+from catalog import spaces
+
+
+def _collection(conn: psycopg.Connection, cid: str) -> None:
+    conn.execute("insert into collections (id, stac) values (%s, %s)", (cid, Jsonb({"id": cid})))
+
+
+def _item(conn: psycopg.Connection, cid: str, iid: str, x: float = 10.0) -> None:
+    conn.execute(
+        "insert into items (collection_id, id, geometry, bbox, datetime)"
+        " values (%s, %s, ST_MakeEnvelope(%s, 50, %s, 51, 4326), %s, now())",
+        (cid, iid, x, x + 1, [x, 50.0, x + 1, 51.0]),
+    )
+
+
+def _seq(conn: psycopg.Connection, cid: str, iid: str) -> int:
+    row = conn.execute(
+        "select change_seq from items where collection_id = %s and id = %s", (cid, iid)
+    ).fetchone()
+    assert row
+    return int(row[0])
+
+
+def test_update_moves_item_to_the_end_of_the_change_feed(conn: psycopg.Connection) -> None:
+    _collection(conn, "c1")
+    _item(conn, "c1", "a")
+    _item(conn, "c1", "b")
+    a0, b0 = _seq(conn, "c1", "a"), _seq(conn, "c1", "b")
+    assert a0 < b0
+    conn.execute("update items set properties = '{\"x\": 1}' where id = 'a'")
+    assert _seq(conn, "c1", "a") > b0
+
+
+def test_delete_leaves_tombstone_and_reinsert_clears_it(conn: psycopg.Connection) -> None:
+    _collection(conn, "c2")
+    _item(conn, "c2", "a")
+    conn.execute("delete from items where collection_id = 'c2' and id = 'a'")
+    rows = conn.execute("select item_id from item_tombstones where collection_id = 'c2'").fetchall()
+    assert rows == [("a",)]
+    _item(conn, "c2", "a")
+    assert not conn.execute("select 1 from item_tombstones where collection_id = 'c2'").fetchall()
+
+
+def test_deleting_a_collection_removes_items_without_error(conn: psycopg.Connection) -> None:
+    _collection(conn, "c3")
+    _item(conn, "c3", "a")
+    conn.execute("delete from collections where id = 'c3'")
+    assert not conn.execute("select 1 from items where collection_id = 'c3'").fetchall()
+
+
+def test_item_requires_a_datetime_or_a_range(conn: psycopg.Connection) -> None:
+    _collection(conn, "c4")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "insert into items (collection_id, id, geometry, bbox)"
+            " values ('c4', 'x', ST_MakePoint(0, 0)::geometry(Point, 4326), '{0,0,0,0}')"
+        )
+
+
+def test_space_index_is_used_by_a_query_with_the_same_cast(conn: psycopg.Connection) -> None:
+    _collection(conn, "c5")
+    space = spaces.get_or_create_space(conn, encoder_name="test", encoder_version="1", dimensions=8)
+    conn.execute("update collections set space_id = %s where id = 'c5'", (space.id,))
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        _item(conn, "c5", f"i{i}")
+        conn.execute(
+            "insert into embeddings (collection_id, item_id, space_id, embedding)"
+            " values ('c5', %s, %s, %s)",
+            (f"i{i}", space.id, HalfVector(rng.standard_normal(8))),
+        )
+    assert spaces.ensure_hnsw_index(conn, space)
+    assert not spaces.ensure_hnsw_index(conn, space)  # already there: nothing to do
+    conn.execute("set local enable_seqscan = off")
+    q = HalfVector(rng.standard_normal(8))
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            f"explain select item_id from embeddings e where space_id = {space.id}"
+            f" order by {space.vector_sql('e')} {space.distance_op} %s::halfvec(8) limit 5",
+            (q,),
+        ).fetchall()
+    )
+    assert space.index_name in plan
+
+
+def test_same_space_identity_is_registered_once(conn: psycopg.Connection) -> None:
+    a = spaces.get_or_create_space(conn, encoder_name="e", encoder_version="1", dimensions=4)
+    b = spaces.get_or_create_space(conn, encoder_name="e", encoder_version="1", dimensions=4)
+    c = spaces.get_or_create_space(conn, encoder_name="e", encoder_version="2", dimensions=4)
+    assert a.id == b.id != c.id

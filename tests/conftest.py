@@ -1,0 +1,99 @@
+"""Test session fixtures: a real PostgreSQL + PostGIS + pgvector, one throwaway database.
+
+The server is the one `scripts/provision-db.sh` prepared (EMBCAT_DATABASE_URL, or the
+default local URL). Each test session clones the template database that holds the
+extensions, migrates it, and drops it at the end. No mocks of PostgreSQL anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from catalog import migrate
+from catalog.settings import DatabaseSettings, to_libpq_url
+
+BASE_URL = to_libpq_url(os.environ.get("EMBCAT_DATABASE_URL") or DatabaseSettings().database_url)
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(BASE_URL, autocommit=True, connect_timeout=5)
+
+
+def create_database(prefix: str = "embcat_test", *, migrated: bool = True) -> str:
+    """Create a uniquely named database (from the template if there is one); return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    base_db = urlsplit(BASE_URL).path.lstrip("/") or "embcat"
+    with _admin() as conn:
+        has_template = conn.execute(
+            "select 1 from pg_database where datname = %s", (f"{base_db}_template",)
+        ).fetchone()
+        template = f" TEMPLATE {base_db}_template" if has_template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
+    url = _with_database(BASE_URL, name)
+    if migrated:
+        migrate.upgrade(DatabaseSettings(database_url=url))
+    return url
+
+
+def drop_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """URL of this test session's migrated database; exported for subprocesses."""
+    url = create_database()
+    old = os.environ.get("EMBCAT_DATABASE_URL")
+    os.environ["EMBCAT_DATABASE_URL"] = url
+    try:
+        yield url
+    finally:
+        if old is None:
+            os.environ.pop("EMBCAT_DATABASE_URL", None)
+        else:
+            os.environ["EMBCAT_DATABASE_URL"] = old
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def db_settings(database_url: str) -> DatabaseSettings:
+    return DatabaseSettings(database_url=database_url)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection in a transaction that is rolled back after the test."""
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(database_url) as c:
+        register_vector(c)
+        yield c
+        c.rollback()
+
+
+@pytest.fixture
+def make_database() -> Iterator[Callable[..., str]]:
+    """Factory for extra databases (dropped after the test): make_database(migrated=True)."""
+    made: list[str] = []
+
+    def factory(migrated: bool = True) -> str:
+        url = create_database("embcat_extra", migrated=migrated)
+        made.append(url)
+        return url
+
+    yield factory
+    for url in made:
+        drop_database(url)
