@@ -30,15 +30,24 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(BASE_URL, autocommit=True, connect_timeout=5)
 
 
-def create_database(prefix: str = "embcat_test", *, migrated: bool = True) -> str:
-    """Create a uniquely named database (from the template if there is one); return its URL."""
+def create_database(
+    prefix: str = "embcat_test", *, migrated: bool = True, bare: bool = False
+) -> str:
+    """Create a uniquely named database and return its URL.
+
+    It is cloned from ``<db>_template`` (which holds the extensions) when that exists;
+    ``bare=True`` clones template0 instead: a database without PostGIS and pgvector.
+    """
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     base_db = urlsplit(BASE_URL).path.lstrip("/") or "embcat"
     with _admin() as conn:
         has_template = conn.execute(
             "select 1 from pg_database where datname = %s", (f"{base_db}_template",)
         ).fetchone()
-        template = f" TEMPLATE {base_db}_template" if has_template else ""
+        if bare:
+            template = " TEMPLATE template0"
+        else:
+            template = f" TEMPLATE {base_db}_template" if has_template else ""
         conn.execute(f'CREATE DATABASE "{name}"{template}')
     url = _with_database(BASE_URL, name)
     if migrated:
@@ -86,11 +95,11 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def make_database() -> Iterator[Callable[..., str]]:
-    """Factory for extra databases (dropped after the test): make_database(migrated=True)."""
+    """Factory for extra databases, dropped after the test: make_database(migrated, bare)."""
     made: list[str] = []
 
-    def factory(migrated: bool = True) -> str:
-        url = create_database("embcat_extra", migrated=migrated)
+    def factory(migrated: bool = True, bare: bool = False) -> str:
+        url = create_database("embcat_extra", migrated=migrated, bare=bare)
         made.append(url)
         return url
 
