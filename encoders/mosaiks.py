@@ -1,0 +1,130 @@
+"""MOSAIKS random convolutional features (Rolf et al., Nature Communications 12, 4392, 2021).
+
+Featurisation: K patches of ``patch_size x patch_size x C`` act as convolution filters;
+each response map gives two features, ``mean(ReLU(conv - bias))`` and
+``mean(ReLU(-conv - bias))`` (average pooling over the chip), so a chip becomes a
+``2K`` vector, exactly as in the paper.
+
+**Variant used here: seeded generator patches.** The paper samples the K patches from
+training imagery and ZCA-whitens them. Here the patches are drawn from a seeded standard
+normal generator (``torch.Generator``, float64, then cast), made zero-mean and unit-norm
+each, so the featurisation needs no data and no downloaded weights, and the same
+``seed`` gives bit-identical filters in every run, process and rank. Zero-mean filters
+respond to spatial texture and spectral shape rather than to overall brightness.
+
+Inputs are scaled before the convolution (default: Sentinel-2 L1C digital numbers to
+reflectance, ``x / 10000``); ``bias`` is in those scaled units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from encoders.base import SENTINEL2_L1C_BANDS, Encoder, InputSpec, OutputSpec, Scaling, parse_bands
+from encoders.errors import EncoderOptionError
+
+# Largest conv response tensor (bytes) computed at once; batches are split to fit.
+_RESPONSE_BUDGET = 256 * 1024 * 1024
+
+
+def mosaiks_filters(num_features: int, bands: int, patch_size: int, seed: int) -> torch.Tensor:
+    """The K seeded filters ``(K, C, p, p)``: standard normal, zero-mean, unit L2 norm."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(
+        (num_features, bands * patch_size * patch_size), generator=gen, dtype=torch.float64
+    )
+    w = w - w.mean(dim=1, keepdim=True)
+    w = w / w.norm(dim=1, keepdim=True)
+    return w.view(num_features, bands, patch_size, patch_size).to(torch.float32)
+
+
+class MosaiksModule(torch.nn.Module):
+    def __init__(self, filters: torch.Tensor, bias: float) -> None:
+        super().__init__()
+        self.register_buffer("filters", filters)
+        self.bias = float(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        filters: torch.Tensor = self.filters  # type: ignore[assignment]
+        k, _, p, _ = filters.shape
+        per_chip = k * max(1, x.shape[2] - p + 1) * max(1, x.shape[3] - p + 1) * 4
+        step = max(1, _RESPONSE_BUDGET // per_chip)
+        parts = []
+        for start in range(0, x.shape[0], step):
+            conv = torch.nn.functional.conv2d(x[start : start + step], filters)
+            pos = torch.relu(conv - self.bias).mean(dim=(2, 3))
+            neg = torch.relu(-conv - self.bias).mean(dim=(2, 3))
+            parts.append(torch.cat([pos, neg], dim=1))
+        return torch.cat(parts, dim=0)
+
+
+class MosaiksEncoder(Encoder):
+    """MOSAIKS random convolutional features, 2K dimensions, no weights needed."""
+
+    name = "mosaiks"
+    version = "1.0"
+    summary = "MOSAIKS random convolutional features (seeded generator patches), 2K dims"
+    architecture = "MOSAIKS random convolutional features"
+
+    def __init__(
+        self,
+        num_features: int = 256,
+        patch_size: int = 3,
+        seed: int = 0,
+        bias: float = 0.01,
+        bands: str | list[str] | None = None,
+        chip_size: int = 256,
+        gsd: float | None = 10.0,
+        scaling: dict[str, Any] | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        num_features, patch_size, seed = int(num_features), int(patch_size), int(seed)
+        if num_features <= 0:
+            raise EncoderOptionError(f"mosaiks: num_features must be positive: {num_features}")
+        if patch_size <= 0 or patch_size > int(chip_size):
+            raise EncoderOptionError(
+                f"mosaiks: patch_size must be in 1..chip_size ({chip_size}): {patch_size}"
+            )
+        band_names = parse_bands(bands, SENTINEL2_L1C_BANDS)
+        scale = (
+            Scaling.from_dict(scaling)
+            if scaling is not None
+            else Scaling(type="scale", value=10000.0)
+        )
+        input_spec = InputSpec(
+            bands=band_names,
+            chip_size=int(chip_size),
+            gsd=float(gsd) if gsd is not None else None,
+            scaling=scale,
+            variable_chip_size=True,
+        )
+        output_spec = OutputSpec(
+            dimensions=2 * num_features,
+            dtype=dtype,  # type: ignore[arg-type]
+            metric="cosine",
+            normalized=False,
+        )
+        filters = mosaiks_filters(num_features, len(band_names), patch_size, seed)
+        super().__init__(
+            input_spec=input_spec,
+            output_spec=output_spec,
+            module=MosaiksModule(filters, float(bias)),
+            options={
+                "num_features": num_features,
+                "patch_size": patch_size,
+                "seed": seed,
+                "bias": float(bias),
+                "bands": list(band_names),
+                "chip_size": int(chip_size),
+                "gsd": input_spec.gsd,
+                "scaling": scale.to_dict(),
+                "dtype": dtype,
+                "patch_source": "seeded-generator",
+            },
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.module is not None
+        return self.module(x)
