@@ -15,6 +15,7 @@ import click
 from catalog.errors import EmbcatError
 from embcat import __version__
 from embcat.commands import db as db_commands
+from embcat.commands import encode as encode_commands
 
 
 class EmbcatGroup(click.Group):
@@ -38,6 +39,8 @@ def main(verbose: int) -> None:
 
 
 main.add_command(db_commands.db)
+main.add_command(encode_commands.encoders)
+main.add_command(encode_commands.encode_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
