@@ -1,0 +1,411 @@
+"""False colour of a collection's embedding field: the first three principal components as RGB.
+
+People judge embeddings by looking. ``false_colour`` fits a PCA on a seeded sample of the
+collection's vectors (numpy SVD), projects every vector onto the first three components
+inside PostgreSQL (pgvector's inner product, so vectors never leave the database in bulk),
+and maps each component to a colour channel with robust scaling (percentiles 2 and 98):
+PC1 -> red, PC2 -> green, PC3 -> blue. Spaces with the cosine metric are compared on the
+unit sphere, so their vectors are normalised first.
+
+``FalseColourCache`` keeps the result per collection, keyed by the collection's change
+version (largest change sequence of its items and tombstones, and its item count): a
+publish, update or delete changes the version and the next request recomputes.
+
+``features`` (footprints with their colour, GeoJSON) and ``render_png`` (the coloured field
+rasterised for an area) are what the explorer page and ``/preview.png`` serve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from affine import Affine
+
+from catalog.errors import InvalidInput, NotFound, translated
+from catalog.spaces import Space, collection_space
+
+SAMPLE_SIZE = 20_000
+MAX_PNG_SIDE = 2048
+MAX_RENDER_ITEMS = 200_000
+LOW_PERCENTILE, HIGH_PERCENTILE = 2.0, 98.0
+
+Version = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FalseColour:
+    """RGB colour of every item of a collection that has a vector."""
+
+    collection_id: str
+    version: Version
+    ids: tuple[str, ...]
+    rgb: np.ndarray  # (n, 3) uint8, row i belongs to ids[i]
+    explained_variance_ratio: tuple[float, ...]  # of each component used, largest first
+    sample_size: int
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({iid: i for i, iid in enumerate(self.ids)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, item_id: str) -> int | None:
+        return self._index.get(item_id)
+
+    def hex(self, item_id: str) -> str | None:
+        """``#rrggbb`` of an item (None: the item has no vector)."""
+        i = self._index.get(item_id)
+        if i is None:
+            return None
+        r, g, b = (int(v) for v in self.rgb[i])
+        return f"#{r:02x}{g:02x}{b:02x}"
+
+    def legend(self) -> dict[str, Any]:
+        """What the colours mean, for a legend."""
+        channels = ["red", "green", "blue"]
+        return {
+            "channels": [
+                {
+                    "channel": channels[k],
+                    "component": k + 1,
+                    "explained_variance_ratio": (
+                        self.explained_variance_ratio[k]
+                        if k < len(self.explained_variance_ratio)
+                        else 0.0
+                    ),
+                }
+                for k in range(3)
+            ],
+            "scaling": f"percentiles {LOW_PERCENTILE:g}-{HIGH_PERCENTILE:g} of each component",
+            "items": len(self.ids),
+            "sample_size": self.sample_size,
+        }
+
+
+def collection_version(conn: psycopg.Connection, collection_id: str) -> Version:
+    """(largest change sequence of items and tombstones, item count) of a collection."""
+    with translated():
+        row = conn.execute(
+            """select greatest(
+                   (select max(change_seq) from items where collection_id = %(c)s),
+                   (select max(change_seq) from item_tombstones where collection_id = %(c)s)),
+                   (select count(*) from items where collection_id = %(c)s)""",
+            {"c": collection_id},
+        ).fetchone()
+    assert row is not None
+    return int(row[0] or 0), int(row[1])
+
+
+def _space_of(conn: psycopg.Connection, collection_id: str) -> Space:
+    with translated():
+        space = collection_space(conn, collection_id)
+    if space is None:
+        raise NotFound(f"collection {collection_id!r} has no embeddings yet")
+    return space
+
+
+def _sample(
+    conn: psycopg.Connection, collection_id: str, space: Space, count: int, size: int, seed: int
+) -> np.ndarray:
+    """Up to ``size`` vectors of the collection, chosen reproducibly (Bernoulli, seeded)."""
+    sampling = ""
+    params: dict[str, Any] = {"c": collection_id, "s": space.id, "n": size}
+    if count > size:
+        # Each row is kept with probability p (over-sampled by 1.5 so LIMIT is usually reached).
+        sampling = "tablesample bernoulli (%(p)s) repeatable (%(seed)s)"
+        params |= {"p": min(100.0, 150.0 * size / count), "seed": seed}
+    query = (
+        f"select {space.vector_sql('e')} from embeddings e {sampling}"
+        " where e.collection_id = %(c)s and e.space_id = %(s)s"
+        " order by e.item_id limit %(n)s"
+    )
+    with translated(), conn.cursor(binary=True) as cur:
+        rows = cur.execute(query, params).fetchall()
+    if not rows:
+        return np.zeros((0, space.dimensions), dtype=np.float32)
+    return np.stack([np.asarray(_values(r[0]), dtype=np.float32) for r in rows])
+
+
+def _values(value: Any) -> Any:
+    return value.to_numpy() if hasattr(value, "to_numpy") else value
+
+
+def principal_components(sample: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` principal axes (rows, unit length) and their explained variance ratios.
+
+    Signs are fixed (the largest loading of each axis is positive) so that the same data
+    always gives the same colours.
+    """
+    centred = sample - sample.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    k = min(k, vt.shape[0])
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(k), np.argmax(np.abs(axes), axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    variance = s**2
+    total = float(variance.sum())
+    ratios = variance[:k] / total if total > 0 else np.zeros(k)
+    return axes, ratios
+
+
+def robust_rgb(projections: np.ndarray) -> np.ndarray:
+    """(n, k<=3) projections -> (n, 3) uint8, each channel scaled by its 2nd-98th percentiles.
+
+    A missing component or one without spread gives the mid value 128.
+    """
+    n = projections.shape[0]
+    rgb = np.full((n, 3), 128, dtype=np.uint8)
+    if n == 0:
+        return rgb
+    for k in range(min(3, projections.shape[1])):
+        column = projections[:, k]
+        lo, hi = np.percentile(column, [LOW_PERCENTILE, HIGH_PERCENTILE])
+        if not hi > lo:
+            continue
+        scaled = np.clip((column - lo) / (hi - lo), 0.0, 1.0)
+        rgb[:, k] = np.round(scaled * 255.0).astype(np.uint8)
+    return rgb
+
+
+def false_colour(
+    conn: psycopg.Connection,
+    collection_id: str,
+    *,
+    sample_size: int = SAMPLE_SIZE,
+    seed: int = 0,
+    version: Version | None = None,
+) -> FalseColour:
+    """Compute the false colour of every item of a collection that has a vector."""
+    space = _space_of(conn, collection_id)
+    version = version or collection_version(conn, collection_id)
+    sample = _sample(conn, collection_id, space, version[1], sample_size, seed)
+    if space.metric == "cosine" and len(sample):
+        norms = np.linalg.norm(sample, axis=1, keepdims=True)
+        sample = sample / np.where(norms > 0, norms, 1.0)
+    if len(sample) < 2:
+        axes, ratios = np.zeros((0, space.dimensions)), np.zeros(0)
+    else:
+        axes, ratios = principal_components(sample)
+    vector = space.vector_sql("e")
+    if space.metric == "cosine":
+        vector = f"l2_normalize({vector})"
+    # pgvector's <#> is the negative inner product: -(v <#> axis) is the projection.
+    columns = "".join(f", -({vector} <#> %(a{k})s::{space.sql_type})" for k in range(len(axes)))
+    params: dict[str, Any] = {"c": collection_id, "s": space.id}
+    params |= {f"a{k}": _vector_text(axis) for k, axis in enumerate(axes)}
+    with translated():
+        rows = conn.execute(
+            f"select e.item_id{columns} from embeddings e"
+            " where e.collection_id = %(c)s and e.space_id = %(s)s order by e.item_id",
+            params,
+        ).fetchall()
+    ids = tuple(r[0] for r in rows)
+    projections = np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), len(axes))
+    return FalseColour(
+        collection_id=collection_id,
+        version=version,
+        ids=ids,
+        rgb=robust_rgb(projections),
+        explained_variance_ratio=tuple(round(float(r), 6) for r in ratios),
+        sample_size=len(sample),
+    )
+
+
+def _vector_text(values: np.ndarray) -> str:
+    return "[" + ",".join(f"{float(v):.7g}" for v in values) + "]"
+
+
+class FalseColourCache:
+    """In-process LRU of ``FalseColour`` per (database, collection), checked against the
+    collection's version on every lookup (one cheap indexed query)."""
+
+    def __init__(self, maxsize: int = 16, sample_size: int = SAMPLE_SIZE) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self.sample_size = sample_size
+        self._entries: OrderedDict[tuple[str, str], FalseColour] = OrderedDict()
+        self._lock = threading.Lock()
+        self.computed = 0  # how many times a false colour was computed (for tests and logs)
+
+    def get(self, conn: psycopg.Connection, collection_id: str) -> FalseColour:
+        info = conn.info
+        key = (f"{info.host}:{info.port}/{info.dbname}", collection_id)
+        version = collection_version(conn, collection_id)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.version == version:
+                self._entries.move_to_end(key)
+                return entry
+        entry = false_colour(conn, collection_id, sample_size=self.sample_size, version=version)
+        with self._lock:
+            self.computed += 1
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        return entry
+
+
+# --- requests of the explorer page and /preview.png ----------------------------------------
+
+
+def parse_bbox(text: str | Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """``"w,s,e,n"`` (WGS84 degrees) -> a validated tuple; None passes through."""
+    if text is None or text == "":
+        return None
+    parts: Sequence[Any] = text.split(",") if isinstance(text, str) else text
+    try:
+        values = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"bbox must be four numbers 'west,south,east,north', got {text!r}"
+        ) from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"bbox must be four numbers 'west,south,east,north', got {text!r}")
+    west, south, east, north = values
+    if not (
+        -180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90
+    ):
+        raise InvalidInput(f"bbox {text!r} is outside -180..180 longitude / -90..90 latitude")
+    if not (west < east and south < north):
+        raise InvalidInput(f"bbox {text!r} must have west < east and south < north")
+    return west, south, east, north
+
+
+def _envelope_clause(bbox: tuple[float, float, float, float] | None) -> tuple[str, dict[str, Any]]:
+    if bbox is None:
+        return "", {}
+    return (
+        " and i.geometry && ST_MakeEnvelope(%(w)s, %(s)s, %(e)s, %(n)s, 4326)",
+        dict(zip(("w", "s", "e", "n"), bbox, strict=True)),
+    )
+
+
+def features(
+    conn: psycopg.Connection,
+    colours: FalseColour,
+    *,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int = 10_000,
+) -> dict[str, Any]:
+    """Footprints of a collection's items as a GeoJSON FeatureCollection; every feature has
+    ``properties.color`` (``#rrggbb``, or null when the item has no vector) and ``datetime``."""
+    if not 1 <= limit <= 100_000:
+        raise InvalidInput(f"limit must be in 1..100000, got {limit}")
+    where, params = _envelope_clause(bbox)
+    with translated():
+        rows = conn.execute(
+            "select i.id, ST_AsGeoJSON(i.geometry, 7), i.datetime from items i"
+            f" where i.collection_id = %(c)s{where} order by i.id limit %(limit)s",
+            {"c": colours.collection_id, "limit": limit + 1, **params},
+        ).fetchall()
+    truncated = len(rows) > limit
+    out = [
+        {
+            "type": "Feature",
+            "id": iid,
+            "geometry": json.loads(geometry),
+            "properties": {
+                "color": colours.hex(iid),
+                "datetime": dt.isoformat() if dt is not None else None,
+            },
+        }
+        for iid, geometry, dt in rows[:limit]
+    ]
+    return {
+        "type": "FeatureCollection",
+        "features": out,
+        "numberReturned": len(out),
+        "truncated": truncated,
+        "legend": colours.legend(),
+    }
+
+
+def png_size(
+    bbox: tuple[float, float, float, float], width: int | None, height: int | None
+) -> tuple[int, int]:
+    """Pixel size of a preview: the missing side follows the area's shape on the ground."""
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and not 1 <= value <= MAX_PNG_SIDE:
+            raise InvalidInput(f"{name} must be in 1..{MAX_PNG_SIDE}, got {value}")
+    west, south, east, north = bbox
+    # Ground aspect: a degree of longitude is cos(latitude) times a degree of latitude.
+    aspect = (north - south) / (
+        (east - west) * max(math.cos(math.radians((south + north) / 2)), 0.01)
+    )
+    if width is None and height is None:
+        width = 512
+    if width is None:
+        assert height is not None
+        width = round(height / aspect)
+    if height is None:
+        height = round(width * aspect)
+    return min(max(int(width), 1), MAX_PNG_SIDE), min(max(int(height), 1), MAX_PNG_SIDE)
+
+
+def render_png(
+    conn: psycopg.Connection,
+    colours: FalseColour,
+    bbox: tuple[float, float, float, float],
+    *,
+    width: int | None = None,
+    height: int | None = None,
+) -> bytes:
+    """The false-colour field of ``bbox`` as an RGBA PNG (transparent where no chip lies).
+
+    Footprints are rasterised on a WGS84 grid with ``all_touched`` so that chips smaller
+    than a pixel still show.
+    """
+    from rasterio import features as rio_features
+    from rasterio.io import MemoryFile
+
+    w, h = png_size(bbox, width, height)
+    where, params = _envelope_clause(bbox)
+    with translated():
+        rows = conn.execute(
+            "select i.id, ST_AsGeoJSON(i.geometry, 7) from items i"
+            f" where i.collection_id = %(c)s{where} limit %(limit)s",
+            {"c": colours.collection_id, "limit": MAX_RENDER_ITEMS + 1, **params},
+        ).fetchall()
+    if len(rows) > MAX_RENDER_ITEMS:
+        raise InvalidInput(
+            f"the area holds more than {MAX_RENDER_ITEMS} chips; render a smaller bbox"
+        )
+    west, south, east, north = bbox
+    transform = Affine((east - west) / w, 0.0, west, 0.0, -(north - south) / h, north)
+    shapes = []
+    for iid, geometry in rows:
+        i = colours.index(iid)
+        if i is not None:
+            shapes.append((json.loads(geometry), i + 1))
+    image = np.zeros((4, h, w), dtype=np.uint8)
+    if shapes:
+        index = rio_features.rasterize(
+            shapes, out_shape=(h, w), transform=transform, fill=0, dtype="int32", all_touched=True
+        )
+        covered = index > 0
+        palette = colours.rgb[np.maximum(index - 1, 0)]  # (h, w, 3)
+        image[:3] = np.where(covered, np.moveaxis(palette, -1, 0), 0)
+        image[3] = np.where(covered, 255, 0)
+    with MemoryFile() as memfile:
+        with memfile.open(
+            driver="PNG",
+            width=w,
+            height=h,
+            count=4,
+            dtype="uint8",
+            transform=transform,
+            crs="EPSG:4326",
+        ) as dst:
+            dst.write(image)
+        return bytes(memfile.read())
