@@ -16,6 +16,7 @@ from catalog.errors import EmbcatError
 from embcat import __version__
 from embcat.commands import db as db_commands
 from embcat.commands import encode as encode_commands
+from embcat.commands import serve as serve_commands
 
 
 class EmbcatGroup(click.Group):
@@ -41,6 +42,8 @@ def main(verbose: int) -> None:
 main.add_command(db_commands.db)
 main.add_command(encode_commands.encoders)
 main.add_command(encode_commands.encode_command)
+main.add_command(serve_commands.serve)
+main.add_command(serve_commands.keys)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,332 @@
+"""The embcat STAC API: ``create_app(settings)`` for ``uvicorn --factory api.app:create_app``.
+
+Nothing is built at import time. The database pool is opened in the lifespan. Other
+packages add their routers through ``EXTRA_ROUTERS`` (one import + one list entry each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from stac_fastapi.api.app import StacApi
+from stac_fastapi.api.middleware import ProxyHeaderMiddleware
+from stac_fastapi.api.models import (
+    ItemCollectionUri,
+    create_get_request_model,
+    create_post_request_model,
+    create_request_model,
+)
+from stac_fastapi.api.routes import Scope as RouteScope
+from stac_fastapi.api.routes import add_route_dependencies
+from stac_fastapi.extensions import (
+    CollectionSearchExtension,
+    FieldsExtension,
+    FreeTextExtension,
+    ItemCollectionFilterExtension,
+    OffsetPaginationExtension,
+    QueryExtension,
+    SearchFilterExtension,
+    SortExtension,
+    TokenPaginationExtension,
+)
+from stac_fastapi.extensions.collection_search.collection_search import (
+    CollectionSearchConformanceClasses,
+)
+from stac_fastapi.extensions.fields.fields import FieldsConformanceClasses
+from stac_fastapi.extensions.filter.filter import FilterConformanceClasses
+from stac_fastapi.extensions.free_text.free_text import FreeTextConformanceClasses
+from stac_fastapi.extensions.query.query import QueryConformanceClasses
+from stac_fastapi.extensions.sort.sort import SortConformanceClasses
+from stac_fastapi.types.extension import ApiExtension
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import require_scope
+from api.core import CoreClient, FiltersClient, SortablesClient
+from api.db import connection, create_pool
+from api.errors import add_exception_handlers, error_body
+from api.explorer import router as explorer_router
+from api.settings import ApiSettings
+from catalog.stac import STAC_VERSION
+
+# Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
+EXTRA_ROUTERS: list[APIRouter] = [explorer_router]
+
+FILTER_CLASSES = [
+    FilterConformanceClasses.FILTER,
+    FilterConformanceClasses.BASIC_CQL2,
+    FilterConformanceClasses.CQL2_JSON,
+    FilterConformanceClasses.CQL2_TEXT,
+    FilterConformanceClasses.ADVANCED_COMPARISON_OPERATORS,
+    FilterConformanceClasses.BASIC_SPATIAL_FUNCTIONS,
+    FilterConformanceClasses.SPATIAL_FUNCTIONS,
+    FilterConformanceClasses.TEMPORAL_FUNCTIONS,
+    FilterConformanceClasses.ARRAY_FUNCTIONS,
+    FilterConformanceClasses.CASE_INSENSITIVE_COMPARISON,
+]
+
+
+class BodySizeLimit:
+    """Rejects request bodies over ``max_bytes`` with 413 (declared or streamed size)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error_body("PayloadTooLarge", f"request body larger than {self.max_bytes} bytes"),
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _extensions(settings: ApiSettings) -> dict[str, Any]:
+    filters = FiltersClient()
+    sortables = SortablesClient()
+    search_extensions: list[ApiExtension] = [
+        QueryExtension(conformance_classes=[QueryConformanceClasses.SEARCH]),
+        SortExtension(
+            client=sortables,
+            conformance_classes=[
+                SortConformanceClasses.ITEM_SEARCH_SORT,
+                SortConformanceClasses.ITEM_SEARCH_SORTABLES,
+            ],
+        ),
+        FieldsExtension(conformance_classes=[FieldsConformanceClasses.SEARCH]),
+        SearchFilterExtension(
+            client=filters,
+            conformance_classes=[FilterConformanceClasses.SEARCH, *FILTER_CLASSES],
+        ),
+        TokenPaginationExtension(),
+        FreeTextExtension(conformance_classes=[FreeTextConformanceClasses.SEARCH]),
+    ]
+    item_extensions: list[ApiExtension] = [
+        QueryExtension(conformance_classes=[QueryConformanceClasses.ITEMS]),
+        SortExtension(
+            conformance_classes=[
+                SortConformanceClasses.FEATURES_SORT,
+                SortConformanceClasses.FEATURES_SORTABLES,
+            ]
+        ),
+        FieldsExtension(conformance_classes=[FieldsConformanceClasses.ITEMS]),
+        ItemCollectionFilterExtension(
+            client=filters,
+            conformance_classes=[FilterConformanceClasses.ITEMS, *FILTER_CLASSES],
+        ),
+        TokenPaginationExtension(),
+        FreeTextExtension(conformance_classes=[FreeTextConformanceClasses.ITEMS]),
+    ]
+    collection_search = CollectionSearchExtension.from_extensions(
+        [
+            FieldsExtension(conformance_classes=[FieldsConformanceClasses.COLLECTIONS]),
+            FreeTextExtension(conformance_classes=[FreeTextConformanceClasses.COLLECTIONS]),
+            OffsetPaginationExtension(),
+        ]
+    )
+    collection_search.conformance_classes = [
+        CollectionSearchConformanceClasses.COLLECTIONSEARCH.value,
+        CollectionSearchConformanceClasses.BASIS.value,
+        FieldsConformanceClasses.COLLECTIONS.value,
+        FreeTextConformanceClasses.COLLECTIONS.value,
+    ]
+    return {
+        "search": search_extensions,
+        "items": item_extensions,
+        "collections": collection_search,
+    }
+
+
+def _health(settings: ApiSettings) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def health(request: Request) -> JSONResponse:
+        from catalog import migrate
+        from catalog.checks import server_versions
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                v = server_versions(conn)
+                rev = migrate.current_revision(conn)
+            head = migrate.head_revision()
+            return {
+                "status": "ok" if rev == head else "degraded",
+                "database": "reachable",
+                "postgres": v.postgres,
+                "postgis": v.postgis,
+                "pgvector": v.pgvector,
+                "revision": rev,
+                "head": head,
+                "up_to_date": rev == head,
+            }
+
+        try:
+            body = await run_in_threadpool(work)
+        except Exception as exc:  # any failure means: not healthy
+            return JSONResponse(
+                {"status": "unavailable", "database": "unreachable", "description": str(exc)},
+                status_code=503,
+            )
+        return JSONResponse(body, status_code=200)
+
+    return health
+
+
+OPEN_PATHS = ("/health", "/api", "/api.html", "/docs", "/_mgmt")
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Every APIRoute, also inside included routers (FastAPI keeps them nested)."""
+    out: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            out.append(route)
+        elif hasattr(route, "original_router"):
+            out.extend(_api_routes(route.original_router.routes))
+        elif getattr(route, "routes", None):
+            out.extend(_api_routes(route.routes))
+    return out
+
+
+def _protect_routes(app: FastAPI, extra_write_paths: tuple[str, ...] = ()) -> None:
+    """Read scope on every read route (a no-op unless keys are required or presented);
+    write scope on everything that changes the catalogue."""
+    read_scopes: list[RouteScope] = []
+    write_scopes: list[RouteScope] = []
+    for route in _api_routes(app.router.routes):
+        if route.path.startswith(OPEN_PATHS):
+            continue
+        for method in route.methods or ():
+            scope: RouteScope = {"path": route.path, "method": method}
+            if method in ("GET", "HEAD") or (route.path == "/search" and method == "POST"):
+                read_scopes.append(scope)
+            else:
+                write_scopes.append(scope)
+    add_route_dependencies(app.router.routes, read_scopes, [Depends(require_scope("read"))])
+    add_route_dependencies(app.router.routes, write_scopes, [Depends(require_scope("write"))])
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the API (pool opened in the lifespan; nothing connects before start-up)."""
+    settings = settings or ApiSettings()  # type: ignore[call-arg]
+    pool = create_pool(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        try:
+            yield
+        finally:
+            pool.close()
+
+    ext = _extensions(settings)
+    extensions: list[ApiExtension] = [*ext["search"], *ext["items"], ext["collections"]]
+    try:
+        from api.transactions import transaction_extensions
+    except ImportError:  # pragma: no cover - transactions are part of the package
+        transaction_extensions = None
+    if transaction_extensions is not None:
+        extensions.extend(transaction_extensions(settings))
+    try:
+        from api.similarity import SimilarityExtension
+    except ImportError:
+        SimilarityExtension = None
+    if SimilarityExtension is not None:
+        extensions.append(SimilarityExtension())
+        search_post_extensions = [*ext["search"], extensions[-1]]
+    else:
+        search_post_extensions = list(ext["search"])
+
+    app = FastAPI(
+        title=settings.stac_fastapi_title,
+        version=settings.stac_fastapi_version,
+        description=settings.stac_fastapi_description,
+        openapi_url=settings.openapi_url,
+        docs_url=settings.docs_url,
+        redoc_url=None,
+        root_path=settings.root_path,
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    api = StacApi(
+        app=app,
+        settings=settings,
+        client=CoreClient(landing_page_id=settings.stac_fastapi_landing_id),
+        stac_version=STAC_VERSION,
+        extensions=extensions,
+        search_get_request_model=create_get_request_model(ext["search"]),
+        search_post_request_model=create_post_request_model(search_post_extensions),
+        items_get_request_model=create_request_model(  # type: ignore[arg-type]
+            "ItemCollectionUri",
+            base_model=ItemCollectionUri,
+            extensions=ext["items"],
+            request_type="GET",
+        ),
+        collections_get_request_model=ext["collections"].GET,
+        middlewares=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"],
+                allow_methods=["OPTIONS", "GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+                max_age=600,
+            ),
+            Middleware(ProxyHeaderMiddleware),
+            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        ],
+        exceptions={},
+    )
+    app.state.pool = pool
+    app.state.settings = settings
+    app.state.stac_api = api
+    add_exception_handlers(app)
+    app.add_api_route(
+        "/health", _health(settings), methods=["GET"], name="health", tags=["Liveliness/Readiness"]
+    )
+    _protect_routes(app)
+    for router in EXTRA_ROUTERS:
+        app.include_router(router)
+    return app

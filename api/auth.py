@@ -1,0 +1,64 @@
+"""API-key authentication: ``require_scope(scope)`` as a FastAPI dependency.
+
+The key comes from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Without a
+valid key the request gets 401; with a key that lacks the scope (or is limited to another
+collection than the path's ``collection_id``) it gets 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from api.db import connection
+from catalog.errors import Forbidden, Unauthorized
+from catalog.keys import ANONYMOUS, Principal, verify
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def _verify(request: Request, key: str) -> Principal:
+    with connection(request) as conn:
+        return verify(conn, key)
+
+
+async def principal_of(request: Request) -> Principal | None:
+    """The request's principal, or None when no key was presented."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    key = presented_key(request)
+    if key is None:
+        return None
+    principal = await run_in_threadpool(_verify, request, key)
+    request.state.principal = principal
+    return principal
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that returns the Principal allowed ``scope`` (on the path's collection)."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = await principal_of(request)
+        if principal is None:
+            if scope == "read" and not request.app.state.settings.require_read_key:
+                return ANONYMOUS
+            raise Unauthorized(f"this operation needs an API key with the {scope!r} scope")
+        collection_id = request.path_params.get("collection_id")
+        if not principal.allows(scope, collection_id):
+            where = f" on collection {collection_id!r}" if collection_id else ""
+            raise Forbidden(f"the API key {principal.key_id} lacks the {scope!r} scope{where}")
+        return principal
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency

@@ -1,0 +1,549 @@
+"""The STAC API core client: landing page, collections, items, item search, queryables.
+
+The client is async (stac-fastapi awaits it); database work runs in the thread pool on
+sync psycopg connections from ``api.db``. All SQL lives in catalog/ (search.py, stac.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import attr
+from fastapi import Request
+from stac_fastapi.extensions.filter.client import AsyncBaseFiltersClient
+from stac_fastapi.extensions.sort.client import AsyncBaseSortablesClient
+from stac_fastapi.types.core import AsyncBaseCoreClient
+from stac_fastapi.types.requests import get_base_url
+from starlette.concurrency import run_in_threadpool
+
+from api.db import base_url as request_base_url
+from api.db import connection
+from catalog import stac as stacrows
+from catalog.errors import InvalidInput
+from catalog.search import (
+    SearchPage,
+    SearchQuery,
+    apply_fields,
+    parse_interval,
+    queryables,
+    search_items,
+)
+
+GEOJSON = "application/geo+json"
+JSON = "application/json"
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.settings
+
+
+def _limit(request: Request, limit: int | None) -> int:
+    settings = _settings(request)
+    if limit is None:
+        return int(settings.default_limit)
+    if limit < 1:
+        raise InvalidInput("limit must be at least 1")
+    return min(int(limit), int(settings.max_limit))
+
+
+def _sortby_get(values: list[str] | None) -> list[dict[str, str]] | None:
+    if not values:
+        return None
+    out = []
+    for raw in values:
+        raw = raw.strip()
+        if not raw:
+            continue
+        direction = "desc" if raw.startswith("-") else "asc"
+        out.append({"field": raw.lstrip("+-").strip(), "direction": direction})
+    return out or None
+
+
+def _sortby_post(values: Any) -> list[dict[str, str]] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        if isinstance(v, dict):
+            out.append({"field": v["field"], "direction": str(v.get("direction", "asc"))})
+        else:
+            direction = getattr(v.direction, "value", v.direction)
+            out.append({"field": v.field, "direction": str(direction)})
+    return out
+
+
+def _fields_get(values: list[str] | None) -> dict[str, list[str]] | None:
+    if not values:
+        return None
+    include, exclude = [], []
+    for raw in values:
+        raw = raw.strip()
+        if raw.startswith("-"):
+            exclude.append(raw[1:])
+        elif raw:
+            include.append(raw.lstrip("+"))
+    return {"include": include, "exclude": exclude}
+
+
+def _fields_post(value: Any) -> dict[str, list[str]] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {
+            "include": list(value.get("include") or []),
+            "exclude": list(value.get("exclude") or []),
+        }
+    return {"include": sorted(value.include or []), "exclude": sorted(value.exclude or [])}
+
+
+def _json_param(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be JSON") from None
+
+
+def _datetime_param(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    # stac-pydantic may hand over parsed datetimes or an interval tuple
+    if isinstance(value, tuple | list):
+        parts = [v.isoformat() if hasattr(v, "isoformat") else ".." for v in value]
+        return "/".join(parts)
+    return str(value.isoformat())
+
+
+def _search_link(base: str, path: str, params: dict[str, Any], token: str) -> str:
+    query = {k: v for k, v in params.items() if v is not None and k != "token"}
+    query["token"] = token
+    return f"{base}{path}?{urlencode(query, doseq=False)}"
+
+
+def _page_links_get(
+    request: Request, page: SearchPage, base: str, path: str
+) -> list[dict[str, Any]]:
+    params = dict(request.query_params)
+    links = []
+    if page.next_token:
+        links.append(
+            {
+                "rel": "next",
+                "type": GEOJSON,
+                "method": "GET",
+                "href": _search_link(base, path, params, page.next_token),
+            }
+        )
+    if page.prev_token:
+        links.append(
+            {
+                "rel": "prev",
+                "type": GEOJSON,
+                "method": "GET",
+                "href": _search_link(base, path, params, page.prev_token),
+            }
+        )
+    return links
+
+
+def _item_collection(
+    features: list[dict[str, Any]], links: list[dict[str, Any]], base: str
+) -> dict[str, Any]:
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "links": [{"rel": "root", "type": JSON, "href": base + "/"}, *links],
+        "numberReturned": len(features),
+    }
+
+
+def run_search(request: Request, search: SearchQuery) -> SearchPage:
+    base = request_base_url(request)
+
+    def work() -> SearchPage:
+        with connection(request) as conn:
+            if search.collections:
+                missing = [c for c in search.collections if not stacrows.collection_exists(conn, c)]
+                if missing and len(missing) == len(search.collections):
+                    return SearchPage(features=[])
+            page = search_items(conn, search, base)
+        if search.fields:
+            page.features = [apply_fields(f, search.fields) for f in page.features]
+        return page
+
+    return work()
+
+
+@attr.s
+class CoreClient(AsyncBaseCoreClient):
+    """stac-fastapi core client over the embcat catalogue."""
+
+    async def landing_page(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        request: Request = kwargs["request"]
+        page: dict[str, Any] = dict(await super().landing_page(**kwargs))
+        base = request_base_url(request)
+        links = [link for link in page["links"] if link.get("rel") not in ("self", "root")]
+        rows = await run_in_threadpool(self._collection_rows, request)
+        children = [
+            {
+                "rel": "child",
+                "type": JSON,
+                "title": r["stac"].get("title") or r["id"],
+                "href": stacrows.collection_url(base, r["id"]),
+            }
+            for r in rows
+        ]
+        page["links"] = [
+            {"rel": "self", "type": JSON, "title": "This document", "href": base + "/"},
+            {"rel": "root", "type": JSON, "title": "Root", "href": base + "/"},
+            *links,
+            {"rel": "health", "type": JSON, "title": "Service health", "href": base + "/health"},
+            *children,
+        ]
+        return page
+
+    @staticmethod
+    def _collection_rows(request: Request) -> list[dict[str, Any]]:
+        with connection(request) as conn:
+            return stacrows.list_collection_rows(conn)
+
+    async def all_collections(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+        rows = await run_in_threadpool(self._collection_rows, request)
+        collections = [stacrows.collection_to_stac(r, base) for r in rows]
+        collections = _filter_collections(
+            collections,
+            bbox=kwargs.get("bbox"),
+            datetime=_datetime_param(kwargs.get("datetime")),
+            q=kwargs.get("q"),
+        )
+        total = len(collections)
+        limit = _limit(request, kwargs.get("limit"))
+        offset = int(kwargs.get("offset") or 0)
+        if offset < 0:
+            raise InvalidInput("offset must be >= 0")
+        page = collections[offset : offset + limit]
+        fields = _fields_get(kwargs.get("fields"))
+        if fields:
+            page = [apply_fields(c, fields) for c in page]
+        links: list[dict[str, Any]] = [
+            {"rel": "root", "type": JSON, "href": base + "/"},
+            {"rel": "parent", "type": JSON, "href": base + "/"},
+            {"rel": "self", "type": JSON, "href": str(request.url)},
+        ]
+        params = {k: v for k, v in request.query_params.items() if k != "offset"}
+        if offset + limit < total:
+            links.append(
+                {
+                    "rel": "next",
+                    "type": JSON,
+                    "href": f"{base}/collections?"
+                    + urlencode({**params, "offset": offset + limit}),
+                }
+            )
+        if offset > 0:
+            links.append(
+                {
+                    "rel": "prev",
+                    "type": JSON,
+                    "href": f"{base}/collections?"
+                    + urlencode({**params, "offset": max(offset - limit, 0)}),
+                }
+            )
+        return {
+            "collections": page,
+            "links": links,
+            "numberMatched": total,
+            "numberReturned": len(page),
+        }
+
+    async def get_collection(  # type: ignore[override]
+        self, collection_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                return stacrows.get_collection(conn, collection_id, base)
+
+        out = await run_in_threadpool(work)
+        out["links"].append(
+            {
+                "rel": "queryables",
+                "type": "application/schema+json",
+                "href": stacrows.collection_url(base, collection_id) + "/queryables",
+            }
+        )
+        return out
+
+    async def get_item(  # type: ignore[override]
+        self, item_id: str, collection_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                return stacrows.get_item(conn, collection_id, item_id, base)
+
+        return await run_in_threadpool(work)
+
+    async def item_collection(  # type: ignore[override]
+        self,
+        collection_id: str,
+        bbox: Any = None,
+        datetime: Any = None,
+        limit: int | None = None,
+        token: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+        search = SearchQuery(
+            collections=[collection_id],
+            bbox=bbox,
+            datetime=_datetime_param(datetime),
+            filter=kwargs.get("filter_expr"),
+            filter_lang=kwargs.get("filter_lang"),
+            query=_json_param("query", kwargs.get("query")),
+            q=kwargs.get("q"),
+            sortby=_sortby_get(kwargs.get("sortby")),
+            fields=_fields_get(kwargs.get("fields")),
+            limit=_limit(request, limit),
+            token=token,
+        )
+
+        def work() -> SearchPage:
+            with connection(request) as conn:
+                stacrows.get_collection_row(conn, collection_id)  # 404 for unknown ids
+            return run_search(request, search)
+
+        page = await run_in_threadpool(work)
+        path = f"/collections/{stacrows._q(collection_id)}/items"
+        links = [
+            {"rel": "self", "type": GEOJSON, "href": str(request.url)},
+            {
+                "rel": "collection",
+                "type": JSON,
+                "href": stacrows.collection_url(base, collection_id),
+            },
+            {"rel": "parent", "type": JSON, "href": stacrows.collection_url(base, collection_id)},
+            *_page_links_get(request, page, base, path),
+        ]
+        return _item_collection(page.features, links, base)
+
+    async def get_search(  # type: ignore[override]
+        self,
+        collections: list[str] | None = None,
+        ids: list[str] | None = None,
+        bbox: Any = None,
+        intersects: Any = None,
+        datetime: Any = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+        search = SearchQuery(
+            collections=collections,
+            ids=ids,
+            bbox=bbox,
+            intersects=_json_param("intersects", intersects),
+            datetime=_datetime_param(datetime),
+            filter=kwargs.get("filter_expr"),
+            filter_lang=kwargs.get("filter_lang"),
+            query=_json_param("query", kwargs.get("query")),
+            q=kwargs.get("q"),
+            sortby=_sortby_get(kwargs.get("sortby")),
+            fields=_fields_get(kwargs.get("fields")),
+            limit=_limit(request, limit),
+            token=kwargs.get("token"),
+        )
+        page = await run_in_threadpool(run_search, request, search)
+        links = [
+            {"rel": "self", "type": GEOJSON, "href": str(request.url)},
+            *_page_links_get(request, page, base, "/search"),
+        ]
+        return _item_collection(page.features, links, base)
+
+    async def post_search(  # type: ignore[override]
+        self, search_request: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+        body = search_request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        intersects = body.get("intersects")
+        search = SearchQuery(
+            collections=search_request.collections,
+            ids=search_request.ids,
+            bbox=search_request.bbox,
+            intersects=intersects,
+            datetime=_datetime_param(body.get("datetime")),
+            filter=getattr(search_request, "filter_expr", None),
+            filter_lang=getattr(search_request, "filter_lang", None),
+            query=getattr(search_request, "query", None),
+            q=getattr(search_request, "q", None),
+            sortby=_sortby_post(getattr(search_request, "sortby", None)),
+            fields=_fields_post(getattr(search_request, "fields", None)),
+            limit=_limit(request, search_request.limit),
+            token=getattr(search_request, "token", None),
+        )
+        spec = getattr(search_request, "similarity", None)
+        if spec is not None:
+            from api.similarity import similarity_search
+
+            return await similarity_search(request, search, spec)
+        page = await run_in_threadpool(run_search, request, search)
+        links: list[dict[str, Any]] = [
+            {"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"}
+        ]
+        for rel, token in (("next", page.next_token), ("prev", page.prev_token)):
+            if token:
+                links.append(
+                    {
+                        "rel": rel,
+                        "type": GEOJSON,
+                        "method": "POST",
+                        "href": f"{base}/search",
+                        "body": {**body, "token": token},
+                        "merge": False,
+                    }
+                )
+        return _item_collection(page.features, links, base)
+
+
+def _filter_collections(
+    collections: list[dict[str, Any]], *, bbox: Any, datetime: str | None, q: Any
+) -> list[dict[str, Any]]:
+    """Collection search over the (few) collections: bbox, datetime and free text."""
+    out = []
+    start = end = None
+    if datetime:
+        start, end = parse_interval(datetime)
+    terms = [t.strip().lower() for t in (q or []) if t and t.strip()]
+    for c in collections:
+        extent = c.get("extent") or {}
+        if bbox is not None:
+            b = list(bbox)
+            b = [b[0], b[1], b[3], b[4]] if len(b) == 6 else b
+            boxes = (extent.get("spatial") or {}).get("bbox") or [[-180, -90, 180, 90]]
+            cb = boxes[0]
+            cb = [cb[0], cb[1], cb[3], cb[4]] if len(cb) == 6 else cb
+            if cb[0] > b[2] or cb[2] < b[0] or cb[1] > b[3] or cb[3] < b[1]:
+                continue
+        if datetime:
+            from catalog.search import parse_timestamp
+
+            iv = ((extent.get("temporal") or {}).get("interval") or [[None, None]])[0]
+            cs = parse_timestamp(iv[0]) if iv[0] else None
+            ce = parse_timestamp(iv[1]) if iv[1] else None
+            if (end is not None and cs is not None and cs > end) or (
+                start is not None and ce is not None and ce < start
+            ):
+                continue
+        if terms:
+            text = " ".join(
+                str(c.get(k) or "") for k in ("id", "title", "description", "keywords")
+            ).lower()
+            if not any(t in text for t in terms):
+                continue
+        out.append(c)
+    return out
+
+
+@attr.s
+class FiltersClient(AsyncBaseFiltersClient):
+    """Queryables derived from the data (property keys and JSON types of stored items)."""
+
+    async def get_queryables(
+        self, collection_id: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = request_base_url(request)
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                if collection_id is not None:
+                    stacrows.get_collection_row(conn, collection_id)
+                return queryables(conn, collection_id)
+
+        props = await run_in_threadpool(work)
+        path = (
+            "/queryables"
+            if collection_id is None
+            else (f"/collections/{stacrows._q(collection_id)}/queryables")
+        )
+        return {
+            "$schema": "https://json-schema.org/draft/2019-09/schema",
+            "$id": base + path,
+            "type": "object",
+            "title": "Queryables" + (f" of {collection_id}" if collection_id else ""),
+            "properties": props,
+            "additionalProperties": True,
+        }
+
+
+SORTABLES = {
+    "id": {"title": "Item ID", "type": "string"},
+    "collection": {"title": "Collection ID", "type": "string"},
+    "datetime": {"title": "Acquisition time", "type": "string", "format": "date-time"},
+    "start_datetime": {"type": "string", "format": "date-time"},
+    "end_datetime": {"type": "string", "format": "date-time"},
+}
+
+
+@attr.s
+class SortablesClient(AsyncBaseSortablesClient):
+    """Sortables: the indexed columns plus the scalar properties found in the data."""
+
+    async def _sortables(self, request: Request, collection_id: str | None) -> dict[str, Any]:
+        base = get_base_url(request).rstrip("/")
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                if collection_id is not None:
+                    stacrows.get_collection_row(conn, collection_id)
+                return queryables(conn, collection_id)
+
+        props = await run_in_threadpool(work)
+        out = dict(SORTABLES)
+        for key, schema in props.items():
+            if key not in out and schema.get("type") in ("string", "number", "boolean"):
+                out[key] = schema
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{base}/sortables",
+            "type": "object",
+            "title": "Sortables",
+            "properties": out,
+            "additionalProperties": True,
+        }
+
+    async def get_sortables(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return await self._sortables(kwargs["request"], None)
+
+    async def get_collection_sortables(  # type: ignore[override]
+        self, collection_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self._sortables(kwargs["request"], collection_id)
+
+    async def get_collections_sortables(  # type: ignore[override]
+        self, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        base = get_base_url(request).rstrip("/")
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{base}/collections-sortables",
+            "type": "object",
+            "title": "Collection sortables",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": True,
+        }

@@ -1,0 +1,40 @@
+"""API settings: the database settings plus the HTTP surface (prefix ``EMBCAT_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+from stac_fastapi.types.config import ApiSettings as StacApiSettings
+
+from catalog.settings import DatabaseSettings
+
+
+class ApiSettings(DatabaseSettings, StacApiSettings):
+    """Everything ``create_app`` needs; every field can be set as ``EMBCAT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore", env_file=None)
+
+    stac_fastapi_title: str = "embcat"
+    stac_fastapi_description: str = (
+        "STAC catalogue of Earth-observation embeddings with similarity search"
+    )
+    stac_fastapi_version: str = "0.1.0"
+    stac_fastapi_landing_id: str = "embcat"
+
+    host: str = Field("127.0.0.1", description="Address `embcat serve` binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `embcat serve` listens on.")
+    base_url: str | None = Field(
+        None,
+        description="Public base URL used in links (default: taken from the request).",
+    )
+    default_limit: int = Field(10, ge=1, description="Page size when a request names none.")
+    max_limit: int = Field(1000, ge=1, description="Largest page size a request may ask for.")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Requests with larger bodies get 413."
+    )
+    require_read_key: bool = Field(
+        False, description="Require an API key with the read scope for every read endpoint."
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a free database connection."
+    )

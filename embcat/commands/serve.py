@@ -1,0 +1,95 @@
+"""``embcat serve`` (the STAC API under uvicorn) and ``embcat keys`` (API keys)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default: EMBCAT_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default: EMBCAT_PORT or 8080).")
+@click.option("--reload", is_flag=True, help="Restart on code changes (development).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str | None, port: int | None, reload: bool, workers: int, log_level: str) -> None:
+    """Serve the STAC API (uvicorn, factory api.app:create_app)."""
+    import uvicorn
+
+    from api.settings import ApiSettings
+
+    settings = ApiSettings()  # type: ignore[call-arg]
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        reload=reload,
+        workers=None if reload else workers,
+        log_level=log_level,
+        proxy_headers=True,
+    )
+
+
+@click.group()
+def keys() -> None:
+    """API keys for the write endpoints (and for reads when they are protected)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["read", "write", "admin"]),
+    help="Scope to grant (repeatable).",
+)
+@click.option("--collection", default=None, help="Limit the key to one collection.")
+def keys_create(name: str, scopes: tuple[str, ...], collection: str | None) -> None:
+    """Create a key and print its secret (shown this one time only)."""
+    from catalog.db import connect
+    from catalog.keys import create_key
+
+    with connect() as conn:
+        key_id, secret = create_key(conn, name, list(scopes), collection)
+        conn.commit()
+    click.echo(f"key id: {key_id}", err=True)
+    click.echo("secret (shown once, store it now):", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def keys_list(as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    from catalog.db import connect
+    from catalog.keys import list_keys
+
+    with connect() as conn:
+        found = list_keys(conn)
+    if as_json:
+        click.echo(json.dumps([k.as_dict() for k in found], indent=2))
+        return
+    if not found:
+        click.echo("no API keys")
+        return
+    for k in found:
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        where = f" collection={k.collection_id}" if k.collection_id else ""
+        click.echo(f"{k.id}  {k.name}  scopes={','.join(k.scopes)}{where}  {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from catalog.db import connect
+    from catalog.keys import revoke_key
+
+    with connect() as conn:
+        revoke_key(conn, key_id)
+        conn.commit()
+    click.echo(f"revoked {key_id}")
