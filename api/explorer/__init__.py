@@ -1,0 +1,168 @@
+"""The explorer web page (``/explorer``) and the two endpoints it draws with.
+
+- ``GET /explorer``: the page (Leaflet map, collection selector, similarity by click,
+  few-shot search, item panel). Our own HTML/JS/CSS live in ``static/``; Leaflet is served
+  from ``node_modules`` that ``scripts/setup-explorer.sh`` installs with ``npm ci`` from the
+  committed lock file. Nothing is fetched from outside the server: the page works offline.
+- ``GET /collections/{cid}/explorer/features?bbox=&limit=``: footprints as GeoJSON, each with
+  its false colour (first three principal components of the collection's vectors -> RGB).
+- ``GET /collections/{cid}/preview.png?bbox=&width=&height=``: the false-colour field of an
+  area as a PNG (bbox defaults to the collection's extent).
+
+The similarity search, item JSON, vector asset and export the page uses are the same API
+endpoints that clients use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import require_scope
+from api.db import connection
+from catalog import preview
+from catalog.errors import InvalidInput, NotFound, translated
+from catalog.spaces import collection_space
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+NODE_MODULES = HERE / "node_modules"
+LEAFLET_DIST = NODE_MODULES / "leaflet" / "dist"
+STATIC_FILES = {"explorer.js", "explorer.css"}
+VENDOR_SUFFIXES = {".js", ".css", ".png"}
+GEOJSON = "application/geo+json"
+
+SETUP_MISSING = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>embcat explorer: set-up needed</title></head>
+<body><h1>The explorer is not installed</h1>
+<p>Its map library (Leaflet) is installed from the npm registry by the set-up and was not
+found at <code>{path}</code>.</p>
+<p>Run <code>make setup</code> (or <code>scripts/setup-explorer.sh</code>) and reload.</p>
+</body></html>
+"""
+
+router = APIRouter(tags=["Explorer"])
+read = [Depends(require_scope("read"))]
+
+
+def leaflet_installed() -> bool:
+    return (LEAFLET_DIST / "leaflet.js").is_file() and (LEAFLET_DIST / "leaflet.css").is_file()
+
+
+@router.get("/explorer", response_class=HTMLResponse, include_in_schema=False)
+async def explorer_page() -> Response:
+    if not leaflet_installed():
+        return HTMLResponse(SETUP_MISSING.format(path=LEAFLET_DIST), status_code=503)
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/explorer/static/{name}", include_in_schema=False)
+async def explorer_static(name: str) -> Response:
+    if name not in STATIC_FILES:
+        raise NotFound(f"no explorer file {name!r}")
+    return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/explorer/vendor/leaflet/{path:path}", include_in_schema=False)
+async def explorer_vendor(path: str) -> Response:
+    """Leaflet's distribution files (JS, CSS, marker images) from the npm installation."""
+    target = (LEAFLET_DIST / path).resolve()
+    if (
+        not target.is_relative_to(LEAFLET_DIST.resolve())
+        or target.suffix not in VENDOR_SUFFIXES
+        or not target.is_file()
+    ):
+        if not leaflet_installed():
+            return HTMLResponse(SETUP_MISSING.format(path=LEAFLET_DIST), status_code=503)
+        raise NotFound(f"no Leaflet file {path!r}")
+    return FileResponse(target, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def _cache(request: Request) -> preview.FalseColourCache:
+    cache = getattr(request.app.state, "false_colour_cache", None)
+    if cache is None:
+        cache = request.app.state.false_colour_cache = preview.FalseColourCache()
+    return cache
+
+
+def _colours(
+    request: Request, conn: psycopg.Connection, collection_id: str, *, required: bool
+) -> preview.FalseColour:
+    with translated():
+        space = collection_space(conn, collection_id)  # NotFound for an unknown collection
+    if space is None:
+        if required:
+            raise NotFound(f"collection {collection_id!r} has no embeddings yet")
+        return preview.FalseColour.empty(collection_id)
+    return _cache(request).get(conn, collection_id)
+
+
+@router.get(
+    "/collections/{collection_id}/explorer/features",
+    dependencies=read,
+    summary="Footprints coloured by the first three principal components of their vectors",
+)
+async def explorer_features(
+    request: Request,
+    collection_id: str,
+    bbox: str | None = Query(None, description="west,south,east,north (WGS84)"),
+    limit: int = Query(10_000, description="Most footprints returned (1..100000)"),
+) -> Response:
+    box = preview.parse_bbox(bbox)
+
+    def work() -> dict[str, Any]:
+        with connection(request) as conn:
+            colours = _colours(request, conn, collection_id, required=False)
+            return preview.features(conn, colours, bbox=box, limit=limit)
+
+    return JSONResponse(await run_in_threadpool(work), media_type=GEOJSON)
+
+
+@router.get(
+    "/collections/{collection_id}/preview.png",
+    dependencies=read,
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+    summary="The false-colour embedding field of an area as a PNG",
+)
+async def preview_png(
+    request: Request,
+    collection_id: str,
+    bbox: str | None = Query(None, description="west,south,east,north (default: extent)"),
+    width: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
+    height: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
+) -> Response:
+    box = preview.parse_bbox(bbox)
+
+    def work() -> bytes:
+        with connection(request) as conn:
+            colours = _colours(request, conn, collection_id, required=True)
+            area = box or _extent(conn, collection_id)
+            return preview.render_png(conn, colours, area, width=width, height=height)
+
+    return Response(await run_in_threadpool(work), media_type="image/png")
+
+
+def _extent(conn: psycopg.Connection, collection_id: str) -> tuple[float, float, float, float]:
+    """The items' extent, widened by 2 % (and to a minimum size) so edge chips show whole."""
+    row = conn.execute(
+        "select ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)"
+        " from (select ST_Extent(geometry) as e from items where collection_id = %s) x",
+        (collection_id,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise InvalidInput(f"collection {collection_id!r} has no items to render")
+    west, south, east, north = (float(v) for v in row)
+    pad_x = max((east - west) * 0.02, 1e-4)
+    pad_y = max((north - south) * 0.02, 1e-4)
+    return (
+        max(west - pad_x, -180.0),
+        max(south - pad_y, -90.0),
+        min(east + pad_x, 180.0),
+        min(north + pad_y, 90.0),
+    )
