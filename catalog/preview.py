@@ -55,6 +55,11 @@ class FalseColour:
     def __post_init__(self) -> None:
         self._index.update({iid: i for i, iid in enumerate(self.ids)})
 
+    @classmethod
+    def empty(cls, collection_id: str) -> FalseColour:
+        """The colours of a collection without vectors (every footprint is uncoloured)."""
+        return cls(collection_id, (0, 0), (), np.zeros((0, 3), dtype=np.uint8), (), 0)
+
     def __len__(self) -> int:
         return len(self.ids)
 
