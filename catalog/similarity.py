@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog.errors import InvalidInput, NotFound, translated
-from catalog.spaces import Space, collection_space
+from catalog.spaces import Space
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
 
@@ -211,14 +211,33 @@ def resolve_space(
     scope = list(dict.fromkeys([*named, *(collections or [])]))
     if not scope:
         raise InvalidInput("a raw 'vector' needs 'collection' (or search 'collections')")
+    rows = conn.execute(
+        "select c.id, s.id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,"
+        " s.metric, s.normalized, s.mlm from collections c"
+        " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)",
+        (scope,),
+    ).fetchall()
+    by_id = {r[0]: r[1:] for r in rows}
+    unknown = [cid for cid in scope if cid not in by_id]
+    if unknown:
+        raise NotFound(f"collection(s) not found: {', '.join(unknown)}")
     spaces: dict[str, Space] = {}
     without = []
     for cid in scope:
-        space = collection_space(conn, cid)  # NotFound for an unknown collection
-        if space is None:
+        found = by_id[cid]
+        if found[0] is None:
             without.append(cid)
         else:
-            spaces[cid] = space
+            spaces[cid] = Space(
+                id=found[0],
+                encoder_name=found[1],
+                encoder_version=found[2],
+                dimensions=found[3],
+                storage=found[4],
+                metric=found[5],
+                normalized=found[6],
+                mlm=found[7] or {},
+            )
     if without:
         raise InvalidInput(
             f"collection(s) without embeddings cannot be searched by similarity: "
@@ -395,35 +414,36 @@ def _vector_literal(q: np.ndarray) -> str:
     return "[" + ",".join(repr(float(v)) for v in q) + "]"
 
 
-@contextmanager
-def _local_settings(conn: psycopg.Connection, values: dict[str, str]) -> Iterator[None]:
-    """Set GUCs for the block, transaction-locally, and put the previous values back."""
+def _set_local(conn: psycopg.Connection, values: dict[str, str]) -> dict[str, str | None]:
+    """Set GUCs transaction-locally in one round trip; returns the previous values."""
     names = list(values)
-    old = conn.execute(
-        sql.SQL("select {}").format(
-            sql.SQL(", ").join(sql.SQL("current_setting(%s, true)") for _ in names)
+    row = conn.execute(
+        sql.SQL("select {}, {}").format(
+            sql.SQL(", ").join(sql.SQL("current_setting(%s, true)") for _ in names),
+            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in names),
         ),
-        names,
+        [*names, *[v for name in names for v in (name, values[name])]],
     ).fetchone()
-    assert old is not None
-    conn.execute(
-        sql.SQL("select {}").format(
-            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in names)
-        ),
-        [v for name in names for v in (name, values[name])],
-    )
+    assert row is not None
+    return dict(zip(names, row[: len(names)], strict=True))
+
+
+@contextmanager
+def _local_settings(
+    conn: psycopg.Connection, values: dict[str, str], *, restore: bool
+) -> Iterator[None]:
+    """GUCs for the block; put back afterwards when the transaction is the caller's."""
+    old = _set_local(conn, values)
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            restore = [(n, o) for n, o in zip(names, old, strict=True) if o is not None]
-            if restore:
-                conn.execute(
-                    sql.SQL("select {}").format(
-                        sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in restore)
-                    ),
-                    [v for pair in restore for v in pair],
-                )
+        put_back = {k: v for k, v in old.items() if v is not None}
+        if (
+            restore
+            and put_back
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        ):
+            _set_local(conn, put_back)
 
 
 def _estimate(conn: psycopg.Connection, query: sql.Composable, params: Sequence[Any]) -> float:
@@ -478,8 +498,11 @@ def similar_with_plan(
         raise InvalidInput(
             f"ef_search must be between {settings.ef_search_min} and {settings.ef_search_max}"
         )
+    # Settings are SET LOCAL: in a transaction of our own they end with it; inside the
+    # caller's transaction they are put back after the query.
+    restore = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with translated(), conn.transaction():
-        return _similar(conn, spec, where, limit, offset, collections, settings)
+        return _similar(conn, spec, where, limit, offset, collections, settings, restore)
 
 
 def _similar(
@@ -490,6 +513,7 @@ def _similar(
     offset: int,
     collections: Sequence[str] | None,
     settings: SimilaritySettings,
+    restore: bool,
 ) -> tuple[list[Hit], Plan]:
     space = resolve_space(conn, spec, collections)
     q, op, indexable = query_vector(conn, spec, space, settings)
@@ -556,12 +580,15 @@ def _similar(
                 "jit": "off",
                 "max_parallel_workers_per_gather": "0",
             },
+            restore=restore,
         ):
             rows = conn.execute(index_query, params).fetchall()
         if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
             strategy = "exact"
     if strategy == "exact":
-        with _local_settings(conn, {"jit": "off", "work_mem": f"{settings.work_mem_mb}MB"}):
+        with _local_settings(
+            conn, {"jit": "off", "work_mem": f"{settings.work_mem_mb}MB"}, restore=restore
+        ):
             rows = conn.execute(exact_query, [literal]).fetchall()
     hits = [Hit(c, i, float(d), _score(float(d), op, space.metric)) for c, i, d in rows[offset:]]
     return hits, Plan(space, strategy, estimate, ef)

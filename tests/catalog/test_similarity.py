@@ -129,6 +129,13 @@ def test_distance_and_score_are_cosine(conn, data) -> None:
         assert h.score == pytest.approx(1 - h.distance)
 
 
+def test_settings_of_the_callers_transaction_are_put_back(conn, data) -> None:
+    conn.execute("select set_config('hnsw.ef_search', '33', true)")
+    similar(conn, item_spec(data, QUERY_ROWS[0]), None, K, settings=FORCE_INDEX)
+    row = conn.execute("select current_setting('hnsw.ef_search')").fetchone()
+    assert row == ("33",)
+
+
 def test_query_item_is_left_out(conn, data) -> None:
     row = QUERY_ROWS[2]
     hits = similar(conn, item_spec(data, row), None, K)

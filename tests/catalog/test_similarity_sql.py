@@ -1,0 +1,106 @@
+"""SQL surface (migration 0003): functions match brute force; the reader role is read-only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+from vectorgen import clustered_vectors, item_ids, load_collection, plant_neighbours
+
+N, DIMS, K = 1500, 24, 10
+QUERIES = list(range(0, 1500, 150))
+
+
+@pytest.fixture(scope="module")
+def coll(database_url: str) -> Iterator[tuple[str, np.ndarray]]:
+    cid = f"sqlsurf-{uuid.uuid4().hex[:8]}"
+    vectors = plant_neighbours(clustered_vectors(N, DIMS, clusters=10, seed=21), QUERIES, K)
+    with psycopg.connect(database_url) as c:
+        register_vector(c)
+        load_collection(c, cid, vectors, encoder_name=f"sqlsurf-{cid}")
+        c.commit()
+        # Cluster-wide and harmless: lets the test user SET ROLE to the reader.
+        c.execute("grant embcat_reader to current_user")
+        c.commit()
+    stored = vectors.astype(np.float16).astype(np.float64)
+    yield cid, stored / np.linalg.norm(stored, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def reader(conn: psycopg.Connection) -> psycopg.Connection:
+    conn.execute("set local role embcat_reader")
+    return conn
+
+
+def test_similar_function_recalls_the_true_neighbours(reader, coll) -> None:
+    cid, unit = coll
+    ids = item_ids(N)
+    found = 0
+    for q in QUERIES:
+        rows = reader.execute("select item_id from embcat.similar(%s, %s, %s)", (cid, ids[q], K))
+        dist = 1 - unit @ unit[q]
+        dist[q] = np.inf
+        truth = {ids[j] for j in np.argsort(dist)[:K]}
+        found += len(truth & {r[0] for r in rows})
+    assert found / (K * len(QUERIES)) >= 0.95
+
+
+def test_similar_to_vector_ranks_by_cosine_distance(reader, coll) -> None:
+    cid, unit = coll
+    rows = reader.execute(
+        "select item_id, distance from embcat.similar_to_vector(%s, %s::vector, 5)",
+        (cid, str(unit[QUERIES[1]].tolist())),
+    ).fetchall()
+    assert rows[0][0] == item_ids(N)[QUERIES[1]]
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows)
+    assert rows[0][1] == pytest.approx(0, abs=1e-3)
+
+
+def test_view_serves_the_stored_vector(reader, coll) -> None:
+    cid, unit = coll
+    row = reader.execute(
+        "select embedding, dimensions from embcat.item_embeddings"
+        " where collection_id = %s and item_id = %s",
+        (cid, item_ids(N)[7]),
+    ).fetchone()
+    assert row[1] == DIMS
+    v = np.asarray(row[0].to_list() if hasattr(row[0], "to_list") else row[0], dtype=np.float64)
+    assert v / np.linalg.norm(v) == pytest.approx(unit[7], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "insert into collections (id, stac) values ('x', '{}')",
+        "update items set properties = '{}'",
+        "delete from embeddings",
+        "create table embcat.t (a int)",
+        "select * from api_keys",
+    ],
+)
+def test_reader_role_cannot_write_or_read_keys(reader, coll, statement) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        reader.execute(statement)
+
+
+def test_wrong_dimension_is_a_clear_error(reader, coll) -> None:
+    cid, _ = coll
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=f"has 3 values.*has {DIMS}"):
+        reader.execute("select * from embcat.similar_to_vector(%s, '[1,2,3]', 5)", (cid,))
+
+
+def test_unknown_item_is_a_clear_error(reader, coll) -> None:
+    cid, _ = coll
+    with pytest.raises(psycopg.errors.NoDataFound, match="not found"):
+        reader.execute("select * from embcat.similar(%s, 'nope', 5)", (cid,))
+
+
+def test_function_settings_do_not_leak_into_the_session(reader, coll) -> None:
+    cid, _ = coll
+    reader.execute("select * from embcat.similar(%s, %s, 50)", (cid, item_ids(N)[0])).fetchall()
+    row = reader.execute("select current_setting('hnsw.ef_search')").fetchone()
+    assert row == ("40",)
