@@ -49,15 +49,20 @@ class MosaiksModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         filters: torch.Tensor = self.filters  # type: ignore[assignment]
         k, _, p, _ = filters.shape
-        per_chip = k * max(1, x.shape[2] - p + 1) * max(1, x.shape[3] - p + 1) * 4
-        step = max(1, _RESPONSE_BUDGET // per_chip)
-        parts = []
-        for start in range(0, x.shape[0], step):
-            conv = torch.nn.functional.conv2d(x[start : start + step], filters)
-            pos = torch.relu(conv - self.bias).mean(dim=(2, 3))
-            neg = torch.relu(-conv - self.bias).mean(dim=(2, 3))
-            parts.append(torch.cat([pos, neg], dim=1))
-        return torch.cat(parts, dim=0)
+        # One chip at a time, filters in chunks that fit the budget: a chip's features
+        # then never depend on which other chips share its batch (bit-identical results
+        # for any batch size, rank count or resume point).
+        per_filter = max(1, x.shape[2] - p + 1) * max(1, x.shape[3] - p + 1) * 4
+        step = max(1, min(k, _RESPONSE_BUDGET // per_filter))
+        rows = []
+        for chip in x.split(1):
+            pos, neg = [], []
+            for start in range(0, k, step):
+                conv = torch.nn.functional.conv2d(chip, filters[start : start + step])
+                pos.append(torch.relu(conv - self.bias).mean(dim=(2, 3)))
+                neg.append(torch.relu(-conv - self.bias).mean(dim=(2, 3)))
+            rows.append(torch.cat(pos + neg, dim=1))
+        return torch.cat(rows, dim=0)
 
 
 class MosaiksEncoder(Encoder):
