@@ -49,12 +49,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import observability
 from api.auth import require_scope
 from api.core import CoreClient, FiltersClient, SortablesClient
 from api.db import connection, create_pool
 from api.errors import add_exception_handlers, error_body
 from api.explorer import router as explorer_router
 from api.settings import ApiSettings
+from api.transactions import transaction_extensions
 from catalog.stac import STAC_VERSION
 
 # Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
@@ -264,12 +266,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     ext = _extensions(settings)
     extensions: list[ApiExtension] = [*ext["search"], *ext["items"], ext["collections"]]
-    try:
-        from api.transactions import transaction_extensions
-    except ImportError:  # pragma: no cover - transactions are part of the package
-        transaction_extensions = None
-    if transaction_extensions is not None:
-        extensions.extend(transaction_extensions(settings))
+    extensions.extend(transaction_extensions(settings))
     try:
         from api.similarity import SimilarityExtension
     except ImportError:
@@ -326,6 +323,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_api_route(
         "/health", _health(settings), methods=["GET"], name="health", tags=["Liveliness/Readiness"]
     )
+    observability.install(app, settings)
     _protect_routes(app)
     for router in EXTRA_ROUTERS:
         app.include_router(router)

@@ -1,0 +1,273 @@
+"""Transactions (items and collections) and bulk items, behind the ``write`` scope.
+
+The scope check is a route dependency added in api/app.py (``_protect_routes``); a key
+limited to one collection may only change that collection's items. Every body is
+validated (stac-pydantic model, then catalog.stac checks) before anything is written;
+each request is one database transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import attr
+from fastapi import Request
+from fastapi.responses import Response
+from stac_fastapi.extensions import BulkTransactionExtension, TransactionExtension
+from stac_fastapi.extensions.bulk_transactions.bulk_transactions import (
+    AsyncBaseBulkTransactionsClient,
+)
+from stac_fastapi.extensions.transaction.client import AsyncBaseTransactionsClient
+from stac_fastapi.types.extension import ApiExtension
+from starlette.concurrency import run_in_threadpool
+
+from api.db import base_url, connection
+from api.settings import ApiSettings
+from catalog import stac as stacrows
+from catalog.errors import Conflict, InvalidInput
+
+
+def _as_dict(model: Any) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return model
+    dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return dumped
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
+
+
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise InvalidInput(f"invalid JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 JSON Patch (add, remove, replace, move, copy, test) on objects and lists."""
+    doc = copy.deepcopy(doc)
+
+    def parent(parts: list[str]) -> tuple[Any, str]:
+        node: Any = doc
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node, parts[-1]
+
+    def get(path: str) -> Any:
+        node: Any = doc
+        for part in _pointer(path):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node
+
+    def remove(path: str) -> Any:
+        node, key = parent(_pointer(path))
+        return node.pop(int(key)) if isinstance(node, list) else node.pop(key)
+
+    def add(path: str, value: Any) -> None:
+        node, key = parent(_pointer(path))
+        if isinstance(node, list):
+            node.insert(len(node) if key == "-" else int(key), value)
+        else:
+            node[key] = value
+
+    try:
+        for op in ops:
+            kind, path = op["op"], op["path"]
+            if kind == "add":
+                add(path, op["value"])
+            elif kind == "remove":
+                remove(path)
+            elif kind == "replace":
+                remove(path)
+                add(path, op["value"])
+            elif kind == "move":
+                add(path, remove(op["from"]))
+            elif kind == "copy":
+                add(path, copy.deepcopy(get(op["from"])))
+            elif kind == "test":
+                if get(path) != op["value"]:
+                    raise Conflict(f"JSON Patch test failed at {path}")
+            else:
+                raise InvalidInput(f"unknown JSON Patch op {kind!r}")
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"JSON Patch cannot be applied: {exc!r}") from None
+    return doc
+
+
+def _patch(doc: dict[str, Any], patch: Any) -> dict[str, Any]:
+    if isinstance(patch, list):
+        return _json_patch(doc, [_as_dict(p) for p in patch])
+    result: dict[str, Any] = _merge_patch(doc, _as_dict(patch))
+    return result
+
+
+@attr.s
+class TransactionsClient(AsyncBaseTransactionsClient):
+    async def create_item(  # type: ignore[override]
+        self, collection_id: str, item: Any, **kwargs: Any
+    ) -> dict[str, Any] | Response:
+        request: Request = kwargs["request"]
+        body = _as_dict(item)
+        features = body["features"] if body.get("type") == "FeatureCollection" else [body]
+        records = [stacrows.validate_item(f, collection_id) for f in features]
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.insert_items(conn, records)
+
+        await run_in_threadpool(work)
+        if body.get("type") == "FeatureCollection":
+            return Response(status_code=201)
+        return await self._item(request, collection_id, records[0].id)
+
+    async def _item(self, request: Request, collection_id: str, item_id: str) -> dict[str, Any]:
+        base = base_url(request)
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                return stacrows.get_item(conn, collection_id, item_id, base)
+
+        return await run_in_threadpool(work)
+
+    async def update_item(  # type: ignore[override]
+        self, collection_id: str, item_id: str, item: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        body = _as_dict(item)
+        if body.get("id") != item_id:
+            raise InvalidInput(f"the body's id {body.get('id')!r} differs from the path's")
+        record = stacrows.validate_item(body, collection_id)
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.update_item(conn, record)
+
+        await run_in_threadpool(work)
+        return await self._item(request, collection_id, item_id)
+
+    async def patch_item(  # type: ignore[override]
+        self, collection_id: str, item_id: str, patch: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        current = await self._item(request, collection_id, item_id)
+        patched = _patch(current, patch)
+        if patched.get("id") != item_id:
+            raise InvalidInput("a patch cannot change the item id")
+        record = stacrows.validate_item(patched, collection_id)
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.update_item(conn, record)
+
+        await run_in_threadpool(work)
+        return await self._item(request, collection_id, item_id)
+
+    async def delete_item(self, item_id: str, collection_id: str, **kwargs: Any) -> Response:
+        request: Request = kwargs["request"]
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.delete_item(conn, collection_id, item_id)
+
+        await run_in_threadpool(work)
+        return Response(status_code=204)
+
+    async def _collection(self, request: Request, collection_id: str) -> dict[str, Any]:
+        base = base_url(request)
+
+        def work() -> dict[str, Any]:
+            with connection(request) as conn:
+                return stacrows.get_collection(conn, collection_id, base)
+
+        return await run_in_threadpool(work)
+
+    async def create_collection(  # type: ignore[override]
+        self, collection: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        body = _as_dict(collection)
+
+        def work() -> str:
+            with connection(request) as conn:
+                return stacrows.insert_collection(conn, body)
+
+        cid = await run_in_threadpool(work)
+        return await self._collection(request, cid)
+
+    async def update_collection(  # type: ignore[override]
+        self, collection_id: str, collection: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        body = _as_dict(collection)
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.update_collection(conn, collection_id, body)
+
+        await run_in_threadpool(work)
+        return await self._collection(request, collection_id)
+
+    async def patch_collection(  # type: ignore[override]
+        self, collection_id: str, patch: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        current = await self._collection(request, collection_id)
+        patched = _patch(current, patch)
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.update_collection(conn, collection_id, patched)
+
+        await run_in_threadpool(work)
+        return await self._collection(request, collection_id)
+
+    async def delete_collection(self, collection_id: str, **kwargs: Any) -> Response:
+        request: Request = kwargs["request"]
+
+        def work() -> None:
+            with connection(request) as conn:
+                stacrows.delete_collection(conn, collection_id)
+
+        await run_in_threadpool(work)
+        return Response(status_code=204)
+
+
+@attr.s
+class BulkTransactionsClient(AsyncBaseBulkTransactionsClient):
+    async def bulk_item_insert(  # type: ignore[override]
+        self, items: Any, chunk_size: int | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        request: Request = kwargs["request"]
+        collection_id = request.path_params["collection_id"]
+        method = getattr(items.method, "value", items.method)
+        records = []
+        for key, item in items.items.items():
+            record = stacrows.validate_item(_as_dict(item), collection_id)
+            if record.id != key:
+                raise InvalidInput(f"bulk key {key!r} differs from the item's id {record.id!r}")
+            records.append(record)
+
+        def work() -> int:
+            with connection(request) as conn:
+                return stacrows.insert_items(conn, records, upsert=method == "upsert")
+
+        count = await run_in_threadpool(work)
+        return {"received": len(records), "success": count, "skipped": 0, "errors": []}
+
+
+def transaction_extensions(settings: ApiSettings) -> list[ApiExtension]:
+    return [
+        TransactionExtension(client=TransactionsClient(), settings=settings),
+        BulkTransactionExtension(client=BulkTransactionsClient()),
+    ]
