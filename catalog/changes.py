@@ -1,0 +1,122 @@
+"""The change feed: items added, updated and deleted in a collection since a cursor.
+
+Every insert and update of an ``items`` row draws a new ``change_seq`` (trigger), every
+delete leaves a tombstone with one. The sequence is drawn when a row is written, but
+transactions commit in any order: reading ``change_seq > since`` while a writer is still
+open could skip the writer's lower numbers for ever. So the feed only hands out a
+*safe high-water mark* ``H``: every sequence value ``<= H`` belongs to a transaction that
+has ended (docs/exchange.md, "Cursor semantics").
+
+``H`` is computed without blocking anybody: read the sequence's last value ``L`` first, then
+look for other transactions of this database that hold a write lock on ``items`` (every
+insert, update and delete of an item takes ``RowExclusiveLock`` on the table before it
+draws a number, and keeps it until the transaction ends). If none does, every number up to
+``L`` is settled and ``H = L``. If one does, its numbers are unknown, and the feed does
+not move past the cursor it was given (``pending_writers`` says why) until it has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+
+from catalog.errors import InvalidInput, NotFound, translated
+
+MAX_LIMIT = 10_000
+
+_WRITERS_SQL = """
+select count(distinct l.pid) from pg_locks l
+ where l.locktype = 'relation'
+   and l.database = (select oid from pg_database where datname = current_database())
+   and l.relation in ('items'::regclass, 'item_tombstones'::regclass)
+   and l.mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                  'AccessExclusiveLock')
+   and l.pid <> pg_backend_pid()
+"""
+
+
+@dataclass(frozen=True)
+class Change:
+    op: Literal["upsert", "delete"]
+    id: str
+    change_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "id": self.id, "change_seq": self.change_seq}
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    collection_id: str
+    since: int
+    changes: list[Change] = field(default_factory=list)
+    next_cursor: int = 0
+    high_water: int = 0
+    more: bool = False
+    pending_writers: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection_id,
+            "since": self.since,
+            "changes": [c.as_dict() for c in self.changes],
+            "next": self.next_cursor,
+            "high_water": self.high_water,
+            "more": self.more,
+            "pending_writers": self.pending_writers,
+        }
+
+
+def safe_high_water(conn: psycopg.Connection) -> tuple[int | None, int]:
+    """``(H, pending)``: the safe high-water mark (None while writers are open) and how many
+    other transactions hold a write lock on ``items``."""
+    with translated():
+        row = conn.execute("select pg_sequence_last_value('item_change_seq')").fetchone()
+        last = int(row[0]) if row and row[0] is not None else 0
+        row = conn.execute(_WRITERS_SQL).fetchone()
+        pending = int(row[0]) if row else 0
+    return (None if pending else last), pending
+
+
+def _require_collection(conn: psycopg.Connection, collection_id: str) -> None:
+    with translated():
+        found = conn.execute("select 1 from collections where id = %s", (collection_id,))
+        if found.fetchone() is None:
+            raise NotFound(f"collection {collection_id!r} does not exist")
+
+
+def changes_since(
+    conn: psycopg.Connection, collection_id: str, since: int = 0, limit: int = 1000
+) -> ChangePage:
+    """One page of the collection's changes after ``since`` (exclusive), oldest first.
+
+    Only the latest change of each item is listed (an item updated twice appears once, with
+    its last sequence number). ``next_cursor`` is what to pass as ``since`` next time; when
+    ``more`` is false it is the safe high-water mark, so empty ranges are skipped.
+    """
+    if since < 0:
+        raise InvalidInput(f"since must be >= 0, got {since}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be in 1..{MAX_LIMIT}, got {limit}")
+    _require_collection(conn, collection_id)
+    high, pending = safe_high_water(conn)
+    if high is None or high <= since:
+        return ChangePage(collection_id, since, [], since, max(high or 0, since), False, pending)
+    with translated():
+        rows = conn.execute(
+            """select op, id, change_seq from (
+                 select 'upsert' as op, id, change_seq from items
+                  where collection_id = %(c)s and change_seq > %(s)s and change_seq <= %(h)s
+                 union all
+                 select 'delete', item_id, change_seq from item_tombstones
+                  where collection_id = %(c)s and change_seq > %(s)s and change_seq <= %(h)s
+               ) x order by change_seq limit %(n)s""",
+            {"c": collection_id, "s": since, "h": high, "n": limit + 1},
+        ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    changes = [Change(op, iid, int(seq)) for op, iid, seq in rows]
+    next_cursor = changes[-1].change_seq if more else high
+    return ChangePage(collection_id, since, changes, next_cursor, high, more, 0)

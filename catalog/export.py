@@ -1,0 +1,643 @@
+"""Bulk export: a STAC search of one collection as a stac-geoparquet file with the vectors.
+
+The file is written row group by row group from a server-side cursor, so memory depends on
+``batch_size``, never on the size of the result. Layout (docs/exchange.md):
+
+- stac-geoparquet item columns: ``type``, ``stac_version``, ``stac_extensions``, ``id``,
+  ``geometry`` (WKB, GeoParquet 1.1 ``geo`` metadata, OGC:CRS84), ``bbox`` (struct xmin,
+  ymin, xmax, ymax; declared as the geometry's covering), ``collection``, ``links`` (list of
+  struct rel/href/type/title), ``assets`` (struct per asset key), ``datetime``,
+  ``start_datetime``, ``end_datetime`` (timestamp[us, UTC]) and one top-level column per
+  property (typed from the values in the result: string, int64, float64, bool,
+  list<string>, or JSON text for objects and mixed types);
+- ``embedding``: ``fixed_size_list<float32|float16|int8>[D]`` or, for binary,
+  ``fixed_size_binary[ceil(D/8)]``;
+- key-value metadata ``geo``, ``stac-geoparquet`` (version + the collection JSON) and
+  ``embcat`` (space, dtype, query, ``as_of``, ``emb:quantization``, column map).
+
+An export is deterministic for a given query and ``as_of``: rows are ordered by id and
+only rows whose last change is ``<= as_of`` are included, so a download can be resumed at
+the row level with ``after=<last id received>`` and the same ``as_of``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from psycopg import sql
+from psycopg.adapt import Loader
+
+from catalog.changes import safe_high_water
+from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
+from catalog.quantize import (
+    BINARY_QUANTIZATION,
+    Quantization,
+    RangeStats,
+    arrow_type,
+    check_dtype,
+    int8_quantization,
+    to_arrow,
+)
+from catalog.search import SearchQuery, where_clause
+from catalog.spaces import Space, get_space
+from catalog.stac import EXTENSION_SCHEMAS, GENERATED_RELS, STAC_VERSION
+
+FORMAT_VERSION = "1"
+META_KEY = b"embcat"
+DATETIME_COLUMNS = ("datetime", "start_datetime", "end_datetime")
+RESERVED = {
+    "type",
+    "stac_version",
+    "stac_extensions",
+    "id",
+    "geometry",
+    "bbox",
+    "collection",
+    "links",
+    "assets",
+    "embedding",
+    *DATETIME_COLUMNS,
+}
+LINK_TYPE = pa.struct(
+    [("rel", pa.string()), ("href", pa.string()), ("type", pa.string()), ("title", pa.string())]
+)
+BBOX_TYPE = pa.struct(
+    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
+)
+KIND_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "list_string": pa.list_(pa.string()),
+    "json": pa.string(),
+}
+MAX_WAIT_FOR_WRITERS_S = 10.0
+
+
+@dataclass
+class ExportRequest:
+    """What to export: a collection, a STAC search over it, a dtype, and resume points."""
+
+    collection_id: str
+    dtype: str = "float32"
+    query: SearchQuery = field(default_factory=SearchQuery)
+    after: str | None = None
+    as_of: int | None = None
+    limit: int | None = None
+    batch_size: int = 2048
+    base_url: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The query part recorded in the file (JSON-able)."""
+        q = {
+            k: v
+            for k, v in asdict(self.query).items()
+            if v not in (None, [], {}) and k not in ("limit", "token", "collections", "fields")
+        }
+        out: dict[str, Any] = {"collection": self.collection_id, "search": q}
+        if self.after is not None:
+            out["after"] = self.after
+        if self.limit is not None:
+            out["limit"] = self.limit
+        return out
+
+
+@dataclass
+class ExportPlan:
+    request: ExportRequest
+    space: Space
+    collection: dict[str, Any]
+    as_of: int
+    rows: int
+    more: bool
+    properties: list[tuple[str, str, str]]  # (property name, column name, kind)
+    assets: dict[str, dict[str, str]]  # asset key -> field -> kind
+    quantization: Quantization | None
+    schema: pa.Schema
+
+
+@dataclass
+class ExportSummary:
+    rows: int
+    bytes: int
+    seconds: float
+    as_of: int
+    more: bool
+    last_id: str | None
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _base_where(req: ExportRequest, space: Space, as_of: int) -> sql.Composable:
+    parts: list[sql.Composable] = [
+        sql.SQL("i.collection_id = {}").format(sql.Literal(req.collection_id)),
+        sql.SQL("i.change_seq <= {}").format(sql.Literal(as_of)),
+    ]
+    q = SearchQuery(**{**asdict(req.query), "collections": None, "sortby": None, "token": None})
+    parts.append(where_clause(q))
+    if req.after is not None:
+        parts.append(sql.SQL("i.id > {}").format(sql.Literal(req.after)))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _from(space: Space) -> sql.Composable:
+    return sql.SQL(
+        "items i JOIN embeddings e ON e.collection_id = i.collection_id AND e.item_id = i.id"
+        " AND e.space_id = {}"
+    ).format(sql.Literal(space.id))
+
+
+def _kind(types: list[str], integral: bool, str_arrays: bool) -> str:
+    kinds = {t for t in types if t != "null"}
+    if kinds == {"string"}:
+        return "string"
+    if kinds == {"number"}:
+        return "int64" if integral else "float64"
+    if kinds == {"boolean"}:
+        return "bool"
+    if kinds == {"array"} and str_arrays:
+        return "list_string"
+    return "json"
+
+
+_KIND_AGG = sql.SQL(
+    "array_agg(DISTINCT jsonb_typeof({v})),"
+    " bool_and(jsonb_typeof({v}) <> 'number' OR {v}::text ~ '^-?[0-9]{{1,15}}$'),"
+    " bool_and(jsonb_typeof({v}) <> 'array'"
+    " OR NOT jsonb_path_exists({v}, '$[*] ? (@.type() != \"string\")'))"
+)
+
+
+def _discover(
+    conn: psycopg.Connection, space: Space, where: sql.Composable
+) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]]]:
+    """Property columns and asset struct fields with their kinds, from the rows exported."""
+    prop_sql = sql.SQL(
+        "SELECT p.key, {agg} FROM {src}, jsonb_each(i.properties) p WHERE {w}"
+        " GROUP BY p.key ORDER BY p.key"
+    ).format(agg=_KIND_AGG.format(v=sql.SQL("p.value")), src=_from(space), w=where)
+    asset_sql = sql.SQL(
+        "SELECT a.key, f.key, {agg} FROM {src}, jsonb_each(i.assets) a,"
+        " jsonb_each(CASE WHEN jsonb_typeof(a.value) = 'object' THEN a.value ELSE '{{}}' END) f"
+        " WHERE {w} GROUP BY a.key, f.key ORDER BY a.key, f.key"
+    ).format(agg=_KIND_AGG.format(v=sql.SQL("f.value")), src=_from(space), w=where)
+    properties: list[tuple[str, str, str]] = []
+    for key, types, integral, str_arrays in conn.execute(prop_sql).fetchall():
+        if key in DATETIME_COLUMNS:
+            continue
+        column = f"properties.{key}" if key in RESERVED else key
+        properties.append((key, column, _kind(types, bool(integral), bool(str_arrays))))
+    assets: dict[str, dict[str, str]] = {}
+    for akey, fkey, types, integral, str_arrays in conn.execute(asset_sql).fetchall():
+        assets.setdefault(akey, {})[fkey] = _kind(types, bool(integral), bool(str_arrays))
+    return properties, assets
+
+
+def _resolve_as_of(conn: psycopg.Connection, requested: int | None) -> int:
+    deadline = time.monotonic() + MAX_WAIT_FOR_WRITERS_S
+    while True:
+        high, pending = safe_high_water(conn)
+        if high is not None:
+            break
+        if time.monotonic() > deadline:
+            raise DatabaseUnavailable(
+                f"{pending} transaction(s) are writing items; retry the export shortly"
+            )
+        time.sleep(0.2)
+    if requested is None:
+        return high
+    if requested < 0 or requested > high:
+        raise InvalidInput(f"as_of must be in 0..{high}, got {requested}")
+    return requested
+
+
+def _vector_batches(
+    conn: psycopg.Connection, space: Space, where: sql.Composable, batch_size: int
+) -> Iterator[np.ndarray]:
+    """Only the vectors (for the int8 statistics pass), through a server-side cursor."""
+    query = sql.SQL("SELECT e.{col} FROM {src} WHERE {w}").format(
+        col=sql.Identifier(space.column), src=_from(space), w=where
+    )
+    with conn.cursor(name="embcat_export_stats", binary=True) as cur:
+        _raw_vectors(cur, space)
+        cur.itersize = batch_size
+        cur.execute(query)
+        while rows := cur.fetchmany(batch_size):
+            yield _decode_vectors([r[0] for r in rows], space)
+
+
+def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
+    """Validate the request and fix everything the file's schema and metadata depend on."""
+    dtype = check_dtype(req.dtype)
+    if req.limit is not None and req.limit < 1:
+        raise InvalidInput(f"limit must be >= 1, got {req.limit}")
+    if not 1 <= req.batch_size <= 100_000:
+        raise InvalidInput(f"batch_size must be in 1..100000, got {req.batch_size}")
+    with translated():
+        row = conn.execute(
+            "SELECT stac, space_id FROM collections WHERE id = %s", (req.collection_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"collection {req.collection_id!r} does not exist")
+        if row[1] is None:
+            raise NotFound(f"collection {req.collection_id!r} has no embeddings yet")
+        collection, space = row[0], get_space(conn, row[1])
+        as_of = _resolve_as_of(conn, req.as_of)
+        where = _base_where(req, space, as_of)
+        count_row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_from(space), where)
+        ).fetchone()
+        remaining = int(count_row[0]) if count_row else 0
+        rows = remaining if req.limit is None else min(req.limit, remaining)
+        properties, assets = _discover(conn, space, where)
+        quant: Quantization | None = None
+        if dtype == "int8":
+            stats = RangeStats(space.dimensions)
+            for block in _vector_batches(conn, space, where, req.batch_size):
+                stats.update(block)
+            quant = int8_quantization(stats)
+        elif dtype == "binary":
+            quant = BINARY_QUANTIZATION
+        conn.rollback()  # end the planning transaction; streaming opens its own
+    plan = ExportPlan(
+        request=req,
+        space=space,
+        collection=collection,
+        as_of=as_of,
+        rows=rows,
+        more=req.limit is not None and remaining > req.limit,
+        properties=properties,
+        assets=assets,
+        quantization=quant,
+        schema=pa.schema([]),
+    )
+    plan.schema = _schema(plan)
+    return plan
+
+
+def _asset_type(fields: dict[str, str]) -> pa.DataType:
+    return pa.struct([(k, KIND_TYPES[v]) for k, v in sorted(fields.items())])
+
+
+def _schema(plan: ExportPlan) -> pa.Schema:
+    ts = pa.timestamp("us", tz="UTC")
+    fields = [
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("stac_version", pa.string(), nullable=False),
+        pa.field("stac_extensions", pa.list_(pa.string())),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("geometry", pa.binary(), nullable=False),
+        pa.field("bbox", BBOX_TYPE, nullable=False),
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("links", pa.list_(LINK_TYPE)),
+    ]
+    if plan.assets:  # parquet cannot hold an empty struct: no assets, no column
+        fields.append(
+            pa.field(
+                "assets", pa.struct([(k, _asset_type(v)) for k, v in sorted(plan.assets.items())])
+            )
+        )
+    fields += [
+        pa.field("datetime", ts),
+        pa.field("start_datetime", ts),
+        pa.field("end_datetime", ts),
+    ]
+    fields += [pa.field(column, KIND_TYPES[kind]) for _, column, kind in plan.properties]
+    emb_meta = {}
+    if plan.quantization is not None:
+        emb_meta[b"emb:quantization"] = json.dumps(plan.quantization.as_stac()).encode()
+    fields.append(
+        pa.field(
+            "embedding",
+            arrow_type(plan.request.dtype, plan.space.dimensions),
+            nullable=False,
+            metadata=emb_meta or None,
+        )
+    )
+    return pa.schema(fields, metadata=_metadata(plan))
+
+
+def _extensions(plan: ExportPlan) -> list[str]:
+    keys = [p[0] for p in plan.properties] + [f for fields in plan.assets.values() for f in fields]
+    found = {EXTENSION_SCHEMAS[k.partition(":")[0]] for k in keys if ":" in k}
+    found &= set(EXTENSION_SCHEMAS.values())
+    return sorted(found)
+
+
+def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
+    req, space = plan.request, plan.space
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": [],
+                "covering": {
+                    "bbox": {
+                        "xmin": ["bbox", "xmin"],
+                        "ymin": ["bbox", "ymin"],
+                        "xmax": ["bbox", "xmax"],
+                        "ymax": ["bbox", "ymax"],
+                    }
+                },
+            }
+        },
+    }
+    collection = {k: v for k, v in plan.collection.items() if k != "links"} | {
+        "id": req.collection_id
+    }
+    embcat = {
+        "format_version": FORMAT_VERSION,
+        "collection": req.collection_id,
+        "space": {
+            "encoder_name": space.encoder_name,
+            "encoder_version": space.encoder_version,
+            "dimensions": space.dimensions,
+            "storage": space.storage,
+            "metric": space.metric,
+            "normalized": space.normalized,
+        },
+        "dtype": req.dtype,
+        "emb:quantization": plan.quantization.as_stac() if plan.quantization else None,
+        "query": req.describe(),
+        "as_of": plan.as_of,
+        "rows": plan.rows,
+        "more": plan.more,
+        "properties": [{"name": n, "column": c, "kind": k} for n, c, k in plan.properties],
+        "assets": plan.assets,
+        "base_url": req.base_url,
+    }
+    return {
+        b"geo": json.dumps(geo).encode(),
+        b"stac-geoparquet": json.dumps(
+            {"version": "1.0.0", "collections": {req.collection_id: collection}}
+        ).encode(),
+        META_KEY: json.dumps(embcat, sort_keys=True).encode(),
+    }
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _RawLoader(Loader):
+    """Keeps pgvector's binary wire format (uint16 dim, uint16 unused, big-endian values)."""
+
+    format = psycopg.pq.Format.BINARY
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
+
+
+def _raw_vectors(cur: psycopg.Cursor[Any], space: Space) -> None:
+    info = psycopg.types.TypeInfo.fetch(cur.connection, space.storage)
+    if info is None:
+        raise NotFound(f"type {space.storage} is missing (is pgvector installed?)")
+    cur.adapters.register_loader(info.oid, _RawLoader)
+
+
+def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
+    """``(n, D)`` float32 from pgvector binary values, in one vectorised step."""
+    width = 2 if space.storage == "halfvec" else 4
+    record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
+    arr = np.frombuffer(b"".join(raw), dtype=record)
+    return arr["v"].astype(np.float32)
+
+
+def _abs(href: Any, base: str | None) -> Any:
+    if base and isinstance(href, str) and href.startswith("/") and not href.startswith("//"):
+        return base + href
+    return href
+
+
+def _fields_value(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == "json":
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if kind == "int64" and isinstance(value, float):
+        return int(value)
+    return value
+
+
+def _select(space: Space) -> sql.Composable:
+    b = "i.bbox[array_length(i.bbox, 1) / 2 + {}]"
+    return sql.SQL(
+        "SELECT i.id, ST_AsBinary(i.geometry), i.bbox[1], i.bbox[2], "
+        + b.format(1)
+        + ", "
+        + b.format(2)
+        + ", (extract(epoch FROM i.datetime) * 1000000)::int8,"
+        " (extract(epoch FROM i.start_datetime) * 1000000)::int8,"
+        " (extract(epoch FROM i.end_datetime) * 1000000)::int8,"
+        " i.properties::text, i.assets::text, i.links::text, e.{col}"
+    ).format(col=sql.Identifier(space.column))
+
+
+def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    req = plan.request
+    base = req.base_url.rstrip("/") if req.base_url else None
+    n = len(rows)
+    cols = list(zip(*rows, strict=True))
+    ids = list(cols[0])
+    props = [json.loads(p) for p in cols[9]]
+    assets_in = [json.loads(a) for a in cols[10]]
+    links_in = [json.loads(link) for link in cols[11]]
+    vectors = _decode_vectors(list(cols[12]), plan.space)
+    ts = pa.timestamp("us", tz="UTC")
+    extensions = _extensions(plan)
+    links = [
+        [
+            {
+                "rel": link.get("rel"),
+                "href": _abs(link.get("href"), base),
+                "type": link.get("type"),
+                "title": link.get("title"),
+            }
+            for link in item_links
+            if link.get("rel") not in GENERATED_RELS
+        ]
+        for item_links in links_in
+    ]
+    assets = []
+    for item_assets in assets_in:
+        out: dict[str, Any] = {}
+        for key, fields in plan.assets.items():
+            asset = item_assets.get(key)
+            if not isinstance(asset, dict):
+                out[key] = None
+                continue
+            out[key] = {
+                f: _fields_value(_abs(asset.get(f), base) if f == "href" else asset.get(f), kind)
+                for f, kind in fields.items()
+            }
+        assets.append(out)
+    arrays: list[pa.Array] = [
+        pa.array(["Feature"] * n, pa.string()),
+        pa.array([STAC_VERSION] * n, pa.string()),
+        pa.array([extensions] * n, pa.list_(pa.string())),
+        pa.array(ids, pa.string()),
+        pa.array(cols[1], pa.binary()),
+        pa.StructArray.from_arrays(
+            [pa.array(cols[k], pa.float64()) for k in (2, 3, 4, 5)],
+            fields=list(BBOX_TYPE),
+        ),
+        pa.array([req.collection_id] * n, pa.string()),
+        pa.array(links, pa.list_(LINK_TYPE)),
+    ]
+    if plan.assets:
+        arrays.append(pa.array(assets, plan.schema.field("assets").type))
+    arrays += [
+        pa.array(cols[6], pa.int64()).cast(ts),
+        pa.array(cols[7], pa.int64()).cast(ts),
+        pa.array(cols[8], pa.int64()).cast(ts),
+    ]
+    for name, _column, kind in plan.properties:
+        arrays.append(pa.array([_fields_value(p.get(name), kind) for p in props], KIND_TYPES[kind]))
+    arrays.append(to_arrow(vectors, req.dtype, plan.quantization))
+    return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
+
+
+class _Sink:
+    """A write-only file object whose bytes are taken out after each row group."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closed = False
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        b = bytes(data)
+        self.chunks.append(b)
+        self.position += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
+    compression = {f.name: "zstd" for f in schema}
+    compression["embedding"] = "none"
+    return pq.ParquetWriter(
+        sink,
+        schema,
+        compression=compression,
+        use_dictionary=["type", "stac_version", "collection"],
+        write_statistics=["id", "datetime"],
+        store_schema=True,
+    )
+
+
+def stream_export(
+    conn: psycopg.Connection,
+    plan: ExportPlan,
+    on_batch: Callable[[int, int, str], None] | None = None,
+) -> Iterator[bytes]:
+    """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``).
+
+    Runs a read-only REPEATABLE READ transaction on ``conn`` for the whole stream, so the
+    rows and the planned schema come from one snapshot bounded by ``plan.as_of``.
+    """
+    req = plan.request
+    where = _base_where(req, plan.space, plan.as_of)
+    query = sql.SQL("{sel} FROM {src} WHERE {w} ORDER BY i.id{lim}").format(
+        sel=_select(plan.space),
+        src=_from(plan.space),
+        w=where,
+        lim=sql.SQL(" LIMIT {}").format(sql.Literal(req.limit)) if req.limit else sql.SQL(""),
+    )
+    sink = _Sink()
+    writer = _writer(sink, plan.schema)
+    with translated():
+        conn.rollback()
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            with conn.cursor(name="embcat_export", binary=True) as cur:
+                _raw_vectors(cur, plan.space)
+                cur.itersize = req.batch_size
+                cur.execute(query)
+                while rows := cur.fetchmany(req.batch_size):
+                    writer.write_batch(_batch_table(plan, rows), row_group_size=len(rows))
+                    data = sink.take()
+                    if on_batch is not None:
+                        on_batch(len(rows), len(data), rows[-1][0])
+                    yield data
+            writer.close()
+            tail = sink.take()
+            if on_batch is not None:
+                on_batch(0, len(tail), "")
+            yield tail
+        finally:
+            conn.rollback()
+
+
+def export_to_file(
+    conn: psycopg.Connection,
+    req: ExportRequest,
+    path: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportSummary:
+    """Write the export to ``path`` (atomically: a temporary file renamed when complete)."""
+    started = time.perf_counter()
+    plan = plan_export(conn, req)
+    tmp = path.with_name(path.name + ".part")
+    total = 0
+    last: list[str] = []
+
+    def seen(rows: int, nbytes: int, last_id: str) -> None:
+        if last_id:
+            last[:] = [last_id]
+        if progress is not None:
+            progress(rows, nbytes)
+
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in stream_export(conn, plan, seen):
+                fh.write(chunk)
+                total += len(chunk)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportSummary(
+        rows=plan.rows,
+        bytes=total,
+        seconds=time.perf_counter() - started,
+        as_of=plan.as_of,
+        more=plan.more,
+        last_id=last[0] if last else None,
+    )
+
+
+def read_metadata(source: Any) -> dict[str, Any]:
+    """The ``embcat`` metadata of an export file (path, file object or buffer)."""
+    meta = pq.read_schema(source).metadata or {}
+    if META_KEY not in meta:
+        raise InvalidInput("not an embcat export: the parquet file has no 'embcat' metadata")
+    return dict(json.loads(meta[META_KEY]))
