@@ -16,6 +16,7 @@ from catalog.errors import EmbcatError
 from embcat import __version__
 from embcat.commands import db as db_commands
 from embcat.commands import encode as encode_commands
+from embcat.commands import publish as publish_commands
 from embcat.commands import serve as serve_commands
 
 
@@ -40,6 +41,10 @@ def main(verbose: int) -> None:
 
 
 main.add_command(db_commands.db)
+main.add_command(publish_commands.publish)
+main.add_command(publish_commands.publishes)
+main.add_command(publish_commands.index)
+main.add_command(publish_commands.demo)
 main.add_command(encode_commands.encoders)
 main.add_command(encode_commands.encode_command)
 main.add_command(serve_commands.serve)

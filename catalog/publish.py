@@ -1,0 +1,868 @@
+"""The publish job: an encode run's shards + manifest into STAC items with vector assets.
+
+One call is one transaction, so a failed or killed publish leaves the catalogue exactly as
+it was::
+
+    checksums of every shard (before touching the database)
+    BEGIN
+      pg_advisory_xact_lock('embcat-publish:<collection>')    same collection: serialised
+      stream shards by record batch -> validate -> binary COPY into a TEMP staging table
+      duplicate ids (GROUP BY in the database, not in Python memory)
+      register the space, create / update the collection (pystac)
+      pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
+      INSERT .. SELECT into items, then embeddings (insert | upsert | ignore)
+      build the space's HNSW index if absent (unless defer_index), ANALYZE
+      publish record
+    COMMIT
+
+Memory is bounded by the record batch, never by the input size. Item JSON is built in SQL
+from a constant template (catalog.stacgen) plus per-row columns.
+
+The merge lock: a publish that builds an HNSW index holds a SHARE lock on ``embeddings``
+until commit, which would deadlock against another publish's ANALYZE or insert; so index
+builders take the merge lock exclusively and every other publish takes it shared. Reading,
+validating and staging of different collections always run in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import shapely
+from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
+from psycopg.types.json import Jsonb
+from pydantic import ValidationError
+
+from catalog import spaces as spaces_mod
+from catalog.db import connect
+from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
+from catalog.settings import DatabaseSettings
+from catalog.spaces import Space
+from catalog.stacgen import (
+    SOURCE_MEDIA_TYPE,
+    build_collection,
+    default_collection_id,
+    item_template,
+    npy_header,
+)
+from encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["insert", "upsert", "ignore"]
+MODES: tuple[str, ...] = ("insert", "upsert", "ignore")
+MAX_REPORTED = 10  # offending rows named in an error
+BATCH_BYTES = 32 << 20  # vector bytes per record batch
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
+_MIN_US = -2_208_988_800_000_000  # 1900-01-01
+_MAX_US = 4_102_444_800_000_000  # 2100-01-01
+_URL_SAFE = r"^[A-Za-z0-9._~-]+$"
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_NULL = struct.pack(">i", -1)
+_STAGE_FIELDS = 15
+
+REQUIRED_COLUMNS: dict[str, str] = {
+    "id": "string",
+    "geometry": "binary",
+    "datetime": "timestamp",
+    "source_item": "string",
+    "source_asset": "string",
+    "source_href": "string",
+    "source_crs": "string",
+    "window_col": "integer",
+    "window_row": "integer",
+    "window_width": "integer",
+    "window_height": "integer",
+    "nodata_fraction": "floating",
+    "embedding": "fixed_size_list",
+}
+
+
+@dataclass
+class PublishResult:
+    collection_id: str
+    mode: str
+    rows: int
+    inserted: int
+    updated: int
+    skipped: int
+    bytes: int
+    elapsed_s: float
+    manifest_sha256: str
+    space_id: int
+    created_collection: bool
+    index_built: bool
+    index_s: float
+    publish_id: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> str:
+        mb = self.bytes / 1e6
+        return (
+            f"published {self.rows:,} rows to {self.collection_id} ({self.mode}):"
+            f" {self.inserted:,} inserted, {self.updated:,} updated, {self.skipped:,} skipped"
+            f" in {self.elapsed_s:.1f} s ({self.rate:,.0f} rows/s,"
+            f" {mb / self.elapsed_s if self.elapsed_s > 0 else 0:.1f} MB/s)"
+            + (f"; HNSW index built in {self.index_s:.1f} s" if self.index_built else "")
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- input: manifest and shards ---------------------------------------------------------------
+
+
+def load_manifest(source: Path) -> tuple[Manifest, Path]:
+    """The manifest of ``source`` (a run directory or its manifest.json) and the run folder."""
+    source = Path(source)
+    path = source / MANIFEST_NAME if source.is_dir() else source
+    if not path.exists():
+        raise InvalidInput(f"no manifest at {path} (is the encode run complete?)")
+    try:
+        manifest = Manifest.load(path)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise InvalidInput(f"invalid manifest {path}: {problems}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"invalid manifest {path}: {exc}") from exc
+    if sum(s.rows for s in manifest.shards) != manifest.rows:
+        raise InvalidInput(
+            f"invalid manifest {path}: rows ({manifest.rows}) is not the sum of the shard rows"
+        )
+    return manifest, path.parent
+
+
+def verify_shards(manifest: Manifest, folder: Path) -> list[Path]:
+    """Check every shard's presence, size, sha256, schema and row count against the manifest."""
+    paths: list[Path] = []
+    problems: list[str] = []
+    enc = manifest.encoder
+    for rec in manifest.shards:
+        path = (folder / rec.path).resolve()
+        if folder.resolve() not in path.parents:
+            problems.append(f"{rec.path}: shard path leaves the run folder")
+            continue
+        if not path.is_file():
+            problems.append(f"{rec.path}: missing")
+            continue
+        size = path.stat().st_size
+        if size != rec.bytes:
+            problems.append(f"{rec.path}: {size} bytes, the manifest says {rec.bytes}")
+            continue
+        digest = sha256_file(path)
+        if digest != rec.sha256:
+            problems.append(f"{rec.path}: sha256 {digest[:12]}... does not match the manifest")
+            continue
+        try:
+            meta = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{rec.path}: not a Parquet file ({exc})")
+            continue
+        with meta:
+            problems.extend(
+                _schema_problems(rec.path, meta.schema_arrow, enc.dimensions, enc.dtype)
+            )
+            if meta.metadata.num_rows != rec.rows:
+                problems.append(
+                    f"{rec.path}: {meta.metadata.num_rows} rows, the manifest says {rec.rows}"
+                )
+        paths.append(path)
+    if problems:
+        raise InvalidInput(
+            "shards do not match the manifest: " + "; ".join(problems[:MAX_REPORTED])
+        )
+    return paths
+
+
+def _schema_problems(name: str, schema: pa.Schema, dims: int, dtype: str) -> list[str]:
+    out = []
+    for col, kind in REQUIRED_COLUMNS.items():
+        idx = schema.get_field_index(col)
+        if idx < 0:
+            out.append(f"{name}: column {col!r} is missing")
+            continue
+        t = schema.field(idx).type
+        ok = {
+            "string": pa.types.is_string(t) or pa.types.is_large_string(t),
+            "binary": pa.types.is_binary(t) or pa.types.is_large_binary(t),
+            "timestamp": pa.types.is_timestamp(t),
+            "integer": pa.types.is_integer(t),
+            "floating": pa.types.is_floating(t),
+            "fixed_size_list": pa.types.is_fixed_size_list(t),
+        }[kind]
+        if not ok:
+            out.append(f"{name}: column {col!r} has type {t}, expected {kind}")
+        elif col == "embedding":
+            assert isinstance(t, pa.FixedSizeListType)
+            if t.list_size != dims:
+                out.append(
+                    f"{name}: embedding has {t.list_size} dimensions, the manifest says {dims}"
+                )
+            want = pa.float16() if dtype == "float16" else pa.float32()
+            if t.value_type != want:
+                out.append(
+                    f"{name}: embedding values are {t.value_type}, the manifest says {dtype}"
+                )
+    return out
+
+
+# -- per-batch validation and encoding --------------------------------------------------------
+
+
+@dataclass
+class _Problems:
+    rows: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, shard: str, offset: int, ids: pa.Array, rows: np.ndarray, what: str) -> None:
+        for r in rows.tolist():
+            self.count += 1
+            if len(self.rows) < MAX_REPORTED:
+                rid = ids[r].as_py() if r < len(ids) else None
+                self.rows.append(f"{shard} row {offset + r} (id {rid!r}): {what}")
+
+    @property
+    def full(self) -> bool:
+        return len(self.rows) >= MAX_REPORTED
+
+
+def _where(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.asarray(mask, dtype=bool))
+
+
+def _validate_batch(
+    batch: pa.RecordBatch,
+    shard: str,
+    offset: int,
+    dims: int,
+    storage: str,
+    problems: _Problems,
+) -> np.ndarray | None:
+    """Check one batch; return the stored float32 values (n, dims) or None if rows are bad."""
+    n = batch.num_rows
+    ids = batch.column("id")
+    before = problems.count
+    for name in REQUIRED_COLUMNS:
+        col = batch.column(name)
+        if col.null_count:
+            problems.add(
+                shard, offset, ids, _where(col.is_null().to_numpy(False)), f"{name} is null"
+            )
+    if problems.count > before:
+        return None
+    lengths = pc.utf8_length(ids).to_numpy()
+    problems.add(
+        shard,
+        offset,
+        ids,
+        _where((lengths < 1) | (lengths > 1024)),
+        "id must have 1..1024 characters",
+    )
+    # geometry: parseable WKB, valid, 2-D, not empty, inside the WGS84 range
+    wkb = batch.column("geometry").to_numpy(zero_copy_only=False)
+    geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    missing = shapely.is_missing(geoms)
+    problems.add(shard, offset, ids, _where(missing), "geometry is not valid WKB")
+    ok = ~missing
+    bad = ok & (shapely.is_empty(geoms) | ~shapely.is_valid(geoms))
+    problems.add(
+        shard, offset, ids, _where(bad), "geometry is empty or invalid (self-intersecting?)"
+    )
+    bad3d = ok & shapely.has_z(geoms)
+    problems.add(shard, offset, ids, _where(bad3d), "geometry has Z coordinates (2-D expected)")
+    bounds = shapely.bounds(geoms)
+    with np.errstate(invalid="ignore"):
+        out_of_range = ok & ~(
+            (bounds[:, 0] >= -180)
+            & (bounds[:, 2] <= 180)
+            & (bounds[:, 1] >= -90)
+            & (bounds[:, 3] <= 90)
+        )
+    problems.add(
+        shard, offset, ids, _where(out_of_range),
+        "geometry is outside the WGS84 range (lon -180..180, lat -90..90; not EPSG:4326?)",
+    )  # fmt: skip
+    # datetime
+    us = _datetime_us(batch.column("datetime"))
+    problems.add(
+        shard, offset, ids, _where((us < _MIN_US) | (us >= _MAX_US)),
+        "datetime is outside 1900..2100",
+    )  # fmt: skip
+    # windows, nodata
+    for name in ("window_width", "window_height"):
+        v = batch.column(name).to_numpy()
+        problems.add(shard, offset, ids, _where(v <= 0), f"{name} must be positive")
+    for name in ("window_col", "window_row"):
+        v = batch.column(name).to_numpy()
+        problems.add(shard, offset, ids, _where(v < 0), f"{name} must not be negative")
+    nd = batch.column("nodata_fraction").to_numpy().astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        problems.add(
+            shard, offset, ids, _where(~((nd >= 0) & (nd <= 1))), "nodata_fraction must be in 0..1"
+        )
+    # vectors: finite as stored (float32 beyond +-65504 overflows halfvec)
+    emb = batch.column("embedding")
+    values = emb.flatten().to_numpy(zero_copy_only=False).reshape(n, dims)
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = (
+            values.astype(np.float16).astype(np.float32)
+            if storage == "halfvec"
+            else values.astype(np.float32)
+        )
+        finite = np.isfinite(stored).all(axis=1)
+    if not finite.all():
+        what = "embedding has NaN or infinite values" + (
+            " (or values beyond the float16 range of halfvec storage)"
+            if storage == "halfvec"
+            else ""
+        )
+        problems.add(shard, offset, ids, _where(~finite), what)
+    if problems.count > before:
+        return None
+    return stored
+
+
+def _datetime_us(col: pa.Array) -> np.ndarray:
+    t = col.type
+    assert isinstance(t, pa.TimestampType)
+    if t.unit != "us":
+        col = pc.cast(col, pa.timestamp("us", tz=t.tz), safe=False)
+    return col.cast(pa.int64()).to_numpy()
+
+
+def _tail_dtype(dims: int, storage: str) -> np.dtype:
+    value = ">f2" if storage == "halfvec" else ">f4"
+    return np.dtype(
+        [
+            ("l_dt", ">i4"), ("dt", ">i8"),
+            ("l_wc", ">i4"), ("wc", ">i4"),
+            ("l_wr", ">i4"), ("wr", ">i4"),
+            ("l_ww", ">i4"), ("ww", ">i4"),
+            ("l_wh", ">i4"), ("wh", ">i4"),
+            ("l_nd", ">i4"), ("nd", ">f4"),
+            ("l_ck", ">i4"), ("ck", "V32"),
+            ("l_e", ">i4"), ("e_dim", ">u2"), ("e_unused", ">u2"), ("e", value, (dims,)),
+        ]
+    )  # fmt: skip
+
+
+class _Encoder:
+    """Encodes validated record batches as PostgreSQL binary COPY rows of the staging table."""
+
+    def __init__(self, dims: int, storage: str) -> None:
+        self.dims = dims
+        self.storage = storage
+        self.dtype = _tail_dtype(dims, storage)
+        self.header = npy_header(dims)
+        self.base_hash = hashlib.sha256(self.header)
+        self.vbytes = 2 if storage == "halfvec" else 4
+        self._lens = {
+            "l_dt": 8, "l_wc": 4, "l_wr": 4, "l_ww": 4, "l_wh": 4, "l_nd": 4, "l_ck": 32,
+            "l_e": 4 + self.vbytes * dims,
+        }  # fmt: skip
+        self._fields = struct.pack(">h", _STAGE_FIELDS)
+
+    def encode(self, batch: pa.RecordBatch, stored: np.ndarray) -> bytes:
+        n = batch.num_rows
+        tail = np.empty(n, dtype=self.dtype)
+        for name, length in self._lens.items():
+            tail[name] = length
+        tail["dt"] = _datetime_us(batch.column("datetime")) - _PG_EPOCH_US
+        tail["wc"] = batch.column("window_col").to_numpy()
+        tail["wr"] = batch.column("window_row").to_numpy()
+        tail["ww"] = batch.column("window_width").to_numpy()
+        tail["wh"] = batch.column("window_height").to_numpy()
+        tail["nd"] = batch.column("nodata_fraction").to_numpy()
+        tail["e_dim"] = self.dims
+        tail["e_unused"] = 0
+        tail["e"] = stored  # cast to big-endian float16/float32
+        # file:checksum of the canonical .npy bytes: header + little-endian float32 values
+        le = np.ascontiguousarray(stored, dtype="<f4")
+        mv = le.data.cast("B")
+        row = 4 * self.dims
+        base = self.base_hash
+        digests = bytearray()
+        for i in range(n):
+            h = base.copy()
+            h.update(mv[i * row : (i + 1) * row])
+            digests += h.digest()
+        tail["ck"] = np.frombuffer(bytes(digests), dtype="V32")
+        tail_mv = memoryview(tail.tobytes())
+        size = self.dtype.itemsize
+
+        ids = batch.column("id").to_pylist()
+        safe = pc.match_substring_regex(batch.column("id"), _URL_SAFE).to_numpy(False)
+        wkbs = batch.column("geometry").to_pylist()
+        sources = [
+            batch.column(c).to_pylist()
+            for c in ("source_item", "source_asset", "source_href", "source_crs")
+        ]
+        cache: dict[str, bytes] = {}
+
+        def text(value: str) -> bytes:
+            out = cache.get(value)
+            if out is None:
+                raw = value.encode()
+                out = struct.pack(">i", len(raw)) + raw
+                if len(cache) < 4096:
+                    cache[value] = out
+            return out
+
+        pack = struct.Struct(">i").pack
+        fields = self._fields
+        pieces: list[bytes | memoryview] = []
+        append = pieces.append
+        for i in range(n):
+            rid = ids[i].encode()
+            append(fields)
+            append(pack(len(rid)))
+            append(rid)
+            if safe[i]:
+                append(_NULL)
+            else:
+                from urllib.parse import quote
+
+                q = quote(ids[i], safe="").encode()
+                append(pack(len(q)))
+                append(q)
+            wkb = wkbs[i]
+            append(pack(len(wkb)))
+            append(wkb)
+            append(text(sources[0][i]))
+            append(text(sources[1][i]))
+            append(text(sources[2][i]))
+            append(text(sources[3][i]))
+            append(tail_mv[i * size : (i + 1) * size])
+        return b"".join(pieces)
+
+
+def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    with pq.ParquetFile(path) as f:
+        yield from f.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS))
+
+
+# -- the database side -------------------------------------------------------------------------
+
+
+def _stage_sql(space: Space) -> str:
+    return f"""
+CREATE TEMP TABLE publish_staging (
+    id text, href_id text, wkb bytea,
+    source_item text, source_asset text, source_href text, source_crs text,
+    datetime timestamptz, window_col int4, window_row int4, window_width int4,
+    window_height int4, nodata_fraction float4, digest bytea, embedding {space.storage}
+) ON COMMIT DROP"""
+
+
+def _existing_collection(
+    conn: psycopg.Connection, collection_id: str
+) -> tuple[dict[str, Any], Space | None] | None:
+    row = conn.execute(
+        "select stac, space_id from collections where id = %s for update", (collection_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    space = spaces_mod.get_space(conn, row[1]) if row[1] is not None else None
+    return row[0], space
+
+
+def _check_space(collection_id: str, space: Space, manifest: Manifest, storage: str) -> None:
+    enc = manifest.encoder
+    ours = (enc.name, enc.version, enc.dimensions, enc.metric)
+    theirs = (space.encoder_name, space.encoder_version, space.dimensions, space.metric)
+    if ours != theirs:
+        raise Conflict(
+            f"collection {collection_id!r} holds {space.encoder_name} {space.encoder_version}"
+            f" vectors ({space.dimensions}d, {space.metric}); the manifest was made by"
+            f" {enc.name} {enc.version} ({enc.dimensions}d, {enc.metric}). Vectors of"
+            " different embedding spaces are never mixed: publish to another collection"
+            " (--collection)"
+        )
+
+
+def _merge_items_sql(mode: str) -> sql.Composed:
+    conflict = {
+        "insert": "",
+        "ignore": "ON CONFLICT (collection_id, id) DO NOTHING",
+        "upsert": """ON CONFLICT (collection_id, id) DO UPDATE SET
+            geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
+            start_datetime = NULL, end_datetime = NULL, properties = excluded.properties,
+            assets = excluded.assets, links = excluded.links
+          WHERE (ST_AsEWKB(items.geometry), items.bbox, items.datetime, items.start_datetime,
+                 items.end_datetime, items.properties, items.assets, items.links)
+             IS DISTINCT FROM
+                (ST_AsEWKB(excluded.geometry), excluded.bbox, excluded.datetime, NULL::timestamptz,
+                 NULL::timestamptz, excluded.properties, excluded.assets, excluded.links)""",
+    }[mode]
+    return sql.SQL(
+        """
+WITH merged AS (
+  INSERT INTO items (collection_id, id, geometry, bbox, datetime, properties, assets, links)
+  SELECT %(cid)s::text, s.id, g.geom,
+         ARRAY[ST_XMin(g.geom), ST_YMin(g.geom), ST_XMax(g.geom), ST_YMax(g.geom)],
+         s.datetime,
+         %(props)s::jsonb || jsonb_build_object(
+            'datetime', to_char(s.datetime AT TIME ZONE 'UTC',
+                CASE WHEN extract(microseconds FROM s.datetime)::bigint %% 1000000 = 0
+                     THEN 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+                     ELSE 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' END),
+            'proj:code', s.source_crs,
+            'proj:shape', jsonb_build_array(s.window_height, s.window_width),
+            'embcat:source_item', s.source_item,
+            'embcat:source_asset', s.source_asset,
+            'embcat:window', jsonb_build_array(s.window_col, s.window_row,
+                                               s.window_width, s.window_height),
+            'embcat:nodata_fraction', round(s.nodata_fraction::numeric, 6)),
+         jsonb_build_object('embeddings', %(asset)s::jsonb || jsonb_build_object(
+            'href', %(href_prefix)s::text || coalesce(s.href_id, s.id) || %(href_suffix)s::text,
+            'file:checksum', '1220' || encode(s.digest, 'hex'))),
+         jsonb_build_array(jsonb_build_object(
+            'rel', 'derived_from', 'href', s.source_href, 'type', %(src_type)s::text,
+            'title', s.source_item))
+    FROM publish_staging s
+    CROSS JOIN LATERAL (SELECT ST_GeomFromWKB(s.wkb, 4326) AS geom) g
+  {conflict}
+  RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+"""
+    ).format(conflict=sql.SQL(conflict))
+
+
+def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
+    col = sql.Identifier(space.column)
+    conflict = {
+        "insert": sql.SQL(""),
+        "ignore": sql.SQL("ON CONFLICT (collection_id, item_id, space_id) DO NOTHING"),
+        "upsert": sql.SQL(
+            "ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
+            " WHERE embeddings.{col} IS DISTINCT FROM excluded.{col}"
+        ).format(col=col),
+    }[mode]
+    return sql.SQL(
+        "INSERT INTO embeddings (collection_id, item_id, space_id, {col})"
+        " SELECT %(cid)s::text, s.id, %(space)s::int, s.embedding FROM publish_staging s {conflict}"
+    ).format(col=col, conflict=conflict)
+
+
+def publish(
+    source: Path,
+    *,
+    collection_id: str | None = None,
+    mode: Mode = "ignore",
+    settings: DatabaseSettings | None = None,
+    progress: bool = True,
+    defer_index: bool = False,
+    storage: Literal["halfvec", "vector"] = "halfvec",
+    origin: str = "local",
+) -> PublishResult:
+    """Publish an encode run (its folder or manifest.json) into the catalogue, atomically."""
+    if mode not in MODES:
+        raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    started_wall = datetime.now(UTC)
+    t0 = time.perf_counter()
+    manifest, folder = load_manifest(Path(source))
+    cid = collection_id or default_collection_id(manifest)
+    shard_paths = verify_shards(manifest, folder)
+    total_bytes = sum(s.bytes for s in manifest.shards)
+    timings: dict[str, float] = {"verify_s": time.perf_counter() - t0}
+
+    with connect(settings) as conn:
+        conn.execute("set temp_buffers = '256MB'")
+        conn.execute("set statement_timeout = 0")
+        conn.execute("set jit = off")
+        conn.commit()
+        with translated(), conn.transaction():
+            result = _publish_tx(
+                conn, manifest, shard_paths, cid, mode, storage, defer_index, progress,
+                started_wall, origin, total_bytes, timings, t0,
+            )  # fmt: skip
+    result.elapsed_s = time.perf_counter() - t0
+    log.info(result.summary())
+    return result
+
+
+def _publish_tx(
+    conn: psycopg.Connection,
+    manifest: Manifest,
+    shard_paths: list[Path],
+    cid: str,
+    mode: str,
+    storage: str,
+    defer_index: bool,
+    progress: bool,
+    started_wall: datetime,
+    origin: str,
+    total_bytes: int,
+    timings: dict[str, float],
+    t0: float,
+) -> PublishResult:
+    enc = manifest.encoder
+    conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish:' || %s))", (cid,))
+    existing = _existing_collection(conn, cid)
+    existing_stac: dict[str, Any] | None = None
+    if existing is not None:
+        existing_stac, old_space = existing
+        if old_space is not None:
+            _check_space(cid, old_space, manifest, storage)
+            storage = old_space.storage
+    if storage == "halfvec" and enc.dimensions > spaces_mod.INDEX_MAX_DIMS["halfvec"]:
+        log.warning("%d dimensions exceed the halfvec index limit; no HNSW index", enc.dimensions)
+    # A stand-in space (id 0) for staging; the real one is registered after validation so
+    # that staging never waits on another publish's uncommitted space row.
+    staging_space = Space(0, enc.name, enc.version, enc.dimensions, storage)  # type: ignore[arg-type]
+    conn.execute(_stage_sql(staging_space))
+
+    # 1. stream, validate, COPY
+    t = time.perf_counter()
+    rows = _stage(conn, manifest, shard_paths, storage, progress)
+    timings["stage_s"] = time.perf_counter() - t
+    dups = conn.execute(
+        "select id, count(*) from publish_staging group by id having count(*) > 1"
+        " order by id limit %s",
+        (MAX_REPORTED,),
+    ).fetchall()
+    if dups:
+        listed = ", ".join(f"{d[0]!r} ({d[1]}x)" for d in dups)
+        raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
+    if rows == 0:
+        raise InvalidInput("the run has no rows to publish")
+
+    # 2. space and collection
+    space = spaces_mod.get_or_create_space(
+        conn,
+        encoder_name=enc.name,
+        encoder_version=enc.version,
+        dimensions=enc.dimensions,
+        storage=storage,  # type: ignore[arg-type]
+        metric=enc.metric,
+        normalized=enc.normalized,
+        mlm=enc.mlm,
+    )
+    ext = conn.execute(
+        "select min(ST_XMin(g)), min(ST_YMin(g)), max(ST_XMax(g)), max(ST_YMax(g)),"
+        " min(datetime), max(datetime)"
+        " from (select ST_GeomFromWKB(wkb, 4326) g, datetime from publish_staging) s"
+    ).fetchone()
+    assert ext is not None
+    stac = build_collection(
+        manifest, cid, space, bbox=list(ext[:4]), interval=(ext[4], ext[5]), existing=existing_stac
+    )
+    created = existing is None
+    if created:
+        conn.execute(
+            "insert into collections (id, stac, space_id) values (%s, %s, %s)",
+            (cid, Jsonb(stac), space.id),
+        )
+    else:
+        conn.execute(
+            "update collections set stac = %s, space_id = %s, updated_at = now()"
+            " where id = %s and (stac, space_id) is distinct from (%s::jsonb, %s)",
+            (Jsonb(stac), space.id, cid, Jsonb(stac), space.id),
+        )
+
+    # 3. merge
+    build = (not defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
+    lock = "pg_advisory_xact_lock" if build else "pg_advisory_xact_lock_shared"
+    conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
+    if mode == "insert":
+        clash = conn.execute(
+            "select s.id from publish_staging s join items i"
+            " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
+            (cid, MAX_REPORTED),
+        ).fetchall()
+        if clash:
+            raise Conflict(
+                f"mode insert: {len(clash)}{'+' if len(clash) == MAX_REPORTED else ''} items"
+                f" already exist in {cid!r}: {', '.join(repr(c[0]) for c in clash)}"
+                " (use --mode upsert or --mode ignore)"
+            )
+    tpl = item_template(manifest, cid, space)
+    t = time.perf_counter()
+    counts = conn.execute(
+        _merge_items_sql(mode),
+        {
+            "cid": cid,
+            "props": Jsonb(tpl.properties),
+            "asset": Jsonb(tpl.asset),
+            "href_prefix": tpl.href_prefix,
+            "href_suffix": tpl.href_suffix,
+            "src_type": SOURCE_MEDIA_TYPE,
+        },
+    ).fetchone()
+    assert counts is not None
+    inserted, updated = int(counts[0]), int(counts[1])
+    timings["merge_items_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
+    timings["merge_embeddings_s"] = time.perf_counter() - t
+
+    # 4. index, statistics, record
+    index_s = 0.0
+    built = False
+    if build:
+        t = time.perf_counter()
+        built = spaces_mod.ensure_hnsw_index(conn, space)
+        index_s = time.perf_counter() - t
+    t = time.perf_counter()
+    if inserted or updated:
+        conn.execute("analyze items")
+        conn.execute("analyze embeddings")
+    timings["analyze_s"] = time.perf_counter() - t
+    skipped = rows - inserted - updated
+    details = {
+        "bytes": total_bytes,
+        "shards": len(shard_paths),
+        "space_id": space.id,
+        "index_built": built,
+        "index_s": round(index_s, 3),
+        "encoder": f"{enc.name} {enc.version}",
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    rec = conn.execute(
+        "insert into publishes (collection_id, manifest_sha256, mode, origin, started_at,"
+        " rows_in, inserted, updated, skipped, details)"
+        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id",
+        (cid, manifest.checksum(), mode, origin, started_wall, rows, inserted, updated, skipped,
+         Jsonb(details)),
+    ).fetchone()  # fmt: skip
+    assert rec is not None
+    return PublishResult(
+        collection_id=cid,
+        mode=mode,
+        rows=rows,
+        inserted=inserted,
+        updated=updated,
+        skipped=skipped,
+        bytes=total_bytes,
+        elapsed_s=time.perf_counter() - t0,
+        manifest_sha256=manifest.checksum(),
+        space_id=space.id,
+        created_collection=created,
+        index_built=built,
+        index_s=index_s,
+        publish_id=int(rec[0]),
+        timings=timings,
+    )
+
+
+def _stage(
+    conn: psycopg.Connection,
+    manifest: Manifest,
+    shard_paths: list[Path],
+    storage: str,
+    progress: bool,
+) -> int:
+    from tqdm import tqdm
+
+    dims = manifest.encoder.dimensions
+    batch_rows = int(min(16384, max(256, BATCH_BYTES // (4 * dims))))
+    encoder = _Encoder(dims, storage)
+    problems = _Problems()
+    rows = 0
+    bar = tqdm(
+        total=manifest.rows, unit="row", unit_scale=True, disable=not progress,
+        desc="publish", leave=False,
+    )  # fmt: skip
+    try:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY publish_staging FROM STDIN (FORMAT BINARY)",
+                writer=QueuedLibpqWriter(cur),  # sends from a thread while the next batch is built
+            ) as copy,
+        ):
+            copy.write(_COPY_HEADER)
+            for path in shard_paths:
+                offset = 0
+                for batch in _iter_batches(path, batch_rows):
+                    stored = _validate_batch(batch, path.name, offset, dims, storage, problems)
+                    if stored is not None and problems.count == 0:
+                        copy.write(encoder.encode(batch, stored))
+                    offset += batch.num_rows
+                    rows += batch.num_rows
+                    bar.update(batch.num_rows)
+                    if problems.full:
+                        break
+                if problems.full:
+                    break
+            if problems.count:
+                raise InvalidInput(
+                    f"invalid input, nothing was published ({problems.count}"
+                    f"{'+' if problems.full else ''} bad rows); first offending rows:\n  "
+                    + "\n  ".join(problems.rows)
+                )
+            copy.write(_COPY_TRAILER)
+    finally:
+        bar.close()
+    return rows
+
+
+def build_index(collection_id: str, settings: DatabaseSettings | None = None) -> bool:
+    """Build the HNSW index of a collection's space if absent (``embcat index build``).
+
+    Takes the merge lock exclusively, like a publish that builds an index, so that it
+    never deadlocks with a concurrent publish. Returns True if an index was built.
+    """
+    from catalog.errors import NotFound
+
+    with connect(settings) as conn, translated(), conn.transaction():
+        conn.execute("set local statement_timeout = 0")
+        conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+        space = spaces_mod.collection_space(conn, collection_id)
+        if space is None:
+            raise NotFound(f"collection {collection_id!r} has no embeddings")
+        return spaces_mod.ensure_hnsw_index(conn, space)
+
+
+def list_publishes(
+    conn: psycopg.Connection, collection_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Publish records, newest first."""
+    rows = conn.execute(
+        "select id, collection_id, mode, origin, manifest_sha256, started_at, finished_at,"
+        " rows_in, inserted, updated, skipped, details from publishes"
+        " where %(cid)s::text is null or collection_id = %(cid)s"
+        " order by finished_at desc, id desc limit %(limit)s",
+        {"cid": collection_id, "limit": limit},
+    ).fetchall()
+    keys = (
+        "id", "collection_id", "mode", "origin", "manifest_sha256", "started_at",
+        "finished_at", "rows", "inserted", "updated", "skipped", "details",
+    )  # fmt: skip
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+__all__ = [
+    "MODES",
+    "EmbcatError",
+    "PublishResult",
+    "build_index",
+    "list_publishes",
+    "load_manifest",
+    "publish",
+    "verify_shards",
+]
