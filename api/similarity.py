@@ -1,0 +1,344 @@
+"""Similarity search in the STAC API: a conformance class of its own.
+
+- ``POST /search`` accepts ``"similarity": {...}`` (``catalog.similarity.SimilaritySpec``)
+  next to every other search parameter; results are ranked by similarity and carry
+  ``properties["similarity:distance"]`` and ``properties["similarity:score"]``.
+- ``GET /collections/{collection_id}/items/{item_id}/similar`` ranks items by similarity
+  to one item, with the search filters as query parameters.
+
+Ranked results page by offset: the ``next`` link carries ``token=sim:<offset>``, bounded
+by ``EMBCAT_SIMILARITY_MAX_K``. The item searched by is left out of its own results.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import attr
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from psycopg import sql
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field
+from stac_fastapi.api.models import GeoJSONResponse
+from stac_fastapi.types.extension import ApiExtension
+from starlette.concurrency import run_in_threadpool
+
+from api.db import base_url as request_base_url
+from api.db import connection
+from catalog import stac as stacrows
+from catalog.errors import InvalidInput
+from catalog.search import SearchQuery, apply_fields, where_clause
+from catalog.similarity import (
+    Hit,
+    SimilaritySettings,
+    SimilaritySpec,
+    parse_spec,
+    similar,
+)
+
+SIMILARITY_CONFORMANCE = "https://embcat.dev/spec/similarity/v1"
+TOKEN_PREFIX = "sim:"
+GEOJSON = "application/geo+json"
+JSON_TYPE = "application/json"
+
+SEARCH_EXAMPLES = {
+    "by item": {
+        "summary": "Items similar to one item, inside a bbox",
+        "value": {
+            "collections": ["s2-mosaiks"],
+            "bbox": [5.0, 45.0, 8.0, 48.0],
+            "limit": 10,
+            "similarity": {"item": {"collection": "s2-mosaiks", "id": "tile-0001"}},
+        },
+    },
+    "by vector": {
+        "summary": "Exact search with a raw vector of the collection's space",
+        "value": {
+            "collections": ["s2-mosaiks"],
+            "datetime": "2024-01-01T00:00:00Z/2024-12-31T23:59:59Z",
+            "similarity": {
+                "vector": [0.12, -0.03, 0.88],
+                "collection": "s2-mosaiks",
+                "exact": True,
+            },
+        },
+    },
+    "few-shot": {
+        "summary": "A linear classifier over positive and negative examples",
+        "value": {
+            "collections": ["s2-mosaiks"],
+            "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]},
+            "similarity": {
+                "positive": [
+                    {"collection": "s2-mosaiks", "id": "tile-0001"},
+                    {"collection": "s2-mosaiks", "id": "tile-0042"},
+                ],
+                "negative": [{"collection": "s2-mosaiks", "id": "tile-0007"}],
+                "method": "linear",
+                "ef_search": 200,
+            },
+        },
+    },
+}
+
+
+class SimilaritySearchPostRequest(BaseModel):
+    """POST /search mixin: the ``similarity`` clause."""
+
+    similarity: SimilaritySpec | None = Field(
+        default=None,
+        description=(
+            "Rank the results by similarity: to an item ({'item': {collection, id}}), to a"
+            " raw vector ({'vector': [...], 'collection': C}) or to few-shot examples"
+            " ({'positive': [...], 'negative': [...], 'method': 'prototype'|'linear'});"
+            " optional 'exact' and 'ef_search'. Features carry similarity:distance and"
+            " similarity:score."
+        ),
+    )
+
+
+def _settings(request: Request) -> SimilaritySettings:
+    state = request.app.state
+    found = getattr(state, "similarity_settings", None)
+    if found is None:
+        found = SimilaritySettings()
+        state.similarity_settings = found
+    return found
+
+
+def _offset(token: str | None) -> int:
+    if not token:
+        return 0
+    if not token.startswith(TOKEN_PREFIX) or not token[len(TOKEN_PREFIX) :].isdigit():
+        raise InvalidInput(
+            f"invalid token {token!r} for a similarity search (expected '{TOKEN_PREFIX}<offset>')"
+        )
+    return int(token[len(TOKEN_PREFIX) :])
+
+
+def _features(conn: Any, hits: list[Hit], search: SearchQuery, base: str) -> list[dict[str, Any]]:
+    if not hits:
+        return []
+    query = sql.SQL("SELECT {} FROM items i WHERE (i.collection_id, i.id) IN ({})").format(
+        stacrows.ITEM_COLUMNS,
+        sql.SQL(", ").join(
+            sql.SQL("({}, {})").format(sql.Literal(h.collection_id), sql.Literal(h.item_id))
+            for h in hits
+        ),
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = {(r["collection_id"], r["id"]): r for r in cur.execute(query).fetchall()}
+    out = []
+    for h in hits:
+        row = rows.get((h.collection_id, h.item_id))
+        if row is None:  # deleted between the ranking and this read
+            continue
+        item = stacrows.item_to_stac(row, base)
+        item["properties"]["similarity:distance"] = h.distance
+        item["properties"]["similarity:score"] = h.score
+        out.append(apply_fields(item, search.fields) if search.fields else item)
+    return out
+
+
+def _search(
+    request: Request, search: SearchQuery, spec: SimilaritySpec, offset: int, base: str
+) -> list[dict[str, Any]]:
+    if search.sortby:
+        raise InvalidInput("sortby cannot be combined with similarity: results are ranked")
+    where = where_clause(search)
+    with connection(request) as conn:
+        hits = similar(
+            conn,
+            spec,
+            where,
+            search.limit,
+            offset,
+            collections=search.collections,
+            settings=_settings(request),
+        )
+        return _features(conn, hits, search, base)
+
+
+async def similarity_search(
+    request: Request,
+    search: SearchQuery,
+    spec: SimilaritySpec | dict[str, Any],
+    *,
+    get_path: str | None = None,
+) -> dict[str, Any]:
+    """A ranked ItemCollection for ``search`` + ``spec`` (POST links unless ``get_path``)."""
+    spec = parse_spec(spec)
+    base = request_base_url(request)
+    offset = _offset(search.token)
+
+    features = await run_in_threadpool(_search, request, search, spec, offset, base)
+    settings = _settings(request)
+    more = len(features) == search.limit and offset + 2 * search.limit <= settings.max_k
+    pages = []
+    if more:
+        pages.append(("next", offset + search.limit))
+    if offset > 0:
+        pages.append(("prev", max(offset - search.limit, 0)))
+    links: list[dict[str, Any]] = []
+    if get_path is None:
+        body = await request.json()
+        links.append({"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"})
+        for rel, at in pages:
+            links.append(
+                {
+                    "rel": rel,
+                    "type": GEOJSON,
+                    "method": "POST",
+                    "href": f"{base}/search",
+                    "body": {**body, "token": f"{TOKEN_PREFIX}{at}"},
+                    "merge": False,
+                }
+            )
+    else:
+        links.append({"rel": "self", "type": GEOJSON, "href": str(request.url)})
+        params = {k: v for k, v in request.query_params.items() if k != "token"}
+        for rel, at in pages:
+            query = urlencode({**params, "token": f"{TOKEN_PREFIX}{at}"})
+            links.append({"rel": rel, "type": GEOJSON, "href": f"{base}{get_path}?{query}"})
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "links": [{"rel": "root", "type": JSON_TYPE, "href": base + "/"}, *links],
+        "numberReturned": len(features),
+    }
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    return parts or None
+
+
+def _bbox(value: str | None) -> list[float] | None:
+    parts = _csv(value)
+    if parts is None:
+        return None
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise InvalidInput(f"bbox must be 4 or 6 comma-separated numbers, got {value!r}") from None
+    if len(numbers) not in (4, 6):
+        raise InvalidInput(f"bbox must be 4 or 6 comma-separated numbers, got {value!r}")
+    return numbers
+
+
+def _filter(value: str | None, lang: str | None) -> dict[str, Any] | str | None:
+    if value is None or value == "":
+        return None
+    if lang == "cql2-json" or (lang is None and value.lstrip().startswith("{")):
+        try:
+            parsed: dict[str, Any] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"filter is not valid CQL2 JSON: {exc}") from None
+        return parsed
+    return value
+
+
+def similar_router() -> APIRouter:
+    router = APIRouter(tags=["Similarity"])
+
+    @router.get(
+        "/collections/{collection_id}/items/{item_id}/similar",
+        summary="Items most similar to an item",
+        description=(
+            "Items ranked by similarity to the item's vector (the item itself left out),"
+            " in its collection unless `collections` names others of the same embedding"
+            " space, filtered like item search. Features carry `similarity:distance` and"
+            " `similarity:score`. Example: `/collections/s2-mosaiks/items/tile-0001/similar"
+            "?bbox=5,45,8,48&limit=10`."
+        ),
+        response_class=GeoJSONResponse,
+        name="similar_items",
+    )
+    async def similar_items(
+        request: Request,
+        collection_id: Annotated[str, Path(description="Collection of the query item")],
+        item_id: Annotated[str, Path(description="The query item")],
+        bbox: Annotated[
+            str | None, Query(description="minx,miny,maxx,maxy", examples=["5,45,8,48"])
+        ] = None,
+        datetime: Annotated[
+            str | None,
+            Query(description="RFC 3339 instant or interval", examples=["2024-01-01T00:00:00Z/.."]),
+        ] = None,
+        filter_: Annotated[
+            str | None,
+            Query(alias="filter", description="CQL2 filter", examples=["eo:cloud_cover < 20"]),
+        ] = None,
+        filter_lang: Annotated[
+            str | None, Query(alias="filter-lang", description=("cql2-text or cql2-json"))
+        ] = None,
+        collections: Annotated[
+            str | None,
+            Query(description=("Comma-separated collections to search (same embedding space)")),
+        ] = None,
+        limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
+        k: Annotated[int | None, Query(ge=1, description="Alias of limit")] = None,
+        exact: Annotated[bool, Query(description="Exact search (no index)")] = False,
+        ef_search: Annotated[
+            int | None, Query(ge=1, le=1000, description=("HNSW search effort"))
+        ] = None,
+        token: Annotated[str | None, Query(description="Page token (sim:<offset>)")] = None,
+    ) -> dict[str, Any]:
+        app_settings = request.app.state.settings
+        size = k or limit or int(app_settings.default_limit)
+        search = SearchQuery(
+            collections=_csv(collections) or [collection_id],
+            bbox=_bbox(bbox),
+            datetime=datetime,
+            filter=_filter(filter_, filter_lang),
+            filter_lang=filter_lang,
+            limit=min(size, int(app_settings.max_limit)),
+            token=token,
+        )
+        spec = parse_spec(
+            {
+                "item": {"collection": collection_id, "id": item_id},
+                "exact": exact,
+                "ef_search": ef_search,
+            }
+        )
+        path = f"/collections/{stacrows._q(collection_id)}/items/{stacrows._q(item_id)}/similar"
+        return await similarity_search(request, search, spec, get_path=path)
+
+    return router
+
+
+@attr.s
+class SimilarityExtension(ApiExtension):
+    """Similarity search: POST /search ``similarity`` clause and GET .../similar."""
+
+    POST = SimilaritySearchPostRequest
+    GET = None
+    conformance_classes: list[str] = attr.ib(factory=lambda: [SIMILARITY_CONFORMANCE])
+    schema_href: str | None = attr.ib(default=None)
+
+    def register(self, app: FastAPI) -> None:
+        app.include_router(similar_router())
+        _add_openapi_examples(app)
+
+
+def _add_openapi_examples(app: FastAPI) -> None:
+    """Add request examples of the similarity clause to POST /search in the OpenAPI doc."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        post = schema.get("paths", {}).get("/search", {}).get("post")
+        if post is not None:
+            content = post.setdefault("requestBody", {}).setdefault("content", {})
+            content.setdefault("application/json", {})["examples"] = SEARCH_EXAMPLES
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
