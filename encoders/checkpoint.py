@@ -161,6 +161,7 @@ class CheckpointEncoder(Encoder):
                 scaling=scaling,
                 variable_chip_size=bool(data.get("variable_chip_size", False)),
             )
+            scaling.affine(len(input_spec.bands))  # per-band values must match the bands
             output_spec = OutputSpec(
                 dimensions=int(data.get("output_dim", data.get("dimensions", 0))),
                 dtype=data.get("dtype", "float32"),

@@ -12,11 +12,8 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:  # the shared helpers live in tests/
     sys.path.insert(0, str(TESTS_DIR))
 
-from encoder_plugins import PLUGIN_SOURCE, write_dist  # noqa: E402
+from encoders_testkit import PLUGIN_SOURCE, write_dist  # noqa: E402
 from rasterdata import make_scene  # noqa: E402
-
-CHIP = 32
-MOSAIKS_SMALL = {"num_features": 8, "chip_size": CHIP}
 
 
 @pytest.fixture(scope="session")

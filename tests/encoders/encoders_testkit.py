@@ -1,9 +1,12 @@
-"""A real third-party encoder plugin distribution, written on demand by the tests."""
+"""Shared bits of the encoder tests: sizes, and a real third-party plugin distribution."""
 
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+
+CHIP = 32
+MOSAIKS_SMALL = {"num_features": 8, "chip_size": CHIP}
 
 PLUGIN_SOURCE = '''
 """A third-party encoder plugin, installed as its own distribution in the tests."""

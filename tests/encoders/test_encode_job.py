@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from conftest import CHIP, MOSAIKS_SMALL
+from encoders_testkit import CHIP, MOSAIKS_SMALL
 from pyproj import Transformer
 
 from encoders.errors import EncodeError, InputError

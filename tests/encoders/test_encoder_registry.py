@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from encoder_plugins import write_dist
+from encoders_testkit import write_dist
 from pystac.extensions.mlm import MLMExtension
 
 from embcat.cli import main
