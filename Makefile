@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export EMBCAT_DATABASE_URL ?= postgresql://embcat:embcat@127.0.0.1:5432/embcat
 
-.PHONY: setup venv db migrate test demo lint clean-venv bench
+.PHONY: setup venv db migrate explorer browser test demo lint clean-venv
 
-setup: venv db migrate
+setup: venv db migrate explorer
 
 # Reinstall only when pyproject.toml changes (the stamp records the last install).
 venv: $(STAMP)
@@ -27,7 +27,15 @@ db:
 migrate: venv
 	@$(BIN)/embcat db upgrade
 
-test: setup
+# The explorer's JavaScript (Leaflet from the npm lock file); re-run only when the lock changes.
+explorer:
+	@./scripts/setup-explorer.sh
+
+# Headless Chromium + chromedriver for the explorer's browser tests (Debian packages).
+browser:
+	@./scripts/setup-explorer.sh --browser
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: venv
@@ -36,9 +44,6 @@ lint: venv
 
 demo: setup
 	$(BIN)/embcat demo
-
-bench: setup
-	$(BIN)/python -m benchmarks
 
 clean-venv:
 	rm -rf $(VENV)
