@@ -57,10 +57,11 @@ from api.errors import add_exception_handlers, error_body
 from api.explorer import router as explorer_router
 from api.settings import ApiSettings
 from api.transactions import transaction_extensions
+from api.uploads import router as uploads_router
 from catalog.stac import STAC_VERSION
 
 # Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
-EXTRA_ROUTERS: list[APIRouter] = [explorer_router]
+EXTRA_ROUTERS: list[APIRouter] = [explorer_router, uploads_router]
 
 FILTER_CLASSES = [
     FilterConformanceClasses.FILTER,

@@ -1,0 +1,311 @@
+"""Remote publishing: an HPC job uploads its shards + manifest, then asks the server to publish.
+
+Every route needs the ``write`` scope; a key limited to one collection may publish only to
+that collection. An upload lives in a spool folder per key (``EMBCAT_UPLOAD_DIR``)::
+
+    GET    /publish/uploads/{upload_id}                     what the server holds (resume)
+    PUT    /publish/uploads/{upload_id}/manifest            manifest.json (validated)
+    PUT    /publish/uploads/{upload_id}/shards/{name}?offset=N   one chunk of a shard
+    POST   /publish/uploads/{upload_id}/commit?collection=&mode=&defer_index=
+    DELETE /publish/uploads/{upload_id}
+
+Shards travel in chunks of at most ``chunk_bytes`` (below the API's body limit), appended
+at ``offset``; a shard is complete when it reaches the manifest's size and its sha256
+matches. A client that was interrupted asks what arrived and continues from there, and
+never sends a complete shard again. The commit runs catalog.publish.publish on the spool
+folder in a worker thread: the same validation and loading as a local publish.
+
+``GET /collections/{collection_id}/model`` serves the encoder of a collection's space as a
+STAC MLM item (the target of the collection's ``emb:model`` link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import principal_of, require_scope
+from api.db import base_url, connection
+from catalog.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from catalog.keys import Principal
+from catalog.settings import DatabaseSettings
+from encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
+_MANIFEST_MAX = 16 << 20
+
+
+class UploadSettings(BaseSettings):
+    """Where uploads are spooled and how large they may be (prefix ``EMBCAT_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore")
+
+    upload_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "embcat-uploads",
+        description="Spool folder of remote publishes (needs room for the largest run).",
+    )
+    upload_max_bytes: int = Field(
+        200 << 30, ge=1, description="Largest run (sum of shard sizes) one upload may hold."
+    )
+    upload_chunk_bytes: int = Field(
+        8 << 20, ge=1 << 16, description="Largest chunk of a shard per request."
+    )
+
+
+def _settings(request: Request) -> UploadSettings:
+    cached = getattr(request.app.state, "upload_settings", None)
+    if cached is None:
+        cached = UploadSettings()  # type: ignore[call-arg]
+        request.app.state.upload_settings = cached
+    return cached
+
+
+def _chunk_bytes(request: Request) -> int:
+    limit = getattr(request.app.state.settings, "max_body_bytes", 10 << 20)
+    return max(1 << 16, min(_settings(request).upload_chunk_bytes, limit - (64 << 10)))
+
+
+def _folder(request: Request, principal: Principal, upload_id: str) -> Path:
+    if not _ID.match(upload_id):
+        raise InvalidInput("upload id must be 1..64 letters, digits, '-' or '_'")
+    owner = principal.key_id or "anonymous"
+    if not _ID.match(owner):
+        owner = "key-" + hashlib.sha256(owner.encode()).hexdigest()[:32]
+    return _settings(request).upload_dir / owner / upload_id
+
+
+def _manifest(folder: Path) -> Manifest | None:
+    path = folder / MANIFEST_NAME
+    return Manifest.load(path) if path.exists() else None
+
+
+def _shard_record(manifest: Manifest, name: str) -> Any:
+    if not _NAME.match(name):
+        raise InvalidInput(f"invalid shard name {name!r}")
+    for rec in manifest.shards:
+        if rec.path == name:
+            return rec
+    raise NotFound(f"shard {name!r} is not in the manifest of this upload")
+
+
+def _state(folder: Path, chunk: int) -> dict[str, Any]:
+    manifest = _manifest(folder)
+    shards: dict[str, Any] = {}
+    if manifest is not None:
+        for rec in manifest.shards:
+            done = folder / rec.path
+            part = folder / (rec.path + ".part")
+            if done.exists():
+                shards[rec.path] = {"received": rec.bytes, "complete": True, "sha256": rec.sha256}
+            else:
+                got = part.stat().st_size if part.exists() else 0
+                shards[rec.path] = {"received": got, "complete": False, "sha256": None}
+    return {
+        "upload_id": folder.name,
+        "chunk_bytes": chunk,
+        "manifest_sha256": manifest.checksum() if manifest is not None else None,
+        "shards": shards,
+        "complete": manifest is not None and all(s["complete"] for s in shards.values()),
+    }
+
+
+_locks: dict[Path, asyncio.Lock] = {}
+
+
+def _lock(folder: Path) -> asyncio.Lock:
+    lock = _locks.get(folder)
+    if lock is None:
+        lock = _locks[folder] = asyncio.Lock()
+    return lock
+
+
+router = APIRouter(tags=["Publishing"])
+
+
+async def _write(request: Request) -> Principal:
+    """A key with the write scope; a key limited to one collection is accepted here and
+    checked against the target collection at commit."""
+    principal = await principal_of(request)
+    if principal is None:
+        raise Unauthorized("publishing needs an API key with the 'write' scope")
+    if not principal.allows("write", principal.collection_id):
+        raise Forbidden(f"the API key {principal.key_id} lacks the 'write' scope")
+    return principal
+
+
+WritePrincipal = Annotated[Principal, Depends(_write)]
+
+
+@router.get("/publish/uploads/{upload_id}", summary="What the server holds of an upload")
+async def upload_state(
+    request: Request, upload_id: str, principal: WritePrincipal
+) -> dict[str, Any]:
+    folder = _folder(request, principal, upload_id)
+    return await run_in_threadpool(_state, folder, _chunk_bytes(request))
+
+
+@router.put("/publish/uploads/{upload_id}/manifest", summary="Upload the run's manifest.json")
+async def put_manifest(
+    request: Request, upload_id: str, principal: WritePrincipal
+) -> dict[str, Any]:
+    folder = _folder(request, principal, upload_id)
+    body = await request.body()
+    if len(body) > _MANIFEST_MAX:
+        raise InvalidInput("manifest too large")
+    try:
+        manifest = Manifest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"invalid manifest: {where}: {first['msg']}") from exc
+    for rec in manifest.shards:
+        if not _NAME.match(rec.path):
+            raise InvalidInput(f"invalid shard name {rec.path!r} in the manifest")
+    total = sum(rec.bytes for rec in manifest.shards)
+    limit = _settings(request).upload_max_bytes
+    if total > limit:
+        raise InvalidInput(f"the run has {total} bytes of shards; this server accepts {limit}")
+    async with _lock(folder):
+        old = await run_in_threadpool(_manifest, folder)
+        if old is not None and old.checksum() != manifest.checksum():
+            # A different run under the same id: start over.
+            await run_in_threadpool(shutil.rmtree, folder, True)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest.dump(folder)
+        return await run_in_threadpool(_state, folder, _chunk_bytes(request))
+
+
+@router.put(
+    "/publish/uploads/{upload_id}/shards/{name}", summary="Upload one chunk of a shard at offset"
+)
+async def put_shard_chunk(
+    request: Request,
+    upload_id: str,
+    name: str,
+    principal: WritePrincipal,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    folder = _folder(request, principal, upload_id)
+    manifest = await run_in_threadpool(_manifest, folder)
+    if manifest is None:
+        raise Conflict("upload the manifest before the shards")
+    rec = _shard_record(manifest, name)
+    chunk = _chunk_bytes(request)
+    done = folder / name
+    part = folder / (name + ".part")
+    async with _lock(folder):
+        if done.exists():
+            return {"name": name, "received": rec.bytes, "complete": True, "sha256": rec.sha256}
+        have = part.stat().st_size if part.exists() else 0
+        if offset != have:
+            raise Conflict(f"shard {name}: the server holds {have} bytes; send from offset {have}")
+        received = 0
+        with open(part, "ab") as f:
+            async for piece in request.stream():
+                received += len(piece)
+                if received > chunk or have + received > rec.bytes:
+                    f.truncate(have)
+                    raise InvalidInput(
+                        f"shard {name}: chunk larger than {chunk} bytes or beyond the"
+                        f" manifest's size ({rec.bytes})"
+                    )
+                f.write(piece)
+        size = have + received
+        if size == rec.bytes:
+            digest = await run_in_threadpool(sha256_file, part)
+            if digest != rec.sha256:
+                part.unlink()
+                raise InvalidInput(
+                    f"shard {name}: sha256 {digest[:12]}... does not match the manifest;"
+                    " the received copy was discarded, send it again"
+                )
+            os.replace(part, done)
+            return {"name": name, "received": size, "complete": True, "sha256": digest}
+        return {"name": name, "received": size, "complete": False, "sha256": None}
+
+
+@router.post("/publish/uploads/{upload_id}/commit", summary="Publish an uploaded run")
+async def commit_upload(
+    request: Request,
+    upload_id: str,
+    principal: WritePrincipal,
+    collection: Annotated[str | None, Query(description="Collection id (default: run's)")] = None,
+    mode: Annotated[Literal["insert", "upsert", "ignore"], Query()] = "ignore",
+    defer_index: Annotated[bool, Query()] = False,
+) -> dict[str, Any]:
+    from catalog.publish import publish
+    from catalog.stacgen import default_collection_id
+
+    folder = _folder(request, principal, upload_id)
+    state = await run_in_threadpool(_state, folder, _chunk_bytes(request))
+    if state["manifest_sha256"] is None:
+        raise NotFound(f"upload {upload_id!r} has no manifest")
+    if not state["complete"]:
+        missing = [n for n, s in state["shards"].items() if not s["complete"]]
+        raise Conflict(f"upload {upload_id!r} is incomplete; missing shards: {missing[:10]}")
+    manifest = await run_in_threadpool(_manifest, folder)
+    assert manifest is not None
+    cid = collection or default_collection_id(manifest)
+    if not principal.allows("write", cid):
+        raise Forbidden(f"the API key {principal.key_id} may not publish to collection {cid!r}")
+    db: DatabaseSettings = request.app.state.settings
+    async with _lock(folder):
+        result = await run_in_threadpool(
+            publish,
+            folder,
+            collection_id=cid,
+            mode=mode,
+            settings=db,
+            progress=False,
+            defer_index=defer_index,
+            origin=f"upload:{principal.key_id or 'anonymous'}",
+        )
+        await run_in_threadpool(shutil.rmtree, folder, True)
+    _locks.pop(folder, None)
+    return {**result.as_dict(), "summary": result.summary()}
+
+
+@router.delete("/publish/uploads/{upload_id}", summary="Discard an upload", status_code=204)
+async def delete_upload(request: Request, upload_id: str, principal: WritePrincipal) -> None:
+    folder = _folder(request, principal, upload_id)
+    if not folder.exists():
+        raise NotFound(f"upload {upload_id!r} does not exist")
+    async with _lock(folder):
+        await run_in_threadpool(shutil.rmtree, folder, True)
+    _locks.pop(folder, None)
+
+
+@router.get(
+    "/collections/{collection_id}/model",
+    summary="The encoder of the collection's embedding space (STAC MLM item)",
+    dependencies=[Depends(require_scope("read"))],
+)
+async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
+    from catalog.spaces import collection_space
+    from catalog.stacgen import model_item
+
+    def run() -> dict[str, Any]:
+        with connection(request) as conn:
+            space = collection_space(conn, collection_id)
+        if space is None:
+            raise NotFound(f"collection {collection_id!r} has no embeddings yet")
+        out = model_item(space, collection_id)
+        root = base_url(request).rstrip("/")
+        for link in out.get("links", []):
+            if link["href"].startswith("/"):
+                link["href"] = root + link["href"]
+        return out
+
+    return await run_in_threadpool(run)
