@@ -6,6 +6,7 @@ If Chromium or chromedriver is missing these tests FAIL with the set-up command 
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from browser.harness import (
     BrowserMissing,
@@ -144,3 +146,21 @@ def _wait_for_search(browser: Any, item_id: str | None) -> dict[str, Any]:
     )
     wait_for(browser, check)
     return browser.execute_script("return window.explorerLastSearch")  # type: ignore[no-any-return]
+
+
+def test_export_link_downloads_exactly_the_listed_results(
+    chips: tuple[str, list[str]], server: str, browser: Any
+) -> None:
+    cid, ids = chips
+    open_explorer(browser, server, cid)
+    click_chip(browser, ids[60])
+    _wait_for_search(browser, ids[60])
+    shown = [
+        li.get_attribute("data-id")
+        for li in browser.find_elements(By.CSS_SELECTOR, "#result-list li")
+    ]
+    href = browser.find_element(By.ID, "export-link").get_attribute("href")
+    response = httpx.get(href, timeout=20)
+    assert response.status_code == 200
+    table = pq.read_table(io.BytesIO(response.content), columns=["id", "embedding"])
+    assert sorted(table.column("id").to_pylist()) == sorted(shown)

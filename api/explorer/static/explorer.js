@@ -100,10 +100,12 @@
   // --- similarity search -----------------------------------------------------------------
 
   function onChipClick(itemId, event) {
+    // Click-to-results is timed from the DOM event (same clock as performance.now()).
+    const clickedAt = event && event.timeStamp ? event.timeStamp : performance.now();
     const ref = { collection: state.collection.id, id: itemId };
     showItem(itemId);
     if (!$("fewshot").checked) {
-      search({ item: ref }, [itemId]);
+      search({ item: ref }, [itemId], clickedAt);
       return;
     }
     const [add, other] = event && event.shiftKey
@@ -149,8 +151,7 @@
     return body;
   }
 
-  async function search(similarity, queryIds) {
-    const started = performance.now();
+  async function search(similarity, queryIds, started = performance.now()) {
     const body = { ...filters(), similarity };
     status("searching…");
     try {
