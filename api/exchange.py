@@ -1,0 +1,289 @@
+"""Data exchange routes: vector assets, bulk GeoParquet export, change feed, space.
+
+- ``GET /exchange``: capabilities (how ``embcat mirror`` recognises an embcat server).
+- ``GET /collections/{cid}/items/{iid}/embedding``: the item's vector; ``.npy`` float32 by
+  default (exactly the bytes of the asset's ``file:size``/``file:checksum``; the ETag is
+  the checksum), ``format=raw`` for little-endian values with ``Embcat-Dtype`` and
+  ``Embcat-Shape`` headers, ``dtype=float16`` for half the bytes.
+- ``GET|POST /collections/{cid}/export``: a STAC search as stac-geoparquet with vectors,
+  streamed row group by row group (catalog.export); resumable with ``after`` + ``as_of``.
+- ``GET /collections/{cid}/changes?since=&limit=``: the change feed (catalog.changes).
+- ``GET /collections/{cid}/space``: the collection's embedding space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import require_scope
+from api.db import base_url as request_base_url
+from api.db import connection
+from catalog.changes import changes_since
+from catalog.db import connect
+from catalog.errors import InvalidInput, NotFound
+from catalog.export import ExportPlan, ExportRequest, plan_export, stream_export
+from catalog.quantize import DTYPES
+from catalog.search import SearchQuery
+from catalog.spaces import collection_space
+from catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
+
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+EXCHANGE_VERSION = "1"
+
+router = APIRouter(tags=["Exchange"], dependencies=[Depends(require_scope("read"))])
+# The per-item vector asset alone (what a plain STAC API with vector assets serves).
+vector_router = APIRouter(tags=["Exchange"], dependencies=[Depends(require_scope("read"))])
+
+
+@router.get("/exchange", summary="Data exchange capabilities of this server")
+def capabilities() -> dict[str, Any]:
+    return {
+        "version": EXCHANGE_VERSION,
+        "export": {"dtypes": list(DTYPES), "media_type": PARQUET_MEDIA_TYPE},
+        "changes": True,
+        "vector_formats": ["npy", "raw"],
+    }
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def _vector(request: Request, cid: str, iid: str) -> tuple[np.ndarray, str | None]:
+    with connection(request) as conn:
+        row = conn.execute(
+            """SELECT coalesce(e.embedding_f32, e.embedding::vector),
+                      i.assets -> 'embeddings' ->> 'file:checksum'
+                 FROM items i
+                 JOIN collections c ON c.id = i.collection_id
+                 JOIN embeddings e ON e.collection_id = i.collection_id AND e.item_id = i.id
+                                  AND e.space_id = c.space_id
+                WHERE i.collection_id = %s AND i.id = %s""",
+            (cid, iid),
+        ).fetchone()
+        if row is None:
+            exists = conn.execute("SELECT 1 FROM collections WHERE id = %s", (cid,)).fetchone()
+            if exists is None:
+                raise NotFound(f"collection {cid!r} does not exist")
+            raise NotFound(f"item {iid!r} of collection {cid!r} does not exist or has no vector")
+    return np.asarray(row[0].to_numpy(), dtype=np.float32), row[1]
+
+
+@vector_router.get(
+    "/collections/{collection_id}/items/{item_id}/embedding",
+    summary="The item's embedding vector (.npy by default)",
+    response_class=Response,
+)
+async def get_embedding(
+    request: Request,
+    collection_id: str,
+    item_id: str,
+    format: Annotated[str, Query(description="npy or raw (little-endian values)")] = "npy",
+    dtype: Annotated[str, Query(description="float32 or float16")] = "float32",
+) -> Response:
+    if format not in ("npy", "raw"):
+        raise InvalidInput(f"format must be 'npy' or 'raw', got {format!r}")
+    if dtype not in ("float32", "float16"):
+        raise InvalidInput(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    values, _stored = await run_in_threadpool(_vector, request, collection_id, item_id)
+    if format == "npy":
+        data = npy_bytes(values, dtype)
+        media, headers = NPY_MEDIA_TYPE, {}
+    else:
+        data = values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+        media = "application/octet-stream"
+        headers = {"Embcat-Dtype": f"<{'f4' if dtype == 'float32' else 'f2'}"}
+    etag = f'"{multihash_sha256(data)}"'
+    headers.update(
+        {
+            "ETag": etag,
+            "Embcat-Shape": str(len(values)),
+            "Cache-Control": "no-cache",
+            "Content-Disposition": f'attachment; filename="{quote(item_id, safe="")}.'
+            f'{"npy" if format == "npy" else "bin"}"',
+        }
+    )
+    match = request.headers.get("if-none-match")
+    if match and etag in [m.strip() for m in match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(data, media_type=media, headers=headers)
+
+
+router.include_router(vector_router)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _export_request(collection_id: str, params: dict[str, Any], base: str) -> ExportRequest:
+    known = {
+        "dtype", "bbox", "intersects", "datetime", "filter", "filter-lang", "filter_lang",
+        "ids", "query", "q", "limit", "after", "as_of", "batch_size",
+    }  # fmt: skip
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidInput(f"unknown export parameter(s) {unknown}")
+    bbox = params.get("bbox")
+    if isinstance(bbox, str):
+        bbox = _floats(bbox, "bbox")
+    ids = params.get("ids")
+    if isinstance(ids, str):
+        ids = [v for v in ids.split(",") if v]
+    intersects = params.get("intersects")
+    if isinstance(intersects, str):
+        try:
+            intersects = json.loads(intersects)
+        except ValueError:
+            raise InvalidInput("intersects must be a GeoJSON geometry") from None
+    filt = params.get("filter")
+    lang = params.get("filter-lang") or params.get("filter_lang")
+    if isinstance(filt, str) and lang in (None, "cql2-json") and filt.lstrip().startswith("{"):
+        filt = json.loads(filt)
+        lang = "cql2-json"
+    query = SearchQuery(
+        ids=ids,
+        bbox=bbox,
+        intersects=intersects,
+        datetime=params.get("datetime"),
+        filter=filt,
+        filter_lang=lang or ("cql2-text" if isinstance(filt, str) else None),
+        query=params.get("query"),
+        q=params.get("q"),
+    )
+
+    def _int(name: str) -> int | None:
+        value = params.get(name)
+        if value is None or value == "":
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{name} must be an integer, got {value!r}") from None
+
+    return ExportRequest(
+        collection_id=collection_id,
+        dtype=str(params.get("dtype") or "float32"),
+        query=query,
+        after=params.get("after") or None,
+        as_of=_int("as_of"),
+        limit=_int("limit"),
+        batch_size=_int("batch_size") or 2048,
+        base_url=base,
+    )
+
+
+def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
+    settings = request.app.state.settings
+    holder = connect(settings)
+    conn = holder.__enter__()
+    try:
+        plan: ExportPlan = plan_export(conn, req)
+    except BaseException as exc:
+        holder.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from stream_export(conn, plan)
+        finally:
+            holder.__exit__(None, None, None)
+
+    name = f"{req.collection_id}-{req.dtype}.parquet"
+    headers = {
+        "Content-Disposition": f'attachment; filename="{quote(name, safe="")}"',
+        "Embcat-As-Of": str(plan.as_of),
+        "Embcat-Rows": str(plan.rows),
+        "Embcat-More": "true" if plan.more else "false",
+        "Embcat-Dtype": req.dtype,
+    }
+    return StreamingResponse(body(), media_type=PARQUET_MEDIA_TYPE, headers=headers)
+
+
+@router.get(
+    "/collections/{collection_id}/export",
+    summary="Export a search of the collection as stac-geoparquet with the vectors",
+    response_class=StreamingResponse,
+)
+async def export_get(request: Request, collection_id: str) -> StreamingResponse:
+    params = dict(request.query_params)
+    req = _export_request(collection_id, params, request_base_url(request))
+    return await run_in_threadpool(_stream, request, req)
+
+
+@router.post(
+    "/collections/{collection_id}/export",
+    summary="Export a search (JSON body, as POST /search) as stac-geoparquet with the vectors",
+    response_class=StreamingResponse,
+)
+async def export_post(
+    request: Request,
+    collection_id: str,
+    body: Annotated[dict[str, Any] | None, Body()] = None,
+) -> StreamingResponse:
+    params = {k: v for k, v in (body or {}).items() if v is not None}
+    req = _export_request(collection_id, params, request_base_url(request))
+    return await run_in_threadpool(_stream, request, req)
+
+
+# --------------------------------------------------------------------------- changes, space
+
+
+@router.get(
+    "/collections/{collection_id}/changes",
+    summary="Items added, updated and deleted since a cursor",
+)
+async def get_changes(
+    request: Request,
+    collection_id: str,
+    since: Annotated[int, Query(ge=0, description="cursor from a previous page (0: all)")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> JSONResponse:
+    def run() -> dict[str, Any]:
+        with connection(request) as conn:
+            return changes_since(conn, collection_id, since, limit).as_dict()
+
+    page = await run_in_threadpool(run)
+    base = request_base_url(request)
+    href = f"{base}/collections/{quote(collection_id, safe='')}/changes"
+    page["links"] = [
+        {"rel": "self", "href": f"{href}?{urlencode({'since': since, 'limit': limit})}"},
+        {
+            "rel": "next",
+            "href": f"{href}?{urlencode({'since': page['next'], 'limit': limit})}",
+        },
+    ]
+    return JSONResponse(page)
+
+
+@router.get("/collections/{collection_id}/space", summary="The collection's embedding space")
+async def get_space_of(request: Request, collection_id: str) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        with connection(request) as conn:
+            space = collection_space(conn, collection_id)
+            if space is None:
+                raise NotFound(f"collection {collection_id!r} has no embeddings yet")
+            return {
+                "encoder_name": space.encoder_name,
+                "encoder_version": space.encoder_version,
+                "dimensions": space.dimensions,
+                "storage": space.storage,
+                "metric": space.metric,
+                "normalized": space.normalized,
+                "mlm": space.mlm,
+            }
+
+    return await run_in_threadpool(run)

@@ -1,0 +1,767 @@
+"""``embcat mirror``: pull a remote collection (metadata, items, vectors) into this catalogue.
+
+Against an embcat server (``GET /exchange`` answers) the mirror uses the bulk path:
+
+1. initial phase: pages of the bulk export (``limit`` rows, ordered by id) with the
+   remote's ``as_of`` pinned by the first page; each page is verified (every vector's
+   checksum against the item's ``file:checksum``) and written in one transaction together
+   with ``mirror_state.after_id``. A killed mirror restarts after the last committed page,
+   with the same ``as_of``, and ends in the same state.
+2. incremental phase (from ``cursor = as_of``): pages of the change feed; upserted ids are
+   fetched through the export (``ids=``), deleted ids are deleted; each page is one
+   transaction with the new cursor. Items that no longer match the mirror's filters are
+   removed too.
+
+Against a plain STAC API the mirror falls back to item pages (pystac-client search) plus
+each item's ``embeddings`` asset (``.npy``), skipping vectors whose checksum is unchanged,
+and deletes local items the remote no longer lists once a full pass has completed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pgvector import HalfVector, Vector
+from psycopg.types.json import Jsonb
+from tqdm import tqdm
+
+from catalog.db import connect
+from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
+from catalog.export import DATETIME_COLUMNS, read_metadata
+from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
+from catalog.settings import DatabaseSettings
+from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space, get_space
+from catalog.stac import GENERATED_RELS
+from catalog.vectors import (
+    EMBEDDINGS_ASSET,
+    embedding_href,
+    file_fields,
+    multihash_sha256,
+    npy_bytes,
+    stored_values,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RemoteError(EmbcatError):
+    """The remote server answered with an error or something that is not what we expect."""
+
+
+@dataclass
+class MirrorOptions:
+    remote_url: str
+    collection_id: str
+    bbox: list[float] | None = None
+    datetime: str | None = None
+    filter: str | dict[str, Any] | None = None
+    dtype: str = "float32"
+    page_rows: int = 5000
+    change_limit: int = 1000
+    headers: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+    timeout_s: float = 120.0
+
+    def filters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.bbox is not None:
+            out["bbox"] = list(self.bbox)
+        if self.datetime:
+            out["datetime"] = self.datetime
+        if self.filter not in (None, ""):
+            out["filter"] = self.filter
+            out["filter-lang"] = "cql2-json" if isinstance(self.filter, dict) else "cql2-text"
+        return out
+
+
+@dataclass
+class MirrorResult:
+    mode: str  # "bulk" or "items"
+    upserted: int = 0
+    deleted: int = 0
+    verified: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    cursor: int | None = None
+    pages: int = 0
+
+    def summary(self) -> str:
+        rate = self.upserted / self.seconds if self.seconds else 0.0
+        return (
+            f"mirror ({self.mode}): {self.upserted} upserted, {self.deleted} deleted,"
+            f" {self.verified} checksums verified, {self.bytes / 1e6:.1f} MB in"
+            f" {self.seconds:.1f} s ({rate:.0f} items/s); cursor {self.cursor}"
+        )
+
+
+@dataclass
+class _Row:
+    id: str
+    geometry: bytes
+    bbox: list[float]
+    datetime: dt.datetime | None
+    start_datetime: dt.datetime | None
+    end_datetime: dt.datetime | None
+    properties: dict[str, Any]
+    assets: dict[str, Any]
+    links: list[dict[str, Any]]
+    vector: np.ndarray
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def iso(value: datetime) -> str:
+    """``2024-06-01T10:30:00Z`` (``.ffffff`` when there are microseconds), as publish writes."""
+    value = value.astimezone(UTC)
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+    return value.strftime(fmt)
+
+
+def _local_href(href: Any, remote_base: str) -> Any:
+    if isinstance(href, str) and href.startswith(remote_base + "/"):
+        return href[len(remote_base) :]
+    return href
+
+
+def _check(r: httpx.Response, what: str) -> httpx.Response:
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("description") or r.text[:200]
+        except ValueError:
+            detail = r.text[:200]
+        if r.status_code == 404:
+            raise NotFound(f"{what}: {detail}")
+        raise RemoteError(f"{what}: HTTP {r.status_code}: {detail}")
+    return r
+
+
+def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
+    out = dict(stac)
+    out["links"] = [
+        {**link, "href": _local_href(link.get("href"), remote_base)}
+        for link in stac.get("links", [])
+        if link.get("rel") not in GENERATED_RELS
+    ]
+    if isinstance(out.get("assets"), dict):
+        out["assets"] = {
+            k: {**a, "href": _local_href(a.get("href"), remote_base)}
+            for k, a in out["assets"].items()
+        }
+    return out
+
+
+def space_from_collection(stac: dict[str, Any]) -> dict[str, Any]:
+    """The space of a collection from its STAC fields (plain STAC APIs have no /space)."""
+    declared = stac.get("embcat:space")
+    if isinstance(declared, dict) and {"encoder", "version", "dimensions"} <= set(declared):
+        return {
+            "encoder_name": declared["encoder"],
+            "encoder_version": declared["version"],
+            "dimensions": int(declared["dimensions"]),
+            "storage": declared.get("storage", "halfvec"),
+            "metric": declared.get("metric", "cosine"),
+            "normalized": bool(declared.get("normalized", False)),
+            "mlm": {},
+        }
+    dims = stac.get("emb:dimensions")
+    if not isinstance(dims, int):
+        raise InvalidInput(
+            f"collection {stac.get('id')!r} has no emb:dimensions; cannot mirror its vectors"
+        )
+    name = stac.get("mlm:name") or stac.get("embcat:encoder") or stac.get("id")
+    return {
+        "encoder_name": str(name),
+        "encoder_version": str(stac.get("embcat:encoder_version") or stac.get("version") or "1"),
+        "dimensions": dims,
+        "storage": "halfvec" if stac.get("data_type") == "float16" else "vector",
+        "metric": stac.get("embcat:metric") or "cosine",
+        "normalized": bool(stac.get("embcat:normalized", False)),
+        "mlm": {},
+    }
+
+
+# --------------------------------------------------------------------------- local writes
+
+
+def _prepare_local(
+    conn: psycopg.Connection, opts: MirrorOptions, stac: dict[str, Any], space_json: dict
+) -> tuple[Space, dict[str, Any] | None]:
+    """Create or check the local collection + space; return the space and the state row."""
+    cid = opts.collection_id
+    remote = opts.remote_url
+    state = conn.execute(
+        "SELECT phase, as_of, after_id, cursor, dtype, filters FROM mirror_state"
+        " WHERE remote_url = %s AND remote_collection = %s",
+        (remote, cid),
+    ).fetchone()
+    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (cid,)).fetchone()
+    if row is not None and state is None:
+        raise Conflict(
+            f"collection {cid!r} exists locally and is not a mirror of {remote}; remove it first"
+        )
+    space = get_or_create_space(
+        conn,
+        encoder_name=space_json["encoder_name"],
+        encoder_version=space_json["encoder_version"],
+        dimensions=int(space_json["dimensions"]),
+        storage=space_json["storage"],
+        metric=space_json["metric"],
+        normalized=bool(space_json.get("normalized", False)),
+        mlm=space_json.get("mlm") or {},
+    )
+    local_stac = _strip_collection(stac, remote)
+    if isinstance(local_stac.get("embcat:space"), dict):
+        local_stac["embcat:space"] = {**local_stac["embcat:space"], "id": space.id}
+    body = Jsonb(local_stac)
+    if row is None:
+        conn.execute(
+            "INSERT INTO collections (id, stac, space_id) VALUES (%s, %s, %s)",
+            (cid, body, space.id),
+        )
+    else:
+        if row[0] is not None and row[0] != space.id:
+            raise Conflict(f"local collection {cid!r} holds another embedding space")
+        conn.execute(
+            "UPDATE collections SET stac = %s, space_id = %s, updated_at = now() WHERE id = %s",
+            (body, space.id, cid),
+        )
+    if state is None:
+        conn.execute(
+            "INSERT INTO mirror_state (remote_url, remote_collection, collection_id, phase,"
+            " dtype, filters) VALUES (%s, %s, %s, 'initial', %s, %s)",
+            (remote, cid, cid, opts.dtype, Jsonb(opts.filters())),
+        )
+        return space, None
+    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters")
+    return space, dict(zip(keys, state, strict=True))
+
+
+def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Row]) -> None:
+    """Upsert items + embeddings through a staging table (binary COPY), in the caller's tx."""
+    if not rows:
+        return
+    conn.execute(
+        f"CREATE TEMP TABLE mirror_stage (id text, geom bytea, bbox float8[], dt timestamptz,"
+        f" sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb, links jsonb,"
+        f" vec {space.storage}) ON COMMIT DROP"
+    )
+    wrap = HalfVector if space.storage == "halfvec" else Vector
+    with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(
+            ["text", "bytea", "float8[]", "timestamptz", "timestamptz", "timestamptz"]
+            + ["jsonb", "jsonb", "jsonb", space.storage]
+        )
+        for r in rows:
+            copy.write_row(
+                (
+                    r.id,
+                    r.geometry,
+                    r.bbox,
+                    r.datetime,
+                    r.start_datetime,
+                    r.end_datetime,
+                    Jsonb(r.properties),
+                    Jsonb(r.assets),
+                    Jsonb(r.links),
+                    wrap(r.vector),
+                )
+            )
+    conn.execute(
+        """INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
+                              end_datetime, properties, assets, links)
+           SELECT %s, id, ST_GeomFromWKB(geom, 4326), bbox, dt, sdt, edt, properties,
+                  assets, links FROM mirror_stage
+           ON CONFLICT (collection_id, id) DO UPDATE SET
+             geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
+             start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
+             properties = excluded.properties, assets = excluded.assets, links = excluded.links""",
+        (cid,),
+    )
+    col = space.column
+    conn.execute(
+        f"""INSERT INTO embeddings (collection_id, item_id, space_id, {col})
+            SELECT %s, id, %s, vec FROM mirror_stage
+            ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}""",
+        (cid, space.id),
+    )
+    conn.execute("DROP TABLE mirror_stage")
+
+
+def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
+    if not ids:
+        return 0
+    cur = conn.execute("DELETE FROM items WHERE collection_id = %s AND id = ANY(%s)", (cid, ids))
+    return cur.rowcount
+
+
+# --------------------------------------------------------------------------- parquet -> rows
+
+
+def rows_from_table(
+    table: pa.Table, meta: dict[str, Any], local_cid: str, remote_base: str
+) -> tuple[list[_Row], np.ndarray]:
+    """Items (STAC storage form, hrefs made local) and the float32 vectors of an export."""
+    dims = int(meta["space"]["dimensions"])
+    q = meta.get("emb:quantization")
+    quant = Quantization.from_stac(q) if q else None
+    vectors = from_arrow(table.column("embedding"), meta["dtype"], dims, quant)
+    columns = [c for c in table.column_names if c != "embedding"]
+    records = table.select(columns).to_pylist()
+    props_map = meta.get("properties", [])
+    rows: list[_Row] = []
+    for k, rec in enumerate(records):
+        props: dict[str, Any] = {}
+        for name in DATETIME_COLUMNS:
+            if rec.get(name) is not None:
+                props[name] = iso(rec[name])
+        for p in props_map:
+            value = rec.get(p["column"])
+            if value is None:
+                continue
+            props[p["name"]] = json.loads(value) if p["kind"] == "json" else value
+        assets: dict[str, Any] = {}
+        for key, fields in (meta.get("assets") or {}).items():
+            asset = (rec.get("assets") or {}).get(key)
+            if asset is None:
+                continue
+            out = {}
+            for f, kind in fields.items():
+                v = asset.get(f)
+                if v is None:
+                    continue
+                out[f] = json.loads(v) if kind == "json" else v
+            if "href" in out:
+                out["href"] = _local_href(out["href"], remote_base)
+            if key == EMBEDDINGS_ASSET:
+                out["href"] = embedding_href(local_cid, rec["id"])
+            assets[key] = out
+        links = [
+            {kk: _local_href(vv, remote_base) if kk == "href" else vv for kk, vv in link.items()
+             if vv is not None}
+            for link in rec.get("links") or []
+        ]  # fmt: skip
+        b = rec["bbox"]
+        if "datetime" not in props:
+            props.setdefault("datetime", None)
+        rows.append(
+            _Row(
+                id=rec["id"],
+                geometry=rec["geometry"],
+                bbox=[b["xmin"], b["ymin"], b["xmax"], b["ymax"]],
+                datetime=rec.get("datetime"),
+                start_datetime=rec.get("start_datetime"),
+                end_datetime=rec.get("end_datetime"),
+                properties=props,
+                assets=assets,
+                links=links,
+                vector=vectors[k],
+            )
+        )
+    return rows, vectors
+
+
+def verify(rows: list[_Row], dtype: str, storage: str) -> int:
+    """Check every vector against its ``file:checksum``; lossy dtypes get new file fields.
+
+    Returns how many checksums were verified. Raises Conflict on the first mismatch.
+    """
+    lossless = storage in LOSSLESS_FOR.get(dtype, set())
+    checked = 0
+    for r in rows:
+        asset = r.assets.get(EMBEDDINGS_ASSET)
+        if lossless and asset and asset.get("file:checksum"):
+            data = npy_bytes(stored_values(r.vector, storage))
+            if multihash_sha256(data) != asset["file:checksum"] or len(data) != asset.get(
+                "file:size", len(data)
+            ):
+                raise Conflict(
+                    f"checksum mismatch for item {r.id!r}: the vector received does not match"
+                    f" its file:checksum {asset['file:checksum']}"
+                )
+            checked += 1
+        elif asset is not None:
+            asset.update(file_fields(r.vector, storage))
+    return checked
+
+
+# --------------------------------------------------------------------------- bulk path
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int | None = None) -> None:
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, disable=not enabled, desc="mirror")
+        self.rows = 0
+
+    def add(self, nbytes: int, rows: int = 0) -> None:
+        self.rows += rows
+        self.bar.update(nbytes)
+        if rows:
+            self.bar.set_postfix(rows=self.rows, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _download(
+    client: httpx.Client, method: str, url: str, progress: _Progress, **kwargs: Any
+) -> tuple[bytes, httpx.Headers]:
+    buf = io.BytesIO()
+    with client.stream(method, url, **kwargs) as r:
+        if r.status_code >= 400:
+            r.read()
+            _check(r, f"export of {url}")
+        for chunk in r.iter_bytes():
+            buf.write(chunk)
+            progress.add(len(chunk))
+        headers = r.headers
+    return buf.getvalue(), headers
+
+
+def _export_page(
+    client: httpx.Client, opts: MirrorOptions, progress: _Progress, body: dict[str, Any]
+) -> tuple[pa.Table, dict[str, Any], httpx.Headers, int]:
+    url = f"/collections/{quote(opts.collection_id, safe='')}/export"
+    data, headers = _download(client, "POST", url, progress, json=body)
+    source = io.BytesIO(data)
+    table = pq.read_table(source)
+    return table, read_metadata(io.BytesIO(data)), headers, len(data)
+
+
+def _bulk(
+    client: httpx.Client,
+    opts: MirrorOptions,
+    settings: DatabaseSettings,
+    stac: dict[str, Any],
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+) -> None:
+    cid = opts.collection_id
+    space_json = _check(
+        client.get(f"/collections/{quote(cid, safe='')}/space"), f"space of {cid!r}"
+    ).json()
+    base = str(client.base_url).rstrip("/")
+    progress = _Progress(opts.progress)
+    try:
+        with connect(settings) as conn:
+            space, state = _prepare_local(conn, opts, stac, space_json)
+            conn.commit()
+            if state is not None and (state["dtype"], state["filters"]) != (
+                opts.dtype,
+                opts.filters(),
+            ):
+                raise Conflict(
+                    f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
+                    f" {state['filters']}; remove it to mirror with other options"
+                )
+            phase = state["phase"] if state else "initial"
+            as_of = state["as_of"] if state else None
+            after = state["after_id"] if state else None
+            cursor = int(state["cursor"]) if state else 0
+            while phase == "initial":
+                body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
+                if after is not None:
+                    body["after"] = after
+                if as_of is not None:
+                    body["as_of"] = as_of
+                table, meta, headers, nbytes = _export_page(client, opts, progress, body)
+                as_of = int(meta["as_of"])
+                rows, _ = rows_from_table(table, meta, cid, base)
+                result.verified += verify(rows, opts.dtype, space.storage)
+                _write_rows(conn, cid, space, rows)
+                done = not meta["more"]
+                after = rows[-1].id if rows else after
+                conn.execute(
+                    "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
+                    " cursor = %s, rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
+                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
+                    (
+                        "incremental" if done else "initial",
+                        as_of,
+                        after,
+                        as_of if done else 0,
+                        len(rows),
+                        nbytes,
+                        opts.remote_url,
+                        cid,
+                    ),
+                )
+                conn.commit()
+                result.upserted += len(rows)
+                result.bytes += nbytes
+                result.pages += 1
+                progress.add(0, len(rows))
+                if on_page is not None:
+                    on_page(result)
+                if done:
+                    phase, cursor = "incremental", as_of
+                    ensure_hnsw_index(conn, space)
+                    conn.execute("ANALYZE items")
+                    conn.commit()
+            _incremental(client, opts, conn, space, cursor, base, progress, result, on_page)
+    finally:
+        progress.close()
+
+
+def _incremental(
+    client: httpx.Client,
+    opts: MirrorOptions,
+    conn: psycopg.Connection,
+    space: Space,
+    cursor: int,
+    base: str,
+    progress: _Progress,
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+) -> None:
+    cid = opts.collection_id
+    while True:
+        r = client.get(
+            f"/collections/{quote(cid, safe='')}/changes",
+            params={"since": cursor, "limit": opts.change_limit},
+        )
+        page = _check(r, f"changes of {cid!r}").json()
+        progress.add(len(r.content))
+        upserts = [c["id"] for c in page["changes"] if c["op"] == "upsert"]
+        deletes = [c["id"] for c in page["changes"] if c["op"] == "delete"]
+        rows: list[_Row] = []
+        nbytes = 0
+        if upserts:
+            body = {**opts.filters(), "dtype": opts.dtype, "ids": upserts}
+            table, meta, _, nbytes = _export_page(client, opts, progress, body)
+            rows, _ = rows_from_table(table, meta, cid, base)
+            result.verified += verify(rows, opts.dtype, space.storage)
+            got = {row.id for row in rows}
+            deletes += [i for i in upserts if i not in got]  # gone, or outside the filters
+        _write_rows(conn, cid, space, rows)
+        result.deleted += _delete(conn, cid, deletes)
+        new_cursor = int(page["next"])
+        conn.execute(
+            "UPDATE mirror_state SET cursor = %s, rows_total = rows_total + %s,"
+            " bytes_total = bytes_total + %s, updated_at = now()"
+            " WHERE remote_url = %s AND remote_collection = %s",
+            (new_cursor, len(rows), nbytes, opts.remote_url, cid),
+        )
+        conn.commit()
+        result.upserted += len(rows)
+        result.bytes += nbytes
+        progress.add(0, len(rows))
+        if page["changes"]:
+            result.pages += 1
+            if on_page is not None:
+                on_page(result)
+        cursor = new_cursor
+        result.cursor = cursor
+        if not page["more"]:
+            if page.get("pending_writers"):
+                log.warning(
+                    "the remote has %d open write transaction(s); their changes come next run",
+                    page["pending_writers"],
+                )
+            return
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def _fallback_rows(
+    client: httpx.Client, opts: MirrorOptions, progress: _Progress
+) -> Iterator[list[dict[str, Any]]]:
+    """Pages of STAC items (dicts) from the remote's item search (pystac-client)."""
+    from pystac_client import Client
+
+    stac_client = Client.open(
+        str(client.base_url), headers=opts.headers or None, timeout=opts.timeout_s
+    )
+    search = stac_client.search(
+        collections=[opts.collection_id],
+        bbox=opts.bbox,
+        datetime=opts.datetime,
+        filter=opts.filter,
+        filter_lang=opts.filters().get("filter-lang"),
+        limit=min(opts.page_rows, 1000),
+    )
+    for page in search.pages_as_dicts():
+        progress.add(len(json.dumps(page)))
+        yield list(page.get("features", []))
+
+
+def _item_to_row(item: dict[str, Any], vector: np.ndarray, cid: str, base: str) -> _Row:
+    import shapely
+
+    geom = shapely.geometry.shape(item["geometry"])
+    props = dict(item.get("properties") or {})
+
+    def ts(name: str) -> datetime | None:
+        v = props.get(name)
+        return datetime.fromisoformat(v.replace("Z", "+00:00")) if isinstance(v, str) else None
+
+    assets = {}
+    for key, asset in (item.get("assets") or {}).items():
+        asset = {**asset, "href": _local_href(asset.get("href"), base)}
+        if key == EMBEDDINGS_ASSET:
+            asset["href"] = embedding_href(cid, item["id"])
+        assets[key] = asset
+    links = [
+        {**link, "href": _local_href(link.get("href"), base)}
+        for link in item.get("links") or []
+        if link.get("rel") not in GENERATED_RELS
+    ]
+    bbox = item.get("bbox") or list(geom.bounds)
+    return _Row(
+        id=item["id"],
+        geometry=shapely.to_wkb(geom),
+        bbox=[float(v) for v in bbox],
+        datetime=ts("datetime"),
+        start_datetime=ts("start_datetime"),
+        end_datetime=ts("end_datetime"),
+        properties=props,
+        assets=assets,
+        links=links,
+        vector=vector,
+    )
+
+
+def _fallback(
+    client: httpx.Client,
+    opts: MirrorOptions,
+    settings: DatabaseSettings,
+    stac: dict[str, Any],
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+) -> None:
+    if opts.dtype not in ("float32",):
+        raise InvalidInput("a plain STAC API serves float32 .npy vectors only; use --dtype float32")
+    cid = opts.collection_id
+    base = str(client.base_url).rstrip("/")
+    space_json = space_from_collection(stac)
+    progress = _Progress(opts.progress)
+    try:
+        with connect(settings) as conn:
+            space, _ = _prepare_local(conn, opts, stac, space_json)
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
+            conn.execute("TRUNCATE mirror_seen")
+            conn.commit()
+            for features in _fallback_rows(client, opts, progress):
+                ids = [f["id"] for f in features]
+                local = dict(
+                    conn.execute(
+                        "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
+                        " WHERE i.collection_id = %s AND i.id = ANY(%s)",
+                        (cid, ids),
+                    ).fetchall()
+                )
+                rows = []
+                for item in features:
+                    asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
+                    if asset is None:
+                        continue
+                    checksum = asset.get("file:checksum")
+                    if checksum and local.get(item["id"]) == checksum:
+                        stored = conn.execute(
+                            f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
+                            " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
+                            (cid, item["id"], space.id),
+                        ).fetchone()
+                        vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
+                    else:
+                        vector = None
+                    if vector is None:
+                        r = _check(client.get(asset["href"]), f"vector of {item['id']!r}")
+                        progress.add(len(r.content))
+                        result.bytes += len(r.content)
+                        if checksum and multihash_sha256(r.content) != checksum:
+                            raise Conflict(f"checksum mismatch for item {item['id']!r}")
+                        vector = np.load(io.BytesIO(r.content)).astype(np.float32)
+                        result.verified += 1 if checksum else 0
+                    rows.append(_item_to_row(item, vector, cid, base))
+                _write_rows(conn, cid, space, rows)
+                with conn.cursor().copy("COPY mirror_seen (id) FROM STDIN") as copy:
+                    for i in ids:
+                        copy.write_row((i,))
+                conn.commit()
+                result.upserted += len(rows)
+                result.pages += 1
+                progress.add(0, len(rows))
+                if on_page is not None:
+                    on_page(result)
+            cur = conn.execute(
+                "DELETE FROM items i WHERE i.collection_id = %s"
+                " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
+                (cid,),
+            )
+            result.deleted += cur.rowcount
+            conn.execute(
+                "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
+                " WHERE remote_url = %s AND remote_collection = %s",
+                (opts.remote_url, cid),
+            )
+            ensure_hnsw_index(conn, space)
+            conn.commit()
+    finally:
+        progress.close()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def mirror(
+    opts: MirrorOptions,
+    settings: DatabaseSettings | None = None,
+    on_page: Callable[[MirrorResult], None] | None = None,
+) -> MirrorResult:
+    """Bring the local copy of ``opts.collection_id`` up to date with the remote."""
+    settings = settings or DatabaseSettings()  # type: ignore[call-arg]
+    check_dtype(opts.dtype)
+    if opts.dtype == "binary":
+        raise InvalidInput(
+            "binary vectors keep one bit per dimension and cannot be stored as a space;"
+            " mirror with float32, float16 or int8"
+        )
+    if opts.page_rows < 1 or opts.change_limit < 1:
+        raise InvalidInput("page_rows and change_limit must be >= 1")
+    opts.remote_url = opts.remote_url.rstrip("/")
+    started = time.perf_counter()
+    with httpx.Client(
+        base_url=opts.remote_url, headers=opts.headers, timeout=opts.timeout_s
+    ) as client:
+        try:
+            stac = _check(
+                client.get(f"/collections/{quote(opts.collection_id, safe='')}"),
+                f"remote collection {opts.collection_id!r}",
+            ).json()
+            bulk = client.get("/exchange").status_code == 200
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"cannot reach {opts.remote_url}: {exc}") from exc
+        result = MirrorResult(mode="bulk" if bulk else "items")
+        try:
+            if bulk:
+                _bulk(client, opts, settings, stac, result, on_page)
+            else:
+                _fallback(client, opts, settings, stac, result, on_page)
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"transfer from {opts.remote_url} failed: {exc}") from exc
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def local_space(conn: psycopg.Connection, collection_id: str) -> Space:
+    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (collection_id,))
+    found = row.fetchone()
+    if found is None or found[0] is None:
+        raise NotFound(f"collection {collection_id!r} does not exist locally")
+    return get_space(conn, found[0])
