@@ -240,7 +240,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 2)
     query_rows = rng.choice(args.n, args.queries, replace=False).tolist()
     settings = SimilaritySettings()
-    force_index = settings.model_copy(update={"exact_threshold": 0})
+    force_index = settings.model_copy(update={"exact_threshold": 0, "exact_fraction": 0.0})
     server = start_server(url) if "http" in paths else None
     if "http" in paths and server is None:
         print("http: api.app:create_app not available; HTTP path skipped", flush=True)

@@ -29,10 +29,12 @@ better). Vectors of different spaces are never compared: every query joins
 ``embeddings.space_id`` of the resolved space and uses the space's cast, so the partial
 HNSW index applies.
 
-Query strategy: the filtered row count is estimated with ``EXPLAIN``. Below
-``exact_threshold`` rows (or with ``exact``), distances are computed for every filtered row
+Query strategy: the filtered row count F is estimated with ``EXPLAIN``. When F is below
+``exact_threshold`` rows or below ``exact_fraction`` of the space's N rows (or with
+``exact``), distances are computed for every filtered row
 (a materialised CTE keeps the planner off the index) and sorted: exact. Otherwise the HNSW
-index is scanned with ``hnsw.iterative_scan`` (so that selective filters still yield k rows),
+index is scanned with ``hnsw.iterative_scan`` (so that selective filters still yield k rows;
+such a scan visits about k·N/F index tuples, an exact scan F rows, hence the relative rule),
 ``ef_search = max(requested or default, 2·(limit+offset))`` within ``[ef_search_min,
 ef_search_max]``; should the index scan return fewer rows than asked for (its scan budget
 ran out under a selective filter the estimate missed), the query is repeated exactly.
@@ -75,7 +77,13 @@ class SimilaritySettings(BaseSettings):
         default=1000, ge=1, le=1000, description="Largest ef_search accepted."
     )
     exact_threshold: int = Field(
-        default=20_000, ge=0, description="Filtered row estimate below which the search is exact."
+        default=2_000, ge=0, description="Filtered row estimate below which the search is exact."
+    )
+    exact_fraction: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="Exact also below this fraction of the space's rows (filtered estimate).",
     )
     iterative_scan: IterativeScan = Field(
         default="strict_order",
@@ -558,6 +566,16 @@ def _similar(
         estimate = _estimate(conn, sql.SQL("select 1 {}").format(base), [])
         if estimate >= settings.exact_threshold:
             strategy = "index"
+            if settings.exact_fraction > 0 and (where is not None or collections or refs):
+                space_rows = _estimate(
+                    conn,
+                    sql.SQL("select 1 from embeddings e where e.space_id = {}").format(
+                        sql.Literal(space.id)
+                    ),
+                    [],
+                )
+                if estimate < settings.exact_fraction * space_rows:
+                    strategy = "exact"
     if strategy == "index":
         ef = min(
             max(spec.ef_search or settings.ef_search_default, 2 * wanted, settings.ef_search_min),

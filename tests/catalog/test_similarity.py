@@ -31,7 +31,7 @@ from catalog.similarity import (
 
 N, DIMS, K = 3000, 32, 10
 QUERY_ROWS = list(range(0, 2400, 120))  # 20 queries, each followed by 10 planted neighbours
-FORCE_INDEX = SimilaritySettings(exact_threshold=0)
+FORCE_INDEX = SimilaritySettings(exact_threshold=0, exact_fraction=0)
 
 
 @dataclass
@@ -108,8 +108,18 @@ def test_exact_equals_brute_force(conn, data, box) -> None:
 
 
 def test_default_settings_pick_exact_for_a_small_collection(conn, data) -> None:
-    _, plan = similar_with_plan(conn, item_spec(data, QUERY_ROWS[0]), None, K)
-    assert plan.strategy == "exact" and plan.estimated_rows < 20_000
+    settings = SimilaritySettings(exact_threshold=5000)
+    _, plan = similar_with_plan(conn, item_spec(data, QUERY_ROWS[0]), None, K, settings=settings)
+    assert plan.strategy == "exact" and plan.estimated_rows < 5000
+
+
+def test_filter_below_the_fraction_of_the_space_runs_exact(conn, data) -> None:
+    settings = SimilaritySettings(exact_threshold=0, exact_fraction=0.05)
+    box = (0, 0, 2, 2)  # ~4 % of the items
+    _, plan = similar_with_plan(conn, item_spec(data, 0), bbox_where(box), K, settings=settings)
+    assert plan.strategy == "exact"
+    _, plan = similar_with_plan(conn, item_spec(data, 0), None, K, settings=settings)
+    assert plan.strategy == "index"
 
 
 def test_very_selective_filter_still_returns_every_match(conn, data) -> None:
