@@ -1,0 +1,115 @@
+"""Exchange routes on a live server: vector assets, export (GET/POST), change feed, space."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pgvector.psycopg import register_vector
+from vectorgen import load_collection
+
+from catalog.vectors import multihash_sha256
+
+CID = "xchg-api"
+DIMS = 10
+
+
+@pytest.fixture(scope="module")
+def vectors(database_url: str) -> Iterator[np.ndarray]:
+    vecs = np.random.default_rng(8).standard_normal((30, DIMS)).astype(np.float32)
+    with psycopg.connect(database_url) as c:
+        register_vector(c)
+        load_collection(c, CID, vecs, encoder_name="exchange-api", build_index=False)
+    yield vecs
+    with psycopg.connect(database_url) as c:
+        c.execute("delete from collections where id = %s", (CID,))
+
+
+def _item(base: str, iid: str) -> dict:
+    return httpx.get(f"{base}/collections/{CID}/items/{iid}").json()
+
+
+def test_embedding_bytes_match_the_asset_checksum(live_server: str, vectors: np.ndarray) -> None:
+    asset = _item(live_server, "item-04")["assets"]["embeddings"]
+    r = httpx.get(asset["href"])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    assert (len(r.content), multihash_sha256(r.content)) == (
+        asset["file:size"],
+        asset["file:checksum"],
+    )
+    assert r.headers["etag"] == f'"{asset["file:checksum"]}"'
+    assert np.array_equal(np.load(io.BytesIO(r.content)), vectors[4].astype(np.float16))
+
+
+def test_embedding_etag_revalidates(live_server: str, vectors: np.ndarray) -> None:
+    url = f"{live_server}/collections/{CID}/items/item-01/embedding"
+    etag = httpx.get(url).headers["etag"]
+    assert httpx.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_embedding_raw_float16(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(
+        f"{live_server}/collections/{CID}/items/item-02/embedding",
+        params={"format": "raw", "dtype": "float16"},
+    )
+    assert (r.headers["embcat-dtype"], r.headers["embcat-shape"]) == ("<f2", str(DIMS))
+    assert np.array_equal(np.frombuffer(r.content, "<f2"), vectors[2].astype(np.float16))
+
+
+def test_embedding_of_unknown_item_is_404(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/items/nope/embedding")
+    assert r.status_code == 404 and "nope" in r.json()["description"]
+
+
+def test_export_get_with_bbox_and_dtype(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(
+        f"{live_server}/collections/{CID}/export",
+        params={"dtype": "int8", "bbox": "0,0,5,5"},
+    )
+    table = pq.read_table(io.BytesIO(r.content))
+    xs = [b["xmin"] for b in table["bbox"].to_pylist()]
+    assert r.status_code == 200 and int(r.headers["embcat-rows"]) == table.num_rows > 0
+    emb_type = table.schema.field("embedding").type
+    assert max(xs) <= 5 and (emb_type.value_type, emb_type.list_size) == (pa.int8(), DIMS)
+
+
+def test_export_post_with_ids(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.post(
+        f"{live_server}/collections/{CID}/export",
+        json={"ids": ["item-07", "item-03"], "dtype": "float16"},
+    )
+    assert pq.read_table(io.BytesIO(r.content))["id"].to_pylist() == ["item-03", "item-07"]
+
+
+def test_export_bad_dtype_is_400(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"dtype": "float64"})
+    assert r.status_code == 400 and "dtype" in r.json()["description"]
+
+
+def test_export_bad_filter_is_400(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"filter": "x ==="})
+    assert r.status_code == 400
+
+
+def test_changes_pages(live_server: str, vectors: np.ndarray) -> None:
+    url = f"{live_server}/collections/{CID}/changes"
+    first = httpx.get(url, params={"since": 0, "limit": 20}).json()
+    second = httpx.get(first["links"][1]["href"]).json()
+    ids = [c["id"] for c in first["changes"] + second["changes"]]
+    assert first["more"] and not second["more"]
+    assert ids == [f"item-{k:02d}" for k in range(30)]
+
+
+def test_space_endpoint(live_server: str, vectors: np.ndarray) -> None:
+    space = httpx.get(f"{live_server}/collections/{CID}/space").json()
+    assert (space["encoder_name"], space["dimensions"], space["storage"]) == (
+        "exchange-api",
+        DIMS,
+        "halfvec",
+    )
