@@ -152,7 +152,9 @@
   }
 
   async function search(similarity, queryIds, started = performance.now()) {
-    const body = { ...filters(), similarity };
+    // Ask for the parts the page shows (the Fields extension may default to fewer).
+    const fields = { include: ["properties", "assets", "links"] };
+    const body = { ...filters(), similarity, fields };
     status("searching…");
     try {
       const page = await getJSON("search", {
