@@ -51,17 +51,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import observability
 from api.auth import require_scope
-from api.core import CoreClient, FiltersClient, SortablesClient
+from api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
 from api.db import connection, create_pool
 from api.errors import add_exception_handlers, error_body
+from api.exchange import router as exchange_router
 from api.explorer import router as explorer_router
 from api.settings import ApiSettings
+from api.similarity import SimilarityExtension
 from api.transactions import transaction_extensions
 from api.uploads import router as uploads_router
 from catalog.stac import STAC_VERSION
 
 # Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
-EXTRA_ROUTERS: list[APIRouter] = [explorer_router, uploads_router]
+EXTRA_ROUTERS: list[APIRouter] = [explorer_router, exchange_router, uploads_router]
 
 FILTER_CLASSES = [
     FilterConformanceClasses.FILTER,
@@ -268,15 +270,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     ext = _extensions(settings)
     extensions: list[ApiExtension] = [*ext["search"], *ext["items"], ext["collections"]]
     extensions.extend(transaction_extensions(settings))
-    try:
-        from api.similarity import SimilarityExtension
-    except ImportError:
-        SimilarityExtension = None
-    if SimilarityExtension is not None:
-        extensions.append(SimilarityExtension())
-        search_post_extensions = [*ext["search"], extensions[-1]]
-    else:
-        search_post_extensions = list(ext["search"])
+    similarity = SimilarityExtension()
+    extensions.append(similarity)
+    search_post_extensions = [*ext["search"], similarity]
 
     app = FastAPI(
         title=settings.stac_fastapi_title,
@@ -296,7 +292,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         stac_version=STAC_VERSION,
         extensions=extensions,
         search_get_request_model=create_get_request_model(ext["search"]),
-        search_post_request_model=create_post_request_model(search_post_extensions),
+        search_post_request_model=create_post_request_model(
+            search_post_extensions, base_model=SearchPostRequest
+        ),
         items_get_request_model=create_request_model(  # type: ignore[arg-type]
             "ItemCollectionUri",
             base_model=ItemCollectionUri,

@@ -49,10 +49,10 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that returns the Principal allowed ``scope`` (on the path's collection)."""
 
     async def dependency(request: Request) -> Principal:
+        if scope == "read" and not request.app.state.settings.require_read_key:
+            return ANONYMOUS  # open reads: no key needed, none checked
         principal = await principal_of(request)
         if principal is None:
-            if scope == "read" and not request.app.state.settings.require_read_key:
-                return ANONYMOUS
             raise Unauthorized(f"this operation needs an API key with the {scope!r} scope")
         collection_id = request.path_params.get("collection_id")
         if not principal.allows(scope, collection_id):

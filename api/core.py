@@ -12,10 +12,12 @@ from urllib.parse import urlencode
 
 import attr
 from fastapi import Request
+from pydantic import field_validator
 from stac_fastapi.extensions.filter.client import AsyncBaseFiltersClient
 from stac_fastapi.extensions.sort.client import AsyncBaseSortablesClient
 from stac_fastapi.types.core import AsyncBaseCoreClient
 from stac_fastapi.types.requests import get_base_url
+from stac_fastapi.types.search import BaseSearchPostRequest
 from starlette.concurrency import run_in_threadpool
 
 from api.db import base_url as request_base_url
@@ -87,15 +89,20 @@ def _fields_get(values: list[str] | None) -> dict[str, list[str]] | None:
     return {"include": include, "exclude": exclude}
 
 
-def _fields_post(value: Any) -> dict[str, list[str]] | None:
+def _fields_post(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if isinstance(value, dict):
         return {
             "include": list(value.get("include") or []),
             "exclude": list(value.get("exclude") or []),
+            "include_given": "include" in value,
         }
-    return {"include": sorted(value.include or []), "exclude": sorted(value.exclude or [])}
+    return {
+        "include": sorted(value.include or []),
+        "exclude": sorted(value.exclude or []),
+        "include_given": "include" in value.model_fields_set,
+    }
 
 
 def _json_param(name: str, value: Any) -> Any:
@@ -177,6 +184,15 @@ def run_search(request: Request, search: SearchQuery) -> SearchPage:
         return page
 
     return work()
+
+
+class SearchPostRequest(BaseSearchPostRequest):
+    """POST /search body; ``collections``/``ids`` may also be a comma-separated string."""
+
+    @field_validator("collections", "ids", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [v for v in value.split(",") if v] if isinstance(value, str) else value
 
 
 @attr.s
@@ -391,10 +407,16 @@ class CoreClient(AsyncBaseCoreClient):
             query=getattr(search_request, "query", None),
             q=getattr(search_request, "q", None),
             sortby=_sortby_post(getattr(search_request, "sortby", None)),
-            fields=_fields_post(getattr(search_request, "fields", None)),
+            fields=(
+                _fields_post(search_request.fields)
+                if "fields" in search_request.model_fields_set
+                else None
+            ),
             limit=_limit(request, search_request.limit),
             token=getattr(search_request, "token", None),
         )
+        if "fields" in search_request.model_fields_set and search_request.fields is None:
+            raise InvalidInput("fields must be an object with include and/or exclude")
         spec = getattr(search_request, "similarity", None)
         if spec is not None:
             from api.similarity import similarity_search

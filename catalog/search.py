@@ -56,7 +56,7 @@ class SearchQuery:
     query: dict[str, dict[str, Any]] | None = None
     q: list[str] | str | None = None
     sortby: list[dict[str, str]] | None = None
-    fields: dict[str, list[str]] | None = None
+    fields: dict[str, Any] | None = None
     limit: int = 10
     token: str | None = None
 
@@ -287,6 +287,18 @@ def _compare(op: str, a: _Operand, b: _Operand) -> sql.Composable:
     raise InvalidInput(f"cannot compare a {a.kind} with a {b.kind}")
 
 
+def _number(value: Any) -> float | int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return int(number) if number.is_integer() and "." not in value else number
+
+
 def _flip(op: str) -> sql.SQL:
     return sql.SQL({"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, COMPARISONS[op]))
 
@@ -294,7 +306,20 @@ def _flip(op: str) -> sql.SQL:
 def _compare_jsonb(sym: sql.SQL, prop: _Operand, lit: _Operand) -> sql.Composable:
     assert prop.key is not None
     if lit.kind == "text":
-        return sql.SQL("({} {} {})").format(_jsonb_text(prop.key), sym, lit.expr)
+        as_text = sql.SQL("({} {} {})").format(_jsonb_text(prop.key), sym, lit.expr)
+        number = _number(lit.value)
+        if number is None:
+            return as_text
+        # "50" against a numeric property compares as a number (the Query extension's
+        # values often arrive as strings), against a string property as text.
+        return sql.SQL(
+            "(CASE WHEN jsonb_typeof({j}) = 'number' THEN {j} {op} {v} ELSE {t} END)"
+        ).format(
+            j=prop.expr,
+            op=sym,
+            v=sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(number))),
+            t=as_text,
+        )
     if lit.kind == "num":
         # jsonb ordering never raises; the type guard keeps strings out of numeric results.
         return sql.SQL("({j} {op} {v} AND jsonb_typeof({j}) = 'number')").format(
@@ -460,9 +485,14 @@ def cql2_to_sql(node: Any) -> sql.Composable:
         if not isinstance(values, list) or not values:
             raise InvalidInput("in needs a non-empty list of values")
         a = _operand(left)
-        return sql.SQL("({})").format(
-            sql.SQL(" OR ").join(_compare("=", a, _operand(v)) for v in values)
-        )
+        equal = sql.SQL(" OR ").join(_compare("=", a, _operand(v)) for v in values)
+        if a.kind != "jsonb":
+            return sql.SQL("({})").format(equal)
+        # An array-valued property matches when it holds any of the values.
+        singles = sql.Literal([json.dumps([v]) for v in values])
+        return sql.SQL(
+            "({eq} OR (jsonb_typeof({j}) = 'array' AND {j} @> ANY({s}::jsonb[])))"
+        ).format(eq=equal, j=a.expr, s=singles)
     if op in SPATIAL:
         g1, g2 = (_geom(x) for x in _args(node, 2))
         return sql.SQL("{}({}, {})").format(sql.SQL(SPATIAL[op]), g1, g2)
@@ -484,8 +514,29 @@ def cql2_to_sql(node: Any) -> sql.Composable:
     raise InvalidInput(f"unsupported CQL2 operator {node['op']!r}")
 
 
+def _legacy(node: Any) -> Any:
+    """Rewrite the pre-1.0 ``between`` form ``[x, [lo, hi]]`` to ``[x, lo, hi]``."""
+    if isinstance(node, dict):
+        node = {k: _legacy(v) for k, v in node.items()}
+        args = node.get("args")
+        if (
+            str(node.get("op", "")).lower() == "between"
+            and isinstance(args, list)
+            and len(args) == 2
+            and isinstance(args[1], list)
+            and len(args[1]) == 2
+        ):
+            node["args"] = [args[0], *args[1]]
+        return node
+    if isinstance(node, list):
+        return [_legacy(v) for v in node]
+    return node
+
+
 def normalise_filter(value: dict[str, Any] | str, lang: str | None = None) -> Any:
     """Parse and validate a CQL2 filter (text or JSON) into CQL2 JSON."""
+    if isinstance(value, dict):
+        value = _legacy(value)
     try:
         if isinstance(value, str):
             if lang == "cql2-json" or value.lstrip().startswith("{"):
@@ -769,21 +820,40 @@ def search_items(
 # --------------------------------------------------------------------------- fields
 
 
-def apply_fields(item: dict[str, Any], fields: dict[str, list[str]] | None) -> dict[str, Any]:
-    """The Fields extension: keep ``include`` (plus id/type/collection), drop ``exclude``."""
-    if not fields:
+DEFAULT_FIELDS = ("type", "stac_version", "id", "collection", "geometry", "bbox", "links", "assets")
+MINIMAL_FIELDS = ("type", "stac_version", "id", "collection")
+
+
+def apply_fields(item: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
+    """The Fields extension.
+
+    ``include`` given: the minimal fields (type, stac_version, id, collection) plus those
+    included; excludes apply except where an include is equal or more specific. Only
+    ``exclude``: everything but the excluded fields, or (when ``include`` was given as
+    null/[]) the default set (type, stac_version, id, collection, geometry, bbox, links,
+    assets, properties.datetime) minus the excluded. Neither: the default set.
+    """
+    if fields is None:
         return item
     include = [f for f in fields.get("include") or [] if f]
     exclude = [f for f in fields.get("exclude") or [] if f]
     out: dict[str, Any]
     if include:
-        out = {k: item[k] for k in ("type", "stac_version", "id", "collection") if k in item}
+        out = {k: item[k] for k in MINIMAL_FIELDS if k in item}
         for path in include:
             _copy_path(item, out, path.split("."))
-    else:
+    elif exclude and not fields.get("include_given"):
         out = json.loads(json.dumps(item))
+    else:
+        out = {k: item[k] for k in DEFAULT_FIELDS if k in item}
+        props = item.get("properties") or {}
+        out["properties"] = {
+            k: props[k] for k in ("datetime", "start_datetime", "end_datetime") if k in props
+        }
     for path in exclude:
-        if path in include:
+        if any(inc == path or inc.startswith(path + ".") for inc in include):
+            if "." not in path and isinstance(out.get(path), dict):
+                continue  # a more specific include keeps its part of the object
             continue
         _drop_path(out, path.split("."))
     return out

@@ -376,14 +376,16 @@ def update_item(conn: psycopg.Connection, record: ItemRecord) -> None:
         raise NotFound(f"item {record.id!r} does not exist in collection {record.collection_id!r}")
 
 
-def delete_item(conn: psycopg.Connection, collection_id: str, item_id: str) -> None:
+def delete_item(
+    conn: psycopg.Connection, collection_id: str, item_id: str, *, missing_ok: bool = False
+) -> None:
     _require_collection(conn, collection_id)
     with translated():
         row = conn.execute(
             "DELETE FROM items WHERE collection_id = %s AND id = %s RETURNING id",
             (collection_id, item_id),
         ).fetchone()
-    if row is None:
+    if row is None and not missing_ok:
         raise NotFound(f"item {item_id!r} does not exist in collection {collection_id!r}")
 
 

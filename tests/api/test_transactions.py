@@ -7,9 +7,9 @@ import random
 import httpx
 import psycopg
 import pytest
+from apidata import collection_json, make_item
 
 from catalog.keys import create_key, revoke_key
-from conftest import collection_json, make_item
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def test_item_lifecycle_create_update_delete(live_server, writer, new_collection
     assert r.status_code == 201, r.text
     item["properties"]["platform"] = "changed"
     url = f"{live_server}/collections/{cid}/items/{item['id']}"
-    r = httpx.put(url, json=item, headers=auth(writer))
-    assert r.json()["properties"]["platform"] == "changed"
+    assert httpx.put(url, json=item, headers=auth(writer)).status_code == 204
+    assert httpx.get(url).json()["properties"]["platform"] == "changed"
     assert httpx.delete(url, headers=auth(writer)).status_code == 204
     assert httpx.get(url).status_code == 404
 
