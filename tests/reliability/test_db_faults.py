@@ -1,0 +1,103 @@
+"""The database restarted while the API serves: requests fail fast with a 503 JSON error, and
+the server recovers by itself. The restart is simulated by a TCP proxy between the API and
+the shared PostgreSQL (tests/tcpproxy.py): ``cut()`` drops every connection and refuses new
+ones (a stopped server), ``restore()`` accepts again (the server is back)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from helpers_server import start_server
+from relhelpers import api_settings_for
+from tcpproxy import TcpProxy
+
+FAIL_FAST_S = 5.0  # a request while the database is down must be answered within this
+RECOVER_S = 5.0  # after the database is back, requests must succeed within this
+
+
+@pytest.fixture
+def proxied(database_url: str, rel_collection: str) -> Iterator[tuple[str, TcpProxy, str]]:
+    """(base URL of an API that reaches the database through a proxy, the proxy, item URL)."""
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    handle = start_server(api_settings_for(proxy.url_for(database_url)))
+    try:
+        item = f"{handle.base_url}/collections/{rel_collection}/items/item-001"
+        assert httpx.get(item, timeout=30).status_code == 200  # warm pool
+        yield handle.base_url, proxy, item
+    finally:
+        proxy.restore()
+        handle.stop()
+        proxy.close()
+
+
+def _timed_get(url: str) -> tuple[float, httpx.Response | None]:
+    t0 = time.perf_counter()
+    try:
+        r: httpx.Response | None = httpx.get(url, timeout=FAIL_FAST_S + 1)
+    except httpx.TimeoutException:
+        r = None
+    return time.perf_counter() - t0, r
+
+
+@pytest.mark.parametrize("attempt", ["first", "later"])
+def test_requests_fail_fast_with_503_while_the_database_is_down(proxied, attempt: str) -> None:
+    """The first request meets a dead pooled connection; a later one finds the pool empty."""
+    _, proxy, item = proxied
+    proxy.cut()
+    if attempt == "later":
+        _timed_get(item)
+    elapsed, r = _timed_get(item)
+    assert r is not None, f"no answer within {FAIL_FAST_S + 1} s"
+    assert r.status_code == 503
+    assert r.json()["code"] == "DatabaseUnavailable"
+    assert elapsed < FAIL_FAST_S, f"503 after {elapsed:.1f} s"
+
+
+def test_health_is_503_fast_while_the_database_is_down(proxied) -> None:
+    base, proxy, _ = proxied
+    proxy.cut()
+    elapsed, r = _timed_get(base + "/health")
+    assert r is not None, f"no answer within {FAIL_FAST_S + 1} s"
+    assert r.status_code == 503
+    assert r.json()["database"] == "unreachable"
+    assert elapsed < FAIL_FAST_S, f"503 after {elapsed:.1f} s"
+
+
+def test_open_endpoints_answer_while_the_database_is_down(proxied) -> None:
+    base, proxy, _ = proxied
+    proxy.cut()
+    elapsed, r = _timed_get(base + "/api")
+    assert r is not None and r.status_code == 200
+    assert elapsed < FAIL_FAST_S
+
+
+def test_quick_restart_does_not_fail_requests(proxied) -> None:
+    """The database restarted between two requests: pooled connections are dead, yet
+    the next requests succeed (the pool checks connections before handing them out)."""
+    _, proxy, item = proxied
+    proxy.cut()
+    proxy.restore()
+    codes = [_timed_get(item)[1] for _ in range(4)]
+    assert [r.status_code if r is not None else None for r in codes] == [200] * 4
+
+
+def test_server_recovers_by_itself_after_an_outage(proxied) -> None:
+    _, proxy, item = proxied
+    proxy.cut()
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:  # an outage of ~6 s with clients retrying
+        _timed_get(item)
+    proxy.restore()
+    restored = time.monotonic()
+    while True:
+        _, r = _timed_get(item)
+        if r is not None and r.status_code == 200:
+            break
+        assert time.monotonic() - restored < RECOVER_S, "not recovered in time"
+        time.sleep(0.2)
+    assert time.monotonic() - restored < RECOVER_S
