@@ -422,7 +422,14 @@ def _encode_shard(
         prefetch_factor=4 if workers > 0 else None,
     )
     skipped = source_bytes = 0
-    bar = tqdm(total=len(chips), unit="chip", desc=desc, disable=not progress, smoothing=0.1)
+    bar = tqdm(
+        total=len(chips),
+        unit="chip",
+        desc=desc,
+        disable=not progress,
+        smoothing=0.1,
+        mininterval=0.5,  # fewer redraws in batch-job logs
+    )
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -777,9 +784,16 @@ def _write_manifest(
         rows += int(info["rows"])
         skipped += int(info["skipped_nodata"])
         source_bytes += int(info["source_bytes"])
+    identity = encoder.identity()
+    identity.chip_size = params["chip_size"]  # the run's (variable-size encoders differ)
+    others = sorted(
+        p.name for p in out.glob("shard-*.parquet") if p.name not in {r.path for r in records}
+    )
+    if others:
+        log.warning("%s holds shards of another run, not in the manifest: %s", out, others)
     manifest = Manifest(
         created=datetime_now(),
-        encoder=encoder.identity(),
+        encoder=identity,
         run=RunParameters.model_validate(
             {
                 "bands": list(encoder.input_spec.bands),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,3 +225,85 @@ def test_cli_encodes_and_prints_a_summary(scene_factory, tmp_path: Path) -> None
     table = pq.read_table(tmp_path / "out" / "shard-00000-of-00001.parquet")
     assert table.column("datetime").to_pylist()[0] == datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
     assert np.array(table.column("embedding").to_pylist()).shape == (3, 8)
+
+
+# -- STAC API search ------------------------------------------------------------------
+
+
+@pytest.fixture
+def stac_api(scene_factory):
+    """A minimal STAC API (landing page + item search) on 127.0.0.1, serving two items."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    paths = [scene_factory("s1.tif", seed=11), scene_factory("s2.tif", seed=12)]
+    when = datetime(2024, 8, 1, tzinfo=UTC)
+    items = [
+        _item(f"item-{i}", when, {"data": pystac.Asset(str(p), media_type=pystac.MediaType.COG)})
+        for i, p in enumerate(paths)
+    ]
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            seen.append(self.path)
+            if self.path.startswith("/search"):
+                features = [item.to_dict() for item in reversed(items)]
+                self._send({"type": "FeatureCollection", "features": features, "links": []})
+                return
+            self._send(
+                {
+                    "type": "Catalog", "id": "test-api", "stac_version": "1.0.0",
+                    "description": "test", "conformsTo": [
+                        "https://api.stacspec.org/v1.0.0/core",
+                        "https://api.stacspec.org/v1.0.0/item-search",
+                    ],
+                    "links": [
+                        {"rel": "self", "href": base + "/", "type": "application/json"},
+                        {"rel": "root", "href": base + "/", "type": "application/json"},
+                        {"rel": "search", "href": base + "/search",
+                         "type": "application/geo+json", "method": "GET"},
+                        {"rel": "search", "href": base + "/search",
+                         "type": "application/geo+json", "method": "POST"},
+                    ],
+                }
+            )  # fmt: skip
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_cli_encodes_the_items_of_a_stac_api_search(stac_api, tmp_path: Path) -> None:
+    url, seen = stac_api
+    result = CliRunner().invoke(
+        main,
+        [
+            "encode", "-o", str(tmp_path / "out"), "-O", "num_features=4", "-O", "chip_size=32",
+            "--stac-api", url, "--collection", "s2", "--bbox", "13,47,14,48",
+            "--workers", "0", "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert any(p.startswith("/search") for p in seen)
+    table = pq.read_table(tmp_path / "out" / "shard-00000-of-00001.parquet")
+    # Items are sorted by id, so every rank sees the same order whatever the API returns.
+    assert table.column("source_item").to_pylist() == ["item-0"] * 4 + ["item-1"] * 4
+    assert set(table.column("datetime").to_pylist()) == {datetime(2024, 8, 1, tzinfo=UTC)}
