@@ -261,16 +261,29 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         collection, space = row[0], get_space(conn, row[1])
         as_of = _resolve_as_of(conn, req.as_of)
         where = _base_where(req, space, as_of)
-        count_row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_from(space), where)
-        ).fetchone()
+        if req.limit is not None:
+            # A part: count at most limit + 1 rows, and take the schema (and the int8
+            # statistics) from this part's rows only, so each part costs O(limit).
+            count_row = conn.execute(
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) x").format(
+                    _from(space), where, sql.Literal(req.limit + 1)
+                )
+            ).fetchone()
+            part = sql.SQL(
+                "{w} AND i.id IN (SELECT i.id FROM {src} WHERE {w} ORDER BY i.id LIMIT {n})"
+            ).format(w=where, src=_from(space), n=sql.Literal(req.limit))
+        else:
+            count_row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_from(space), where)
+            ).fetchone()
+            part = where
         remaining = int(count_row[0]) if count_row else 0
         rows = remaining if req.limit is None else min(req.limit, remaining)
-        properties, assets = _discover(conn, space, where)
+        properties, assets = _discover(conn, space, part)
         quant: Quantization | None = None
         if dtype == "int8":
             stats = RangeStats(space.dimensions)
-            for block in _vector_batches(conn, space, where, req.batch_size):
+            for block in _vector_batches(conn, space, part, req.batch_size):
                 stats.update(block)
             quant = int8_quantization(stats)
         elif dtype == "binary":
