@@ -56,6 +56,18 @@ def test_principal_components_find_the_axis_of_largest_spread() -> None:
     assert ratios[0] > 0.95 and ratios[0] >= ratios[1] >= ratios[2]
 
 
+def test_randomised_components_match_an_exact_svd() -> None:
+    rng = np.random.default_rng(4)
+    basis, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    scales = np.r_[10.0, 5.0, 2.5, np.full(61, 0.2)]
+    data = (rng.standard_normal((2000, 64)) * scales) @ basis.T
+    axes, ratios = principal_components(data)
+    centred = data - data.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    assert np.abs(np.sum(axes * vt[:3], axis=1)).min() > 0.999
+    assert ratios == pytest.approx(s[:3] ** 2 / np.sum(s**2), abs=1e-3)
+
+
 def test_robust_rgb_clips_outliers_and_gives_mid_grey_without_spread() -> None:
     column = np.concatenate([np.linspace(0, 1, 100), [1000.0]])
     projections = np.column_stack([column, np.zeros(101)])
