@@ -91,11 +91,13 @@ def wait_for(driver: Any, script: str, timeout: float = 20.0, interval: float = 
         time.sleep(interval)
 
 
-def open_explorer(driver: Any, base_url: str, collection_id: str) -> float:
+def open_explorer(driver: Any, base_url: str, collection_id: str, timeout: float = 20.0) -> float:
     """Load the page for a collection; return the time to first rendered map (ms since
     navigation start, as the page measured it)."""
     driver.get(f"{base_url}/explorer?collection={collection_id}")
-    return float(wait_for(driver, "window.explorerTimings && window.explorerTimings.mapRendered"))
+    return float(
+        wait_for(driver, "window.explorerTimings && window.explorerTimings.mapRendered", timeout)
+    )
 
 
 def click_chip(driver: Any, item_id: str, *, shift: bool = False) -> None:
