@@ -96,3 +96,12 @@ def test_cli_show_reports_bad_options_without_traceback() -> None:
     result = CliRunner().invoke(main, ["encoders", "show", "checkpoint"])
     assert result.exit_code == 1
     assert "option 'path' (the model file) is required" in result.output
+
+
+def test_the_manifest_contract_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, encoders.manifest; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
