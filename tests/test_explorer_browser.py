@@ -164,3 +164,15 @@ def test_export_link_downloads_exactly_the_listed_results(
     assert response.status_code == 200
     table = pq.read_table(io.BytesIO(response.content), columns=["id", "embedding"])
     assert sorted(table.column("id").to_pylist()) == sorted(shown)
+
+
+def test_a_collection_larger_than_one_response_is_refetched_for_the_view(
+    chips: tuple[str, list[str]], server: str, browser: Any
+) -> None:
+    cid, ids = chips
+    browser.get(f"{server}/explorer?collection={cid}&limit=20")
+    wait_for(browser, "window.explorerTimings && window.explorerTimings.mapRendered")
+    assert ids[90] not in browser.execute_script("return window.explorerChipIds()")
+    # Zoom onto chip 90 (north-east, beyond the first 20 by id): the view's chips load.
+    browser.execute_script("window.explorerMap.setView([45.075, 10.065], 15, {animate: false})")
+    wait_for(browser, f"window.explorerChipIds().includes({ids[90]!r})")

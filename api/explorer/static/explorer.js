@@ -16,6 +16,9 @@
   const timings = (window.explorerTimings = { mapRendered: null, lastSearchMs: null });
   window.explorerLastSearch = null; // {body, count} of the last similarity search
 
+  // Footprints per request (?limit= in the page URL; the server allows up to 100000).
+  const footprintLimit = parseInt(new URLSearchParams(location.search).get("limit"), 10) || 10000;
+
   const map = L.map("map", { preferCanvas: true, attributionControl: false });
   map.setView([20, 0], 2);
   const examplesLayer = L.layerGroup().addTo(map);
@@ -58,9 +61,19 @@
     $("item").hidden = true;
     const [collection, fc] = await Promise.all([
       getJSON(`collections/${enc(cid)}`),
-      getJSON(`collections/${enc(cid)}/explorer/features`),
+      getJSON(`collections/${enc(cid)}/explorer/features?limit=${footprintLimit}`),
     ]);
     state.collection = collection;
+    state.large = fc.truncated;
+    drawFootprints(fc);
+    if (fc.features.length) map.fitBounds(state.footprints.getBounds(), { padding: [20, 20] });
+    showLegend(fc.legend);
+    await afterPaint();
+    if (timings.mapRendered === null) timings.mapRendered = performance.now();
+    document.body.dataset.collection = cid;
+  }
+
+  function drawFootprints(fc) {
     if (state.footprints) state.footprints.remove();
     state.byId.clear();
     state.footprints = L.geoJSON(fc, {
@@ -71,13 +84,19 @@
         layer.on("click", (e) => onChipClick(f.id, e.originalEvent));
       },
     }).addTo(map);
-    if (fc.features.length) map.fitBounds(state.footprints.getBounds(), { padding: [20, 20] });
-    showLegend(fc.legend);
-    await afterPaint();
-    if (timings.mapRendered === null) timings.mapRendered = performance.now();
-    const more = fc.truncated ? ` (first ${fc.numberReturned} shown)` : "";
+    state.footprints.bringToBack();
+    const more = fc.truncated ? ` (the first ${fc.numberReturned} here: zoom in for all)` : "";
     status(`${fc.numberReturned} chips${more}`);
-    document.body.dataset.collection = cid;
+  }
+
+  // A collection larger than one response is re-fetched for the view after each move.
+  async function refreshView() {
+    if (!state.large || !state.collection) return;
+    const cid = state.collection.id;
+    const fc = await getJSON(
+      `collections/${enc(cid)}/explorer/features?limit=${footprintLimit}&bbox=${viewBbox()}`,
+    );
+    if (state.collection && state.collection.id === cid) drawFootprints(fc);
   }
 
   function showLegend(legend) {
@@ -134,15 +153,17 @@
     $("run-fewshot").disabled = state.positive.size === 0;
   }
 
+  function viewBbox() {
+    const b = map.getBounds();
+    const clamp = (v, lim) => Math.max(-lim, Math.min(lim, v));
+    return [clamp(b.getWest(), 180), clamp(b.getSouth(), 90),
+      clamp(b.getEast(), 180), clamp(b.getNorth(), 90)];
+  }
+
   function filters() {
     const body = { collections: [state.collection.id] };
     body.limit = Math.max(1, Math.min(500, parseInt($("k").value, 10) || 10));
-    if ($("use-bbox").checked) {
-      const b = map.getBounds();
-      const clamp = (v, lim) => Math.max(-lim, Math.min(lim, v));
-      body.bbox = [clamp(b.getWest(), 180), clamp(b.getSouth(), 90),
-        clamp(b.getEast(), 180), clamp(b.getNorth(), 90)];
-    }
+    if ($("use-bbox").checked) body.bbox = viewBbox();
     const from = $("date-from").value;
     const to = $("date-to").value;
     if (from || to) {
@@ -279,6 +300,7 @@
     history.replaceState(null, "", url);
     showCollection(e.target.value).catch((err) => status(err.message, true));
   });
+  map.on("moveend", () => refreshView().catch((err) => status(err.message, true)));
   $("fewshot").addEventListener("change", (e) => {
     $("fewshot-controls").hidden = !e.target.checked;
   });
@@ -305,6 +327,7 @@
     return { x: p.x, y: p.y };
   };
   window.explorerChipIds = () => [...state.byId.keys()];
+  window.explorerMap = map;
 
   loadCollections().catch((err) => status(err.message, true));
 })();
