@@ -12,10 +12,12 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from helpers_server import start_server
 from relhelpers import api_settings_for, point_item
 
 # POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
-READ_ONLY_POSTS = {"/search"}
+READ_ONLY_POSTS = {"/search", "/collections/{collection_id}/export"}
+OPEN_PREFIXES = ("/health", "/_mgmt", "/api", "/docs")
 WRITE_METHODS = ("post", "put", "patch", "delete")
 
 
@@ -27,6 +29,20 @@ def _write_operations(database_url: str) -> list[tuple[str, str]]:
     for path, methods in spec["paths"].items():
         for method in methods:
             if method in WRITE_METHODS and not (method == "post" and path in READ_ONLY_POSTS):
+                ops.append((method.upper(), path))
+    return sorted(ops)
+
+
+def _read_operations(database_url: str) -> list[tuple[str, str]]:
+    from api.app import create_app
+
+    spec = create_app(api_settings_for(database_url)).openapi()
+    ops = []
+    for path, methods in spec["paths"].items():
+        if path.startswith(OPEN_PREFIXES):
+            continue
+        for method in methods:
+            if method == "get" or (method == "post" and path in READ_ONLY_POSTS):
                 ops.append((method.upper(), path))
     return sorted(ops)
 
@@ -50,7 +66,40 @@ def test_every_write_operation_needs_a_key(
         url = rel_server + _fill(path, rel_collection)
         r = httpx.request(method, url, json={}, timeout=10)
         answers[f"{method} {path}"] = r.status_code
-    assert answers and all(code == 401 for code in answers.values()), answers
+    wrong = {op: code for op, code in answers.items() if code != 401}
+    assert answers and not wrong, wrong
+
+
+@pytest.fixture(scope="module")
+def read_protected_server(database_url: str, rel_collection: str) -> Iterator[str]:
+    handle = start_server(api_settings_for(database_url, require_read_key=True))
+    try:
+        yield handle.base_url
+    finally:
+        handle.stop()
+
+
+def test_every_read_operation_needs_a_key_when_reads_are_protected(
+    database_url: str, read_protected_server: str, rel_collection: str
+) -> None:
+    answers = {}
+    for method, path in _read_operations(database_url):
+        url = read_protected_server + _fill(path, rel_collection)
+        r = httpx.request(method, url, json={} if method == "POST" else None, timeout=10)
+        answers[f"{method} {path}"] = r.status_code
+    wrong = {op: code for op, code in answers.items() if code != 401}
+    assert answers and not wrong, wrong
+
+
+def test_read_key_reads_when_reads_are_protected(
+    read_protected_server: str, rel_collection: str, make_key
+) -> None:
+    secret = make_key("read", collection=rel_collection)
+    r = httpx.get(
+        f"{read_protected_server}/collections/{rel_collection}/items/item-000",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert r.status_code == 200
 
 
 def test_unauthorized_answer_is_json_with_challenge(rel_server: str, rel_collection: str) -> None:
@@ -191,6 +240,9 @@ class _Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         from api.observability import JsonFormatter
+
+        if record.name.startswith(("httpx", "httpcore")):
+            return  # the test's own HTTP client, not the server
 
         self.lines.append(JsonFormatter().format(record) + " " + str(record.__dict__))
 
