@@ -117,7 +117,8 @@ def boxes(rng: np.random.Generator, selectivity: float | None, count: int) -> li
     out = []
     for _ in range(count):
         x0 = rng.uniform(EXTENT[0], EXTENT[2] - side)
-        y0 = rng.uniform(EXTENT[1], EXTENT[3] - side)
+        # The grid spans y 0..100; boxes stay within valid latitudes (STAC bbox validation).
+        y0 = rng.uniform(EXTENT[1], min(EXTENT[3], 90.0) - side)
         out.append((float(x0), float(y0), float(x0 + side), float(y0 + side)))
     return out
 
