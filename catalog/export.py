@@ -558,7 +558,12 @@ class _Sink:
 
 def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
     compression = {f.name: "zstd" for f in schema}
-    compression["embedding"] = "none"
+    # float noise does not compress; int8 is stored as parquet INT32 (no 8-bit physical
+    # type), and zstd takes it back to about one byte per value.
+    is_int8 = pa.types.is_list(schema.field("embedding").type) and (
+        schema.field("embedding").type.value_type == pa.int8()
+    )
+    compression["embedding"] = "zstd" if is_int8 else "none"
     return pq.ParquetWriter(
         sink,
         schema,
