@@ -80,7 +80,7 @@ class SimilaritySettings(BaseSettings):
         default=2_000, ge=0, description="Filtered row estimate below which the search is exact."
     )
     exact_fraction: float = Field(
-        default=0.005,
+        default=0.03,
         ge=0,
         le=1,
         description="Exact also below this fraction of the space's rows (filtered estimate).",
