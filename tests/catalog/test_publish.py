@@ -15,6 +15,7 @@ import shapely
 from click.testing import CliRunner
 from pystac.extensions.file import FileExtension
 from pystac.extensions.mlm import MLMExtension
+from pystac.extensions.projection import ProjectionExtension
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
 from catalog.errors import Conflict, InvalidInput
@@ -95,6 +96,7 @@ def test_items_read_back_through_pystac(run: Path, db_settings: DatabaseSettings
     assert FileExtension.ext(asset).checksum.startswith("1220")  # type: ignore[union-attr]
     assert FileExtension.ext(asset).size == 8 * 4 + 128
     assert item.datetime is not None and item.datetime.year == 2024
+    assert ProjectionExtension.ext(item).code == "EPSG:32633"
     assert props["emb:runtime_parameters"]["grid_id"] == "EPSG:32633/64/64"
     assert props["processing:software"]["embcat"]
     assert [link.rel for link in item.links] == ["derived_from"]
