@@ -261,6 +261,7 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         collection, space = row[0], get_space(conn, row[1])
         as_of = _resolve_as_of(conn, req.as_of)
         where = _base_where(req, space, as_of)
+        part: sql.Composable
         if req.limit is not None:
             # A part: count at most limit + 1 rows, and take the schema (and the int8
             # statistics) from this part's rows only, so each part costs O(limit).

@@ -16,6 +16,7 @@ from catalog.errors import EmbcatError
 from embcat import __version__
 from embcat.commands import db as db_commands
 from embcat.commands import encode as encode_commands
+from embcat.commands import exchange as exchange_commands
 from embcat.commands import publish as publish_commands
 from embcat.commands import serve as serve_commands
 
@@ -49,6 +50,9 @@ main.add_command(encode_commands.encoders)
 main.add_command(encode_commands.encode_command)
 main.add_command(serve_commands.serve)
 main.add_command(serve_commands.keys)
+main.add_command(exchange_commands.export_command)
+main.add_command(exchange_commands.mirror_command)
+main.add_command(exchange_commands.stats_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,160 @@
+"""``embcat stats``: what each exchange dtype costs and loses for one collection.
+
+- bytes per embedding in float32 / float16 / int8 / binary (payload, and as exported in the
+  GeoParquet column);
+- the compression ratio against the source imagery bytes the manifest recorded
+  (``source_bytes``; looked up in the publishes' details and the collection JSON);
+- the recall@10 of float16 / int8 / binary against float32 on a seeded sample of queries
+  (exact search with numpy in the space's metric; the sample vectors are the corpus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from catalog.errors import InvalidInput, NotFound, translated
+from catalog.quantize import (
+    BINARY_QUANTIZATION,
+    DTYPES,
+    RangeStats,
+    bytes_per_vector,
+    dequantize,
+    int8_quantization,
+    quantize,
+)
+from catalog.spaces import Space, collection_space
+
+
+@dataclass
+class DtypeStats:
+    dtype: str
+    bytes_per_embedding: int
+    recall_at_10: float
+    compression_vs_source: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype,
+            "bytes_per_embedding": self.bytes_per_embedding,
+            "recall_at_10": round(self.recall_at_10, 4),
+            "recall_loss": round(1.0 - self.recall_at_10, 4),
+            "compression_vs_source": self.compression_vs_source,
+        }
+
+
+@dataclass
+class CollectionStats:
+    collection_id: str
+    items: int
+    dimensions: int
+    metric: str
+    source_bytes: int | None
+    sample: int
+    queries: int
+    dtypes: list[DtypeStats] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection_id,
+            "items": self.items,
+            "dimensions": self.dimensions,
+            "metric": self.metric,
+            "source_bytes": self.source_bytes,
+            "sample": self.sample,
+            "queries": self.queries,
+            "dtypes": [d.as_dict() for d in self.dtypes],
+        }
+
+
+def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
+    row = conn.execute(
+        """SELECT coalesce(
+                 (SELECT sum((details ->> 'source_bytes')::bigint) FROM publishes
+                   WHERE collection_id = %(c)s AND details ? 'source_bytes'),
+                 (SELECT (stac ->> 'embcat:source_bytes')::bigint FROM collections
+                   WHERE id = %(c)s))""",
+        {"c": collection_id},
+    ).fetchone()
+    return int(row[0]) if row and row[0] else None
+
+
+def _sample(conn: psycopg.Connection, cid: str, space: Space, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` vectors picked by a seeded hash of the id (repeatable, no full sort)."""
+    rows = conn.execute(
+        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
+        " WHERE e.collection_id = %s AND e.space_id = %s"
+        " ORDER BY md5(e.item_id || %s) LIMIT %s",
+        (cid, space.id, str(seed), n),
+    ).fetchall()
+    if not rows:
+        return np.zeros((0, space.dimensions), dtype=np.float32)
+    return np.stack([np.asarray(r[0].to_numpy(), dtype=np.float32) for r in rows])
+
+
+def _topk(corpus: np.ndarray, queries: np.ndarray, metric: str, k: int) -> np.ndarray:
+    if metric == "cosine":
+        c = corpus / np.maximum(np.linalg.norm(corpus, axis=1, keepdims=True), 1e-12)
+        q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        score = q @ c.T
+    elif metric == "inner_product":
+        score = queries @ corpus.T
+    else:
+        score = -(
+            (queries**2).sum(1)[:, None] - 2 * queries @ corpus.T + (corpus**2).sum(1)[None, :]
+        )
+    k = min(k, corpus.shape[0])
+    part = np.argpartition(-score, k - 1, axis=1)[:, :k]
+    return part
+
+
+def recall_at_k(truth: np.ndarray, found: np.ndarray) -> float:
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
+    return hits / max(truth.size, 1)
+
+
+def collection_stats(
+    conn: psycopg.Connection,
+    collection_id: str,
+    *,
+    sample: int = 5000,
+    queries: int = 100,
+    k: int = 10,
+    seed: int = 0,
+) -> CollectionStats:
+    if sample < 2 or queries < 1:
+        raise InvalidInput("sample must be >= 2 and queries >= 1")
+    with translated():
+        space = collection_space(conn, collection_id)
+        if space is None:
+            raise NotFound(f"collection {collection_id!r} has no embeddings yet")
+        row = conn.execute(
+            "SELECT count(*) FROM embeddings WHERE collection_id = %s AND space_id = %s",
+            (collection_id, space.id),
+        ).fetchone()
+        items = int(row[0]) if row else 0
+        source = _source_bytes(conn, collection_id)
+        corpus = _sample(conn, collection_id, space, sample, seed)
+    rng = np.random.default_rng(seed)
+    nq = min(queries, len(corpus))
+    qidx = rng.choice(len(corpus), size=nq, replace=False) if nq else np.zeros(0, int)
+    out = CollectionStats(
+        collection_id, items, space.dimensions, space.metric, source, len(corpus), nq
+    )
+    truth = _topk(corpus, corpus[qidx], space.metric, k) if nq else np.zeros((0, k), int)
+    stats = RangeStats(space.dimensions)
+    stats.update(corpus)
+    for dtype in DTYPES:
+        quant = {"int8": int8_quantization(stats), "binary": BINARY_QUANTIZATION}.get(dtype)
+        approx = dequantize(quantize(corpus, dtype, quant), dtype, space.dimensions, quant)
+        if dtype == "binary":  # binary search ranks by Hamming distance = L2 on +-1 vectors
+            found = _topk(approx, approx[qidx], "l2", k) if nq else truth
+        else:
+            found = _topk(approx, approx[qidx], space.metric, k) if nq else truth
+        per = bytes_per_vector(dtype, space.dimensions)
+        ratio = round(source / (per * items), 1) if source and items else None
+        out.dtypes.append(DtypeStats(dtype, per, recall_at_k(truth, found), ratio))
+    return out

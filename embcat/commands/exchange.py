@@ -1,0 +1,167 @@
+"""``embcat export``, ``embcat mirror`` and ``embcat stats``: moving embeddings between sites."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+DTYPE_CHOICE = click.Choice(["float32", "float16", "int8", "binary"])
+
+
+def _bbox(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        out = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("bbox must be four comma-separated numbers") from None
+    if len(out) not in (4, 6):
+        raise click.BadParameter("bbox must have 4 (or 6) numbers")
+    return out
+
+
+def _filter(value: str | None) -> str | dict | None:
+    if value and value.lstrip().startswith("{"):
+        try:
+            return dict(json.loads(value))
+        except ValueError:
+            raise click.BadParameter("filter looks like JSON but does not parse") from None
+    return value
+
+
+@click.command("export")
+@click.argument("collection_id")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True)
+@click.option("--bbox", help="xmin,ymin,xmax,ymax (WGS84).")
+@click.option("--datetime", "datetime_", help="RFC 3339 instant or interval (a/b, ../b).")
+@click.option("--filter", "filter_", help="CQL2 text, or CQL2 JSON.")
+@click.option("--ids", help="Comma-separated item ids.")
+@click.option("--batch-size", default=2048, show_default=True, help="Rows per row group.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_command(
+    collection_id: str,
+    out: Path,
+    dtype: str,
+    bbox: str | None,
+    datetime_: str | None,
+    filter_: str | None,
+    ids: str | None,
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Write a search of COLLECTION_ID as stac-geoparquet with the vectors to OUT."""
+    from tqdm import tqdm
+
+    from catalog.db import connect
+    from catalog.export import ExportRequest, export_to_file
+    from catalog.search import SearchQuery
+
+    flt = _filter(filter_)
+    query = SearchQuery(
+        bbox=_bbox(bbox),
+        datetime=datetime_,
+        filter=flt,
+        filter_lang=("cql2-json" if isinstance(flt, dict) else "cql2-text") if flt else None,
+        ids=[v for v in ids.split(",") if v] if ids else None,
+    )
+    req = ExportRequest(collection_id, dtype=dtype, query=query, batch_size=batch_size)
+    with (
+        connect() as conn,
+        tqdm(unit="B", unit_scale=True, disable=quiet, desc="export") as bar,
+    ):
+        rows = [0]
+
+        def progress(n: int, nbytes: int) -> None:
+            rows[0] += n
+            bar.update(nbytes)
+            bar.set_postfix(rows=rows[0], refresh=False)
+
+        summary = export_to_file(conn, req, out, progress)
+    click.echo(
+        f"exported {summary.rows} items ({dtype}) to {out}: {summary.bytes / 1e6:.1f} MB in"
+        f" {summary.seconds:.1f} s ({summary.rate:.0f} items/s,"
+        f" {summary.bytes / 1e6 / max(summary.seconds, 1e-9):.0f} MB/s); as_of {summary.as_of}"
+    )
+
+
+@click.command("mirror")
+@click.argument("remote_url")
+@click.option("--collection", "collection_id", required=True, help="Remote collection id.")
+@click.option("--bbox", help="Only items intersecting xmin,ymin,xmax,ymax.")
+@click.option("--datetime", "datetime_", help="Only items in this RFC 3339 interval.")
+@click.option("--filter", "filter_", help="Only items matching this CQL2 filter.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "int8"]),
+    default="float32",
+    show_default=True,
+    help="Transfer dtype (float32 and, for halfvec spaces, float16 are lossless).",
+)
+@click.option("--page-rows", default=5000, show_default=True, help="Rows per transaction.")
+@click.option(
+    "--api-key",
+    envvar="EMBCAT_REMOTE_API_KEY",
+    help="API key for the remote (or EMBCAT_REMOTE_API_KEY).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def mirror_command(
+    remote_url: str,
+    collection_id: str,
+    bbox: str | None,
+    datetime_: str | None,
+    filter_: str | None,
+    dtype: str,
+    page_rows: int,
+    api_key: str | None,
+    quiet: bool,
+) -> None:
+    """Pull a remote collection into the local catalogue (incremental after the first run)."""
+    from catalog.mirror import MirrorOptions, mirror
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    opts = MirrorOptions(
+        remote_url=remote_url,
+        collection_id=collection_id,
+        bbox=_bbox(bbox),
+        datetime=datetime_,
+        filter=_filter(filter_),
+        dtype=dtype,
+        page_rows=page_rows,
+        headers=headers,
+        progress=not quiet and not os.environ.get("EMBCAT_NO_PROGRESS"),
+    )
+    result = mirror(opts)
+    click.echo(result.summary())
+
+
+@click.command("stats")
+@click.argument("collection_id")
+@click.option("--sample", default=5000, show_default=True, help="Vectors in the corpus sample.")
+@click.option("--queries", default=100, show_default=True, help="Queries for recall@10.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def stats_command(collection_id: str, sample: int, queries: int, as_json: bool) -> None:
+    """Bytes per embedding per dtype, compression vs source imagery, recall@10 loss."""
+    from catalog.db import connect
+    from catalog.stats import collection_stats
+
+    with connect() as conn:
+        stats = collection_stats(conn, collection_id, sample=sample, queries=queries)
+    if as_json:
+        click.echo(json.dumps(stats.as_dict(), indent=2))
+        return
+    src = f"{stats.source_bytes:,} source bytes" if stats.source_bytes else "source bytes unknown"
+    click.echo(
+        f"{stats.collection_id}: {stats.items} embeddings, {stats.dimensions} dims,"
+        f" {stats.metric}; {src}; recall on {stats.queries} queries over {stats.sample} vectors"
+    )
+    click.echo(f"{'dtype':<8} {'bytes/emb':>10} {'vs source':>10} {'recall@10':>10} {'loss':>7}")
+    for d in stats.dtypes:
+        ratio = f"{d.compression_vs_source:,.0f}x" if d.compression_vs_source else "n/a"
+        click.echo(
+            f"{d.dtype:<8} {d.bytes_per_embedding:>10} {ratio:>10} {d.recall_at_10:>10.3f}"
+            f" {1 - d.recall_at_10:>7.3f}"
+        )
