@@ -16,11 +16,10 @@ endpoints that clients use.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_scope
@@ -115,12 +114,12 @@ async def explorer_features(
 ) -> Response:
     box = preview.parse_bbox(bbox)
 
-    def work() -> dict[str, Any]:
+    def work() -> bytes:
         with connection(request) as conn:
             colours = _colours(request, conn, collection_id, required=False)
-            return preview.features(conn, colours, bbox=box, limit=limit)
+            return preview.features_json(conn, colours, bbox=box, limit=limit)
 
-    return JSONResponse(await run_in_threadpool(work), media_type=GEOJSON)
+    return Response(await run_in_threadpool(work), media_type=GEOJSON)
 
 
 @router.get(
