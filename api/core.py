@@ -394,7 +394,11 @@ class CoreClient(AsyncBaseCoreClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         base = request_base_url(request)
-        body = search_request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # exclude_unset: the next/prev links must echo the client's body, not the model's
+        # defaults (an echoed empty `fields` object would trim every later page).
+        body = search_request.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude_unset=True
+        )
         intersects = body.get("intersects")
         search = SearchQuery(
             collections=search_request.collections,

@@ -131,12 +131,6 @@ def test_killed_mirror_resumes_to_the_same_state(
     assert _snapshot(a_url) == _snapshot(b_url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="API bug (api/core.py): the POST /search next link carries "
-    '"fields": {"include": [], "exclude": []}, so pages after the first come back with the '
-    "default field set (properties trimmed to datetime). Remove this marker once fixed.",
-)
 def test_fallback_against_a_plain_stac_api(
     remote: tuple[str, str], make_database: Callable[..., str]
 ) -> None:

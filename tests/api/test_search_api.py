@@ -33,6 +33,17 @@ def test_get_next_link_pages_through_everything(live_server, seeded) -> None:
     assert sorted(seen) == sorted(it["id"] for it in items)
 
 
+def test_post_next_link_keeps_full_items_on_later_pages(live_server, seeded) -> None:
+    cid, items = seeded
+    body = httpx.post(live_server + "/search", json={"collections": [cid], "limit": 2}).json()
+    nxt = next(link for link in body["links"] if link["rel"] == "next")
+    assert "fields" not in nxt["body"]
+    page2 = httpx.post(nxt["href"], json=nxt["body"]).json()
+    want = {it["id"]: set(it["properties"]) for it in items}
+    for feature in page2["features"]:
+        assert want[feature["id"]] <= set(feature["properties"])
+
+
 def test_fields_include_keeps_only_requested(live_server, seeded) -> None:
     cid, _ = seeded
     body = httpx.get(
