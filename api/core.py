@@ -219,6 +219,12 @@ class CoreClient(AsyncBaseCoreClient):
             {"rel": "root", "type": JSON, "title": "Root", "href": base + "/"},
             *links,
             {"rel": "health", "type": JSON, "title": "Service health", "href": base + "/health"},
+            {
+                "rel": "alternate",
+                "type": "text/html",
+                "title": "Explorer (web map)",
+                "href": base + "/explorer",
+            },
             *children,
         ]
         return page

@@ -12,6 +12,13 @@ def test_landing_page_links_conformance_collections_search(live_server: str) -> 
     assert body["stac_version"] == "1.1.0"
 
 
+def test_landing_page_links_the_explorer(live_server: str) -> None:
+    body = httpx.get(live_server + "/").json()
+    explorer = [link for link in body["links"] if link["href"] == live_server + "/explorer"]
+    assert [(link["rel"], link["type"]) for link in explorer] == [("alternate", "text/html")]
+    assert httpx.get(explorer[0]["href"]).status_code in (200, 503)
+
+
 def test_conformance_lists_core_and_item_search(live_server: str) -> None:
     classes = httpx.get(live_server + "/conformance").json()["conformsTo"]
     assert "https://api.stacspec.org/v1.0.0/core" in classes
