@@ -40,6 +40,7 @@ CQL2_TEXT = [
     f"id = '{INJECT}'",
     "id = ''; drop table items; --'",
     "id = 'a' ; drop table items",
+    "id = 'a' -- comment",
     "id = 'a' /* x */ or 1=1",
     '"x\'); drop table items; --" = 1',
     "eo:cloud_cover > 1e999999",
