@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["insert", "upsert", "ignore"]
 MODES: tuple[str, ...] = ("insert", "upsert", "ignore")
 MAX_REPORTED = 10  # offending rows named in an error
-BATCH_BYTES = 32 << 20  # vector bytes per record batch
+BATCH_BYTES = 16 << 20  # vector bytes per record batch (memory is bounded by it)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _MIN_US = -2_208_988_800_000_000  # 1900-01-01
 _MAX_US = 4_102_444_800_000_000  # 2100-01-01
@@ -801,7 +801,8 @@ def _stage(
                 for batch in _iter_batches(path, batch_rows):
                     stored = _validate_batch(batch, path.name, offset, dims, storage, problems)
                     if stored is not None and problems.count == 0:
-                        copy.write(encoder.encode(batch, stored))
+                        # a memoryview: the writer slices it into 128 kB pieces without copies
+                        copy.write(memoryview(encoder.encode(batch, stored)))
                     offset += batch.num_rows
                     rows += batch.num_rows
                     bar.update(batch.num_rows)
