@@ -11,7 +11,7 @@ In one run, on the same server and the same rows:
 
     nice -n 10 .venv/bin/python benchmarks/bench_publish.py [--n 100000] [--dims 768]
 
-Needs ``/tmp/pgstac-venv`` with ``pypgstac[psycopg]`` (made if missing) and
+Needs ``/tmp/embcat-bench-publish-pgstac-venv`` with ``pypgstac[psycopg]`` (made if missing) and
 ``runuser -u postgres``. Prints a table, writes benchmarks/results/bench_publish.json and
 never asserts a time. Peak RSS is that of the process doing the work.
 """
@@ -44,7 +44,7 @@ from catalog.stacgen import item_dict  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
 
 CID = "bench-publish"
-PGSTAC_VENV = Path("/tmp/pgstac-venv")
+PGSTAC_VENV = Path("/tmp/embcat-bench-publish-pgstac-venv")  # our own: /tmp is shared
 PGSTAC_DB = "embcat_bench_pgstac"
 SOCKET_DSN = f"postgresql:///{PGSTAC_DB}?host=/var/run/postgresql"
 
@@ -106,7 +106,7 @@ def ensure_pgstac() -> str:
         ["runuser", "-u", "postgres", "--", str(exe), "migrate", "--dsn", SOCKET_DSN],
         check=True, capture_output=True, cwd="/tmp",
     )  # fmt: skip
-    return version.stdout.strip()
+    return (version.stdout or version.stderr).strip()
 
 
 def timed_postgres_cmd(cmd: list[str]) -> tuple[float, float]:
