@@ -256,7 +256,7 @@ def _protect_routes(app: FastAPI, extra_write_paths: tuple[str, ...] = ()) -> No
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API (pool opened in the lifespan; nothing connects before start-up)."""
-    settings = settings or ApiSettings()  # type: ignore[call-arg]
+    settings = settings or ApiSettings()
     pool = create_pool(settings)
 
     @asynccontextmanager

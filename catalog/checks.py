@@ -35,8 +35,10 @@ class ServerVersions:
 def server_versions(conn: psycopg.Connection) -> ServerVersions:
     row = conn.execute("show server_version").fetchone()
     assert row is not None
-    installed = dict(conn.execute("select extname, extversion from pg_extension").fetchall())
-    available = dict(
+    installed: dict[str, str] = dict(
+        conn.execute("select extname, extversion from pg_extension").fetchall()
+    )
+    available: dict[str, str] = dict(
         conn.execute(
             "select name, default_version from pg_available_extensions"
             " where name in ('postgis', 'vector')"

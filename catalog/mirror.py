@@ -725,7 +725,7 @@ def mirror(
     on_page: Callable[[MirrorResult], None] | None = None,
 ) -> MirrorResult:
     """Bring the local copy of ``opts.collection_id`` up to date with the remote."""
-    settings = settings or DatabaseSettings()  # type: ignore[call-arg]
+    settings = settings or DatabaseSettings()
     check_dtype(opts.dtype)
     if opts.dtype == "binary":
         raise InvalidInput(

@@ -73,7 +73,8 @@ _COLUMNS = "id, encoder_name, encoder_version, dimensions, storage, metric, norm
 
 
 def _row_to_space(row: tuple[Any, ...]) -> Space:
-    return Space(*row[:7], mlm=row[7] or {})
+    sid, name, version, dims, storage, metric, normalized, mlm = row
+    return Space(sid, name, version, dims, storage, metric, normalized, mlm or {})
 
 
 def get_space(conn: psycopg.Connection, space_id: int) -> Space:

@@ -19,7 +19,7 @@ def serve(host: str | None, port: int | None, reload: bool, workers: int, log_le
 
     from api.settings import ApiSettings
 
-    settings = ApiSettings()  # type: ignore[call-arg]
+    settings = ApiSettings()
     uvicorn.run(
         "api.app:create_app",
         factory=True,
