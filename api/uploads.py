@@ -67,7 +67,7 @@ class UploadSettings(BaseSettings):
 def _settings(request: Request) -> UploadSettings:
     cached = getattr(request.app.state, "upload_settings", None)
     if cached is None:
-        cached = UploadSettings()  # type: ignore[call-arg]
+        cached = UploadSettings()
         request.app.state.upload_settings = cached
     return cached
 
