@@ -23,7 +23,7 @@ def _settings_classes() -> list[type[BaseSettings]]:
                 if (
                     isinstance(value, type)
                     and issubclass(value, BaseSettings)
-                    and value.model_config.get("env_prefix") == "EMBCAT_"
+                    and str(value.model_config.get("env_prefix", "")).startswith("EMBCAT_")
                 ):
                     found.add(value)
     return sorted(found, key=lambda c: c.__qualname__)
@@ -32,10 +32,11 @@ def _settings_classes() -> list[type[BaseSettings]]:
 def _env_names() -> set[str]:
     names: set[str] = set()
     for cls in _settings_classes():
+        prefix = str(cls.model_config.get("env_prefix"))
         for field_name, field in cls.model_fields.items():
             if field.exclude or field_name.startswith("stac_fastapi_"):
                 continue
-            names.add(f"EMBCAT_{field_name.upper()}")
+            names.add(f"{prefix}{field_name.upper()}")
     return names
 
 
