@@ -58,12 +58,9 @@ def translate(exc: BaseException) -> EmbcatError | None:
         return Conflict(f"already exists: {_detail(orig)}")
     if isinstance(orig, psycopg.errors.ForeignKeyViolation):
         return NotFound(f"refers to something that does not exist: {_detail(orig)}")
-    if isinstance(
-        orig,
-        psycopg.errors.InvalidTextRepresentation
-        | psycopg.errors.DataException
-        | psycopg.errors.InvalidParameterValue,
-    ):
+    if isinstance(orig, psycopg.DataError):
+        # SQLSTATE class 22 from the server, and values the driver refuses to send
+        # (e.g. a NUL byte in a text parameter).
         return InvalidInput(f"invalid value: {_detail(orig)}")
     if isinstance(
         orig,
