@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.adapt import Loader
@@ -177,35 +178,51 @@ def _kind(types: list[str], integral: bool, str_arrays: bool) -> str:
 
 
 _KIND_AGG = sql.SQL(
-    "array_agg(DISTINCT jsonb_typeof({v})),"
+    "jsonb_typeof({v}),"
     " bool_and(jsonb_typeof({v}) <> 'number' OR {v}::text ~ '^-?[0-9]{{1,15}}$'),"
     " bool_and(jsonb_typeof({v}) <> 'array'"
     " OR NOT jsonb_path_exists({v}, '$[*] ? (@.type() != \"string\")'))"
 )
 
 
+def _kinds(rows: list[tuple[Any, ...]]) -> dict[tuple[str, ...], str]:
+    """Kind per key from ``(*key, jsonb type, integral, string arrays)`` groups."""
+    seen: dict[tuple[str, ...], tuple[list[str], bool, bool]] = {}
+    for *key, typ, integral, str_arrays in rows:
+        types, ok_int, ok_arr = seen.get(tuple(key), ([], True, True))
+        seen[tuple(key)] = (
+            [*types, typ],
+            ok_int and bool(integral),
+            ok_arr and bool(str_arrays),
+        )
+    return {k: _kind(t, i, a) for k, (t, i, a) in seen.items()}  # in the database's order
+
+
 def _discover(
     conn: psycopg.Connection, space: Space, where: sql.Composable
 ) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]]]:
-    """Property columns and asset struct fields with their kinds, from the rows exported."""
+    """Property columns and asset struct fields with their kinds, from the rows exported.
+
+    One hash aggregate per (key, JSON type): no DISTINCT sort of every value.
+    """
     prop_sql = sql.SQL(
         "SELECT p.key, {agg} FROM {src}, jsonb_each(i.properties) p WHERE {w}"
-        " GROUP BY p.key ORDER BY p.key"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(agg=_KIND_AGG.format(v=sql.SQL("p.value")), src=sql.SQL("items i"), w=where)
     asset_sql = sql.SQL(
         "SELECT a.key, f.key, {agg} FROM {src}, jsonb_each(i.assets) a,"
         " jsonb_each(CASE WHEN jsonb_typeof(a.value) = 'object' THEN a.value ELSE '{{}}' END) f"
-        " WHERE {w} GROUP BY a.key, f.key ORDER BY a.key, f.key"
+        " WHERE {w} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     ).format(agg=_KIND_AGG.format(v=sql.SQL("f.value")), src=sql.SQL("items i"), w=where)
     properties: list[tuple[str, str, str]] = []
-    for key, types, integral, str_arrays in conn.execute(prop_sql).fetchall():
+    for (key,), kind in _kinds(conn.execute(prop_sql).fetchall()).items():
         if key in DATETIME_COLUMNS:
             continue
         column = f"properties.{key}" if key in RESERVED else key
-        properties.append((key, column, _kind(types, bool(integral), bool(str_arrays))))
+        properties.append((key, column, kind))
     assets: dict[str, dict[str, str]] = {}
-    for akey, fkey, types, integral, str_arrays in conn.execute(asset_sql).fetchall():
-        assets.setdefault(akey, {})[fkey] = _kind(types, bool(integral), bool(str_arrays))
+    for (akey, fkey), kind in _kinds(conn.execute(asset_sql).fetchall()).items():
+        assets.setdefault(akey, {})[fkey] = kind
     return properties, assets
 
 
@@ -440,28 +457,82 @@ def _abs(href: Any, base: str | None) -> Any:
     return href
 
 
-def _fields_value(value: Any, kind: str) -> Any:
+def _json_text(value: Any) -> Any:
+    """Compact JSON text with sorted keys (the ``json`` kind), from a jsonb value's text."""
     if value is None:
         return None
-    if kind == "json":
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if kind == "int64" and isinstance(value, float):
-        return int(value)
-    return value
+    parsed = orjson.loads(value)
+    if parsed is None:
+        return None
+    return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _select(space: Space) -> sql.Composable:
+def _extract(doc: sql.Composable, key: str, kind: str) -> sql.Composable:
+    """SQL for one property / asset field of ``doc`` (jsonb), typed for ``kind``.
+
+    PostgreSQL takes the values out of the jsonb documents, so Python never parses the
+    properties or assets; JSON ``null`` and a missing key both give SQL NULL.
+    """
+    k = sql.Literal(key)
+    if kind == "string":
+        return sql.SQL("{d} ->> {k}").format(d=doc, k=k)
+    if kind == "int64":
+        return sql.SQL("({d} ->> {k})::numeric::int8").format(d=doc, k=k)
+    if kind == "float64":
+        return sql.SQL("({d} ->> {k})::float8").format(d=doc, k=k)
+    if kind == "bool":
+        return sql.SQL("({d} ->> {k})::bool").format(d=doc, k=k)
+    if kind == "list_string":
+        return sql.SQL(
+            "CASE WHEN jsonb_typeof({d} -> {k}) = 'array'"
+            " THEN ARRAY(SELECT jsonb_array_elements_text({d} -> {k})) END"
+        ).format(d=doc, k=k)
+    return sql.SQL("({d} -> {k})::text").format(d=doc, k=k)  # json: re-serialised in Python
+
+
+def _select(plan: ExportPlan) -> sql.Composable:
     b = "i.bbox[array_length(i.bbox, 1) / 2 + {}]"
-    return sql.SQL(
-        "SELECT i.id, ST_AsBinary(i.geometry), i.bbox[1], i.bbox[2], "
-        + b.format(1)
-        + ", "
-        + b.format(2)
-        + ", (extract(epoch FROM i.datetime) * 1000000)::int8,"
-        " (extract(epoch FROM i.start_datetime) * 1000000)::int8,"
-        " (extract(epoch FROM i.end_datetime) * 1000000)::int8,"
-        " i.properties::text, i.assets::text, i.links::text, e.{col}"
-    ).format(col=sql.Identifier(space.column))
+    cols: list[sql.Composable] = [
+        sql.SQL(
+            "i.id, ST_AsBinary(i.geometry), i.bbox[1], i.bbox[2], "
+            + b.format(1)
+            + ", "
+            + b.format(2)
+            + ", (extract(epoch FROM i.datetime) * 1000000)::int8,"
+            " (extract(epoch FROM i.start_datetime) * 1000000)::int8,"
+            " (extract(epoch FROM i.end_datetime) * 1000000)::int8"
+        ),
+        # links, flattened: rel, href, type, title of each stored (not generated) link
+        sql.SQL(
+            "(SELECT array_agg(f.x ORDER BY l.o, f.k)"
+            " FROM jsonb_array_elements(i.links) WITH ORDINALITY l(v, o),"
+            " LATERAL (VALUES (1, l.v ->> 'rel'), (2, l.v ->> 'href'), (3, l.v ->> 'type'),"
+            " (4, l.v ->> 'title')) f(k, x)"
+            " WHERE l.v ->> 'rel' IS NULL OR l.v ->> 'rel' <> ALL({generated}))"
+        ).format(generated=sql.Literal(sorted(GENERATED_RELS))),
+        sql.SQL("e.{}").format(sql.Identifier(plan.space.column)),
+    ]
+    props = sql.SQL("i.properties")
+    for name, _column, kind in plan.properties:
+        cols.append(_extract(props, name, kind))
+    for akey, fields in sorted(plan.assets.items()):
+        asset = sql.SQL("(i.assets -> {})").format(sql.Literal(akey))
+        cols.append(sql.SQL("jsonb_typeof({}) = 'object'").format(asset))
+        for fkey, kind in sorted(fields.items()):
+            cols.append(
+                sql.SQL("CASE WHEN jsonb_typeof({a}) = 'object' THEN {v} END").format(
+                    a=asset, v=_extract(asset, fkey, kind)
+                )
+            )
+    return sql.SQL("SELECT ") + sql.SQL(", ").join(cols)
+
+
+def _column(values: Any, kind: str, base: str | None = None, href: bool = False) -> pa.Array:
+    if kind == "json":
+        values = [_json_text(v) for v in values]
+    elif href and kind == "string" and base:
+        values = [_abs(v, base) for v in values]
+    return pa.array(values, KIND_TYPES[kind])
 
 
 def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
@@ -469,61 +540,64 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     base = req.base_url.rstrip("/") if req.base_url else None
     n = len(rows)
     cols = list(zip(*rows, strict=True))
-    ids = list(cols[0])
-    props = [orjson.loads(p) for p in cols[9]]
-    assets_in = [orjson.loads(a) for a in cols[10]]
-    links_in = [orjson.loads(link) for link in cols[11]]
-    vectors = _decode_vectors(list(cols[12]), plan.space)
+    vectors = _decode_vectors(list(cols[10]), plan.space)
     ts = pa.timestamp("us", tz="UTC")
     extensions = _extensions(plan)
-    links = [
-        [
-            {
-                "rel": link.get("rel"),
-                "href": _abs(link.get("href"), base),
-                "type": link.get("type"),
-                "title": link.get("title"),
-            }
-            for link in item_links
-            if link.get("rel") not in GENERATED_RELS
-        ]
-        for item_links in links_in
-    ]
-    assets = []
-    for item_assets in assets_in:
-        out: dict[str, Any] = {}
-        for key, fields in plan.assets.items():
-            asset = item_assets.get(key)
-            if not isinstance(asset, dict):
-                out[key] = None
-                continue
-            out[key] = {
-                f: _fields_value(_abs(asset.get(f), base) if f == "href" else asset.get(f), kind)
-                for f, kind in fields.items()
-            }
-        assets.append(out)
+    flat = [v for row in cols[9] if row for v in row]
+    counts = np.fromiter((len(row) // 4 if row else 0 for row in cols[9]), np.int32, n)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    hrefs = flat[1::4] if base is None else [_abs(h, base) for h in flat[1::4]]
+    links = pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays(
+            [pa.array(v, pa.string()) for v in (flat[0::4], hrefs, flat[2::4], flat[3::4])],
+            fields=list(LINK_TYPE),
+        ),
+    )
     arrays: list[pa.Array] = [
         pa.array(["Feature"] * n, pa.string()),
         pa.array([STAC_VERSION] * n, pa.string()),
         pa.array([extensions] * n, pa.list_(pa.string())),
-        pa.array(ids, pa.string()),
+        pa.array(cols[0], pa.string()),
         pa.array(cols[1], pa.binary()),
         pa.StructArray.from_arrays(
             [pa.array(cols[k], pa.float64()) for k in (2, 3, 4, 5)],
             fields=list(BBOX_TYPE),
         ),
         pa.array([req.collection_id] * n, pa.string()),
-        pa.array(links, pa.list_(LINK_TYPE)),
+        links,
     ]
+    at = 11
+    prop_arrays = []
+    for _name, _column_name, kind in plan.properties:
+        prop_arrays.append(_column(cols[at], kind))
+        at += 1
     if plan.assets:
-        arrays.append(pa.array(assets, plan.schema.field("assets").type))
+        structs = []
+        for _akey, fields in sorted(plan.assets.items()):
+            present = pa.array(cols[at], pa.bool_())
+            at += 1
+            children = []
+            for fkey, kind in sorted(fields.items()):
+                children.append(_column(cols[at], kind, base, href=fkey == "href"))
+                at += 1
+            structs.append(
+                pa.StructArray.from_arrays(
+                    children,
+                    fields=list(_asset_type(fields)),
+                    mask=pc.invert(pc.fill_null(present, False)),
+                )
+            )
+        arrays.append(
+            pa.StructArray.from_arrays(structs, fields=list(plan.schema.field("assets").type))
+        )
     arrays += [
         pa.array(cols[6], pa.int64()).cast(ts),
         pa.array(cols[7], pa.int64()).cast(ts),
         pa.array(cols[8], pa.int64()).cast(ts),
     ]
-    for name, _column, kind in plan.properties:
-        arrays.append(pa.array([_fields_value(p.get(name), kind) for p in props], KIND_TYPES[kind]))
+    arrays += prop_arrays
     arrays.append(to_arrow(vectors, req.dtype, plan.quantization))
     return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
 
@@ -588,7 +662,7 @@ def stream_export(
     req = plan.request
     where = _base_where(req, plan.space, plan.as_of)
     query = sql.SQL("{sel} FROM {src} WHERE {w} ORDER BY i.id{lim}").format(
-        sel=_select(plan.space),
+        sel=_select(plan),
         src=_from(plan.space),
         w=where,
         lim=sql.SQL(" LIMIT {}").format(sql.Literal(req.limit)) if req.limit else sql.SQL(""),
