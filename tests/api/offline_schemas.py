@@ -1,8 +1,9 @@
 """Serve JSON schemas offline to stac-validator (CI cannot reach the internet).
 
 stac-validator sends every schema fetch through ``stac_validator.utilities._schema_cache``
-(rebuilt by ``_build_schema_cache`` when the cache size changes). ``install()`` replaces
-both: local files are read, the STAC 1.1.0 core and GeoJSON schemas come from pystac's
+(rebuilt by ``_build_schema_cache`` when the cache size changes), and pystac's validator
+through ``JsonSchemaSTACValidator._get_schema``. ``install()`` replaces all three: local
+files are read, the STAC 1.1.0 core and GeoJSON schemas come from pystac's
 bundled copies, and any other URL (extension schemas) gets a permissive schema and is
 recorded in ``UNCHECKED`` so that the test can report what it could not check.
 """
@@ -45,7 +46,19 @@ def fetch(path: str) -> dict[str, Any]:
 
 
 def install() -> None:
+    from pystac.validation import stac_validator as pystac_validator
     from stac_validator import utilities
+
+    # pystac's own validation (stac-api-validator calls it too) fetches schemas itself.
+    def get_schema(self: Any, schema_uri: str) -> dict[str, Any]:
+        if schema_uri not in self.schema_cache:
+            schema = dict(fetch(schema_uri))
+            schema.setdefault("$schema", "http://json-schema.org/draft-07/schema#")
+            schema.setdefault("$id", schema_uri)
+            self.schema_cache[schema_uri] = schema
+        return self.schema_cache[schema_uri]  # type: ignore[no-any-return]
+
+    pystac_validator.JsonSchemaSTACValidator._get_schema = get_schema  # type: ignore[method-assign]
 
     def build(maxsize: int) -> Any:
         return functools.lru_cache(maxsize=max(maxsize, 64))(fetch)

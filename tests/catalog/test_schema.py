@@ -81,7 +81,10 @@ def test_space_index_is_used_by_a_query_with_the_same_cast(conn: psycopg.Connect
         )
     assert spaces.ensure_hnsw_index(conn, space)
     assert not spaces.ensure_hnsw_index(conn, space)  # already there: nothing to do
+    # Forbid the other ways (seq scan, the plain space index + sort) so the plan shows
+    # whether the ordered HNSW scan is usable with this cast and operator.
     conn.execute("set local enable_seqscan = off")
+    conn.execute("set local enable_sort = off")
     q = HalfVector(rng.standard_normal(8))
     plan = "\n".join(
         r[0]
