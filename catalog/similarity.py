@@ -43,6 +43,7 @@ ran out under a selective filter the estimate missed), the query is repeated exa
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from catalog import metrics
 from catalog.errors import InvalidInput, NotFound, translated
 from catalog.spaces import Space
 
@@ -509,8 +511,11 @@ def similar_with_plan(
     # Settings are SET LOCAL: in a transaction of our own they end with it; inside the
     # caller's transaction they are put back after the query.
     restore = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    started = time.perf_counter()
     with translated(), conn.transaction():
-        return _similar(conn, spec, where, limit, offset, collections, settings, restore)
+        hits, plan = _similar(conn, spec, where, limit, offset, collections, settings, restore)
+    metrics.observe_similarity(time.perf_counter() - started, plan.strategy)
+    return hits, plan
 
 
 def _similar(

@@ -262,3 +262,20 @@ def test_page_beyond_max_k_is_refused(conn, data) -> None:
 def test_ef_search_outside_the_allowed_range_is_refused(conn, data) -> None:
     with pytest.raises(InvalidInput, match="ef_search must be between 10 and 1000"):
         similar(conn, item_spec(data, 0, ef_search=5), None, K)
+
+
+def test_each_query_is_recorded_in_the_latency_metric(conn, data) -> None:
+    from catalog import metrics
+
+    def count() -> float:
+        return sum(
+            s.value
+            for m in metrics.SIMILARITY_DURATION.collect()
+            for s in m.samples
+            if s.name.endswith("_count") and s.labels["strategy"] == "exact"
+        )
+
+    before = count()
+    settings = SimilaritySettings(exact_threshold=5000)
+    similar_with_plan(conn, item_spec(data, QUERY_ROWS[0]), None, K, settings=settings)
+    assert count() == before + 1
