@@ -529,7 +529,9 @@ def _select(plan: ExportPlan) -> sql.Composable:
 
 def _column(values: Any, kind: str, base: str | None = None, href: bool = False) -> pa.Array:
     if kind == "json":
-        values = [_json_text(v) for v in values]
+        # values of one property often repeat (template fields): re-serialise each once
+        cache: dict[Any, Any] = {}
+        values = [cache[v] if v in cache else cache.setdefault(v, _json_text(v)) for v in values]
     elif href and kind == "string" and base:
         values = [_abs(v, base) for v in values]
     return pa.array(values, KIND_TYPES[kind])
