@@ -45,6 +45,7 @@ from stac_fastapi.extensions.query.query import QueryConformanceClasses
 from stac_fastapi.extensions.sort.sort import SortConformanceClasses
 from stac_fastapi.types.extension import ApiExtension
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,7 +105,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -127,8 +128,13 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised from ``receive`` once a streamed body passes the limit. An HTTPException, so
+    that FastAPI's body parsing lets it through (any other error there becomes a 400
+    "error parsing the body") and the app's handler answers 413 with the JSON error."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 def _extensions(settings: ApiSettings) -> dict[str, Any]:
