@@ -104,7 +104,9 @@ def _handle_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Called by the exception middleware, outside any ``except`` block: pass the error
+    # itself (``log.exception`` would log ``NoneType: None`` instead of the traceback).
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("InternalError", "internal server error"), status_code=500)
 
 
