@@ -13,13 +13,15 @@ import copy
 from typing import Annotated, Any
 
 import attr
-from fastapi import Body, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from stac_fastapi.api.models import CollectionUri, GeoJSONResponse, ItemUri
 from stac_fastapi.api.routes import create_async_endpoint
 from stac_fastapi.extensions import BulkTransactionExtension, TransactionExtension
 from stac_fastapi.extensions.bulk_transactions.bulk_transactions import (
     AsyncBaseBulkTransactionsClient,
+    BulkTransactionModel,
+    Items,
 )
 from stac_fastapi.extensions.transaction.client import AsyncBaseTransactionsClient
 from stac_fastapi.types.extension import ApiExtension
@@ -252,7 +254,7 @@ class BulkTransactionsClient(AsyncBaseBulkTransactionsClient):
         self, items: Any, chunk_size: int | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
-        collection_id = request.path_params["collection_id"]
+        collection_id = kwargs.get("collection_id") or request.path_params["collection_id"]
         method = getattr(items.method, "value", items.method)
         records = []
         for key, item in items.items.items():
@@ -309,8 +311,36 @@ class ItemTransactionExtension(TransactionExtension):
         )
 
 
+@attr.s
+class _BulkItemsBody(CollectionUri):
+    """Bulk items: the path's ``collection_id`` (declared in the OpenAPI document) + body."""
+
+    items: Annotated[Items, Body()] = attr.ib(default=None)
+
+
+@attr.s
+class ItemsBulkTransactionExtension(BulkTransactionExtension):
+    """The bulk transaction extension with ``collection_id`` declared as a path parameter
+    (stac-fastapi's own route takes the body alone, so the document omits it)."""
+
+    def register(self, app: FastAPI) -> None:
+        router = APIRouter(prefix=app.state.router_prefix)
+        router.add_api_route(
+            name="Bulk Create Item",
+            path="/collections/{collection_id}/bulk_items",
+            response_model=BulkTransactionModel,
+            responses={200: {"content": {"application/json": {}}, "model": BulkTransactionModel}},
+            response_class=JSONResponse,
+            response_model_exclude_unset=False,
+            methods=["POST"],
+            endpoint=create_async_endpoint(self.client.bulk_item_insert, _BulkItemsBody),
+            dependencies=self.route_dependencies,
+        )
+        app.include_router(router, tags=["Bulk Transaction Extension"])
+
+
 def transaction_extensions(settings: ApiSettings) -> list[ApiExtension]:
     return [
         ItemTransactionExtension(client=TransactionsClient(), settings=settings),
-        BulkTransactionExtension(client=BulkTransactionsClient()),
+        ItemsBulkTransactionExtension(client=BulkTransactionsClient()),
     ]
