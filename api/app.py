@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.dependencies.utils import get_parameterless_sub_dependant
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -22,8 +23,6 @@ from stac_fastapi.api.models import (
     create_post_request_model,
     create_request_model,
 )
-from stac_fastapi.api.routes import Scope as RouteScope
-from stac_fastapi.api.routes import add_route_dependencies
 from stac_fastapi.extensions import (
     CollectionSearchExtension,
     FieldsExtension,
@@ -227,6 +226,14 @@ def _health(settings: ApiSettings) -> Callable[[Request], Awaitable[JSONResponse
 
 
 OPEN_PATHS = ("/health", "/api", "/api.html", "/docs", "/_mgmt")
+# The explorer's page and static files: no catalogue data (its data routes are protected).
+OPEN_ROUTES = frozenset(
+    {"/explorer", "/explorer/static/{name}", "/explorer/vendor/leaflet/{path:path}"}
+)
+# POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
+READ_ONLY_POSTS = frozenset({"/search", "/collections/{collection_id}/export"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PROTECTED = "__embcat_protection__"
 
 
 def _api_routes(routes: list[Any]) -> list[APIRoute]:
@@ -242,22 +249,44 @@ def _api_routes(routes: list[Any]) -> list[APIRoute]:
     return out
 
 
-def _protect_routes(app: FastAPI, extra_write_paths: tuple[str, ...] = ()) -> None:
-    """Read scope on every read route (a no-op unless keys are required or presented);
-    write scope on everything that changes the catalogue."""
-    read_scopes: list[RouteScope] = []
-    write_scopes: list[RouteScope] = []
+def _protection(path: str, *, any_collection: bool) -> Callable[[Request], Awaitable[Any]]:
+    """The scope check of one route: read scope for reads (a no-op unless keys are required
+    or presented), write scope for everything that changes the catalogue."""
+    read = require_scope("read", any_collection=any_collection)
+    write = require_scope("write", any_collection=any_collection)
+    read_post = path in READ_ONLY_POSTS
+
+    async def protect(request: Request) -> Any:
+        method = request.method.upper()
+        if method in READ_METHODS or (method == "POST" and read_post):
+            return await read(request)
+        return await write(request)
+
+    setattr(protect, _PROTECTED, True)
+    return protect
+
+
+def _protect_routes(app: FastAPI, extra: tuple[APIRouter, ...] = ()) -> None:
+    """Put a scope check on every route of ``app`` (its own and its included routers').
+
+    Routes of ``extra`` routers may do finer per-collection checks themselves (uploads
+    check the target collection at commit): on their paths without ``{collection_id}`` a
+    key limited to one collection passes this check. The routers of ``EXTRA_ROUTERS`` are
+    module objects shared by every app, so a route protected by an earlier app is left as
+    it is (the check reads the settings of the request's own app)."""
+    extra_endpoints = {id(r.endpoint) for router in extra for r in _api_routes(router.routes)}
     for route in _api_routes(app.router.routes):
-        if route.path.startswith(OPEN_PATHS):
+        if route.path.startswith(OPEN_PATHS) or route.path in OPEN_ROUTES:
             continue
-        for method in route.methods or ():
-            scope: RouteScope = {"path": route.path, "method": method}
-            if method in ("GET", "HEAD") or (route.path == "/search" and method == "POST"):
-                read_scopes.append(scope)
-            else:
-                write_scopes.append(scope)
-    add_route_dependencies(app.router.routes, read_scopes, [Depends(require_scope("read"))])
-    add_route_dependencies(app.router.routes, write_scopes, [Depends(require_scope("write"))])
+        if any(getattr(d.dependency, _PROTECTED, False) for d in route.dependencies):
+            continue
+        depends = Depends(
+            _protection(route.path, any_collection=id(route.endpoint) in extra_endpoints)
+        )
+        route.dependant.dependencies.insert(
+            0, get_parameterless_sub_dependant(depends=depends, path=route.path_format)
+        )
+        route.dependencies.append(depends)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -329,7 +358,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         "/health", _health(settings), methods=["GET"], name="health", tags=["Liveliness/Readiness"]
     )
     observability.install(app, settings)
-    _protect_routes(app)
     for router in EXTRA_ROUTERS:
         app.include_router(router)
+    _protect_routes(app, tuple(EXTRA_ROUTERS))
     return app

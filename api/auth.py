@@ -45,8 +45,14 @@ async def principal_of(request: Request) -> Principal | None:
     return principal
 
 
-def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that returns the Principal allowed ``scope`` (on the path's collection)."""
+def require_scope(
+    scope: str, *, any_collection: bool = False
+) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that returns the Principal allowed ``scope`` (on the path's collection).
+
+    On a path without ``{collection_id}`` a key limited to one collection is refused, unless
+    ``any_collection``: then it passes here and the handler checks the collection it
+    touches (routers that do their own per-collection checks, e.g. uploads at commit)."""
 
     async def dependency(request: Request) -> Principal:
         if scope == "read" and not request.app.state.settings.require_read_key:
@@ -55,6 +61,8 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         if principal is None:
             raise Unauthorized(f"this operation needs an API key with the {scope!r} scope")
         collection_id = request.path_params.get("collection_id")
+        if collection_id is None and any_collection:
+            collection_id = principal.collection_id
         if not principal.allows(scope, collection_id):
             where = f" on collection {collection_id!r}" if collection_id else ""
             raise Forbidden(f"the API key {principal.key_id} lacks the {scope!r} scope{where}")
