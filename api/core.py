@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import attr
 from fastapi import Request
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from stac_fastapi.extensions.filter.client import AsyncBaseFiltersClient
 from stac_fastapi.extensions.sort.client import AsyncBaseSortablesClient
 from stac_fastapi.types.core import AsyncBaseCoreClient
@@ -25,9 +25,12 @@ from api.db import connection
 from catalog import stac as stacrows
 from catalog.errors import InvalidInput
 from catalog.search import (
+    MAX_JSON_DEPTH,
     SearchPage,
     SearchQuery,
     apply_fields,
+    check_depth,
+    json_depth,
     parse_interval,
     queryables,
     search_items,
@@ -105,13 +108,30 @@ def _fields_post(value: Any) -> dict[str, Any] | None:
     }
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
 def _json_param(name: str, value: Any) -> Any:
     if value is None or isinstance(value, dict):
+        check_depth(value, name)
         return value
     try:
-        return json.loads(value)
-    except ValueError:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." thousands deep
         raise InvalidInput(f"{name} must be JSON") from None
+    check_depth(parsed, name)
+    return parsed
 
 
 def _datetime_param(value: Any) -> str | None:
@@ -170,6 +190,13 @@ def _item_collection(
 
 
 def run_search(request: Request, search: SearchQuery) -> SearchPage:
+    try:
+        return _run_search(request, search)
+    except RecursionError:  # a safety net only: the depth caps refuse such input first
+        raise InvalidInput("the search is nested too deeply") from None
+
+
+def _run_search(request: Request, search: SearchQuery) -> SearchPage:
     base = request_base_url(request)
 
     def work() -> SearchPage:
@@ -187,7 +214,19 @@ def run_search(request: Request, search: SearchQuery) -> SearchPage:
 
 
 class SearchPostRequest(BaseSearchPostRequest):
-    """POST /search body; ``collections``/``ids`` may also be a comma-separated string."""
+    """POST /search body; ``collections``/``ids`` may also be a comma-separated string.
+
+    The body must be a JSON object nested at most MAX_JSON_DEPTH deep: checked before any
+    other validator (stac-pydantic's assume an object) and before any serialisation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object_of_bounded_depth(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"the search body must be a JSON object, not {_json_type(value)}")
+        if json_depth(value) > MAX_JSON_DEPTH + 1:  # +1: the body object itself
+            raise ValueError(f"the search body is nested too deeply (at most {MAX_JSON_DEPTH})")
+        return value
 
     @field_validator("collections", "ids", mode="before")
     @classmethod
@@ -400,6 +439,8 @@ class CoreClient(AsyncBaseCoreClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         base = request_base_url(request)
+        # Before serialising (pydantic's serialiser fails past its own depth limit).
+        check_depth(getattr(search_request, "filter_expr", None))
         # exclude_unset: the next/prev links must echo the client's body, not the model's
         # defaults (an echoed empty `fields` object would trim every later page).
         body = search_request.model_dump(

@@ -38,6 +38,12 @@ from catalog.errors import InvalidInput, translated
 from catalog.stac import ITEM_COLUMNS, item_to_stac
 
 PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,255}$")
+# Nesting caps on hostile input: the translator and the serialisers recurse (Python's
+# recursion limit; the Rust CQL2 text parser crashes the process past a few thousand
+# parentheses), so depth is checked first, iteratively, and answered with a 400.
+MAX_JSON_DEPTH = 100  # objects + arrays: a CQL2 ``not`` level is two, a polygon six
+MAX_TEXT_DEPTH = 50  # parentheses (and ``NOT``s) in CQL2 text
+_NOT_TOKEN = re.compile(r"\bnot\b", re.IGNORECASE)
 TRUE = sql.SQL("TRUE")
 FALSE = sql.SQL("FALSE")
 
@@ -533,8 +539,57 @@ def _legacy(node: Any) -> Any:
     return node
 
 
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (objects and arrays), computed without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest  # deep enough to refuse: stop walking
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def check_depth(value: Any, name: str = "filter") -> None:
+    """InvalidInput when ``value`` nests objects/arrays deeper than MAX_JSON_DEPTH."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidInput(f"{name} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+
+
+def _check_text_depth(text: str) -> None:
+    """InvalidInput when CQL2 text nests parentheses (or NOTs) deeper than MAX_TEXT_DEPTH."""
+    depth = deepest = 0
+    quoted = False
+    bare: list[str] = []
+    for ch in text:
+        if ch == "'":
+            quoted = not quoted  # '' inside a literal toggles twice: still right
+        elif not quoted:
+            bare.append(ch)
+            if ch == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif ch == ")":
+                depth -= 1
+    if deepest > MAX_TEXT_DEPTH or len(_NOT_TOKEN.findall("".join(bare))) > MAX_TEXT_DEPTH:
+        raise InvalidInput(f"filter is nested too deeply (at most {MAX_TEXT_DEPTH} levels)")
+
+
 def normalise_filter(value: dict[str, Any] | str, lang: str | None = None) -> Any:
     """Parse and validate a CQL2 filter (text or JSON) into CQL2 JSON."""
+    if isinstance(value, str) and not (lang == "cql2-json" or value.lstrip().startswith("{")):
+        _check_text_depth(value)
+    elif not isinstance(value, str):
+        check_depth(value)
     if isinstance(value, dict):
         value = _legacy(value)
     try:
@@ -549,12 +604,14 @@ def normalise_filter(value: dict[str, Any] | str, lang: str | None = None) -> An
             raise InvalidInput("filter must be CQL2 text or a CQL2 JSON object")
         # No expr.validate(): it recompiles the CQL2 JSON schema on every call (~0.4 s);
         # the translator below rejects every operator and operand shape it does not know.
-        return expr.to_json()
-    except (cql2.ParseError, cql2.ValidationError, ValueError) as exc:
+        out = expr.to_json()
+    except (cql2.ParseError, cql2.ValidationError, ValueError, RecursionError) as exc:
         message = str(exc).strip().splitlines()
         raise InvalidInput(
             "invalid CQL2 filter: " + " ".join(m.strip() for m in message if m.strip())[:500]
         ) from None
+    check_depth(out)  # what the parser made of it (a chain of NOTs, say)
+    return out
 
 
 # --------------------------------------------------------------------------- query / q
@@ -615,6 +672,8 @@ def where_clause(q: SearchQuery) -> sql.Composable:
         )
     if q.ids:
         parts.append(sql.SQL("i.id = ANY({}::text[])").format(sql.Literal(list(q.ids))))
+    check_depth(q.intersects, "intersects")
+    check_depth(q.query, "query")
     if q.bbox is not None and q.intersects is not None:
         raise InvalidInput("bbox and intersects are mutually exclusive")
     if q.bbox is not None:
