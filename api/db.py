@@ -9,8 +9,10 @@ committed on success) from a thread (``starlette.concurrency.run_in_threadpool``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import psycopg
@@ -32,19 +34,65 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.rollback()
 
 
-def create_pool(settings: ApiSettings) -> psycopg_pool.ConnectionPool:
+# A pool that lost its server retries each connection with a doubling delay (1, 2, 4 s...)
+# for ``reconnect_timeout`` seconds, then gives up that attempt; the next request starts a
+# fresh one at once. A short timeout bounds the delay, so requests succeed again a few
+# seconds at most after the database is back.
+RECONNECT_TIMEOUT_S = 3.0
+# While the database is unreachable (the last connection attempt failed and no connection
+# is idle), a request waits at most this long (a fresh attempt) before its 503.
+UNREACHABLE_WAIT_S = 1.0
+
+
+class ApiPool(psycopg_pool.ConnectionPool):
+    """The API's pool: connections checked before they are handed out (a restarted server
+    leaves dead ones behind), and knowledge of whether the server was reachable at the last
+    attempt, so that requests fail fast while it is down."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._unreachable_since: float | None = None
+        super().__init__(*args, check=self._check_or_sweep, **kwargs)
+
+    def _check_or_sweep(self, conn: psycopg.Connection) -> None:
+        try:
+            self.check_connection(conn)
+        except Exception:
+            # The server restarted or went away: the other idle connections are most
+            # likely dead too. Replace them now rather than meeting them one by one (the
+            # pool sleeps with backoff after each failed check).
+            self.check()
+            raise
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection:
+        try:
+            conn = super()._connect(timeout)
+        except Exception:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            raise
+        self._unreachable_since = None
+        return conn
+
+    @property
+    def unreachable(self) -> bool:
+        """The last connection attempt failed and no connection is idle."""
+        return self._unreachable_since is not None and not self._pool
+
+
+def create_pool(settings: ApiSettings) -> ApiPool:
     """A bounded pool, not yet opened (the lifespan opens and closes it)."""
     options = (
         f"-c statement_timeout={int(settings.statement_timeout_ms)}"
         " -c jit=off -c max_parallel_workers_per_gather=0"
     )
-    return psycopg_pool.ConnectionPool(
+    return ApiPool(
         settings.libpq_url,
         min_size=settings.db_pool_min,
         max_size=max(settings.db_pool_max, settings.db_pool_min, 1),
         kwargs={"options": options, "application_name": "embcat-api", "connect_timeout": 5},
         configure=_configure,
         timeout=settings.pool_timeout_s,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
         open=False,
         name="embcat-api",
     )
@@ -59,10 +107,15 @@ def get_pool(request: Request) -> psycopg_pool.ConnectionPool:
 def connection(request: Request) -> Iterator[psycopg.Connection]:
     """A pooled connection in a transaction (committed on success), errors translated."""
     pool = get_pool(request)
+    timeout = None  # the pool's own (EMBCAT_POOL_TIMEOUT_S)
+    if isinstance(pool, ApiPool) and pool.unreachable:
+        timeout = min(UNREACHABLE_WAIT_S, pool.timeout)
     try:
-        with translated(), pool.connection() as conn:
+        with translated(), pool.connection(timeout=timeout) as conn:
             yield conn
     except psycopg_pool.PoolTimeout:
+        if isinstance(pool, ApiPool) and pool.unreachable:
+            raise DatabaseUnavailable("the database is unreachable; retry shortly") from None
         raise DatabaseUnavailable("no database connection free in time; retry shortly") from None
 
 

@@ -36,5 +36,5 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
         False, description="Require an API key with the read scope for every read endpoint."
     )
     pool_timeout_s: float = Field(
-        10.0, gt=0, description="Seconds to wait for a free database connection."
+        3.0, gt=0, description="Seconds to wait for a free database connection."
     )
