@@ -123,6 +123,23 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> None:
         raise NotFound(f"no API key with id {key_id!r}")
 
 
+# ``last_used_at`` is advisory: refreshed at most this often, so reads do not write on
+# every request.
+LAST_USED_RESOLUTION_S = 60
+
+
+def _touch(conn: psycopg.Connection, key_id: str) -> None:
+    """Best-effort ``last_used_at = now()``: skipped where the database refuses writes (a
+    read-only replica, ``default_transaction_read_only``, a role without UPDATE), so that
+    keys work for reads there (docs/scaling.md §3). A savepoint keeps the request's own
+    transaction usable when the update is refused."""
+    try:
+        with conn.transaction():
+            conn.execute("update api_keys set last_used_at = now() where id = %s", (key_id,))
+    except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
+        pass
+
+
 def verify(conn: psycopg.Connection, presented: str) -> Principal:
     """The principal of a presented key; Unauthorized when unknown, malformed or revoked."""
     key_id, sep, token = presented.strip().partition(".")
@@ -130,15 +147,17 @@ def verify(conn: psycopg.Connection, presented: str) -> Principal:
         raise Unauthorized("malformed API key")
     with translated():
         row = conn.execute(
-            "select name, secret_hash, scopes, collection_id, revoked_at from api_keys"
-            " where id = %s",
-            (key_id,),
+            "select name, secret_hash, scopes, collection_id, revoked_at,"
+            " last_used_at is null or last_used_at < now() - make_interval(secs => %s)"
+            " from api_keys where id = %s",
+            (LAST_USED_RESOLUTION_S, key_id),
         ).fetchone()
     # Compare against a dummy hash when the id is unknown, so timing does not tell.
     stored = row[1] if row is not None else _hash("")
     matches = hmac.compare_digest(stored, _hash(token))
     if row is None or not matches or row[4] is not None:
         raise Unauthorized("invalid or revoked API key")
-    with translated():
-        conn.execute("update api_keys set last_used_at = now() where id = %s", (key_id,))
+    if row[5]:
+        with translated():
+            _touch(conn, key_id)
     return Principal(key_id=key_id, name=row[0], scopes=frozenset(row[2]), collection_id=row[3])

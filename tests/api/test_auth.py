@@ -32,3 +32,56 @@ def test_unreachable_database_is_503_json(api_settings) -> None:
         health = httpx.get(base + "/health", timeout=20)
     assert r.status_code == 503 and r.json()["code"] == "DatabaseUnavailable"
     assert health.status_code == 503
+
+
+def _last_used(database_url: str, key_id: str):
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select last_used_at from api_keys where id = %s", (key_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_key_use_is_recorded_at_most_once_a_minute(database_url) -> None:
+    from catalog.keys import verify
+
+    with psycopg.connect(database_url) as conn:
+        key_id, secret = create_key(conn, "throttle", ["read"])
+    try:
+        with psycopg.connect(database_url) as conn:
+            assert verify(conn, secret).key_id == key_id
+        first = _last_used(database_url, key_id)
+        assert first is not None
+        with psycopg.connect(database_url) as conn:
+            verify(conn, secret)
+            # no write at all this time: the transaction holds no xid
+            assert conn.execute("select pg_current_xact_id_if_assigned()").fetchone() == (None,)
+        assert _last_used(database_url, key_id) == first
+        with psycopg.connect(database_url) as conn:  # older than a minute: refreshed
+            conn.execute(
+                "update api_keys set last_used_at = now() - interval '2 minutes' where id = %s",
+                (key_id,),
+            )
+        with psycopg.connect(database_url) as conn:
+            verify(conn, secret)
+        assert _last_used(database_url, key_id) > first
+    finally:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("delete from api_keys where id = %s", (key_id,))
+
+
+def test_keys_work_on_a_read_only_database(database_url) -> None:
+    """A replica refuses writes: verifying a key still works there (and the request's
+    transaction stays usable), last_used_at is simply not recorded."""
+    from catalog.keys import verify
+
+    with psycopg.connect(database_url) as conn:
+        key_id, secret = create_key(conn, "replica", ["read"])
+    try:
+        with psycopg.connect(database_url, options="-c default_transaction_read_only=on") as conn:
+            principal = verify(conn, secret)
+            assert principal.key_id == key_id and principal.allows("read")
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert _last_used(database_url, key_id) is None
+    finally:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("delete from api_keys where id = %s", (key_id,))
