@@ -586,18 +586,22 @@ def _check_text_depth(text: str) -> None:
 
 def normalise_filter(value: dict[str, Any] | str, lang: str | None = None) -> Any:
     """Parse and validate a CQL2 filter (text or JSON) into CQL2 JSON."""
-    if isinstance(value, str) and not (lang == "cql2-json" or value.lstrip().startswith("{")):
+    if isinstance(value, str) and (lang == "cql2-json" or value.lstrip().startswith("{")):
+        try:  # CQL2 JSON as text: parsed here, so that its depth is checked like a body's
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise InvalidInput("invalid CQL2 filter: not valid JSON") from None
+        if not isinstance(value, dict | bool):
+            raise InvalidInput("filter must be CQL2 text or a CQL2 JSON object")
+    if isinstance(value, str):
         _check_text_depth(value)
-    elif not isinstance(value, str):
+    else:
         check_depth(value)
     if isinstance(value, dict):
         value = _legacy(value)
     try:
         if isinstance(value, str):
-            if lang == "cql2-json" or value.lstrip().startswith("{"):
-                expr = cql2.parse_json(value)
-            else:
-                expr = cql2.parse_text(value)
+            expr = cql2.parse_text(value)
         elif isinstance(value, dict | bool):
             expr = cql2.parse_json(json.dumps(value))
         else:
