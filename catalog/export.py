@@ -467,6 +467,10 @@ def _json_text(value: Any) -> Any:
     return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _json_list(value: Any) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
 def _extract(doc: sql.Composable, key: str, kind: str) -> sql.Composable:
     """SQL for one property / asset field of ``doc`` (jsonb), typed for ``kind``.
 
@@ -482,12 +486,8 @@ def _extract(doc: sql.Composable, key: str, kind: str) -> sql.Composable:
         return sql.SQL("({d} ->> {k})::float8").format(d=doc, k=k)
     if kind == "bool":
         return sql.SQL("({d} ->> {k})::bool").format(d=doc, k=k)
-    if kind == "list_string":
-        return sql.SQL(
-            "CASE WHEN jsonb_typeof({d} -> {k}) = 'array'"
-            " THEN ARRAY(SELECT jsonb_array_elements_text({d} -> {k})) END"
-        ).format(d=doc, k=k)
-    return sql.SQL("({d} -> {k})::text").format(d=doc, k=k)  # json: re-serialised in Python
+    # json and list_string: the value's JSON text, parsed in Python (once per distinct value)
+    return sql.SQL("({d} -> {k})::text").format(d=doc, k=k)
 
 
 def _select(plan: ExportPlan) -> sql.Composable:
@@ -502,14 +502,7 @@ def _select(plan: ExportPlan) -> sql.Composable:
             " (extract(epoch FROM i.start_datetime) * 1000000)::int8,"
             " (extract(epoch FROM i.end_datetime) * 1000000)::int8"
         ),
-        # links, flattened: rel, href, type, title of each stored (not generated) link
-        sql.SQL(
-            "(SELECT array_agg(f.x ORDER BY l.o, f.k)"
-            " FROM jsonb_array_elements(i.links) WITH ORDINALITY l(v, o),"
-            " LATERAL (VALUES (1, l.v ->> 'rel'), (2, l.v ->> 'href'), (3, l.v ->> 'type'),"
-            " (4, l.v ->> 'title')) f(k, x)"
-            " WHERE l.v ->> 'rel' IS NULL OR l.v ->> 'rel' <> ALL({generated}))"
-        ).format(generated=sql.Literal(sorted(GENERATED_RELS))),
+        sql.SQL("i.links::text"),
         sql.SQL("e.{}").format(sql.Identifier(plan.space.column)),
     ]
     props = sql.SQL("i.properties")
@@ -532,6 +525,9 @@ def _column(values: Any, kind: str, base: str | None = None, href: bool = False)
         # values of one property often repeat (template fields): re-serialise each once
         cache: dict[Any, Any] = {}
         values = [cache[v] if v in cache else cache.setdefault(v, _json_text(v)) for v in values]
+    elif kind == "list_string":
+        cache = {}
+        values = [cache[v] if v in cache else cache.setdefault(v, _json_list(v)) for v in values]
     elif href and kind == "string" and base:
         values = [_abs(v, base) for v in values]
     return pa.array(values, KIND_TYPES[kind])
@@ -545,8 +541,13 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     vectors = _decode_vectors(list(cols[10]), plan.space)
     ts = pa.timestamp("us", tz="UTC")
     extensions = _extensions(plan)
-    flat = [v for row in cols[9] if row for v in row]
-    counts = np.fromiter((len(row) // 4 if row else 0 for row in cols[9]), np.int32, n)
+    flat: list[Any] = []
+    counts = np.zeros(n, np.int32)
+    for r, text in enumerate(cols[9]):
+        for link in orjson.loads(text) if text != "[]" else ():
+            if link.get("rel") not in GENERATED_RELS:
+                flat += (link.get("rel"), link.get("href"), link.get("type"), link.get("title"))
+                counts[r] += 1
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])
     hrefs = flat[1::4] if base is None else [_abs(h, base) for h in flat[1::4]]
