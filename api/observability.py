@@ -111,7 +111,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-JsonFormatter.converter = time.gmtime  # type: ignore[assignment]
+JsonFormatter.converter = time.gmtime
 
 
 def _configure_access_logger() -> None:
@@ -164,20 +164,15 @@ class RequestObservability:
         status = 500
         t0 = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
-                ]
-                headers.append((b"x-request-id", rid.encode("latin-1")))
-                message = {**message, "headers": headers}
-            await send(message)
+        recorded = False
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
+        def record() -> None:
+            # Before the last body chunk goes out (a client that has the whole response
+            # finds its access-log record and metrics), else when the app returns.
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
             elapsed = time.perf_counter() - t0
             route = route_template(scope)
             method = scope.get("method", "")
@@ -203,6 +198,24 @@ class RequestObservability:
                         "client": client[0] if client else None,
                     },
                 )
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record()
             request_id_var.reset(token)
 
 
@@ -243,7 +256,7 @@ def _metrics_endpoint(app: FastAPI) -> Any:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(registry)
             body = generate_latest(registry)
         else:
             body = generate_latest(REGISTRY)
