@@ -634,14 +634,26 @@ class _Sink:
         return out
 
 
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet leaf column paths (``embedding.list.element``): what compression is keyed by."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buf)
+    meta = pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema
+    return [meta.column(i).path for i in range(len(meta))]
+
+
 def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
-    compression = {f.name: "zstd" for f in schema}
     # float noise does not compress; int8 is stored as parquet INT32 (no 8-bit physical
-    # type), and zstd takes it back to about one byte per value.
-    is_int8 = pa.types.is_list(schema.field("embedding").type) and (
-        schema.field("embedding").type.value_type == pa.int8()
+    # type), and zstd takes it back to about one byte per value. Keys must be leaf paths:
+    # a top-level name does not reach nested columns (lists, structs).
+    emb_type = schema.field("embedding").type
+    is_int8 = (pa.types.is_list(emb_type) or pa.types.is_fixed_size_list(emb_type)) and (
+        emb_type.value_type == pa.int8()
     )
-    compression["embedding"] = "zstd" if is_int8 else "none"
+    compression = {
+        path: "zstd" if is_int8 or path.split(".")[0] != "embedding" else "none"
+        for path in _leaf_paths(schema)
+    }
     return pq.ParquetWriter(
         sink,
         schema,
