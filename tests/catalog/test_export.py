@@ -1,4 +1,5 @@
-"""Bulk export: stac-geoparquet columns, every dtype read back with pyarrow and DuckDB."""
+"""Bulk export: stac-geoparquet columns, every dtype read back with pyarrow and DuckDB,
+footprints with geopandas."""
 
 from __future__ import annotations
 
@@ -82,6 +83,27 @@ def test_each_dtype_reads_in_duckdb(
     emb = con.execute(f"select embedding from read_parquet('{path}') where id = 'item-00'")
     assert (n, first) == (N, "item-00")
     assert emb.fetchone()[0] is not None
+
+
+def test_geopandas_reads_footprints_from_the_geo_metadata(
+    db_settings: DatabaseSettings, exported: str, tmp_path: Path
+) -> None:
+    import geopandas
+
+    path = tmp_path / "x.parquet"
+    with connect(db_settings) as c:
+        export_to_file(c, ExportRequest(exported, dtype="float16"), path)
+    frame = geopandas.read_parquet(path)
+    with connect(db_settings) as c:
+        row = c.execute(
+            "select ST_XMin(geometry), ST_YMax(geometry) from items"
+            " where collection_id = %s and id = 'item-00'",
+            (exported,),
+        ).fetchone()
+    first = frame.set_index("id").loc["item-00"]
+    assert len(frame) == N and frame.crs is not None and frame.crs.to_string() == "OGC:CRS84"
+    assert (first.geometry.bounds[0], first.geometry.bounds[3]) == pytest.approx(row)
+    assert len(first["embedding"]) == DIMS
 
 
 def test_stac_geoparquet_columns_and_metadata(db_settings: DatabaseSettings, exported: str) -> None:
