@@ -47,6 +47,7 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
+from catalog import metrics
 from catalog import spaces as spaces_mod
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
@@ -584,9 +585,27 @@ def publish(
     """Publish an encode run (its folder or manifest.json) into the catalogue, atomically."""
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    with metrics.publish_timer(mode) as counted:
+        result = _publish(
+            Path(source), collection_id, mode, settings, progress, defer_index, storage, origin
+        )
+        counted["rows"] = result.rows
+    return result
+
+
+def _publish(
+    source: Path,
+    collection_id: str | None,
+    mode: Mode,
+    settings: DatabaseSettings | None,
+    progress: bool,
+    defer_index: bool,
+    storage: Literal["halfvec", "vector"],
+    origin: str,
+) -> PublishResult:
     started_wall = datetime.now(UTC)
     t0 = time.perf_counter()
-    manifest, folder = load_manifest(Path(source))
+    manifest, folder = load_manifest(source)
     cid = collection_id or default_collection_id(manifest)
     shard_paths = verify_shards(manifest, folder)
     total_bytes = sum(s.bytes for s in manifest.shards)
@@ -740,6 +759,7 @@ def _publish_tx(
     skipped = rows - inserted - updated
     details = {
         "bytes": total_bytes,
+        "source_bytes": manifest.source_bytes,
         "shards": len(shard_paths),
         "space_id": space.id,
         "index_built": built,

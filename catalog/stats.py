@@ -73,8 +73,10 @@ class CollectionStats:
 def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
     row = conn.execute(
         """SELECT coalesce(
-                 (SELECT sum((details ->> 'source_bytes')::bigint) FROM publishes
-                   WHERE collection_id = %(c)s AND details ? 'source_bytes'),
+                 (SELECT sum(b) FROM (
+                     SELECT DISTINCT ON (manifest_sha256) (details ->> 'source_bytes')::bigint b
+                       FROM publishes
+                      WHERE collection_id = %(c)s AND details ? 'source_bytes') runs),
                  (SELECT (stac ->> 'embcat:source_bytes')::bigint FROM collections
                    WHERE id = %(c)s))""",
         {"c": collection_id},

@@ -167,6 +167,8 @@ def write_run(
         software={"embcat": "0.1.0"},
         shards=records,
         rows=sum(r.rows for r in records),
+        # what the chips cover: 64 x 64 pixels x 3 bands of uint16
+        source_bytes=sum(r.rows for r in records) * 64 * 64 * 3 * 2,
     )
     manifest.dump(directory)
     return directory

@@ -295,3 +295,31 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, db_settings: Da
     out = CliRunner().invoke(main, ["publish", str(bad), "--no-progress"])
     assert out.exit_code == 1
     assert "error: invalid input" in out.output and "Traceback" not in out.output
+
+
+def test_publish_runs_are_counted_in_the_metrics(run: Path, db_settings: DatabaseSettings):
+    from catalog import metrics
+
+    def count(outcome: str) -> float:
+        return metrics.PUBLISH_TOTAL.labels(mode="ignore", outcome=outcome)._value.get()
+
+    ok, invalid = count("ok"), count("invalid")
+    publish(run, collection_id=_name(), settings=db_settings, progress=False)
+    with pytest.raises(InvalidInput):
+        publish(run / "nothing-here", settings=db_settings, progress=False)
+    assert (count("ok"), count("invalid")) == (ok + 1, invalid + 1)
+
+
+def test_stats_compare_with_the_source_bytes_of_the_manifest(
+    run: Path, db_settings: DatabaseSettings
+):
+    from catalog.db import connect
+    from catalog.stats import collection_stats
+    from encoders.manifest import Manifest
+
+    cid = _name()
+    publish(run, collection_id=cid, settings=db_settings, progress=False)
+    publish(run, collection_id=cid, settings=db_settings, progress=False)  # no-op re-run
+    with connect(db_settings) as conn:
+        stats = collection_stats(conn, cid, sample=40, queries=5)
+    assert stats.source_bytes == Manifest.load(run).source_bytes > 0
