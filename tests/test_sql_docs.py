@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,6 @@ def test_docs_have_sql_examples() -> None:
     assert len(sql_blocks()) >= 5
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not on PATH")
 @pytest.mark.parametrize("line, block", sql_blocks(), ids=lambda v: str(v)[:20])
 def test_sql_example_runs_in_psql(demo: str, line: int, block: str) -> None:
     done = subprocess.run(
