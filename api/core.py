@@ -189,6 +189,36 @@ def _item_collection(
     }
 
 
+def _get_query(
+    request: Request,
+    kwargs: dict[str, Any],
+    *,
+    collections: list[str] | None,
+    bbox: Any,
+    datetime: Any,
+    limit: int | None,
+    token: str | None,
+    ids: list[str] | None = None,
+    intersects: Any = None,
+) -> SearchQuery:
+    """The SearchQuery of a GET request (/search and /collections/{id}/items)."""
+    return SearchQuery(
+        collections=collections,
+        ids=ids,
+        bbox=bbox,
+        intersects=intersects,
+        datetime=_datetime_param(datetime),
+        filter=kwargs.get("filter_expr"),
+        filter_lang=kwargs.get("filter_lang"),
+        query=_json_param("query", kwargs.get("query")),
+        q=kwargs.get("q"),
+        sortby=_sortby_get(kwargs.get("sortby")),
+        fields=_fields_get(kwargs.get("fields")),
+        limit=_limit(request, limit),
+        token=token,
+    )
+
+
 def run_search(request: Request, search: SearchQuery) -> SearchPage:
     try:
         return _run_search(request, search)
@@ -367,19 +397,10 @@ class CoreClient(AsyncBaseCoreClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         base = request_base_url(request)
-        search = SearchQuery(
-            collections=[collection_id],
-            bbox=bbox,
-            datetime=_datetime_param(datetime),
-            filter=kwargs.get("filter_expr"),
-            filter_lang=kwargs.get("filter_lang"),
-            query=_json_param("query", kwargs.get("query")),
-            q=kwargs.get("q"),
-            sortby=_sortby_get(kwargs.get("sortby")),
-            fields=_fields_get(kwargs.get("fields")),
-            limit=_limit(request, limit),
-            token=token,
-        )
+        search = _get_query(
+            request, kwargs, collections=[collection_id], bbox=bbox, datetime=datetime,
+            limit=limit, token=token,
+        )  # fmt: skip
 
         def work() -> SearchPage:
             with connection(request) as conn:
@@ -412,21 +433,11 @@ class CoreClient(AsyncBaseCoreClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         base = request_base_url(request)
-        search = SearchQuery(
-            collections=collections,
-            ids=ids,
-            bbox=bbox,
-            intersects=_json_param("intersects", intersects),
-            datetime=_datetime_param(datetime),
-            filter=kwargs.get("filter_expr"),
-            filter_lang=kwargs.get("filter_lang"),
-            query=_json_param("query", kwargs.get("query")),
-            q=kwargs.get("q"),
-            sortby=_sortby_get(kwargs.get("sortby")),
-            fields=_fields_get(kwargs.get("fields")),
-            limit=_limit(request, limit),
+        search = _get_query(
+            request, kwargs, collections=collections, ids=ids, bbox=bbox,
+            intersects=_json_param("intersects", intersects), datetime=datetime, limit=limit,
             token=kwargs.get("token"),
-        )
+        )  # fmt: skip
         page = await run_in_threadpool(run_search, request, search)
         links = [
             {"rel": "self", "type": GEOJSON, "href": str(request.url)},
