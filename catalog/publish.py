@@ -6,14 +6,21 @@ it was::
     checksums of every shard (before touching the database)
     BEGIN
       pg_advisory_xact_lock('embcat-publish:<collection>')    same collection: serialised
-      stream shards by record batch -> validate -> binary COPY into a TEMP staging table
-      duplicate ids (GROUP BY in the database, not in Python memory)
-      register the space, create / update the collection (pystac)
-      pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
-      INSERT .. SELECT into items, then embeddings (insert | upsert | ignore)
+      a reader thread streams shards by record batch -> validates -> encodes binary COPY rows
+      per chunk (CHUNK_BYTES of vectors):
+        binary COPY into a TEMP staging table
+        duplicate ids (a TEMP table of the run's ids, not Python memory)
+        first chunk: register the space, create the collection,
+                     pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
+        INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); TRUNCATE staging
+      update the collection (extent of every chunk, pystac)
       build the space's HNSW index if absent (unless defer_index), ANALYZE
       publish record
     COMMIT
+
+While the database merges one chunk, the reader prepares the next, so Python and the
+server work at the same time. A bad row anywhere (even in the last chunk) rolls back the
+chunks already merged: nothing is written.
 
 Memory is bounded by the record batch, never by the input size. Item JSON is built in SQL
 from a constant template (catalog.stacgen) plus per-row columns.
@@ -28,7 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,6 +77,8 @@ Mode = Literal["insert", "upsert", "ignore"]
 MODES: tuple[str, ...] = ("insert", "upsert", "ignore")
 MAX_REPORTED = 10  # offending rows named in an error
 BATCH_BYTES = 16 << 20  # vector bytes per record batch (memory is bounded by it)
+CHUNK_BYTES = 64 << 20  # vector bytes staged and merged at a time
+QUEUED_BATCHES = 4  # encoded batches the reader thread may run ahead
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _MIN_US = -2_208_988_800_000_000  # 1900-01-01
 _MAX_US = 4_102_444_800_000_000  # 2100-01-01
@@ -656,90 +667,36 @@ def _publish_tx(
     # that staging never waits on another publish's uncommitted space row.
     staging_space = Space(0, enc.name, enc.version, enc.dimensions, storage)  # type: ignore[arg-type]
     conn.execute(_stage_sql(staging_space))
+    conn.execute(
+        "CREATE TEMP TABLE publish_ids (id text PRIMARY KEY, chunk int NOT NULL) ON COMMIT DROP"
+    )
 
-    # 1. stream, validate, COPY
-    t = time.perf_counter()
-    rows = _stage(conn, manifest, shard_paths, storage, progress)
-    timings["stage_s"] = time.perf_counter() - t
-    dups = conn.execute(
-        "select id, count(*) from publish_staging group by id having count(*) > 1"
-        " order by id limit %s",
-        (MAX_REPORTED,),
-    ).fetchall()
-    if dups:
-        listed = ", ".join(f"{d[0]!r} ({d[1]}x)" for d in dups)
-        raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
-    if rows == 0:
+    state = _MergeState(
+        cid=cid, mode=mode, storage=storage, defer_index=defer_index,
+        existing_stac=existing_stac, created=existing is None, manifest=manifest,
+        timings=timings,
+    )  # fmt: skip
+    for key in ("stage_s", "merge_items_s", "merge_embeddings_s"):
+        timings[key] = 0.0
+    rows = _load(conn, manifest, shard_paths, storage, progress, state)
+    if rows == 0 or state.space is None:
         raise InvalidInput("the run has no rows to publish")
+    space = state.space
+    inserted, updated, build = state.inserted, state.updated, state.build
 
-    # 2. space and collection
-    space = spaces_mod.get_or_create_space(
-        conn,
-        encoder_name=enc.name,
-        encoder_version=enc.version,
-        dimensions=enc.dimensions,
-        storage=storage,  # type: ignore[arg-type]
-        metric=enc.metric,
-        normalized=enc.normalized,
-        mlm=enc.mlm,
-    )
-    ext = conn.execute(
-        "select min(ST_XMin(g)), min(ST_YMin(g)), max(ST_XMax(g)), max(ST_YMax(g)),"
-        " min(datetime), max(datetime)"
-        " from (select ST_GeomFromWKB(wkb, 4326) g, datetime from publish_staging) s"
-    ).fetchone()
-    assert ext is not None
+    # the collection's extent is that of every chunk merged
+    assert state.extent is not None
     stac = build_collection(
-        manifest, cid, space, bbox=list(ext[:4]), interval=(ext[4], ext[5]), existing=existing_stac
+        manifest, cid, space, bbox=state.extent[:4], interval=(state.extent[4], state.extent[5]),
+        existing=existing_stac,
+    )  # fmt: skip
+    conn.execute(
+        "update collections set stac = %s, space_id = %s,"
+        " updated_at = case when %s then updated_at else now() end"
+        " where id = %s and (stac, space_id) is distinct from (%s::jsonb, %s)",
+        (Jsonb(stac), space.id, state.created, cid, Jsonb(stac), space.id),
     )
-    created = existing is None
-    if created:
-        conn.execute(
-            "insert into collections (id, stac, space_id) values (%s, %s, %s)",
-            (cid, Jsonb(stac), space.id),
-        )
-    else:
-        conn.execute(
-            "update collections set stac = %s, space_id = %s, updated_at = now()"
-            " where id = %s and (stac, space_id) is distinct from (%s::jsonb, %s)",
-            (Jsonb(stac), space.id, cid, Jsonb(stac), space.id),
-        )
-
-    # 3. merge
-    build = (not defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
-    lock = "pg_advisory_xact_lock" if build else "pg_advisory_xact_lock_shared"
-    conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
-    if mode == "insert":
-        clash = conn.execute(
-            "select s.id from publish_staging s join items i"
-            " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
-            (cid, MAX_REPORTED),
-        ).fetchall()
-        if clash:
-            raise Conflict(
-                f"mode insert: {len(clash)}{'+' if len(clash) == MAX_REPORTED else ''} items"
-                f" already exist in {cid!r}: {', '.join(repr(c[0]) for c in clash)}"
-                " (use --mode upsert or --mode ignore)"
-            )
-    tpl = item_template(manifest, cid, space)
-    t = time.perf_counter()
-    counts = conn.execute(
-        _merge_items_sql(mode),
-        {
-            "cid": cid,
-            "props": Jsonb(tpl.properties),
-            "asset": Jsonb(tpl.asset),
-            "href_prefix": tpl.href_prefix,
-            "href_suffix": tpl.href_suffix,
-            "src_type": SOURCE_MEDIA_TYPE,
-        },
-    ).fetchone()
-    assert counts is not None
-    inserted, updated = int(counts[0]), int(counts[1])
-    timings["merge_items_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
-    timings["merge_embeddings_s"] = time.perf_counter() - t
+    created = state.created
 
     # 4. index, statistics, record
     index_s = 0.0
@@ -761,6 +718,7 @@ def _publish_tx(
         "bytes": total_bytes,
         "source_bytes": manifest.source_bytes,
         "shards": len(shard_paths),
+        "chunks": state.chunks,
         "space_id": space.id,
         "index_built": built,
         "index_s": round(index_s, 3),
@@ -795,57 +753,254 @@ def _publish_tx(
     )
 
 
-def _stage(
+@dataclass
+class _MergeState:
+    """What the chunk merges of one publish accumulate (all in its one transaction)."""
+
+    cid: str
+    mode: str
+    storage: str
+    defer_index: bool
+    existing_stac: dict[str, Any] | None
+    created: bool
+    manifest: Manifest
+    timings: dict[str, float]
+    space: Space | None = None
+    build: bool = False
+    inserted: int = 0
+    updated: int = 0
+    extent: list[Any] | None = None
+    chunks: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+_DONE = object()
+
+
+def _produce(
+    manifest: Manifest,
+    shard_paths: list[Path],
+    storage: str,
+    problems: _Problems,
+    out: queue.Queue[Any],
+    stop: threading.Event,
+) -> None:
+    """Read, validate and encode record batches into ``out`` (runs in its own thread).
+
+    Puts ``(rows, COPY bytes or None)`` per batch (None once any row is bad: from then on
+    batches are only validated, to name more offending rows), then ``_DONE``, or the
+    exception that stopped it. Returns early when ``stop`` is set.
+    """
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        dims = manifest.encoder.dimensions
+        batch_rows = int(min(16384, max(256, BATCH_BYTES // (4 * dims))))
+        encoder = _Encoder(dims, storage)
+        for path in shard_paths:
+            offset = 0
+            for batch in _iter_batches(path, batch_rows):
+                if stop.is_set():
+                    return
+                stored = _validate_batch(batch, path.name, offset, dims, storage, problems)
+                data = None
+                if stored is not None and problems.count == 0:
+                    # a memoryview: the writer slices it into 128 kB pieces without copies
+                    data = memoryview(encoder.encode(batch, stored))
+                offset += batch.num_rows
+                if not put((batch.num_rows, data)) or problems.full:
+                    break
+            if problems.full:
+                break
+        put(_DONE)
+    except BaseException as exc:  # noqa: BLE001 - handed to the loading thread
+        put(exc)
+
+
+def _load(
     conn: psycopg.Connection,
     manifest: Manifest,
     shard_paths: list[Path],
     storage: str,
     progress: bool,
+    state: _MergeState,
 ) -> int:
+    """Stream the shards into the catalogue in chunks; return the number of input rows.
+
+    A reader thread validates and encodes record batches while this thread COPYs a chunk
+    (about CHUNK_BYTES of vectors) into the TEMP staging table and merges it into items
+    and embeddings; the staging table is emptied after each merge. So the database and
+    Python work at the same time, and neither memory nor temporary disk grows with the
+    input. Everything stays in the caller's transaction: a bad row in the last chunk
+    still leaves the catalogue untouched.
+    """
     from tqdm import tqdm
 
     dims = manifest.encoder.dimensions
-    batch_rows = int(min(16384, max(256, BATCH_BYTES // (4 * dims))))
-    encoder = _Encoder(dims, storage)
+    chunk_rows = max(1000, CHUNK_BYTES // (4 * dims))
     problems = _Problems()
+    q: queue.Queue[Any] = queue.Queue(maxsize=QUEUED_BATCHES)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_produce,
+        args=(manifest, shard_paths, storage, problems, q, stop),
+        name="publish-reader",
+        daemon=True,
+    )
     rows = 0
     bar = tqdm(
         total=manifest.rows, unit="row", unit_scale=True, disable=not progress,
         desc="publish", leave=False,
     )  # fmt: skip
+    reader.start()
     try:
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "COPY publish_staging FROM STDIN (FORMAT BINARY)",
-                writer=QueuedLibpqWriter(cur),  # sends from a thread while the next batch is built
-            ) as copy,
-        ):
-            copy.write(_COPY_HEADER)
-            for path in shard_paths:
-                offset = 0
-                for batch in _iter_batches(path, batch_rows):
-                    stored = _validate_batch(batch, path.name, offset, dims, storage, problems)
-                    if stored is not None and problems.count == 0:
-                        # a memoryview: the writer slices it into 128 kB pieces without copies
-                        copy.write(memoryview(encoder.encode(batch, stored)))
-                    offset += batch.num_rows
-                    rows += batch.num_rows
-                    bar.update(batch.num_rows)
-                    if problems.full:
+        done = False
+        while not done:
+            staged = 0
+            t = time.perf_counter()
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY publish_staging FROM STDIN (FORMAT BINARY)",
+                    writer=QueuedLibpqWriter(cur),  # sends from a thread while we wait
+                ) as copy,
+            ):
+                copy.write(_COPY_HEADER)
+                while staged < chunk_rows:
+                    item = q.get()
+                    if item is _DONE:
+                        done = True
                         break
-                if problems.full:
-                    break
+                    if isinstance(item, BaseException):
+                        raise item
+                    n, data = item
+                    rows += n
+                    bar.update(n)
+                    if data is not None and not problems.count:
+                        copy.write(data)
+                        staged += n
+                copy.write(_COPY_TRAILER)
+            state.timings["stage_s"] += time.perf_counter() - t
             if problems.count:
-                raise InvalidInput(
-                    f"invalid input, nothing was published ({problems.count}"
-                    f"{'+' if problems.full else ''} bad rows); first offending rows:\n  "
-                    + "\n  ".join(problems.rows)
-                )
-            copy.write(_COPY_TRAILER)
+                continue  # drain the reader: it names up to MAX_REPORTED bad rows
+            if staged:
+                _merge_chunk(conn, state)
+        if problems.count:
+            raise InvalidInput(
+                f"invalid input, nothing was published ({problems.count}"
+                f"{'+' if problems.full else ''} bad rows); first offending rows:\n  "
+                + "\n  ".join(problems.rows)
+            )
     finally:
+        stop.set()
+        reader.join()
         bar.close()
     return rows
+
+
+def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
+    """Check the staged chunk, then INSERT .. SELECT it into items and embeddings."""
+    manifest, cid, timings = state.manifest, state.cid, state.timings
+    enc = manifest.encoder
+    # duplicate ids: within the chunk, or already seen in an earlier chunk of this run
+    state.chunks += 1
+    fresh = conn.execute(
+        "WITH ins AS (INSERT INTO publish_ids SELECT id, %s FROM publish_staging"
+        " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins",
+        (state.chunks,),
+    ).fetchone()
+    staged = conn.execute("select count(*) from publish_staging").fetchone()
+    if fresh != staged:
+        dups = conn.execute(
+            "select s.id, count(*) + max(case when p.chunk < %(k)s then 1 else 0 end)"
+            " from publish_staging s left join publish_ids p on p.id = s.id group by s.id"
+            " having count(*) + max(case when p.chunk < %(k)s then 1 else 0 end) > 1"
+            " order by s.id limit %(n)s",
+            {"k": state.chunks, "n": MAX_REPORTED},
+        ).fetchall()
+        listed = ", ".join(f"{d[0]!r} ({d[1]}x)" for d in dups)
+        raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
+    ext = conn.execute(
+        "select min(ST_XMin(g)), min(ST_YMin(g)), max(ST_XMax(g)), max(ST_YMax(g)),"
+        " min(datetime), max(datetime)"
+        " from (select ST_GeomFromWKB(wkb, 4326) g, datetime from publish_staging) s"
+    ).fetchone()
+    assert ext is not None
+    if state.extent is None:
+        state.extent = list(ext)
+    else:
+        state.extent = [
+            min(state.extent[0], ext[0]), min(state.extent[1], ext[1]),
+            max(state.extent[2], ext[2]), max(state.extent[3], ext[3]),
+            min(state.extent[4], ext[4]), max(state.extent[5], ext[5]),
+        ]  # fmt: skip
+
+    if state.space is None:  # first chunk: the space, the collection row, the merge lock
+        space = spaces_mod.get_or_create_space(
+            conn,
+            encoder_name=enc.name,
+            encoder_version=enc.version,
+            dimensions=enc.dimensions,
+            storage=state.storage,  # type: ignore[arg-type]
+            metric=enc.metric,
+            normalized=enc.normalized,
+            mlm=enc.mlm,
+        )
+        state.space = space
+        if state.created:
+            stac = build_collection(
+                manifest, cid, space, bbox=state.extent[:4],
+                interval=(state.extent[4], state.extent[5]),
+            )  # fmt: skip
+            conn.execute(
+                "insert into collections (id, stac, space_id) values (%s, %s, %s)",
+                (cid, Jsonb(stac), space.id),
+            )
+        state.build = (
+            (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
+        )
+        lock = "pg_advisory_xact_lock" if state.build else "pg_advisory_xact_lock_shared"
+        conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
+        tpl = item_template(manifest, cid, space)
+        state.params = {
+            "cid": cid,
+            "props": Jsonb(tpl.properties),
+            "asset": Jsonb(tpl.asset),
+            "href_prefix": tpl.href_prefix,
+            "href_suffix": tpl.href_suffix,
+            "src_type": SOURCE_MEDIA_TYPE,
+        }
+    space = state.space
+    if state.mode == "insert":
+        clash = conn.execute(
+            "select s.id from publish_staging s join items i"
+            " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
+            (cid, MAX_REPORTED),
+        ).fetchall()
+        if clash:
+            raise Conflict(
+                f"mode insert: {len(clash)}{'+' if len(clash) == MAX_REPORTED else ''} items"
+                f" already exist in {cid!r}: {', '.join(repr(c[0]) for c in clash)}"
+                " (use --mode upsert or --mode ignore)"
+            )
+    t = time.perf_counter()
+    counts = conn.execute(_merge_items_sql(state.mode), state.params).fetchone()
+    assert counts is not None
+    state.inserted += int(counts[0])
+    state.updated += int(counts[1])
+    timings["merge_items_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    conn.execute(_merge_embeddings_sql(state.mode, space), {"cid": cid, "space": space.id})
+    timings["merge_embeddings_s"] += time.perf_counter() - t
+    conn.execute("TRUNCATE publish_staging")
 
 
 def build_index(collection_id: str, settings: DatabaseSettings | None = None) -> bool:

@@ -323,3 +323,77 @@ def test_stats_compare_with_the_source_bytes_of_the_manifest(
     with connect(db_settings) as conn:
         stats = collection_stats(conn, cid, sample=40, queries=5)
     assert stats.source_bytes == Manifest.load(run).source_bytes > 0
+
+
+# -- several chunks (large runs are staged and merged a chunk at a time) ------------------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 1000 rows: each shard's single record batch below becomes its own chunk."""
+    import catalog.publish as publish_mod
+
+    monkeypatch.setattr(publish_mod, "CHUNK_BYTES", 1)
+
+
+def test_a_run_merged_in_several_chunks_is_published_whole(
+    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None
+):
+    big = write_run(tmp_path / "big", 3000, dims=8, seed=5, shards=3, encoder=_name())
+    cid = _name()
+    res = publish(big, collection_id=cid, settings=db_settings, progress=False)
+    assert (res.rows, res.inserted) == (3000, 3000)
+    with psycopg.connect(db_settings.database_url) as c:
+        record = list_publishes(c, cid)[0]
+        assert record["details"]["chunks"] == 3
+        n, xmin, ymin, xmax, ymax = c.execute(
+            "select count(*), min(ST_XMin(geometry)), min(ST_YMin(geometry)),"
+            " max(ST_XMax(geometry)), max(ST_YMax(geometry)) from items"
+            " where collection_id = %s",
+            (cid,),
+        ).fetchone()  # type: ignore[misc]
+        stac = c.execute("select stac from collections where id = %s", (cid,)).fetchone()[0]  # type: ignore[index]
+        vectors = c.execute(
+            "select count(*) from embeddings where collection_id = %s", (cid,)
+        ).fetchone()[0]  # type: ignore[index]
+    assert n == vectors == 3000
+    # the collection's extent covers the rows of every chunk, not only the first
+    assert stac["extent"]["spatial"]["bbox"][0] == pytest.approx([xmin, ymin, xmax, ymax])
+    again = publish(big, collection_id=cid, settings=db_settings, progress=False)
+    assert (again.inserted, again.skipped) == (0, 3000)
+
+
+def _duplicate_in_last_shard(rank: int, cols: dict[str, Any]) -> None:
+    if rank == 2:
+        cols["id"][10] = "chip-00000003"  # an id of the first shard (first chunk)
+
+
+def test_duplicate_ids_in_different_chunks_are_named(
+    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None
+):
+    bad = write_run(
+        tmp_path / "bad", 3000, dims=8, seed=6, shards=3, encoder=_name(),
+        mutate=_duplicate_in_last_shard,
+    )  # fmt: skip
+    before = _snapshot(db_settings.database_url)
+    with pytest.raises(InvalidInput, match=r"duplicate item ids.*'chip-00000003' \(2x\)"):
+        publish(bad, collection_id=_name(), settings=db_settings, progress=False)
+    assert _snapshot(db_settings.database_url) == before
+
+
+def _nan_in_last_shard(rank: int, cols: dict[str, Any]) -> None:
+    if rank == 2:
+        cols["embedding"][999, 0] = np.nan
+
+
+def test_bad_row_after_merged_chunks_leaves_the_catalogue_unchanged(
+    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None
+):
+    bad = write_run(
+        tmp_path / "bad", 3000, dims=8, seed=7, shards=3, encoder=_name(),
+        mutate=_nan_in_last_shard,
+    )  # fmt: skip
+    before = _snapshot(db_settings.database_url)
+    with pytest.raises(InvalidInput, match=r"shard-00002-of-00003.parquet row 999 .*NaN"):
+        publish(bad, collection_id=_name(), settings=db_settings, progress=False)
+    assert _snapshot(db_settings.database_url) == before
