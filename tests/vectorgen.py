@@ -40,6 +40,49 @@ def clustered_vectors(
     return out
 
 
+def manifold_vectors(
+    n: int,
+    dims: int,
+    *,
+    intrinsic: int = 32,
+    clusters: int = 200,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """``n`` float32 vectors on a curved ``intrinsic``-dimensional manifold in ``dims``.
+
+    Encoder embeddings are not isotropic: they vary along a few tens of directions
+    (image representations have an intrinsic dimension of roughly 20-40). Points are drawn
+    in an ``intrinsic``-dimensional latent space (a mixture of ``clusters`` unit Gaussians
+    whose centres are 3 units apart on average), mapped to ``dims`` through a random
+    two-layer tanh network, plus isotropic noise of ``noise`` times the signal's
+    per-dimension standard deviation. ``clustered_vectors`` is the opposite extreme
+    (each cluster isotropic in all ``dims``), the worst case for any ANN index.
+    """
+    rng = np.random.default_rng(seed)
+    hidden = 4 * intrinsic
+    centres = rng.standard_normal((clusters, intrinsic)).astype(np.float32) * (3 / np.sqrt(2))
+    # latent coordinates have variance 1 + 4.5: scaled so that tanh sees unit variance
+    w1 = rng.standard_normal((intrinsic, hidden)).astype(np.float32) / np.sqrt(5.5 * intrinsic)
+    w2 = rng.standard_normal((hidden, dims)).astype(np.float32) / np.sqrt(hidden)
+    labels = rng.integers(0, clusters, n)
+    out = np.empty((n, dims), dtype=np.float32)
+    scale = None
+    step = 100_000
+    for start in range(0, n, step):  # bounded memory for 1M x 768
+        stop = min(start + step, n)
+        z = centres[labels[start:stop]] + rng.standard_normal(
+            (stop - start, intrinsic), dtype=np.float32
+        )
+        signal = np.tanh(z @ w1) @ w2
+        if scale is None:
+            scale = float(signal.std())
+        out[start:stop] = signal + rng.standard_normal(signal.shape, dtype=np.float32) * (
+            noise * scale
+        )
+    return out
+
+
 def plant_neighbours(
     vectors: np.ndarray,
     query_rows: Sequence[int],
