@@ -173,7 +173,8 @@ def start_server(url: str) -> tuple[subprocess.Popen, str] | None:
     except ImportError:
         return None
     port = free_port()
-    env = {**os.environ, "EMBCAT_DATABASE_URL": url}
+    # no access log: one JSON line per request would drown the results
+    env = {**os.environ, "EMBCAT_DATABASE_URL": url, "EMBCAT_ACCESS_LOG": "0"}
     proc = subprocess.Popen(
         [
             sys.executable,
