@@ -6,7 +6,9 @@
 # 2. Otherwise, on Debian/Ubuntu as root: install PostgreSQL + PostGIS from the distribution,
 #    pgvector from the distribution's package if there is one, else build it from the Debian
 #    source package; start the cluster if it is down; create the role, the database and a
-#    template database that already holds the extensions (the test suite clones it).
+#    template database that already holds the extensions (the test suite clones it);
+#    size the server's memory for bulk loads and HNSW search (see tune_cluster; restarts the
+#    cluster once when shared_buffers changes; EMBCAT_DB_TUNE=0 leaves the settings alone).
 # 3. On any other system: fail and point at compose.yaml.
 #
 # Idempotent: every step checks before it acts; a second run changes nothing.
@@ -60,9 +62,43 @@ if [ -n "${EMBCAT_DATABASE_URL:-}" ]; then
   esac
 fi
 
+su_psql_port() { runuser -u postgres -- psql -p "$PORT" -XAtq -v ON_ERROR_STOP=1 "$@"; }
+
+# tune_cluster: Debian's defaults (shared_buffers 128MB, max_wal_size 1GB) make a bulk
+# publish evict dirty pages and flush WAL mid-load, and HNSW search read every page
+# through the OS cache. Set the usual sizing (shared_buffers a quarter of RAM, at most
+# 8GB; effective_cache_size half of RAM; max_wal_size 4GB) unless already set; the
+# restart that shared_buffers needs happens once.
+tune_cluster() {
+  [ "${EMBCAT_DB_TUNE:-1}" != 0 ] || { say "EMBCAT_DB_TUNE=0: server settings left alone"; return; }
+  local mem_mb sb_mb ec_mb changed=0 name want have cver cname
+  read -r cver cname _ < <(pg_lsclusters -h | head -n1)
+  mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
+  sb_mb=$((mem_mb / 4)); [ "$sb_mb" -le 8192 ] || sb_mb=8192; [ "$sb_mb" -ge 128 ] || sb_mb=128
+  ec_mb=$((mem_mb / 2)); [ "$ec_mb" -ge 512 ] || ec_mb=512
+  for pair in "shared_buffers=${sb_mb}MB" "effective_cache_size=${ec_mb}MB" "max_wal_size=4GB"; do
+    name=${pair%%=*}; want=${pair#*=}
+    have=$(su_psql_port -c "select coalesce((select setting from pg_file_settings where name = '${name}' and applied is not null order by seqno desc limit 1), '')")
+    if [ "$have" != "$want" ]; then
+      su_psql_port -c "ALTER SYSTEM SET ${name} = '${want}'"; changed=1
+    fi
+  done
+  [ "$changed" = 1 ] || return 0
+  su_psql_port -c "select pg_reload_conf()" >/dev/null
+  sleep 0.5
+  if [ "$(su_psql_port -c "select bool_or(pending_restart) from pg_settings")" = t ]; then
+    say "restarting cluster ${cver}/${cname} for shared_buffers=${sb_mb}MB"
+    pg_ctlcluster --skip-systemctl-redirect "$cver" "$cname" restart
+  fi
+  say "server sized: shared_buffers ${sb_mb}MB, effective_cache_size ${ec_mb}MB, max_wal_size 4GB"
+}
+
 # Fast path: the default local database is already complete.
 if command -v psql >/dev/null && msg=$(check_url "$DEFAULT_URL" 2>/dev/null) \
    && psql "$DEFAULT_URL" -XAtq -c "select 1 from pg_database where datname='${TEMPLATE}'" | grep -q 1; then
+  if [ "$(id -u)" = 0 ] && command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q online; then
+    tune_cluster
+  fi
   say "ready: ${DEFAULT_URL} (${msg})"; exit 0
 fi
 
@@ -133,6 +169,8 @@ fi
 [ "$cport" = "$PORT" ] || die "cluster ${cver}/${cname} listens on ${cport}, not ${PORT}; set EMBCAT_DB_PORT=${cport}"
 
 su_psql() { runuser -u postgres -- psql -p "$PORT" -XAtq -v ON_ERROR_STOP=1 "$@"; }
+tune_cluster
+
 if [ -z "$(su_psql -c "select 1 from pg_roles where rolname='${ROLE}'")" ]; then
   su_psql -c "CREATE ROLE ${ROLE} LOGIN CREATEDB CREATEROLE PASSWORD '${PASSWORD}'"; say "created role ${ROLE}"
 fi

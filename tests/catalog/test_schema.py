@@ -102,3 +102,37 @@ def test_same_space_identity_is_registered_once(conn: psycopg.Connection) -> Non
     b = spaces.get_or_create_space(conn, encoder_name="e", encoder_version="1", dimensions=4)
     c = spaces.get_or_create_space(conn, encoder_name="e", encoder_version="2", dimensions=4)
     assert a.id == b.id != c.id
+
+
+def test_single_datetime_items_stay_out_of_the_range_indexes(conn: psycopg.Connection) -> None:
+    """Chips have no start/end datetime: the partial range indexes hold only ranged items,
+    and the STAC range filter (strict comparisons) can still use them."""
+    _collection(conn, "r1")
+    _item(conn, "r1", "chip")  # datetime only
+    conn.execute(
+        "insert into items (collection_id, id, geometry, bbox, start_datetime, end_datetime)"
+        " values ('r1', 'ranged', ST_MakeEnvelope(0, 0, 1, 1, 4326), '{0,0,1,1}',"
+        " '2024-01-01', '2024-02-01')"
+    )
+    conn.execute("set local enable_seqscan = off")
+    conn.execute("set local enable_bitmapscan = off")
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            "explain select id from items i where i.start_datetime <= '2024-01-15'"
+        ).fetchall()
+    )
+    assert "items_start_datetime_idx" in plan
+    found = conn.execute(
+        "select id from items i where i.start_datetime <= '2024-01-15'"
+        " and i.end_datetime >= '2024-01-10'"
+    ).fetchall()
+    assert found == [("ranged",)]
+    defs = dict(
+        conn.execute(
+            "select indexname, indexdef from pg_indexes where tablename = 'items'"
+            " and indexname in ('items_start_datetime_idx', 'items_end_datetime_idx')"
+        ).fetchall()
+    )
+    assert "WHERE (start_datetime IS NOT NULL)" in defs["items_start_datetime_idx"]
+    assert "WHERE (end_datetime IS NOT NULL)" in defs["items_end_datetime_idx"]
