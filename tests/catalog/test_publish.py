@@ -368,32 +368,26 @@ def _duplicate_in_last_shard(rank: int, cols: dict[str, Any]) -> None:
         cols["id"][10] = "chip-00000003"  # an id of the first shard (first chunk)
 
 
-def test_duplicate_ids_in_different_chunks_are_named(
-    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None
-):
-    bad = write_run(
-        tmp_path / "bad", 3000, dims=8, seed=6, shards=3, encoder=_name(),
-        mutate=_duplicate_in_last_shard,
-    )  # fmt: skip
-    before = _snapshot(db_settings.database_url)
-    with pytest.raises(InvalidInput, match=r"duplicate item ids.*'chip-00000003' \(2x\)"):
-        publish(bad, collection_id=_name(), settings=db_settings, progress=False)
-    assert _snapshot(db_settings.database_url) == before
-
-
 def _nan_in_last_shard(rank: int, cols: dict[str, Any]) -> None:
     if rank == 2:
         cols["embedding"][999, 0] = np.nan
 
 
-def test_bad_row_after_merged_chunks_leaves_the_catalogue_unchanged(
-    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_duplicate_in_last_shard, r"duplicate item ids.*'chip-00000003' \(2x\)"),
+        (_nan_in_last_shard, r"shard-00002-of-00003.parquet row 999 .*NaN"),
+    ],
+    ids=["duplicate-across-chunks", "bad-row-after-merged-chunks"],
+)
+def test_bad_input_in_a_later_chunk_is_named_and_nothing_is_written(
+    tmp_path: Path, db_settings: DatabaseSettings, small_chunks: None, mutate: Any, message: str
 ):
     bad = write_run(
-        tmp_path / "bad", 3000, dims=8, seed=7, shards=3, encoder=_name(),
-        mutate=_nan_in_last_shard,
-    )  # fmt: skip
+        tmp_path / "bad", 3000, dims=8, seed=6, shards=3, encoder=_name(), mutate=mutate
+    )
     before = _snapshot(db_settings.database_url)
-    with pytest.raises(InvalidInput, match=r"shard-00002-of-00003.parquet row 999 .*NaN"):
+    with pytest.raises(InvalidInput, match=message):
         publish(bad, collection_id=_name(), settings=db_settings, progress=False)
     assert _snapshot(db_settings.database_url) == before
