@@ -11,6 +11,7 @@
     results: [], // the last search's items, best first
     positive: new Set(),
     negative: new Set(),
+    viewRequest: null, // AbortController of the footprint request for the current view
   };
   // Timings read by the benchmark and the browser test (milliseconds since navigation).
   const timings = (window.explorerTimings = { mapRendered: null, lastSearchMs: null });
@@ -53,6 +54,7 @@
   }
 
   async function showCollection(cid) {
+    if (state.viewRequest) state.viewRequest.abort();
     status(`loading ${cid}…`);
     clearResults();
     state.positive.clear();
@@ -90,12 +92,25 @@
   }
 
   // A collection larger than one response is re-fetched for the view after each move.
+  // Only the latest view's response is drawn: a slower answer for an earlier view (the
+  // fitBounds after loading, or a pan) is aborted, never drawn over the current one.
   async function refreshView() {
     if (!state.large || !state.collection) return;
+    if (state.viewRequest) state.viewRequest.abort();
+    const request = (state.viewRequest = new AbortController());
     const cid = state.collection.id;
-    const fc = await getJSON(
-      `collections/${enc(cid)}/explorer/features?limit=${footprintLimit}&bbox=${viewBbox()}`,
-    );
+    let fc;
+    try {
+      fc = await getJSON(
+        `collections/${enc(cid)}/explorer/features?limit=${footprintLimit}&bbox=${viewBbox()}`,
+        { signal: request.signal },
+      );
+    } catch (err) {
+      if (request.signal.aborted) return;
+      throw err;
+    }
+    if (state.viewRequest !== request) return;
+    state.viewRequest = null;
     if (state.collection && state.collection.id === cid) drawFootprints(fc);
   }
 
