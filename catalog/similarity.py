@@ -29,7 +29,8 @@ better). Vectors of different spaces are never compared: every query joins
 ``embeddings.space_id`` of the resolved space and uses the space's cast, so the partial
 HNSW index applies.
 
-Query strategy: the filtered row count F is estimated with ``EXPLAIN``. When F is below
+Query strategy: the filtered row count F is estimated with ``EXPLAIN`` (remembered for a
+minute per filter while the tables' sizes and row counts stay the same). When F is below
 ``exact_threshold`` rows or below ``exact_fraction`` of the space's N rows (or with
 ``exact``), distances are computed for every filtered row
 (a materialised CTE keeps the planner off the index) and sorted: exact. Otherwise the HNSW
@@ -43,15 +44,19 @@ ran out under a selective filter the estimate missed), the query is repeated exa
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector, Vector
+from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.adapt import PyFormat
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -183,6 +188,8 @@ class Hit:
     item_id: str
     distance: float
     score: float
+    # The item's columns, read in the same query when ``item_columns`` was asked for.
+    item: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -211,22 +218,34 @@ def parse_spec(clause: Any) -> SimilaritySpec:
         raise InvalidInput("invalid similarity clause: " + "; ".join(parts)) from exc
 
 
-def resolve_space(
-    conn: psycopg.Connection, spec: SimilaritySpec, collections: Sequence[str] | None = None
-) -> Space:
-    """The one space the query and every searched collection share (InvalidInput if not)."""
+_SPACES_SQL = (
+    "select c.id, s.id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,"
+    " s.metric, s.normalized, s.mlm from collections c"
+    " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)"
+)
+
+# The stored vector of one item in its collection's space, in both storage columns (one is
+# null): sent before the space is known (same round trip), read in binary.
+_ITEM_VECTOR_SQL = (
+    "select e.embedding, e.embedding_f32 from embeddings e"
+    " join collections c on c.id = e.collection_id and c.space_id = e.space_id"
+    " where e.collection_id = %s and e.item_id = %s"
+)
+
+
+def _scope(spec: SimilaritySpec, collections: Sequence[str] | None) -> list[str]:
     named = [r.collection for r in spec.references]
     if spec.vector is not None and spec.collection:
         named.append(spec.collection)
     scope = list(dict.fromkeys([*named, *(collections or [])]))
     if not scope:
         raise InvalidInput("a raw 'vector' needs 'collection' (or search 'collections')")
-    rows = conn.execute(
-        "select c.id, s.id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,"
-        " s.metric, s.normalized, s.mlm from collections c"
-        " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)",
-        (scope,),
-    ).fetchall()
+    return scope
+
+
+def _space_of(scope: list[str], rows: Sequence[tuple[Any, ...]]) -> Space:
+    """The one space the query and every searched collection share (InvalidInput if not),
+    from the rows of ``_SPACES_SQL``."""
     by_id = {r[0]: r[1:] for r in rows}
     unknown = [cid for cid in scope if cid not in by_id]
     if unknown:
@@ -369,12 +388,20 @@ def query_vector(
     spec: SimilaritySpec,
     space: Space,
     settings: SimilaritySettings,
+    item_vector: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, bool]:
-    """The query vector, the pgvector operator to rank with, and whether the index can serve."""
+    """The query vector, the pgvector operator to rank with, and whether the index can serve.
+
+    ``item_vector``: the stored vector of ``spec.item`` when already read (else it is read
+    here, and a missing item or vector is a NotFound naming which).
+    """
     op = space.distance_op
     indexable = space.indexable
     if spec.item is not None:
-        q = _fetch_vectors(conn, space, [spec.item])[0]
+        if item_vector is not None and len(item_vector) == space.dimensions:
+            q = item_vector.astype(np.float64)
+        else:
+            q = _fetch_vectors(conn, space, [spec.item])[0]
     elif spec.vector is not None:
         if len(spec.vector) != space.dimensions:
             raise InvalidInput(
@@ -420,41 +447,80 @@ def query_vector(
     return q, op, indexable
 
 
+def _set_local_query(values: dict[str, str]) -> tuple[sql.Composed, list[str]]:
+    """SELECT that sets GUCs transaction-locally and returns their previous values."""
+    names = list(values)
+    query = sql.SQL("select {}, {}").format(
+        sql.SQL(", ").join(sql.SQL("current_setting(%s, true)") for _ in names),
+        sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in names),
+    )
+    return query, [*names, *[v for name in names for v in (name, values[name])]]
+
+
 def _set_local(conn: psycopg.Connection, values: dict[str, str]) -> dict[str, str | None]:
     """Set GUCs transaction-locally in one round trip; returns the previous values."""
-    names = list(values)
-    row = conn.execute(
-        sql.SQL("select {}, {}").format(
-            sql.SQL(", ").join(sql.SQL("current_setting(%s, true)") for _ in names),
-            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in names),
-        ),
-        [*names, *[v for name in names for v in (name, values[name])]],
-    ).fetchone()
+    row = conn.execute(*_set_local_query(values)).fetchone()
     assert row is not None
-    return dict(zip(names, row[: len(names)], strict=True))
+    return dict(zip(values, row[: len(values)], strict=True))
 
 
-@contextmanager
-def _local_settings(
-    conn: psycopg.Connection, values: dict[str, str], *, restore: bool
-) -> Iterator[None]:
-    """GUCs for the block; put back afterwards when the transaction is the caller's."""
-    old = _set_local(conn, values)
-    try:
-        yield
-    finally:
-        put_back = {k: v for k, v in old.items() if v is not None}
-        if (
-            restore
-            and put_back
-            and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        ):
-            _set_local(conn, put_back)
+def _put_back(conn: psycopg.Connection, old: dict[str, str | None]) -> None:
+    """Restore GUCs set by ``_set_local`` (inside the caller's still-open transaction)."""
+    put_back = {k: v for k, v in old.items() if v is not None}
+    if put_back and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        _set_local(conn, put_back)
 
 
-def _estimates(conn: psycopg.Connection, queries: Sequence[sql.Composable]) -> list[float]:
-    """The planner's row estimates of ``queries``, planned together in one round trip."""
+# The tables' sizes and row counts as the planner sees them, read in the first round trip:
+# the key under which a planner estimate is remembered (see _estimates).
+_STATS_SQL = (
+    "select pg_relation_size('embeddings'), pg_relation_size('items'),"
+    " (select reltuples from pg_class where oid = 'embeddings'::regclass),"
+    " (select reltuples from pg_class where oid = 'items'::regclass)"
+)
+ESTIMATE_CACHE_SIZE = 1024
+ESTIMATE_CACHE_MAX_TEXT = 4096  # longer filters (large intersects polygons) are not kept
+ESTIMATE_CACHE_TTL_S = 60.0
+_estimate_cache: OrderedDict[tuple[Any, ...], tuple[float, list[float]]] = OrderedDict()
+_estimate_lock = threading.Lock()
+
+
+def _estimates(
+    conn: psycopg.Connection,
+    queries: Sequence[sql.Composable],
+    stats: tuple[Any, ...] | None = None,
+) -> list[float]:
+    """The planner's row estimates of ``queries``, planned together in one round trip.
+
+    With ``stats`` (``_STATS_SQL``'s row), an estimate is remembered for a minute under
+    the query text and those numbers: the planner derives it from the statistics and the
+    tables' current sizes, so a repeated filter (the unfiltered query, the next page, a
+    map view searched again) skips the EXPLAIN, and an insert or ANALYZE that could change
+    the answer changes the key.
+    """
     union = sql.SQL(" union all ").join(sql.SQL("({})").format(q) for q in queries)
+    key = None
+    text = union.as_string(conn) if stats is not None else ""
+    if stats is not None and len(text) <= ESTIMATE_CACHE_MAX_TEXT:
+        info = conn.info
+        key = (info.host, info.port, info.dbname, text, *stats)
+        now = time.monotonic()
+        with _estimate_lock:
+            found = _estimate_cache.get(key)
+            if found is not None and now - found[0] < ESTIMATE_CACHE_TTL_S:
+                _estimate_cache.move_to_end(key)
+                return list(found[1])
+    estimates = _explain_rows(conn, union, len(queries))
+    if key is not None:
+        with _estimate_lock:
+            _estimate_cache[key] = (time.monotonic(), estimates)
+            _estimate_cache.move_to_end(key)
+            while len(_estimate_cache) > ESTIMATE_CACHE_SIZE:
+                _estimate_cache.popitem(last=False)
+    return estimates
+
+
+def _explain_rows(conn: psycopg.Connection, union: sql.Composed, count: int) -> list[float]:
     row = conn.execute(sql.SQL("explain (format json) {}").format(union)).fetchone()
     assert row is not None
     plan = row[0]
@@ -463,10 +529,10 @@ def _estimates(conn: psycopg.Connection, queries: Sequence[sql.Composable]) -> l
 
         plan = json.loads(plan)
     top = plan[0]["Plan"]
-    if len(queries) == 1:
+    if count == 1:
         return [float(top["Plan Rows"])]
     children = top.get("Plans", [])
-    if top.get("Node Type") != "Append" or len(children) != len(queries):
+    if top.get("Node Type") != "Append" or len(children) != count:
         raise AssertionError(f"unexpected plan for the estimates: {top.get('Node Type')}")
     return [float(child["Plan Rows"]) for child in children]
 
@@ -480,10 +546,22 @@ def similar(
     *,
     collections: Sequence[str] | None = None,
     settings: SimilaritySettings | None = None,
+    item_columns: sql.Composable | None = None,
 ) -> list[Hit]:
-    """Items most similar to the clause among those matching ``where`` (over ``items i``)."""
+    """Items most similar to the clause among those matching ``where`` (over ``items i``).
+
+    ``item_columns``: a SELECT list over ``items i`` read in the same query for each hit
+    (``Hit.item``, a dict by column name), e.g. ``catalog.stac.ITEM_COLUMNS``.
+    """
     return similar_with_plan(
-        conn, spec, where, limit, offset, collections=collections, settings=settings
+        conn,
+        spec,
+        where,
+        limit,
+        offset,
+        collections=collections,
+        settings=settings,
+        item_columns=item_columns,
     )[0]
 
 
@@ -496,6 +574,7 @@ def similar_with_plan(
     *,
     collections: Sequence[str] | None = None,
     settings: SimilaritySettings | None = None,
+    item_columns: sql.Composable | None = None,
 ) -> tuple[list[Hit], Plan]:
     """``similar``, also returning how the query ran."""
     settings = settings or SimilaritySettings()
@@ -512,12 +591,32 @@ def similar_with_plan(
         raise InvalidInput(
             f"ef_search must be between {settings.ef_search_min} and {settings.ef_search_max}"
         )
-    # Settings are SET LOCAL: in a transaction of our own they end with it; inside the
-    # caller's transaction they are put back after the query.
-    restore = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     started = time.perf_counter()
-    with translated(), conn.transaction():
-        hits, plan = _similar(conn, spec, where, limit, offset, collections, settings, restore)
+    with translated():
+        if conn.autocommit:
+            # SET LOCAL needs a transaction block: an explicit one.
+            with conn.transaction():
+                hits, plan = _similar(
+                    conn, spec, where, limit, offset, collections, settings, item_columns
+                )
+        elif conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # A transaction of our own: its settings (SET LOCAL) end with it. Begun
+            # implicitly by the first statements, so BEGIN travels with them.
+            try:
+                hits, plan = _similar(
+                    conn, spec, where, limit, offset, collections, settings, item_columns
+                )
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        else:
+            # The caller's transaction: a savepoint, and the settings put back afterwards.
+            with conn.transaction():
+                hits, plan = _similar(
+                    conn, spec, where, limit, offset, collections, settings, item_columns,
+                    restore=True,
+                )  # fmt: skip
     metrics.observe_similarity(time.perf_counter() - started, plan.strategy)
     return hits, plan
 
@@ -530,27 +629,75 @@ def _similar(
     offset: int,
     collections: Sequence[str] | None,
     settings: SimilaritySettings,
-    restore: bool,
+    item_columns: sql.Composable | None,
+    *,
+    restore: bool = False,
 ) -> tuple[list[Hit], Plan]:
-    space = resolve_space(conn, spec, collections)
-    q, op, indexable = query_vector(conn, spec, space, settings)
+    wanted = limit + offset
+    ef = min(
+        max(spec.ef_search or settings.ef_search_default, 2 * wanted, settings.ef_search_min),
+        settings.ef_search_max,
+    )
+    # Every setting either strategy needs (the hnsw ones are inert in an exact scan), set
+    # in the first round trip together with the space lookup and the query item's vector.
+    gucs = {
+        "hnsw.ef_search": str(ef),
+        "hnsw.iterative_scan": settings.iterative_scan,
+        "hnsw.max_scan_tuples": str(settings.max_scan_tuples),
+        "work_mem": f"{settings.work_mem_mb}MB",
+        "jit": "off",
+        "max_parallel_workers_per_gather": "0",
+    }
+    scope = _scope(spec, collections)
+    _vector_adapters(conn)
+    with conn.pipeline():
+        set_cur = conn.execute(*_set_local_query(gucs))
+        space_cur = conn.execute(_SPACES_SQL, (scope,))
+        vector_cur = (
+            conn.execute(_ITEM_VECTOR_SQL, (spec.item.collection, spec.item.id), binary=True)
+            if spec.item is not None
+            else None
+        )
+        stats_cur = conn.execute(_STATS_SQL)
+    old_row = set_cur.fetchone()
+    assert old_row is not None
+    old = dict(zip(gucs, old_row[: len(gucs)], strict=True))
+    try:
+        space = _space_of(scope, space_cur.fetchall())
+        found = vector_cur.fetchone() if vector_cur is not None else None
+        q, op, indexable = query_vector(conn, spec, space, settings, item_vector=_stored(found))
+        hits, strategy, estimate = _rank(
+            conn, spec, space, q, op, indexable, where, wanted, collections, settings,
+            item_columns, stats_cur.fetchone(),
+        )  # fmt: skip
+    finally:
+        if restore:
+            _put_back(conn, old)
+    return hits[offset:], Plan(space, strategy, estimate, ef if strategy == "index" else None)
+
+
+def _rank(
+    conn: psycopg.Connection,
+    spec: SimilaritySpec,
+    space: Space,
+    q: np.ndarray,
+    op: str,
+    indexable: bool,
+    where: sql.Composable | None,
+    wanted: int,
+    collections: Sequence[str] | None,
+    settings: SimilaritySettings,
+    item_columns: sql.Composable | None,
+    stats: tuple[Any, ...] | None = None,
+) -> tuple[list[Hit], Literal["exact", "index"], float]:
+    """The ``wanted`` best hits, the strategy that found them and the filtered estimate."""
     vec = sql.SQL(space.vector_sql("e"))
-    qv = sql.SQL("%s::{}").format(sql.SQL(space.sql_type))
+    qv = sql.SQL("%(q)s::{}").format(sql.SQL(space.sql_type))
     distance = sql.SQL("{vec} {op} {q}").format(vec=vec, op=sql.SQL(op), q=qv)
     conditions: list[sql.Composable] = [sql.SQL("e.space_id = {}").format(sql.Literal(space.id))]
     if collections:
         conditions.append(
             sql.SQL("e.collection_id = any({})").format(sql.Literal(list(collections)))
-        )
-    refs = spec.references
-    if refs:
-        conditions.append(
-            sql.SQL("(e.collection_id, e.item_id) not in ({})").format(
-                sql.SQL(", ").join(
-                    sql.SQL("({}, {})").format(sql.Literal(r.collection), sql.Literal(r.id))
-                    for r in refs
-                )
-            )
         )
     if where is not None:
         conditions.append(sql.SQL("({})").format(where))
@@ -562,75 +709,113 @@ def _similar(
         else "from embeddings e join items i on i.collection_id = e.collection_id"
         " and i.id = e.item_id where {}"
     )
+    # The estimate leaves the few example items in (no difference to the count, and the
+    # same filter then has the same text, whatever the query item: see _estimates).
+    filtered = sql.SQL(source).format(sql.SQL(" and ").join(conditions))
+    refs = spec.references
+    if refs:
+        conditions.append(
+            sql.SQL("(e.collection_id, e.item_id) not in ({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("({}, {})").format(sql.Literal(r.collection), sql.Literal(r.id))
+                    for r in refs
+                )
+            )
+        )
     base = sql.SQL(source).format(sql.SQL(" and ").join(conditions))
-    # A text literal, typed as the space's vector type: the server parses it once. (A
-    # binary float8[] cast in SQL was re-evaluated per row.) map(repr) over a list of
-    # Python floats formats 768 values in ~0.1 ms; repr per numpy scalar took ~1 ms.
-    literal = "[" + ",".join(map(repr, q.astype(np.float64).tolist())) + "]"
-    wanted = limit + offset
-
-    exact_query = sql.SQL(
-        "with c as materialized (select e.collection_id, e.item_id, {d} as d {base})"
-        " select collection_id, item_id, d from c order by d, collection_id, item_id"
-        " limit {n}"
-    ).format(d=distance, base=base, n=sql.Literal(wanted))
+    params = {"q": _query_param(q, space)}
+    n = sql.Literal(wanted)
 
     strategy: Literal["exact", "index"] = "exact"
     estimate = -1.0
-    ef: int | None = None
     rows: list[tuple[Any, ...]] = []
     if not spec.exact and indexable:
         # Excluding the few example items is no filter: only a where clause or a
         # collection list can make the candidates a small fraction of the space. Both
         # estimates come from one EXPLAIN (a UNION ALL of the two counts' plans).
         compare = settings.exact_fraction > 0 and (where is not None or collections)
-        queries = [sql.SQL("select 1 {}").format(base)]
+        queries = [sql.SQL("select 1 {}").format(filtered)]
         if compare:
             queries.append(
                 sql.SQL("select 1 from embeddings e where e.space_id = {}").format(
                     sql.Literal(space.id)
                 )
             )
-        estimates = _estimates(conn, queries)
+        estimates = _estimates(conn, queries, stats)
         estimate = estimates[0]
         if estimate >= settings.exact_threshold:
             strategy = "index"
             if compare and estimate < settings.exact_fraction * estimates[1]:
                 strategy = "exact"
     if strategy == "index":
-        ef = min(
-            max(spec.ef_search or settings.ef_search_default, 2 * wanted, settings.ef_search_min),
-            settings.ef_search_max,
-        )
-        inner = sql.SQL("select e.collection_id, e.item_id, {d} as d {base} order by {d} limit {n}")
-        index_query: sql.Composed = inner.format(d=distance, base=base, n=sql.Literal(wanted))
-        params: list[Any] = [literal, literal]
+        ranked: sql.Composed = sql.SQL(
+            "select e.collection_id, e.item_id, {d} as d {base} order by {d} limit {n}"
+        ).format(d=distance, base=base, n=n)
         if settings.iterative_scan == "relaxed_order":
-            index_query = sql.SQL(
+            ranked = sql.SQL(
                 "with c as materialized ({}) select collection_id, item_id, d from c order by d"
-            ).format(index_query)
-        with _local_settings(
-            conn,
-            {
-                "hnsw.ef_search": str(ef),
-                "hnsw.iterative_scan": settings.iterative_scan,
-                "hnsw.max_scan_tuples": str(settings.max_scan_tuples),
-                "work_mem": f"{settings.work_mem_mb}MB",
-                "jit": "off",
-                "max_parallel_workers_per_gather": "0",
-            },
-            restore=restore,
-        ):
-            rows = conn.execute(index_query, params).fetchall()
+            ).format(ranked)
+        cur = conn.execute(_with_items(ranked, item_columns), params)
+        rows = cur.fetchall()
         if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
             strategy = "exact"
     if strategy == "exact":
-        with _local_settings(
-            conn, {"jit": "off", "work_mem": f"{settings.work_mem_mb}MB"}, restore=restore
-        ):
-            rows = conn.execute(exact_query, [literal]).fetchall()
-    hits = [Hit(c, i, float(d), _score(float(d), op, space.metric)) for c, i, d in rows[offset:]]
-    return hits, Plan(space, strategy, estimate, ef)
+        ranked = sql.SQL(
+            "with c as materialized (select e.collection_id, e.item_id, {d} as d {base})"
+            " select collection_id, item_id, d from c order by d, collection_id, item_id"
+            " limit {n}"
+        ).format(d=distance, base=base, n=n)
+        cur = conn.execute(_with_items(ranked, item_columns), params)
+        rows = cur.fetchall()
+    names = [c.name for c in cur.description or ()][3:] if rows and item_columns else []
+    hits = [
+        Hit(
+            r[0],
+            r[1],
+            float(r[2]),
+            _score(float(r[2]), op, space.metric),
+            dict(zip(names, r[3:], strict=True)) if names and r[3] is not None else None,
+        )
+        for r in rows
+    ]
+    return hits, strategy, estimate
+
+
+def _vector_adapters(conn: psycopg.Connection) -> None:
+    """pgvector's types on ``conn`` (registered once if the caller's connection lacks them)."""
+    try:
+        conn.adapters.get_dumper(HalfVector, PyFormat.BINARY)
+    except psycopg.ProgrammingError:
+        register_vector(conn)
+
+
+def _stored(row: tuple[Any, ...] | None) -> np.ndarray | None:
+    """The vector of an ``_ITEM_VECTOR_SQL`` row (HalfVector or Vector), if any."""
+    for value in row or ():
+        if isinstance(value, HalfVector | Vector):
+            return value.to_numpy()
+    return None
+
+
+def _query_param(q: np.ndarray, space: Space) -> HalfVector | Vector:
+    """The query vector as a parameter of the space's type, sent once in binary.
+
+    Measured at 1M x 768: ~1 ms less per query than a text literal (formatted in Python,
+    parsed by the server, twice: in the select list and in the ORDER BY). A binary float8[]
+    cast to the vector type in SQL is no alternative: it was evaluated per row.
+    """
+    return HalfVector(q) if space.storage == "halfvec" else Vector(q)
+
+
+def _with_items(ranked: sql.Composed, item_columns: sql.Composable | None) -> sql.Composed:
+    """``ranked`` (collection_id, item_id, d), with the items' columns joined if asked for."""
+    if item_columns is None:
+        return ranked
+    return sql.SQL(
+        "select r.collection_id, r.item_id, r.d, {cols} from ({ranked}) r"
+        " left join items i on i.collection_id = r.collection_id and i.id = r.item_id"
+        " order by r.d, r.collection_id, r.item_id"
+    ).format(cols=item_columns, ranked=ranked)
 
 
 def _score(distance: float, op: str, metric: str) -> float:
@@ -646,7 +831,6 @@ __all__ = [
     "SimilaritySettings",
     "SimilaritySpec",
     "parse_spec",
-    "resolve_space",
     "similar",
     "similar_with_plan",
 ]

@@ -129,6 +129,68 @@ def test_very_selective_filter_still_returns_every_match(conn, data) -> None:
     assert [h.item_id for h in hits] == expected
 
 
+def test_filtered_index_search_on_an_autocommit_connection(database_url, data) -> None:
+    """The search settings (iterative scan) hold on an autocommit connection too."""
+    box = (0, 0, 2, 2)  # ~4 % of the items: a plain index scan would not find 10
+    with psycopg.connect(database_url, autocommit=True) as auto:
+        hits, plan = similar_with_plan(
+            auto, item_spec(data, 0), bbox_where(box), K, settings=FORCE_INDEX
+        )
+    assert plan.strategy == "index"
+    assert [h.item_id for h in hits] == truth(data, 0, box)
+
+
+def test_row_estimate_follows_the_data_after_it_grows(conn) -> None:
+    """Estimates are remembered per filter, but not past a change of the tables."""
+    cid = f"grow-{uuid.uuid4().hex[:8]}"
+    load_collection(conn, cid, clustered_vectors(400, 8, clusters=4, seed=9), encoder_name=cid)
+    conn.execute("analyze items; analyze embeddings")
+    spec = SimilaritySpec.model_validate({"item": {"collection": cid, "id": item_ids(400)[1]}})
+    _, before = similar_with_plan(conn, spec, None, K)
+    for table, key in (("items", "id"), ("embeddings", "item_id")):
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns where table_name = %s"
+                " and is_generated = 'NEVER' and column_default is null order by ordinal_position",
+                (table,),
+            )
+        ]
+        copied = [f"{c} || '-b'" if c == key else c for c in columns]
+        conn.execute(
+            sql.SQL(
+                "insert into {t} ({cols}) select {vals} from {t} where collection_id = {c}"
+            ).format(
+                t=sql.Identifier(table),
+                cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+                vals=sql.SQL(", ".join(copied)),
+                c=sql.Literal(cid),
+            )
+        )
+    conn.execute("analyze items; analyze embeddings")
+    _, after = similar_with_plan(conn, spec, None, K)
+    assert before.estimated_rows == pytest.approx(400, rel=0.25)
+    assert after.estimated_rows == pytest.approx(800, rel=0.25)
+
+
+def test_float32_l2_space_ranks_by_item_and_by_vector(conn) -> None:
+    """Spaces stored as float32 ``vector`` (not halfvec) with the L2 metric."""
+    cid = f"f32-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(300, 16, clusters=5, seed=11).astype(np.float32)
+    load_collection(conn, cid, vectors, encoder_name=cid, storage="vector", metric="l2")
+    ids = item_ids(300)
+    dist = np.linalg.norm(vectors.astype(np.float64) - vectors[7], axis=1)
+    expected = [ids[j] for j in np.argsort(dist, kind="stable")[1:6]]
+    by_item = SimilaritySpec.model_validate({"item": {"collection": cid, "id": ids[7]}})
+    by_vector = SimilaritySpec.model_validate(
+        {"vector": vectors[7].tolist(), "collection": cid, "exact": True}
+    )
+    assert [h.item_id for h in similar(conn, by_item, None, 5, settings=FORCE_INDEX)] == expected
+    hits = similar(conn, by_vector, None, 6)
+    assert [h.item_id for h in hits] == [ids[7], *expected]
+    assert hits[1].distance == pytest.approx(dist[ids.index(expected[0])], rel=1e-5)
+
+
 def test_distance_and_score_are_cosine(conn, data) -> None:
     hits = similar(conn, item_spec(data, QUERY_ROWS[1], exact=True), None, 3)
     q = data.vectors[QUERY_ROWS[1]]
