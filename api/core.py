@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db import base_url as request_base_url
 from api.db import connection
+from api.responses import GeoJSONDocument
 from catalog import stac as stacrows
 from catalog.errors import InvalidInput
 from catalog.search import (
@@ -180,13 +181,15 @@ def _page_links_get(
 
 def _item_collection(
     features: list[dict[str, Any]], links: list[dict[str, Any]], base: str
-) -> dict[str, Any]:
-    return {
-        "type": "FeatureCollection",
-        "features": features,
-        "links": [{"rel": "root", "type": JSON, "href": base + "/"}, *links],
-        "numberReturned": len(features),
-    }
+) -> GeoJSONDocument:
+    return GeoJSONDocument(
+        {
+            "type": "FeatureCollection",
+            "features": features,
+            "links": [{"rel": "root", "type": JSON, "href": base + "/"}, *links],
+            "numberReturned": len(features),
+        }
+    )
 
 
 def _get_query(
@@ -376,7 +379,7 @@ class CoreClient(AsyncBaseCoreClient):
 
     async def get_item(  # type: ignore[override]
         self, item_id: str, collection_id: str, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> GeoJSONDocument:
         request: Request = kwargs["request"]
         base = request_base_url(request)
 
@@ -384,7 +387,7 @@ class CoreClient(AsyncBaseCoreClient):
             with connection(request) as conn:
                 return stacrows.get_item(conn, collection_id, item_id, base)
 
-        return await run_in_threadpool(work)
+        return GeoJSONDocument(await run_in_threadpool(work))
 
     async def item_collection(  # type: ignore[override]
         self,
@@ -394,7 +397,7 @@ class CoreClient(AsyncBaseCoreClient):
         limit: int | None = None,
         token: str | None = None,
         **kwargs: Any,
-    ) -> dict[str, Any]:
+    ) -> GeoJSONDocument:
         request: Request = kwargs["request"]
         base = request_base_url(request)
         search = _get_query(
@@ -430,7 +433,7 @@ class CoreClient(AsyncBaseCoreClient):
         datetime: Any = None,
         limit: int | None = None,
         **kwargs: Any,
-    ) -> dict[str, Any]:
+    ) -> GeoJSONDocument:
         request: Request = kwargs["request"]
         base = request_base_url(request)
         search = _get_query(
@@ -447,7 +450,7 @@ class CoreClient(AsyncBaseCoreClient):
 
     async def post_search(  # type: ignore[override]
         self, search_request: Any, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> GeoJSONDocument:
         request: Request = kwargs["request"]
         base = request_base_url(request)
         # Before serialising (pydantic's serialiser fails past its own depth limit).

@@ -18,8 +18,6 @@ from urllib.parse import urlencode
 
 import attr
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from psycopg import sql
-from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 from stac_fastapi.api.models import GeoJSONResponse
 from stac_fastapi.types.extension import ApiExtension
@@ -27,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db import base_url as request_base_url
 from api.db import connection
+from api.responses import GeoJSONDocument
 from catalog import stac as stacrows
 from catalog.errors import InvalidInput
 from catalog.search import SearchQuery, apply_fields, where_clause
@@ -118,24 +117,13 @@ def _offset(token: str | None) -> int:
     return int(token[len(TOKEN_PREFIX) :])
 
 
-def _features(conn: Any, hits: list[Hit], search: SearchQuery, base: str) -> list[dict[str, Any]]:
-    if not hits:
-        return []
-    query = sql.SQL("SELECT {} FROM items i WHERE (i.collection_id, i.id) IN ({})").format(
-        stacrows.ITEM_COLUMNS,
-        sql.SQL(", ").join(
-            sql.SQL("({}, {})").format(sql.Literal(h.collection_id), sql.Literal(h.item_id))
-            for h in hits
-        ),
-    )
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = {(r["collection_id"], r["id"]): r for r in cur.execute(query).fetchall()}
+def _features(hits: list[Hit], search: SearchQuery, base: str) -> list[dict[str, Any]]:
+    """STAC items of the hits (their rows were read by the ranking query itself)."""
     out = []
     for h in hits:
-        row = rows.get((h.collection_id, h.item_id))
-        if row is None:  # deleted between the ranking and this read
+        if h.item is None:  # no items row (cannot happen while the foreign key holds)
             continue
-        item = stacrows.item_to_stac(row, base)
+        item = stacrows.item_to_stac(h.item, base)
         item["properties"]["similarity:distance"] = h.distance
         item["properties"]["similarity:score"] = h.score
         out.append(apply_fields(item, search.fields) if search.fields else item)
@@ -157,8 +145,9 @@ def _search(
             offset,
             collections=search.collections,
             settings=_settings(request),
+            item_columns=stacrows.ITEM_COLUMNS,
         )
-        return _features(conn, hits, search, base)
+    return _features(hits, search, base)
 
 
 async def similarity_search(
@@ -167,7 +156,7 @@ async def similarity_search(
     spec: SimilaritySpec | dict[str, Any],
     *,
     get_path: str | None = None,
-) -> dict[str, Any]:
+) -> GeoJSONDocument:
     """A ranked ItemCollection for ``search`` + ``spec`` (POST links unless ``get_path``)."""
     spec = parse_spec(spec)
     base = request_base_url(request)
@@ -202,12 +191,14 @@ async def similarity_search(
         for rel, at in pages:
             query = urlencode({**params, "token": f"{TOKEN_PREFIX}{at}"})
             links.append({"rel": rel, "type": GEOJSON, "href": f"{base}{get_path}?{query}"})
-    return {
-        "type": "FeatureCollection",
-        "features": features,
-        "links": [{"rel": "root", "type": JSON_TYPE, "href": base + "/"}, *links],
-        "numberReturned": len(features),
-    }
+    return GeoJSONDocument(
+        {
+            "type": "FeatureCollection",
+            "features": features,
+            "links": [{"rel": "root", "type": JSON_TYPE, "href": base + "/"}, *links],
+            "numberReturned": len(features),
+        }
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -287,7 +278,7 @@ def similar_router() -> APIRouter:
             int | None, Query(ge=1, le=1000, description=("HNSW search effort"))
         ] = None,
         token: Annotated[str | None, Query(description="Page token (sim:<offset>)")] = None,
-    ) -> dict[str, Any]:
+    ) -> GeoJSONDocument:
         app_settings = request.app.state.settings
         size = k or limit or int(app_settings.default_limit)
         search = SearchQuery(

@@ -123,3 +123,29 @@ def test_collection_scoped_key_cannot_touch_other_collection(
         headers=auth(scoped),
     )
     assert (r1.status_code, r2.status_code) == (201, 403)
+
+
+def test_item_with_a_time_range_is_served_with_null_datetime(
+    live_server, writer, new_collection_id
+) -> None:
+    """STAC requires ``datetime`` on every item, null when a start/end range is given."""
+    cid = new_collection_id()
+    r = httpx.post(live_server + "/collections", json=collection_json(cid), headers=auth(writer))
+    assert r.status_code == 201, r.text
+    item = make_item(cid, 1, random.Random(3))
+    item["properties"].update(
+        datetime=None,
+        start_datetime="2021-03-01T00:00:00Z",
+        end_datetime="2021-03-31T23:59:59Z",
+    )
+    r = httpx.post(f"{live_server}/collections/{cid}/items", json=item, headers=auth(writer))
+    assert r.status_code == 201, r.text
+    served = [
+        httpx.get(f"{live_server}/collections/{cid}/items/{item['id']}").json(),
+        httpx.get(f"{live_server}/collections/{cid}/items").json()["features"][0],
+        httpx.post(f"{live_server}/search", json={"collections": [cid]}).json()["features"][0],
+    ]
+    for feature in served:
+        props = feature["properties"]
+        assert "datetime" in props and props["datetime"] is None
+        assert props["start_datetime"] == "2021-03-01T00:00:00Z"
