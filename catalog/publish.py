@@ -22,8 +22,9 @@ While the database merges one chunk, the reader prepares the next, so Python and
 server work at the same time. A bad row anywhere (even in the last chunk) rolls back the
 chunks already merged: nothing is written.
 
-Memory is bounded by the record batch, never by the input size. Item JSON is built in SQL
-from a constant template (catalog.stacgen) plus per-row columns.
+Memory is bounded by the record batch, never by the input size. The reader thread builds
+each item's JSON documents column-wise (Arrow string kernels) from a constant template
+(catalog.stacgen) plus the row's columns; the merge inserts them as they are.
 
 The merge lock: a publish that builds an HNSW index holds a SHARE lock on ``embeddings``
 until commit, which would deadlock against another publish's ANALYZE or insert; so index
@@ -41,11 +42,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import numpy as np
+import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,6 +68,7 @@ from catalog.settings import DatabaseSettings
 from catalog.spaces import Space
 from catalog.stacgen import (
     SOURCE_MEDIA_TYPE,
+    ItemTemplate,
     build_collection,
     default_collection_id,
     item_template,
@@ -78,7 +83,8 @@ MODES: tuple[str, ...] = ("insert", "upsert", "ignore")
 MAX_REPORTED = 10  # offending rows named in an error
 BATCH_BYTES = 16 << 20  # vector bytes per record batch (memory is bounded by it)
 CHUNK_BYTES = 64 << 20  # vector bytes staged and merged at a time
-QUEUED_BATCHES = 4  # encoded batches the reader thread may run ahead
+QUEUED_BATCHES = 8  # encoded batches the reader thread may run ahead
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _MIN_US = -2_208_988_800_000_000  # 1900-01-01
 _MAX_US = 4_102_444_800_000_000  # 2100-01-01
@@ -86,7 +92,11 @@ _URL_SAFE = r"^[A-Za-z0-9._~-]+$"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _NULL = struct.pack(">i", -1)
-_STAGE_FIELDS = 15
+_STAGE_FIELDS = 7
+# The staging table's rows (a vector plus three item documents, 3-5 kB) stay inline and
+# uncompressed: TOAST would compress or move them out of line on the way in, only to
+# decompress them again for the merge.
+_TOAST_TARGET_MAX = 8160
 _ANALYZE_ITEM_COLUMNS = (
     "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"
 )
@@ -274,8 +284,9 @@ def _validate_batch(
     dims: int,
     storage: str,
     problems: _Problems,
-) -> np.ndarray | None:
-    """Check one batch; return the stored float32 values (n, dims) or None if rows are bad."""
+) -> tuple[np.ndarray, list[Any]] | None:
+    """Check one batch; return the stored float32 values (n, dims) and the batch's extent
+    (min lon, min lat, max lon, max lat, first and last datetime), or None if rows are bad."""
     n = batch.num_rows
     ids = batch.column("id")
     before = problems.count
@@ -356,7 +367,21 @@ def _validate_batch(
         problems.add(shard, offset, ids, _where(~finite), what)
     if problems.count > before:
         return None
-    return stored
+    extent = [
+        float(bounds[:, 0].min()), float(bounds[:, 1].min()),
+        float(bounds[:, 2].max()), float(bounds[:, 3].max()),
+        _EPOCH + timedelta(microseconds=int(us.min())),
+        _EPOCH + timedelta(microseconds=int(us.max())),
+    ]  # fmt: skip
+    return stored, extent
+
+
+def _union(a: list[Any] | None, b: list[Any]) -> list[Any]:
+    """The extent covering extents ``a`` (or nothing) and ``b``."""
+    if a is None:
+        return list(b)
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]),
+            min(a[4], b[4]), max(a[5], b[5])]  # fmt: skip
 
 
 def _datetime_us(col: pa.Array) -> np.ndarray:
@@ -372,105 +397,182 @@ def _tail_dtype(dims: int, storage: str) -> np.dtype:
     return np.dtype(
         [
             ("l_dt", ">i4"), ("dt", ">i8"),
-            ("l_wc", ">i4"), ("wc", ">i4"),
-            ("l_wr", ">i4"), ("wr", ">i4"),
-            ("l_ww", ">i4"), ("ww", ">i4"),
-            ("l_wh", ">i4"), ("wh", ">i4"),
-            ("l_nd", ">i4"), ("nd", ">f4"),
-            ("l_ck", ">i4"), ("ck", "V32"),
             ("l_e", ">i4"), ("e_dim", ">u2"), ("e_unused", ">u2"), ("e", value, (dims,)),
         ]
     )  # fmt: skip
 
 
-class _Encoder:
-    """Encodes validated record batches as PostgreSQL binary COPY rows of the staging table."""
+_BIN = pa.binary()
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_JSONB_V1 = pa.scalar(b"\x01", _BIN)  # binary jsonb: format version 1, then the text
 
-    def __init__(self, dims: int, storage: str) -> None:
+
+def _const(value: bytes) -> pa.Scalar:
+    return pa.scalar(value, _BIN)
+
+
+def _fixed(data: bytes, width: int, n: int) -> pa.Array:
+    """``n`` values of ``width`` bytes each (taken from ``data``) as a binary array."""
+    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(data)])
+    return arr.cast(_BIN)
+
+
+def _field_lengths(values: pa.Array, extra: int = 0) -> pa.Array:
+    """The 4-byte big-endian COPY field header (byte length + ``extra``) of each value."""
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(">i4") + extra
+    return _fixed(lengths.astype(">i4").tobytes(), 4, len(values))
+
+
+def _json_strings(col: pa.Array) -> pa.Array:
+    """Each value as a JSON string (escaped once per distinct value, with orjson)."""
+    enc = pc.dictionary_encode(col)
+    words = pa.array([orjson.dumps(v) for v in enc.dictionary.to_pylist()], _BIN)
+    return pc.take(words, enc.indices)
+
+
+def _json_ints(col: pa.Array) -> pa.Array:
+    return pc.cast(col, pa.string()).cast(_BIN)
+
+
+def _nodata_numbers(col: pa.Array) -> pa.Array:
+    """``round(x::numeric, 6)`` of each float4 value as PostgreSQL writes it (``0.250000``):
+    PostgreSQL's shortest float4 text, rounded half away from zero. Once per distinct value
+    (a shard has few)."""
+    enc = pc.dictionary_encode(col)
+    q = Decimal("0.000001")
+    words = [
+        str(
+            Decimal(np.format_float_positional(np.float32(v), unique=True)).quantize(
+                q, ROUND_HALF_UP
+            )
+        ).encode()
+        for v in enc.dictionary.to_pylist()
+    ]
+    return pc.take(pa.array(words, _BIN), enc.indices)
+
+
+def _timestamps(us: np.ndarray) -> pa.Array:
+    """RFC 3339 UTC texts as the catalogue writes them: microseconds only when non-zero.
+    Formatted once per distinct value (the chips of a scene share theirs)."""
+    enc = pc.dictionary_encode(pa.array(us, pa.timestamp("us")))
+    text = pc.strftime(enc.dictionary, format="%Y-%m-%dT%H:%M:%S")
+    text = pc.replace_substring_regex(text, r"\.000000$", "").cast(_BIN)
+    return pc.take(text, enc.indices)
+
+
+class _Encoder:
+    """Encodes validated record batches as PostgreSQL binary COPY rows of the staging table.
+
+    Each row's item documents (properties, assets, links) are built here, column-wise with
+    Arrow's string kernels from the publish's constant template plus the row's columns, so
+    the merge only inserts them. This runs in the reader thread while the database merges
+    the previous chunk; building them in SQL (jsonb_build_object per row) made the items
+    merge the slowest step of a publish. No Python loop over rows other than the checksum.
+    """
+
+    def __init__(self, dims: int, storage: str, template: ItemTemplate) -> None:
         self.dims = dims
         self.storage = storage
         self.dtype = _tail_dtype(dims, storage)
         self.header = npy_header(dims)
         self.base_hash = hashlib.sha256(self.header)
         self.vbytes = 2 if storage == "halfvec" else 4
-        self._lens = {
-            "l_dt": 8, "l_wc": 4, "l_wr": 4, "l_ww": 4, "l_wh": 4, "l_nd": 4, "l_ck": 32,
-            "l_e": 4 + self.vbytes * dims,
-        }  # fmt: skip
-        self._fields = struct.pack(">h", _STAGE_FIELDS)
+        self._fields = _const(struct.pack(">h", _STAGE_FIELDS))
+        inner = orjson.dumps(template.properties)[1:-1]
+        self._props_open = _const(b"{" + inner + b"," if inner else b"{")
+        asset = orjson.dumps(template.asset)[1:-1]
+        self._asset_open = _const(b'{"embeddings":{' + asset + (b"," if asset else b""))
+        self._href_prefix = _const(b'"href":' + orjson.dumps(template.href_prefix)[:-1])
+        self._href_suffix = _const(orjson.dumps(template.href_suffix)[1:])
+        self._src_type = _const(b',"type":' + orjson.dumps(SOURCE_MEDIA_TYPE) + b',"title":')
 
-    def encode(self, batch: pa.RecordBatch, stored: np.ndarray) -> bytes:
-        n = batch.num_rows
-        tail = np.empty(n, dtype=self.dtype)
-        for name, length in self._lens.items():
-            tail[name] = length
-        tail["dt"] = _datetime_us(batch.column("datetime")) - _PG_EPOCH_US
-        tail["wc"] = batch.column("window_col").to_numpy()
-        tail["wr"] = batch.column("window_row").to_numpy()
-        tail["ww"] = batch.column("window_width").to_numpy()
-        tail["wh"] = batch.column("window_height").to_numpy()
-        tail["nd"] = batch.column("nodata_fraction").to_numpy()
-        tail["e_dim"] = self.dims
-        tail["e_unused"] = 0
-        tail["e"] = stored  # cast to big-endian float16/float32
-        # file:checksum of the canonical .npy bytes: header + little-endian float32 values
+    def _digests(self, stored: np.ndarray) -> np.ndarray:
+        """sha256 of each vector's canonical .npy bytes (header + little-endian float32)."""
         le = np.ascontiguousarray(stored, dtype="<f4")
         mv = le.data.cast("B")
         row = 4 * self.dims
         base = self.base_hash
         digests = bytearray()
-        for i in range(n):
+        for i in range(len(stored)):
             h = base.copy()
             h.update(mv[i * row : (i + 1) * row])
             digests += h.digest()
-        tail["ck"] = np.frombuffer(bytes(digests), dtype="V32")
-        tail_mv = memoryview(tail.tobytes())
-        size = self.dtype.itemsize
+        return np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32)
 
-        ids = batch.column("id").to_pylist()
-        safe = pc.match_substring_regex(batch.column("id"), _URL_SAFE).to_numpy(False)
-        wkbs = batch.column("geometry").to_pylist()
-        sources = [
-            batch.column(c).to_pylist()
-            for c in ("source_item", "source_asset", "source_href", "source_crs")
-        ]
-        cache: dict[str, bytes] = {}
+    def _documents(
+        self, batch: pa.RecordBatch, us: np.ndarray, digests: np.ndarray
+    ) -> list[pa.Array]:
+        """The properties, assets and links fields (COPY headers included) of each row."""
+        n = batch.num_rows
+        col = batch.column
+        join = pc.binary_join_element_wise
+        item = _json_strings(col("source_item"))
+        c, r = _json_ints(col("window_col")), _json_ints(col("window_row"))
+        w, h = _json_ints(col("window_width")), _json_ints(col("window_height"))
+        props = join(
+            self._props_open, _const(b'"datetime":"'), _timestamps(us),
+            _const(b'Z","proj:code":'), _json_strings(col("source_crs")),
+            _const(b',"proj:shape":['), h, _const(b","), w,
+            _const(b'],"embcat:source_item":'), item,
+            _const(b',"embcat:source_asset":'), _json_strings(col("source_asset")),
+            _const(b',"embcat:window":['), c, _const(b","), r, _const(b","), w, _const(b","), h,
+            _const(b'],"embcat:nodata_fraction":'), _nodata_numbers(col("nodata_fraction")),
+            _const(b"}"), b"",
+        )  # fmt: skip
+        ids = col("id")
+        safe = pc.match_substring_regex(ids, _URL_SAFE)
+        if pc.all(safe).as_py():
+            href_ids = ids.cast(_BIN)
+        else:  # ids outside the URL-safe set are percent-encoded in the href (rare)
+            href_ids = pa.array(
+                [
+                    v if ok else quote(v, safe="")
+                    for v, ok in zip(ids.to_pylist(), safe.to_pylist(), strict=True)
+                ],
+                pa.string(),
+            ).cast(_BIN)
+        hexed = np.empty((n, 64), dtype=np.uint8)
+        hexed[:, 0::2] = _HEX[digests >> 4]
+        hexed[:, 1::2] = _HEX[digests & 15]
+        assets = join(
+            self._asset_open, self._href_prefix, href_ids, self._href_suffix,
+            _const(b',"file:checksum":"1220'), _fixed(hexed.tobytes(), 64, n), _const(b'"}}'),
+            b"",
+        )  # fmt: skip
+        links = join(
+            _const(b'[{"rel":"derived_from","href":'), _json_strings(col("source_href")),
+            self._src_type, item, _const(b"}]"), b"",
+        )  # fmt: skip
+        out: list[pa.Array] = []
+        for doc in (props, assets, links):
+            out += [_field_lengths(doc, extra=1), _JSONB_V1, doc]
+        return out
 
-        def text(value: str) -> bytes:
-            out = cache.get(value)
-            if out is None:
-                raw = value.encode()
-                out = struct.pack(">i", len(raw)) + raw
-                if len(cache) < 4096:
-                    cache[value] = out
-            return out
-
-        pack = struct.Struct(">i").pack
-        fields = self._fields
-        pieces: list[bytes | memoryview] = []
-        append = pieces.append
-        for i in range(n):
-            rid = ids[i].encode()
-            append(fields)
-            append(pack(len(rid)))
-            append(rid)
-            if safe[i]:
-                append(_NULL)
-            else:
-                from urllib.parse import quote
-
-                q = quote(ids[i], safe="").encode()
-                append(pack(len(q)))
-                append(q)
-            wkb = wkbs[i]
-            append(pack(len(wkb)))
-            append(wkb)
-            append(text(sources[0][i]))
-            append(text(sources[1][i]))
-            append(text(sources[2][i]))
-            append(text(sources[3][i]))
-            append(tail_mv[i * size : (i + 1) * size])
-        return b"".join(pieces)
+    def encode(self, batch: pa.RecordBatch, stored: np.ndarray) -> memoryview:
+        """The batch's rows in COPY BINARY form (one contiguous buffer)."""
+        n = batch.num_rows
+        us = _datetime_us(batch.column("datetime"))
+        tail = np.empty(n, dtype=self.dtype)
+        tail["l_dt"] = 8
+        tail["dt"] = us - _PG_EPOCH_US
+        tail["l_e"] = 4 + self.vbytes * self.dims
+        tail["e_dim"] = self.dims
+        tail["e_unused"] = 0
+        tail["e"] = stored  # cast to big-endian float16/float32
+        ids = batch.column("id").cast(_BIN)
+        wkbs = batch.column("geometry").cast(_BIN)
+        rows = pc.binary_join_element_wise(
+            self._fields,
+            _field_lengths(ids), ids,
+            _field_lengths(wkbs), wkbs,
+            *self._documents(batch, us, self._digests(stored)),
+            _fixed(tail.tobytes(), self.dtype.itemsize, n),
+            b"",
+        )  # fmt: skip
+        offsets = np.frombuffer(
+            rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=4 * rows.offset
+        )
+        return memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -484,11 +586,9 @@ def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
 def _stage_sql(space: Space) -> str:
     return f"""
 CREATE TEMP TABLE publish_staging (
-    id text, href_id text, wkb bytea,
-    source_item text, source_asset text, source_href text, source_crs text,
-    datetime timestamptz, window_col int4, window_row int4, window_width int4,
-    window_height int4, nodata_fraction float4, digest bytea, embedding {space.storage}
-) ON COMMIT DROP"""
+    id text, wkb bytea, properties jsonb, assets jsonb, links jsonb, datetime timestamptz,
+    embedding {space.storage}
+) WITH (toast_tuple_target = {_TOAST_TARGET_MAX}) ON COMMIT DROP"""
 
 
 def _existing_collection(
@@ -537,25 +637,7 @@ WITH merged AS (
   INSERT INTO items (collection_id, id, geometry, bbox, datetime, properties, assets, links)
   SELECT %(cid)s::text, s.id, g.geom,
          ARRAY[ST_XMin(g.geom), ST_YMin(g.geom), ST_XMax(g.geom), ST_YMax(g.geom)],
-         s.datetime,
-         %(props)s::jsonb || jsonb_build_object(
-            'datetime', to_char(s.datetime AT TIME ZONE 'UTC',
-                CASE WHEN extract(microseconds FROM s.datetime)::bigint %% 1000000 = 0
-                     THEN 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
-                     ELSE 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' END),
-            'proj:code', s.source_crs,
-            'proj:shape', jsonb_build_array(s.window_height, s.window_width),
-            'embcat:source_item', s.source_item,
-            'embcat:source_asset', s.source_asset,
-            'embcat:window', jsonb_build_array(s.window_col, s.window_row,
-                                               s.window_width, s.window_height),
-            'embcat:nodata_fraction', round(s.nodata_fraction::numeric, 6)),
-         jsonb_build_object('embeddings', %(asset)s::jsonb || jsonb_build_object(
-            'href', %(href_prefix)s::text || coalesce(s.href_id, s.id) || %(href_suffix)s::text,
-            'file:checksum', '1220' || encode(s.digest, 'hex'))),
-         jsonb_build_array(jsonb_build_object(
-            'rel', 'derived_from', 'href', s.source_href, 'type', %(src_type)s::text,
-            'title', s.source_item))
+         s.datetime, s.properties, s.assets, s.links
     FROM publish_staging s
     CROSS JOIN LATERAL (SELECT ST_GeomFromWKB(s.wkb, 4326) AS geom) g
   {conflict}
@@ -678,7 +760,9 @@ def _publish_tx(
     )  # fmt: skip
     for key in ("stage_s", "merge_items_s", "merge_embeddings_s"):
         timings[key] = 0.0
-    rows = _load(conn, manifest, shard_paths, storage, progress, state)
+    # The items' constant parts; the space's id is not part of them.
+    template = item_template(manifest, cid, staging_space)
+    rows = _load(conn, manifest, shard_paths, template, progress, state)
     if rows == 0 or state.space is None:
         raise InvalidInput("the run has no rows to publish")
     space = state.space
@@ -771,7 +855,6 @@ class _MergeState:
     updated: int = 0
     extent: list[Any] | None = None
     chunks: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 _DONE = object()
@@ -780,6 +863,7 @@ _DONE = object()
 def _produce(
     manifest: Manifest,
     shard_paths: list[Path],
+    template: ItemTemplate,
     storage: str,
     problems: _Problems,
     out: queue.Queue[Any],
@@ -787,9 +871,9 @@ def _produce(
 ) -> None:
     """Read, validate and encode record batches into ``out`` (runs in its own thread).
 
-    Puts ``(rows, COPY bytes or None)`` per batch (None once any row is bad: from then on
-    batches are only validated, to name more offending rows), then ``_DONE``, or the
-    exception that stopped it. Returns early when ``stop`` is set.
+    Puts ``(rows, COPY bytes or None, extent or None)`` per batch (None once any row is
+    bad: from then on batches are only validated, to name more offending rows), then
+    ``_DONE``, or the exception that stopped it. Returns early when ``stop`` is set.
     """
 
     def put(item: Any) -> bool:
@@ -804,19 +888,20 @@ def _produce(
     try:
         dims = manifest.encoder.dimensions
         batch_rows = int(min(16384, max(256, BATCH_BYTES // (4 * dims))))
-        encoder = _Encoder(dims, storage)
+        encoder = _Encoder(dims, storage, template)
         for path in shard_paths:
             offset = 0
             for batch in _iter_batches(path, batch_rows):
                 if stop.is_set():
                     return
-                stored = _validate_batch(batch, path.name, offset, dims, storage, problems)
-                data = None
-                if stored is not None and problems.count == 0:
+                checked = _validate_batch(batch, path.name, offset, dims, storage, problems)
+                data, extent = None, None
+                if checked is not None and problems.count == 0:
+                    stored, extent = checked
                     # a memoryview: the writer slices it into 128 kB pieces without copies
-                    data = memoryview(encoder.encode(batch, stored))
+                    data = encoder.encode(batch, stored)
                 offset += batch.num_rows
-                if not put((batch.num_rows, data)) or problems.full:
+                if not put((batch.num_rows, data, extent)) or problems.full:
                     break
             if problems.full:
                 break
@@ -829,7 +914,7 @@ def _load(
     conn: psycopg.Connection,
     manifest: Manifest,
     shard_paths: list[Path],
-    storage: str,
+    template: ItemTemplate,
     progress: bool,
     state: _MergeState,
 ) -> int:
@@ -851,7 +936,7 @@ def _load(
     stop = threading.Event()
     reader = threading.Thread(
         target=_produce,
-        args=(manifest, shard_paths, storage, problems, q, stop),
+        args=(manifest, shard_paths, template, state.storage, problems, q, stop),
         name="publish-reader",
         daemon=True,
     )
@@ -865,6 +950,7 @@ def _load(
         done = False
         while not done:
             staged = 0
+            extent: list[Any] | None = None
             t = time.perf_counter()
             with (
                 conn.cursor() as cur,
@@ -881,18 +967,20 @@ def _load(
                         break
                     if isinstance(item, BaseException):
                         raise item
-                    n, data = item
+                    n, data, batch_extent = item
                     rows += n
                     bar.update(n)
                     if data is not None and not problems.count:
                         copy.write(data)
                         staged += n
+                        extent = _union(extent, batch_extent)
                 copy.write(_COPY_TRAILER)
             state.timings["stage_s"] += time.perf_counter() - t
             if problems.count:
                 continue  # drain the reader: it names up to MAX_REPORTED bad rows
             if staged:
-                _merge_chunk(conn, state)
+                assert extent is not None
+                _merge_chunk(conn, state, staged, extent)
         if problems.count:
             raise InvalidInput(
                 f"invalid input, nothing was published ({problems.count}"
@@ -906,8 +994,11 @@ def _load(
     return rows
 
 
-def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
-    """Check the staged chunk, then INSERT .. SELECT it into items and embeddings."""
+def _merge_chunk(
+    conn: psycopg.Connection, state: _MergeState, staged: int, extent: list[Any]
+) -> None:
+    """Check the staged chunk (``staged`` rows within ``extent``), then INSERT .. SELECT
+    it into items and embeddings."""
     manifest, cid, timings = state.manifest, state.cid, state.timings
     enc = manifest.encoder
     # duplicate ids: within the chunk, or already seen in an earlier chunk of this run
@@ -917,8 +1008,7 @@ def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
         " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins",
         (state.chunks,),
     ).fetchone()
-    staged = conn.execute("select count(*) from publish_staging").fetchone()
-    if fresh != staged:
+    if fresh != (staged,):
         dups = conn.execute(
             "select s.id, count(*) + max(case when p.chunk < %(k)s then 1 else 0 end)"
             " from publish_staging s left join publish_ids p on p.id = s.id group by s.id"
@@ -928,20 +1018,7 @@ def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
         ).fetchall()
         listed = ", ".join(f"{d[0]!r} ({d[1]}x)" for d in dups)
         raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
-    ext = conn.execute(
-        "select min(ST_XMin(g)), min(ST_YMin(g)), max(ST_XMax(g)), max(ST_YMax(g)),"
-        " min(datetime), max(datetime)"
-        " from (select ST_GeomFromWKB(wkb, 4326) g, datetime from publish_staging) s"
-    ).fetchone()
-    assert ext is not None
-    if state.extent is None:
-        state.extent = list(ext)
-    else:
-        state.extent = [
-            min(state.extent[0], ext[0]), min(state.extent[1], ext[1]),
-            max(state.extent[2], ext[2]), max(state.extent[3], ext[3]),
-            min(state.extent[4], ext[4]), max(state.extent[5], ext[5]),
-        ]  # fmt: skip
+    state.extent = _union(state.extent, extent)
 
     if state.space is None:  # first chunk: the space, the collection row, the merge lock
         space = spaces_mod.get_or_create_space(
@@ -969,17 +1046,12 @@ def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
         )
         lock = "pg_advisory_xact_lock" if state.build else "pg_advisory_xact_lock_shared"
         conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
-        tpl = item_template(manifest, cid, space)
-        state.params = {
-            "cid": cid,
-            "props": Jsonb(tpl.properties),
-            "asset": Jsonb(tpl.asset),
-            "href_prefix": tpl.href_prefix,
-            "href_suffix": tpl.href_suffix,
-            "src_type": SOURCE_MEDIA_TYPE,
-        }
     space = state.space
-    if state.mode == "insert":
+    # A collection this publish created holds nothing but what it merges, and the run's
+    # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative
+    # insertion, and nothing to clash with.
+    mode = "insert" if state.created else state.mode
+    if state.mode == "insert" and not state.created:
         clash = conn.execute(
             "select s.id from publish_staging s join items i"
             " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
@@ -992,13 +1064,13 @@ def _merge_chunk(conn: psycopg.Connection, state: _MergeState) -> None:
                 " (use --mode upsert or --mode ignore)"
             )
     t = time.perf_counter()
-    counts = conn.execute(_merge_items_sql(state.mode), state.params).fetchone()
+    counts = conn.execute(_merge_items_sql(mode), {"cid": cid}).fetchone()
     assert counts is not None
     state.inserted += int(counts[0])
     state.updated += int(counts[1])
     timings["merge_items_s"] += time.perf_counter() - t
     t = time.perf_counter()
-    conn.execute(_merge_embeddings_sql(state.mode, space), {"cid": cid, "space": space.id})
+    conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
     timings["merge_embeddings_s"] += time.perf_counter() - t
     conn.execute("TRUNCATE publish_staging")
 

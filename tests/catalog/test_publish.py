@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,68 @@ def test_bad_input_in_a_later_chunk_is_named_and_nothing_is_written(
     with pytest.raises(InvalidInput, match=message):
         publish(bad, collection_id=_name(), settings=db_settings, progress=False)
     assert _snapshot(db_settings.database_url) == before
+
+
+_AWKWARD_TEXT = ['scene "A"\\b', "szène-ü/ø", "tab\there", "line\nbreak", "emoji 🛰", "x"]
+_AWKWARD_NODATA = [0.0, 1.0, 0.25, 1 / 3, 0.1234565, 0.0000005, 0.9999996, 0.1]
+
+
+def _awkward_values(rank: int, cols: dict[str, Any]) -> None:
+    """Strings that need JSON escaping, ids that need percent-encoding, microseconds,
+    and nodata fractions at the edge of rounding to 6 places."""
+
+    n = len(cols["id"])
+    for i in range(n):
+        text = _AWKWARD_TEXT[i % len(_AWKWARD_TEXT)]
+        cols["source_item"][i] = f"{text} {i % 3}"
+        cols["source_asset"][i] = text
+        cols["source_href"][i] = f"/data/{text}.tif"
+        cols["source_crs"][i] = "EPSG:32633" if i % 2 else 'EPSG:"odd"'
+        cols["nodata_fraction"][i] = _AWKWARD_NODATA[i % len(_AWKWARD_NODATA)]
+        cols["datetime"][i] += timedelta(microseconds=(i * 12_345) % 1_000_000 if i % 3 else 0)
+        if i % 4 == 0:
+            cols["id"][i] = f"chip {rank}/{i}?é"
+
+
+def test_item_documents_hold_each_rows_values(tmp_path: Path, db_settings: DatabaseSettings):
+    from urllib.parse import quote
+
+    import pyarrow.parquet as pq
+
+    from catalog.stacgen import SOURCE_MEDIA_TYPE
+
+    awkward = write_run(
+        tmp_path / "awk", 24, dims=8, seed=3, mutate=_awkward_values, encoder=_name()
+    )
+    cid = _name()
+    publish(awkward, collection_id=cid, settings=db_settings, progress=False)
+    rows = pq.read_table(sorted(awkward.glob("*.parquet"))).to_pylist()
+    url = db_settings.database_url
+    with psycopg.connect(url) as c:
+        stored = {r[0]: r for r in _items(url, cid)}
+        assert len(stored) == len(rows) == 24
+        for row in rows:
+            _, _, _, props, assets, links, _ = stored[row["id"]]
+            # PostgreSQL's own round(float4::numeric, 6) is the reference for the fraction
+            nodata = c.execute(
+                "select round(%s::float4::numeric, 6)", (row["nodata_fraction"],)
+            ).fetchone()[0]  # type: ignore[index]
+            dt = row["datetime"].astimezone(UTC)
+            assert props["datetime"] == dt.strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ" if dt.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+            )
+            assert props["proj:code"] == row["source_crs"]
+            assert props["proj:shape"] == [row["window_height"], row["window_width"]]
+            assert props["embcat:source_item"] == row["source_item"]
+            assert props["embcat:source_asset"] == row["source_asset"]
+            assert props["embcat:window"] == [
+                row["window_col"], row["window_row"], row["window_width"], row["window_height"]
+            ]  # fmt: skip
+            assert props["embcat:nodata_fraction"] == float(nodata)
+            assert assets["embeddings"]["href"] == (
+                f"/collections/{quote(cid, safe='')}/items/{quote(row['id'], safe='')}/embedding"
+            )
+            assert links == [
+                {"rel": "derived_from", "href": row["source_href"], "type": SOURCE_MEDIA_TYPE,
+                 "title": row["source_item"]}
+            ]  # fmt: skip
