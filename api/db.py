@@ -9,7 +9,9 @@ committed on success) from a thread (``starlette.concurrency.run_in_threadpool``
 
 from __future__ import annotations
 
+import select
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +21,7 @@ import psycopg
 import psycopg_pool
 from fastapi import Request
 from pgvector.psycopg import register_vector
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from api.settings import ApiSettings
@@ -42,6 +45,10 @@ RECONNECT_TIMEOUT_S = 3.0
 # While the database is unreachable (the last connection attempt failed and no connection
 # is idle), a request waits at most this long (a fresh attempt) before its 503.
 UNREACHABLE_WAIT_S = 1.0
+# A connection returned to the pool less than this long ago is handed out again without a
+# round trip to the server when its socket has nothing to read (see ApiPool._quiet).
+# Longer idle connections get the full check: a firewall may drop them without a word.
+QUIET_S = 10.0
 
 
 class ApiPool(psycopg_pool.ConnectionPool):
@@ -51,9 +58,41 @@ class ApiPool(psycopg_pool.ConnectionPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._unreachable_since: float | None = None
-        super().__init__(*args, check=self._check_or_sweep, **kwargs)
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        super().__init__(*args, check=self._check_or_sweep, reset=self._returned, **kwargs)
+
+    def _returned(self, conn: psycopg.Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def _quiet(self, conn: psycopg.Connection) -> bool:
+        """Recently returned, idle, and nothing to read on its socket: alive.
+
+        A server that ends a connection (a restart, pg_terminate_backend, a crash of the
+        backend) sends a FATAL message and closes the socket, which makes it readable; a
+        live idle connection has nothing to say. A local poll, not the round trip of
+        ``check_connection`` (0.4 ms, a tenth of a fast query).
+        """
+        at = self._returned_at.get(conn)
+        if at is None or time.monotonic() - at > QUIET_S:
+            return False
+        if (
+            conn.closed
+            or conn.pgconn.status != ConnStatus.OK
+            or conn.pgconn.transaction_status != TransactionStatus.IDLE
+        ):
+            return False
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+            return not poller.poll(0)
+        except (OSError, ValueError, psycopg.Error):
+            return False
 
     def _check_or_sweep(self, conn: psycopg.Connection) -> None:
+        if self._quiet(conn):
+            return
         try:
             self.check_connection(conn)
         except Exception:
