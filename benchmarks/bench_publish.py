@@ -225,11 +225,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     o, b = out["ours"], out["bare_copy"]
+    from catalog.spaces import IndexSettings
+
+    graph = IndexSettings()
     rows = [
         ("embcat publish (items + vectors, index deferred)", o["seconds"], n / o["seconds"],
          o["mb_per_s"], o["rss_mb"]),
-        ("  HNSW build (m=16, ef_construction=64)", o["hnsw_build_s"], n / o["hnsw_build_s"],
-         None, None),
+        (f"  HNSW build (m={graph.m}, ef_construction={graph.ef_construction})",
+         o["hnsw_build_s"], n / o["hnsw_build_s"], None, None),
         ("  publish + HNSW build", o["seconds"] + o["hnsw_build_s"],
          n / (o["seconds"] + o["hnsw_build_s"]), None, None),
         ("  re-run of the same publish (no-op)", o["rerun_noop_s"], n / o["rerun_noop_s"],

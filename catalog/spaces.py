@@ -35,9 +35,9 @@ class IndexSettings(BaseSettings):
 
     ef_construction 128 rather than pgvector's 64: on 1M x 768 encoder-like vectors the
     default graph gave recall@10 between 0.92 and 0.98 from one (parallel, so not
-    deterministic) build to the next at ef_search 100; the larger candidate list at build
-    time buys queries their recall back for about 1.6x the build time
-    (benchmarks/README.md, Similarity). Query time does not change.
+    deterministic) build to the next at ef_search 100; with 128, 0.988-0.998 at ef_search
+    100 and 0.984-0.996 at 60, for about 1.4x the build time (benchmarks/README.md,
+    Similarity).
     """
 
     model_config = SettingsConfigDict(env_prefix="EMBCAT_HNSW_", extra="ignore")
