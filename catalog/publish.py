@@ -419,7 +419,7 @@ def _fixed(data: bytes, width: int, n: int) -> pa.Array:
 
 def _field_lengths(values: pa.Array, extra: int = 0) -> pa.Array:
     """The 4-byte big-endian COPY field header (byte length + ``extra``) of each value."""
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(">i4") + extra
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False) + extra
     return _fixed(lengths.astype(">i4").tobytes(), 4, len(values))
 
 
