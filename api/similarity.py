@@ -13,6 +13,7 @@ by ``EMBCAT_SIMILARITY_MAX_K``. The item searched by is left out of its own resu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -28,7 +29,7 @@ from api.db import connection
 from api.responses import GeoJSONDocument
 from catalog import stac as stacrows
 from catalog.errors import InvalidInput
-from catalog.search import SearchQuery, apply_fields, where_clause
+from catalog.search import TRUE, SearchQuery, apply_fields, spatial_filter, where_clause
 from catalog.similarity import (
     Hit,
     SimilaritySettings,
@@ -135,17 +136,21 @@ def _search(
 ) -> list[dict[str, Any]]:
     if search.sortby:
         raise InvalidInput("sortby cannot be combined with similarity: results are ranked")
-    where = where_clause(search)
+    # The collections and the spatial filter apply to the embedding rows themselves (they
+    # carry the collection and the item's geometry); only the other filters join items.
+    area = spatial_filter(search)
+    rest = where_clause(replace(search, collections=None, bbox=None, intersects=None))
     with connection(request) as conn:
         hits = similar(
             conn,
             spec,
-            where,
+            None if rest is TRUE else rest,
             search.limit,
             offset,
             collections=search.collections,
             settings=_settings(request),
             item_columns=stacrows.ITEM_COLUMNS,
+            area=area,
         )
     return _features(hits, search, base)
 

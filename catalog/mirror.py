@@ -294,8 +294,8 @@ def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Ro
     )
     col = space.column
     conn.execute(
-        f"""INSERT INTO embeddings (collection_id, item_id, space_id, {col})
-            SELECT %s, id, %s, vec FROM mirror_stage
+        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
+            SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage
             ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}""",
         (cid, space.id),
     )

@@ -659,8 +659,9 @@ def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
         ).format(col=col),
     }[mode]
     return sql.SQL(
-        "INSERT INTO embeddings (collection_id, item_id, space_id, {col})"
-        " SELECT %(cid)s::text, s.id, %(space)s::int, s.embedding FROM publish_staging s {conflict}"
+        "INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})"
+        " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
+        " FROM publish_staging s {conflict}"
     ).format(col=col, conflict=conflict)
 
 

@@ -667,6 +667,18 @@ def free_text_clause(q: list[str] | str) -> sql.Composable:
     )
 
 
+def spatial_filter(q: SearchQuery) -> sql.Composable | None:
+    """The geometry of the search's ``bbox`` or ``intersects`` (EPSG:4326), if it has one."""
+    check_depth(q.intersects, "intersects")
+    if q.bbox is not None and q.intersects is not None:
+        raise InvalidInput("bbox and intersects are mutually exclusive")
+    if q.bbox is not None:
+        return bbox_literal(q.bbox)
+    if q.intersects is not None:
+        return geometry_literal(q.intersects)
+    return None
+
+
 def where_clause(q: SearchQuery) -> sql.Composable:
     """Every filter of ``q`` as one boolean SQL expression over ``items i``."""
     parts: list[sql.Composable] = []
@@ -676,16 +688,10 @@ def where_clause(q: SearchQuery) -> sql.Composable:
         )
     if q.ids:
         parts.append(sql.SQL("i.id = ANY({}::text[])").format(sql.Literal(list(q.ids))))
-    check_depth(q.intersects, "intersects")
     check_depth(q.query, "query")
-    if q.bbox is not None and q.intersects is not None:
-        raise InvalidInput("bbox and intersects are mutually exclusive")
-    if q.bbox is not None:
-        parts.append(sql.SQL("ST_Intersects(i.geometry, {})").format(bbox_literal(q.bbox)))
-    if q.intersects is not None:
-        parts.append(
-            sql.SQL("ST_Intersects(i.geometry, {})").format(geometry_literal(q.intersects))
-        )
+    area = spatial_filter(q)
+    if area is not None:
+        parts.append(sql.SQL("ST_Intersects(i.geometry, {})").format(area))
     if q.datetime:
         parts.append(datetime_clause(q.datetime))
     if q.filter is not None and q.filter != "":

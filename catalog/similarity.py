@@ -547,9 +547,14 @@ def similar(
     collections: Sequence[str] | None = None,
     settings: SimilaritySettings | None = None,
     item_columns: sql.Composable | None = None,
+    area: sql.Composable | None = None,
 ) -> list[Hit]:
-    """Items most similar to the clause among those matching ``where`` (over ``items i``).
+    """Items most similar to the clause among those matching ``where`` (over ``items i``)
+    and intersecting ``area``.
 
+    ``area``: a geometry expression (EPSG:4326, e.g. ``catalog.search.spatial_filter``),
+    tested against the embedding rows' own copy of the item geometry, so that a spatial
+    filter needs no join to ``items``; give the other filters as ``where`` (None: none).
     ``item_columns``: a SELECT list over ``items i`` read in the same query for each hit
     (``Hit.item``, a dict by column name), e.g. ``catalog.stac.ITEM_COLUMNS``.
     """
@@ -562,6 +567,7 @@ def similar(
         collections=collections,
         settings=settings,
         item_columns=item_columns,
+        area=area,
     )[0]
 
 
@@ -575,6 +581,7 @@ def similar_with_plan(
     collections: Sequence[str] | None = None,
     settings: SimilaritySettings | None = None,
     item_columns: sql.Composable | None = None,
+    area: sql.Composable | None = None,
 ) -> tuple[list[Hit], Plan]:
     """``similar``, also returning how the query ran."""
     settings = settings or SimilaritySettings()
@@ -597,14 +604,14 @@ def similar_with_plan(
             # SET LOCAL needs a transaction block: an explicit one.
             with conn.transaction():
                 hits, plan = _similar(
-                    conn, spec, where, limit, offset, collections, settings, item_columns
+                    conn, spec, where, limit, offset, collections, settings, item_columns, area
                 )
         elif conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             # A transaction of our own: its settings (SET LOCAL) end with it. Begun
             # implicitly by the first statements, so BEGIN travels with them.
             try:
                 hits, plan = _similar(
-                    conn, spec, where, limit, offset, collections, settings, item_columns
+                    conn, spec, where, limit, offset, collections, settings, item_columns, area
                 )
             except BaseException:
                 conn.rollback()
@@ -615,7 +622,7 @@ def similar_with_plan(
             with conn.transaction():
                 hits, plan = _similar(
                     conn, spec, where, limit, offset, collections, settings, item_columns,
-                    restore=True,
+                    area, restore=True,
                 )  # fmt: skip
     metrics.observe_similarity(time.perf_counter() - started, plan.strategy)
     return hits, plan
@@ -630,6 +637,7 @@ def _similar(
     collections: Sequence[str] | None,
     settings: SimilaritySettings,
     item_columns: sql.Composable | None,
+    area: sql.Composable | None,
     *,
     restore: bool = False,
 ) -> tuple[list[Hit], Plan]:
@@ -668,7 +676,7 @@ def _similar(
         q, op, indexable = query_vector(conn, spec, space, settings, item_vector=_stored(found))
         hits, strategy, estimate = _rank(
             conn, spec, space, q, op, indexable, where, wanted, collections, settings,
-            item_columns, stats_cur.fetchone(),
+            item_columns, area, stats_cur.fetchone(),
         )  # fmt: skip
     finally:
         if restore:
@@ -688,6 +696,7 @@ def _rank(
     collections: Sequence[str] | None,
     settings: SimilaritySettings,
     item_columns: sql.Composable | None,
+    area: sql.Composable | None = None,
     stats: tuple[Any, ...] | None = None,
 ) -> tuple[list[Hit], Literal["exact", "index"], float]:
     """The ``wanted`` best hits, the strategy that found them and the filtered estimate."""
@@ -699,6 +708,11 @@ def _rank(
         conditions.append(
             sql.SQL("e.collection_id = any({})").format(sql.Literal(list(collections)))
         )
+    if area is not None:
+        # On the embedding row's copy of the geometry (migration 0007): checked on the
+        # tuple the index scan already holds, and served by embeddings_geometry_idx for
+        # the exact strategy.
+        conditions.append(sql.SQL("ST_Intersects(e.geometry, {})").format(area))
     if where is not None:
         conditions.append(sql.SQL("({})").format(where))
     # Without a filter on items the join is not needed (every vector has its item): the
@@ -733,7 +747,9 @@ def _rank(
         # Excluding the few example items is no filter: only a where clause or a
         # collection list can make the candidates a small fraction of the space. Both
         # estimates come from one EXPLAIN (a UNION ALL of the two counts' plans).
-        compare = settings.exact_fraction > 0 and (where is not None or collections)
+        compare = settings.exact_fraction > 0 and (
+            where is not None or area is not None or bool(collections)
+        )
         queries = [sql.SQL("select 1 {}").format(filtered)]
         if compare:
             queries.append(

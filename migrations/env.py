@@ -25,6 +25,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # Serialise concurrent `embcat db upgrade` runs (several API replicas starting at once).
         connection.exec_driver_sql("select pg_advisory_lock(hashtext('embcat-migrations'))")
+        # The lock is the session's and outlives this commit; ending the transaction that
+        # took it lets Alembic begin its own per migration (which an autocommit_block needs).
+        connection.commit()
         context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations()

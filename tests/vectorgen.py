@@ -10,6 +10,7 @@ analyses). Nothing here is specific to one test: other suites may reuse it.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,8 @@ from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space
 from catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, embedding_href, file_fields
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+# EWKB of a point with an SRID: byte order, type | SRID flag, SRID, x, y (little-endian).
+_EWKB_POINT = struct.Struct("<BIIdd")
 
 
 def clustered_vectors(
@@ -216,13 +219,17 @@ def load_collection(
     column = space.column
     wrap = HalfVector if storage == "halfvec" else Vector
     with conn.cursor().copy(
-        f"copy embeddings (collection_id, item_id, space_id, {column}) from stdin (format binary)"
+        f"copy embeddings (collection_id, item_id, space_id, geometry, {column})"
+        " from stdin (format binary)"
     ) as copy:
-        copy.set_types(["text", "text", "int4", storage])
+        # The geometry's binary form is its EWKB (PostGIS's receive function), sent as bytes.
+        copy.set_types(["text", "text", "int4", "bytea", storage])
         for start in range(0, n, batch):
             block = vectors[start : start + batch]
             for k in range(len(block)):
-                copy.write_row((collection_id, ids[start + k], space.id, wrap(block[k])))
+                row = start + k
+                point = _EWKB_POINT.pack(1, 0x20000001, 4326, points[row, 0], points[row, 1])
+                copy.write_row((collection_id, ids[row], space.id, point, wrap(block[k])))
     if build_index:
         ensure_hnsw_index(conn, space)
     conn.execute("analyze items")

@@ -126,6 +126,28 @@ def test_get_similar_with_filters(live_server, coll) -> None:
     assert "token=sim%3A5" in next_link["href"]
 
 
+def test_bbox_and_a_property_filter_both_apply(live_server, coll) -> None:
+    """The bbox is tested on the embedding rows, the CQL2 filter on the items: a hit must
+    pass both."""
+    cid, unit, points = coll
+    box = [0.0, 0.0, 6.0, 6.0]
+    nearest = truth(unit, points, QUERY, box)
+    excluded = nearest[:2]
+    r = post(
+        live_server,
+        {
+            "collections": [cid],
+            "bbox": box,
+            "filter-lang": "cql2-json",
+            "filter": {"op": "not", "args": [{"op": "in", "args": [{"property": "id"}, excluded]}]},
+            "limit": K - 2,
+            "similarity": {"item": {"collection": cid, "id": item_ids(N)[QUERY]}, "exact": True},
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert [f["id"] for f in r.json()["features"]] == nearest[2:]
+
+
 def test_post_search_by_vector_default_settings(live_server, coll) -> None:
     cid, unit, _ = coll
     r = post(

@@ -136,3 +136,51 @@ def test_single_datetime_items_stay_out_of_the_range_indexes(conn: psycopg.Conne
     )
     assert "WHERE (start_datetime IS NOT NULL)" in defs["items_start_datetime_idx"]
     assert "WHERE (end_datetime IS NOT NULL)" in defs["items_end_datetime_idx"]
+
+
+def _embedding(conn: psycopg.Connection, cid: str, iid: str, space_id: int) -> None:
+    conn.execute(
+        "insert into embeddings (collection_id, item_id, space_id, embedding)"
+        " values (%s, %s, %s, %s)",
+        (cid, iid, space_id, HalfVector(np.ones(4))),
+    )
+
+
+def _geometries(conn: psycopg.Connection, cid: str, iid: str) -> tuple[str, str]:
+    row = conn.execute(
+        "select ST_AsText(i.geometry), ST_AsText(e.geometry) from items i"
+        " join embeddings e on e.collection_id = i.collection_id and e.item_id = i.id"
+        " where i.collection_id = %s and i.id = %s",
+        (cid, iid),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_embedding_written_without_geometry_takes_its_items(conn: psycopg.Connection) -> None:
+    _collection(conn, "g1")
+    space = spaces.get_or_create_space(conn, encoder_name="geo", encoder_version="1", dimensions=4)
+    _item(conn, "g1", "a", x=20.0)
+    _embedding(conn, "g1", "a", space.id)
+    item_geometry, embedding_geometry = _geometries(conn, "g1", "a")
+    assert embedding_geometry == item_geometry == "POLYGON((20 50,20 51,21 51,21 50,20 50))"
+
+
+def test_moving_an_item_moves_its_embedding(conn: psycopg.Connection) -> None:
+    _collection(conn, "g2")
+    space = spaces.get_or_create_space(conn, encoder_name="geo", encoder_version="1", dimensions=4)
+    _item(conn, "g2", "a")
+    _embedding(conn, "g2", "a", space.id)
+    conn.execute(
+        "update items set geometry = ST_MakeEnvelope(-5, -5, -4, -4, 4326)"
+        " where collection_id = 'g2' and id = 'a'"
+    )
+    item_geometry, embedding_geometry = _geometries(conn, "g2", "a")
+    assert embedding_geometry == item_geometry == "POLYGON((-5 -5,-5 -4,-4 -4,-4 -5,-5 -5))"
+
+
+def test_embedding_of_a_missing_item_is_a_foreign_key_violation(conn: psycopg.Connection) -> None:
+    _collection(conn, "g3")
+    space = spaces.get_or_create_space(conn, encoder_name="geo", encoder_version="1", dimensions=4)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="not present"):
+        _embedding(conn, "g3", "nowhere", space.id)

@@ -79,11 +79,28 @@ def item_spec(d: Data, row: int, **kw: object) -> SimilaritySpec:
     return SimilaritySpec.model_validate({"item": {"collection": d.cid, "id": d.ids[row]}, **kw})
 
 
-def recall(conn: psycopg.Connection, d: Data, box, settings, **kw: object) -> float:
+def bbox_area(box: tuple[float, float, float, float]) -> sql.Composable:
+    return sql.SQL("st_makeenvelope({}, {}, {}, {}, 4326)").format(*(sql.Literal(v) for v in box))
+
+
+def box_filter(box, form: str) -> dict[str, sql.Composable | None]:
+    """A bbox as a filter over the items (``where``, joined) or as the ``area`` tested on
+    the embedding rows' copy of the geometry (what the API sends)."""
+    if box is None:
+        return {"where": None}
+    if form == "area":
+        return {"where": None, "area": bbox_area(box)}
+    return {"where": bbox_where(box)}
+
+
+def recall(
+    conn: psycopg.Connection, d: Data, box, settings, form: str = "where", **kw: object
+) -> float:
     found = 0
     for row in QUERY_ROWS:
-        where = bbox_where(box) if box else None
-        hits, plan = similar_with_plan(conn, item_spec(d, row, **kw), where, K, settings=settings)
+        hits, plan = similar_with_plan(
+            conn, item_spec(d, row, **kw), limit=K, settings=settings, **box_filter(box, form)
+        )
         assert plan.strategy == ("exact" if kw.get("exact") else "index")
         assert len(hits) == K
         found += len({h.item_id for h in hits} & set(truth(d, row, box)))
@@ -94,17 +111,36 @@ def test_unfiltered_index_search_recalls_planted_neighbours(conn, data) -> None:
     assert recall(conn, data, None, FORCE_INDEX) >= 0.95
 
 
+@pytest.mark.parametrize("form", ["where", "area"])
 @pytest.mark.parametrize("box", [(0, 0, 5, 6), (0, 0, 1.5, 1.5)], ids=["30pct", "2pct"])
-def test_filtered_index_search_holds_recall(conn, data, box) -> None:
-    assert recall(conn, data, box, FORCE_INDEX) >= 0.95
+def test_filtered_index_search_holds_recall(conn, data, box, form) -> None:
+    assert recall(conn, data, box, FORCE_INDEX, form) >= 0.95
 
 
-@pytest.mark.parametrize("box", [None, (2, 2, 6, 5)], ids=["unfiltered", "bbox"])
-def test_exact_equals_brute_force(conn, data, box) -> None:
+@pytest.mark.parametrize(
+    ("box", "form"),
+    [(None, "where"), ((2, 2, 6, 5), "where"), ((2, 2, 6, 5), "area")],
+    ids=["unfiltered", "bbox-items", "bbox-embeddings"],
+)
+def test_exact_equals_brute_force(conn, data, box, form) -> None:
     for row in QUERY_ROWS[:5]:
-        where = bbox_where(box) if box else None
-        hits = similar(conn, item_spec(data, row, exact=True), where, K)
+        hits = similar(conn, item_spec(data, row, exact=True), limit=K, **box_filter(box, form))
         assert [h.item_id for h in hits] == truth(data, row, box)
+
+
+def test_spatial_area_ranks_like_the_same_bbox_over_the_items(conn, data) -> None:
+    """A bbox given as ``area`` (tested on the embedding rows' copy of the geometry, no
+    join) gives the same ranking as the bbox as a filter over the items, either strategy."""
+    box = (1, 1, 4, 4)
+    strategies = []
+    for settings in (FORCE_INDEX, SimilaritySettings(exact_fraction=1.0)):
+        hits, plan = similar_with_plan(
+            conn, item_spec(data, 7), None, K, settings=settings, area=bbox_area(box)
+        )
+        joined = similar(conn, item_spec(data, 7), bbox_where(box), K, settings=settings)
+        assert [h.item_id for h in hits] == [h.item_id for h in joined]
+        strategies.append(plan.strategy)
+    assert strategies == ["index", "exact"]
 
 
 def test_default_settings_pick_exact_for_a_small_collection(conn, data) -> None:
