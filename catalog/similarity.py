@@ -29,6 +29,12 @@ better). Vectors of different spaces are never compared: every query joins
 ``embeddings.space_id`` of the resolved space and uses the space's cast, so the partial
 HNSW index applies.
 
+Filters: ``area`` (a geometry: the search's bbox or intersects) is tested on the
+embedding rows' own copy of the item geometry (``embeddings.geometry``, migration 0007),
+so that a spatial filter costs no join: the index scan checks it on the tuple it already
+holds, and the exact strategy reads ``embeddings`` through its GiST index. Only ``where``
+(any other filter, over ``items i``) joins the items.
+
 Query strategy: the filtered row count F is estimated with ``EXPLAIN`` (remembered for a
 minute per filter while the tables' sizes and row counts stay the same). When F is below
 ``exact_threshold`` rows or below ``exact_fraction`` of the space's N rows (or with
