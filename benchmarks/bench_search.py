@@ -288,6 +288,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             " CREATE EXTENSION IF NOT EXISTS unaccent;",
             peer_db,
         )
+        # pgstac's roles are cluster-wide: made by an earlier run as another user (the
+        # publish benchmark migrates as postgres), embcat needs their membership to SET them.
+        psql_superuser(
+            "DO $$ DECLARE r text; BEGIN FOREACH r IN ARRAY"
+            " ARRAY['pgstac_admin', 'pgstac_ingest', 'pgstac_read'] LOOP"
+            " IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN"
+            f" EXECUTE format('GRANT %I TO %I', r, '{user}'); END IF; END LOOP; END $$;",
+            peer_db,
+        )
         # embcat owns the database and has CREATEROLE: pypgstac migrate runs as embcat
         subprocess.run(
             [str(venv / "bin" / "pypgstac"), "migrate", "--dsn", peer_url],
