@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import psycopg
@@ -42,19 +43,17 @@ def test_upgrade_twice_changes_nothing(db_settings: DatabaseSettings) -> None:
     assert migrate.current(db_settings) == before == migrate.head_revision()
 
 
-def test_upgrade_gives_existing_embeddings_their_geometry_and_rebuilds_the_index(
-    make_database: Callable[..., str],
-) -> None:
-    """Migration 0007 on a catalogue with vectors: every embedding row gets its item's
-    geometry, and the space's HNSW index (dropped for the rewrite) is back, valid."""
-    url = make_database(migrated=False)
-    settings = DatabaseSettings(database_url=url)
-    migrate.upgrade(settings, "0006")
-    index = (
-        "CREATE INDEX embeddings_hnsw_space_{} ON public.embeddings USING hnsw"
-        " (((embedding)::halfvec(3)) halfvec_cosine_ops) WITH (m='8', ef_construction='32')"
-        " WHERE (space_id = {})"
-    )
+HNSW_DEF = (
+    "CREATE INDEX embeddings_hnsw_space_{} ON public.embeddings USING hnsw"
+    " (((embedding)::halfvec(3)) halfvec_cosine_ops) WITH (m='8', ef_construction='32')"
+    " WHERE (space_id = {})"
+)
+
+
+def _catalogue_at_0006(url: str) -> int:
+    """A database at revision 0006 with 20 items, their vectors and the space's HNSW
+    index; returns the space id."""
+    migrate.upgrade(DatabaseSettings(database_url=url), "0006")
     with psycopg.connect(url) as c:
         space = c.execute(
             "insert into embedding_spaces (encoder_name, encoder_version, dimensions, storage,"
@@ -72,20 +71,55 @@ def test_upgrade_gives_existing_embeddings_their_geometry_and_rebuilds_the_index
                 " values ('m', %s, %s, %s::halfvec)",
                 (f"i{k}", space, f"[1,{k},2]"),
             )
-        c.execute(index.format(space, space).replace("public.embeddings", "embeddings"))
+        c.execute(HNSW_DEF.format(space, space).replace("public.embeddings", "embeddings"))
         c.commit()
-    migrate.upgrade(settings)
+    return int(space)
+
+
+def _hnsw_indexes(url: str) -> list[tuple[str, bool]]:
+    with psycopg.connect(url) as c:
+        return c.execute(
+            "select pg_get_indexdef(x.indexrelid), x.indisvalid from pg_index x"
+            " join pg_class c on c.oid = x.indexrelid"
+            " where c.relname like 'embeddings_hnsw_space_%'"
+        ).fetchall()
+
+
+def test_upgrade_gives_existing_embeddings_their_geometry_and_rebuilds_the_index(
+    make_database: Callable[..., str],
+) -> None:
+    """Migration 0007 on a catalogue with vectors: every embedding row gets its item's
+    geometry, and the space's HNSW index (dropped for the rewrite) is back, valid."""
+    url = make_database(migrated=False)
+    space = _catalogue_at_0006(url)
+    migrate.upgrade(DatabaseSettings(database_url=url))
     with psycopg.connect(url) as c:
         differing = c.execute(
             "select count(*) from embeddings e join items i"
             " on i.collection_id = e.collection_id and i.id = e.item_id"
             " where not ST_Equals(e.geometry, i.geometry)"
         ).fetchone()[0]
-        rebuilt = c.execute(
-            "select pg_get_indexdef(x.indexrelid), x.indisvalid from pg_index x"
-            " join pg_class c on c.oid = x.indexrelid"
-            " where c.relname = %s",
-            (f"embeddings_hnsw_space_{space}",),
-        ).fetchall()
     assert differing == 0
-    assert rebuilt == [(index.format(space, space), True)]
+    assert _hnsw_indexes(url) == [(HNSW_DEF.format(space, space), True)]
+
+
+def test_upgrade_interrupted_before_the_index_build_builds_it_when_run_again(
+    make_database: Callable[..., str],
+) -> None:
+    """0007's rewrite commits before the HNSW build; an upgrade stopped there (killed, out
+    of disk) has dropped the index but kept its definition: the next run builds it."""
+    url = make_database(migrated=False)
+    space = _catalogue_at_0006(url)
+    path = migrate.MIGRATIONS_DIR / "versions" / "0007_embedding_geometry.py"
+    spec = importlib.util.spec_from_file_location("embcat_migration_0007", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with psycopg.connect(url) as c:  # part one only, committed: where an interruption stops
+        c.execute(module.UPGRADE)
+    assert _hnsw_indexes(url) == []
+    assert migrate.current(DatabaseSettings(database_url=url)) == "0006"
+    migrate.upgrade(DatabaseSettings(database_url=url))
+    assert _hnsw_indexes(url) == [(HNSW_DEF.format(space, space), True)]
+    with psycopg.connect(url) as c:
+        assert c.execute("select to_regclass('embcat_0007_hnsw')").fetchone() == (None,)
