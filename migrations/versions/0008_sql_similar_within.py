@@ -6,7 +6,8 @@ geometry intersects it, tested on the embedding rows' own copy of the geometry (
 counted through ``embeddings_geometry_idx`` up to a bound (the larger of 2,000 rows and
 0.3 % of the table, as the API's defaults); below it the search is exact (every filtered
 row's distance, sorted), otherwise the space's HNSW index with strict iterative scans.
-Calls with three arguments are unchanged (the default is NULL: no area).
+Calls with three arguments are unchanged (the default is NULL: no area). ``ef_search`` is
+max(2k, 60), the API's default (it was max(2k, 100): both now use one default).
 
 Revision ID: 0008
 Revises: 0007
@@ -40,7 +41,7 @@ RETURNS TABLE (item_id text, distance double precision)
 LANGUAGE plpgsql STABLE
 SET search_path = public, pg_temp
 SET hnsw.iterative_scan = 'strict_order'
-SET hnsw.ef_search = '100'
+SET hnsw.ef_search = '60'
 SET hnsw.max_scan_tuples = '200000'
 SET work_mem = '64MB'
 SET jit = 'off'
@@ -71,7 +72,7 @@ BEGIN
         RAISE EXCEPTION 'within must be a geometry in EPSG:4326 (SRID 4326), got SRID %',
             ST_SRID(within) USING ERRCODE = '22023';
     END IF;
-    PERFORM set_config('hnsw.ef_search', least(greatest(2 * k, 100), 1000)::text, true);
+    PERFORM set_config('hnsw.ef_search', least(greatest(2 * k, 60), 1000)::text, true);
     dist := format('(e.%1$I::%2$s(%3$s)) %4$s $1::%2$s(%3$s)',
         CASE sp.storage WHEN 'halfvec' THEN 'embedding' ELSE 'embedding_f32' END,
         sp.storage, sp.dimensions,
