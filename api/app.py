@@ -56,6 +56,7 @@ from api.db import connection, create_pool
 from api.errors import add_exception_handlers, error_body
 from api.exchange import router as exchange_router
 from api.explorer import router as explorer_router
+from api.limits import ClientConcurrencyLimit, TrustedProxyHeaders, parse_networks
 from api.settings import ApiSettings
 from api.similarity import SimilarityExtension
 from api.transactions import transaction_extensions
@@ -232,6 +233,9 @@ OPEN_ROUTES = frozenset(
 )
 # POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
 READ_ONLY_POSTS = frozenset({"/search", "/collections/{collection_id}/export"})
+# Reads without a collection in the path that a key limited to one collection may make:
+# their handlers narrow them to the key's collection (api.auth.scoped_collections).
+SCOPED_READS = frozenset({"/", "/search", "/collections"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PROTECTED = "__embcat_protection__"
 
@@ -252,7 +256,7 @@ def _api_routes(routes: list[Any]) -> list[APIRoute]:
 def _protection(path: str, *, any_collection: bool) -> Callable[[Request], Awaitable[Any]]:
     """The scope check of one route: read scope for reads (a no-op unless keys are required
     or presented), write scope for everything that changes the catalogue."""
-    read = require_scope("read", any_collection=any_collection)
+    read = require_scope("read", any_collection=any_collection or path in SCOPED_READS)
     write = require_scope("write", any_collection=any_collection)
     read_post = path in READ_ONLY_POSTS
 
@@ -345,6 +349,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 allow_headers=["Content-Type", "Authorization", "X-API-Key"],
                 max_age=600,
             ),
+            Middleware(
+                ClientConcurrencyLimit,
+                max_in_flight=settings.max_requests_per_client,
+                networks=parse_networks(settings.trusted_proxies),
+            ),
+            Middleware(TrustedProxyHeaders, networks=parse_networks(settings.trusted_proxies)),
             Middleware(ProxyHeaderMiddleware),
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         ],

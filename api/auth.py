@@ -3,11 +3,16 @@
 The key comes from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Without a
 valid key the request gets 401; with a key that lacks the scope (or is limited to another
 collection than the path's ``collection_id``) it gets 403.
+
+Reads by a key limited to one collection (when ``EMBCAT_REQUIRE_READ_KEY`` is on): every
+collection a request names, in the path, the query or the body (search ``collections``,
+similarity ``collections`` and example items, ...), must be the key's, else 403; a search
+or collection list that names none sees the key's collection only (``read_limit``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -70,3 +75,38 @@ def require_scope(
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def read_limit(request: Request) -> str | None:
+    """The one collection the request's key may read (None: no limit). Only keys limited
+    to a collection have one, and only while reads need keys (open reads show everything
+    to everyone, so a key adds nothing to hide)."""
+    if not request.app.state.settings.require_read_key:
+        return None
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal.collection_id if principal is not None else None
+
+
+def check_read_collections(request: Request, collections: Iterable[str | None]) -> None:
+    """Forbidden unless the request's key may read every collection named."""
+    limit = read_limit(request)
+    if limit is None:
+        return
+    others = sorted({str(c) for c in collections if c is not None and c != limit})
+    if others:
+        principal: Principal = request.state.principal
+        raise Forbidden(
+            f"the API key {principal.key_id} may read collection {limit!r} only, not {others}"
+        )
+
+
+def scoped_collections(request: Request, collections: list[str] | None) -> list[str] | None:
+    """The collections a search may look at: those named (each checked), or the key's own
+    when it names none (None: every collection)."""
+    limit = read_limit(request)
+    if limit is None:
+        return collections
+    if not collections:
+        return [limit]
+    check_read_collections(request, collections)
+    return collections

@@ -20,6 +20,7 @@ from stac_fastapi.types.requests import get_base_url
 from stac_fastapi.types.search import BaseSearchPostRequest
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import read_limit, scoped_collections
 from api.db import base_url as request_base_url
 from api.db import connection
 from api.responses import GeoJSONDocument
@@ -231,6 +232,7 @@ def run_search(request: Request, search: SearchQuery) -> SearchPage:
 
 def _run_search(request: Request, search: SearchQuery) -> SearchPage:
     base = request_base_url(request)
+    search.collections = scoped_collections(request, search.collections)
 
     def work() -> SearchPage:
         with connection(request) as conn:
@@ -303,8 +305,10 @@ class CoreClient(AsyncBaseCoreClient):
 
     @staticmethod
     def _collection_rows(request: Request) -> list[dict[str, Any]]:
+        limit = read_limit(request)  # a key limited to one collection lists that one only
         with connection(request) as conn:
-            return stacrows.list_collection_rows(conn)
+            rows = stacrows.list_collection_rows(conn)
+        return [r for r in rows if limit is None or r["id"] == limit]
 
     async def all_collections(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         request: Request = kwargs["request"]
@@ -485,6 +489,8 @@ class CoreClient(AsyncBaseCoreClient):
         spec = getattr(search_request, "similarity", None)
         if spec is not None:
             from api.similarity import similarity_search
+
+            search.collections = scoped_collections(request, search.collections)
 
             return await similarity_search(request, search, spec)
         page = await run_in_threadpool(run_search, request, search)

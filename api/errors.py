@@ -29,6 +29,10 @@ from catalog.errors import (
     InvalidInput,
     NotFound,
     QueryTimeout,
+    ServerPrivilege,
+    StorageFull,
+    StorageUnavailable,
+    TooManyRequests,
     Unauthorized,
 )
 
@@ -43,6 +47,10 @@ STATUS: dict[type[Exception], int] = {
     DatabaseUnavailable: 503,
     QueryTimeout: 504,
     DatabaseTooOld: 503,
+    ServerPrivilege: 503,
+    TooManyRequests: 429,
+    StorageFull: 507,
+    StorageUnavailable: 503,
     EmbcatError: 400,
     # stac-fastapi's own errors (raised by its request models and helpers)
     NotFoundError: 404,
@@ -97,6 +105,7 @@ def _handle_http(request: Request, exc: Exception) -> JSONResponse:
         405: "MethodNotAllowed",
         409: "Conflict",
         413: "PayloadTooLarge",
+        429: "TooManyRequests",
     }.get(exc.status_code, "HTTPError")
     return JSONResponse(
         error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers

@@ -152,8 +152,34 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     filt = params.get("filter")
     lang = params.get("filter-lang") or params.get("filter_lang")
     if isinstance(filt, str) and lang in (None, "cql2-json") and filt.lstrip().startswith("{"):
-        filt = json.loads(filt)
+        try:
+            filt = json.loads(filt)
+        except (ValueError, RecursionError):
+            raise InvalidInput("filter is not valid CQL2 JSON") from None
         lang = "cql2-json"
+    if filt is not None and not isinstance(filt, str | dict):
+        raise InvalidInput("filter must be CQL2 text or a CQL2 JSON object")
+    after = params.get("after")
+    if after is not None and not isinstance(after, str):
+        raise InvalidInput("after must be the id of the last item received (a string)")
+    for name in ("dtype", "datetime", "q"):
+        value = params.get(name)
+        if value is not None and not isinstance(value, str) and not (
+            name == "q" and isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise InvalidInput(f"{name} must be a string")
+    if ids is not None and (
+        not isinstance(ids, list) or any(not isinstance(v, str) for v in ids)
+    ):
+        raise InvalidInput("ids must be a list of strings")
+    query_param = params.get("query")
+    if isinstance(query_param, str):
+        try:
+            query_param = json.loads(query_param)
+        except (ValueError, RecursionError):
+            raise InvalidInput("query must be a JSON object") from None
+    if query_param is not None and not isinstance(query_param, dict):
+        raise InvalidInput("query must be a JSON object")
     query = SearchQuery(
         ids=ids,
         bbox=bbox,
@@ -161,7 +187,7 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
         datetime=params.get("datetime"),
         filter=filt,
         filter_lang=lang or ("cql2-text" if isinstance(filt, str) else None),
-        query=params.get("query"),
+        query=query_param,
         q=params.get("q"),
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from stac_fastapi.types.config import ApiSettings as StacApiSettings
 
@@ -38,3 +38,27 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
     pool_timeout_s: float = Field(
         3.0, gt=0, description="Seconds to wait for a free database connection."
     )
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (CIDR) of the reverse proxies whose"
+            " Forwarded / X-Forwarded-* headers are honoured; those headers of any other"
+            " client are ignored (default: none)."
+        ),
+    )
+    max_requests_per_client: int = Field(
+        32,
+        ge=0,
+        description=(
+            "Requests of one client address in flight at once; the next is answered 429"
+            " (0: no limit)."
+        ),
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from api.limits import parse_networks
+
+        parse_networks(value)  # ValueError names the bad entry
+        return value

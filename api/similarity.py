@@ -24,6 +24,7 @@ from stac_fastapi.api.models import GeoJSONResponse
 from stac_fastapi.types.extension import ApiExtension
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import check_read_collections
 from api.db import base_url as request_base_url
 from api.db import connection
 from api.responses import GeoJSONDocument
@@ -164,6 +165,11 @@ async def similarity_search(
 ) -> GeoJSONDocument:
     """A ranked ItemCollection for ``search`` + ``spec`` (POST links unless ``get_path``)."""
     spec = parse_spec(spec)
+    # Every collection the clause names (example items, a raw vector's space) is read too.
+    check_read_collections(
+        request, [*(search.collections or []), *(r.collection for r in spec.references),
+                  spec.collection],
+    )  # fmt: skip
     base = request_base_url(request)
     offset = _offset(search.token)
 

@@ -33,9 +33,13 @@ from catalog import stac as stacrows
 from catalog.errors import Conflict, InvalidInput
 
 
-def _as_dict(model: Any) -> dict[str, Any]:
+def _as_dict(model: Any, what: str = "the body") -> dict[str, Any]:
+    if model is None:
+        raise InvalidInput(f"{what} is missing: send a JSON object")
     if isinstance(model, dict):
         return model
+    if not hasattr(model, "model_dump"):
+        raise InvalidInput(f"{what} must be a JSON object")
     dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return dumped
 
@@ -125,16 +129,25 @@ class TransactionsClient(AsyncBaseTransactionsClient):
         request: Request = kwargs["request"]
         body = _as_dict(item)
         features = body["features"] if body.get("type") == "FeatureCollection" else [body]
+        if not isinstance(features, list):
+            raise InvalidInput("a FeatureCollection needs a features array")
         records = [stacrows.validate_item(f, collection_id) for f in features]
+        base = base_url(request)
+        single = body.get("type") != "FeatureCollection"
 
-        def work() -> None:
+        def work() -> dict[str, Any] | None:
+            # The answer is built inside the write's transaction: an item that could not
+            # be served back rolls the write back instead of answering an error after it.
             with connection(request) as conn:
                 stacrows.insert_items(conn, records)
+                if not single:
+                    return None
+                return stacrows.get_item(conn, collection_id, records[0].id, base)
 
-        await run_in_threadpool(work)
-        if body.get("type") == "FeatureCollection":
+        created = await run_in_threadpool(work)
+        if created is None:
             return Response(status_code=201)
-        return await self._item(request, collection_id, records[0].id)
+        return created
 
     async def _item(self, request: Request, collection_id: str, item_id: str) -> dict[str, Any]:
         base = base_url(request)
@@ -153,10 +166,12 @@ class TransactionsClient(AsyncBaseTransactionsClient):
         if body.get("id") != item_id:
             raise InvalidInput(f"the body's id {body.get('id')!r} differs from the path's")
         record = stacrows.validate_item(body, collection_id)
+        base = base_url(request)
 
         def work() -> None:
             with connection(request) as conn:
                 stacrows.update_item(conn, record)
+                stacrows.get_item(conn, collection_id, item_id, base)  # servable, or roll back
 
         await run_in_threadpool(work)
         return Response(status_code=204)
@@ -165,15 +180,19 @@ class TransactionsClient(AsyncBaseTransactionsClient):
         self, collection_id: str, item_id: str, patch: Any, **kwargs: Any
     ) -> Response:
         request: Request = kwargs["request"]
+        if patch is None:
+            raise InvalidInput("the patch is missing: send a JSON object or a JSON Patch array")
         current = await self._item(request, collection_id, item_id)
         patched = _patch(current, patch)
         if patched.get("id") != item_id:
             raise InvalidInput("a patch cannot change the item id")
         record = stacrows.validate_item(patched, collection_id)
+        base = base_url(request)
 
         def work() -> None:
             with connection(request) as conn:
                 stacrows.update_item(conn, record)
+                stacrows.get_item(conn, collection_id, item_id, base)  # servable, or roll back
 
         await run_in_threadpool(work)
         return Response(status_code=204)
@@ -202,40 +221,45 @@ class TransactionsClient(AsyncBaseTransactionsClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         body = _as_dict(collection)
+        base = base_url(request)
 
-        def work() -> str:
+        def work() -> dict[str, Any]:
             with connection(request) as conn:
-                return stacrows.insert_collection(conn, body)
+                cid = stacrows.insert_collection(conn, body)
+                return stacrows.get_collection(conn, cid, base)
 
-        cid = await run_in_threadpool(work)
-        return await self._collection(request, cid)
+        return await run_in_threadpool(work)
 
     async def update_collection(  # type: ignore[override]
         self, collection_id: str, collection: Any, **kwargs: Any
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         body = _as_dict(collection)
+        base = base_url(request)
 
-        def work() -> None:
+        def work() -> dict[str, Any]:
             with connection(request) as conn:
                 stacrows.update_collection(conn, collection_id, body)
+                return stacrows.get_collection(conn, collection_id, base)
 
-        await run_in_threadpool(work)
-        return await self._collection(request, collection_id)
+        return await run_in_threadpool(work)
 
     async def patch_collection(  # type: ignore[override]
         self, collection_id: str, patch: Any, **kwargs: Any
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
+        if patch is None:
+            raise InvalidInput("the patch is missing: send a JSON object or a JSON Patch array")
         current = await self._collection(request, collection_id)
         patched = _patch(current, patch)
+        base = base_url(request)
 
-        def work() -> None:
+        def work() -> dict[str, Any]:
             with connection(request) as conn:
                 stacrows.update_collection(conn, collection_id, patched)
+                return stacrows.get_collection(conn, collection_id, base)
 
-        await run_in_threadpool(work)
-        return await self._collection(request, collection_id)
+        return await run_in_threadpool(work)
 
     async def delete_collection(self, collection_id: str, **kwargs: Any) -> Response:
         request: Request = kwargs["request"]
@@ -255,10 +279,12 @@ class BulkTransactionsClient(AsyncBaseBulkTransactionsClient):
     ) -> dict[str, Any]:
         request: Request = kwargs["request"]
         collection_id = kwargs.get("collection_id") or request.path_params["collection_id"]
+        if items is None:
+            raise InvalidInput("the body is missing: send {'items': {id: item, ...}}")
         method = getattr(items.method, "value", items.method)
         records = []
         for key, item in items.items.items():
-            record = stacrows.validate_item(_as_dict(item), collection_id)
+            record = stacrows.validate_item(_as_dict(item, f"item {key!r}"), collection_id)
             if record.id != key:
                 raise InvalidInput(f"bulk key {key!r} differs from the item's id {record.id!r}")
             records.append(record)

@@ -22,11 +22,16 @@ STAC MLM item (the target of the collection's ``emb:model`` link).
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,7 +42,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import principal_of, require_scope
 from api.db import base_url, connection
-from catalog.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from catalog.errors import (
+    Conflict,
+    EmbcatError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StorageFull,
+    StorageUnavailable,
+    Unauthorized,
+)
 from catalog.keys import Principal
 from catalog.settings import DatabaseSettings
 from encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -61,6 +75,16 @@ class UploadSettings(BaseSettings):
     )
     upload_chunk_bytes: int = Field(
         8 << 20, ge=1 << 16, description="Largest chunk of a shard per request."
+    )
+    upload_key_max_bytes: int = Field(
+        200 << 30,
+        ge=1,
+        description="Most bytes of shards the uploads of one key may hold at once.",
+    )
+    upload_expire_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Uploads untouched this long are deleted (abandoned runs).",
     )
 
 
@@ -91,9 +115,21 @@ def _manifest(folder: Path) -> Manifest | None:
     return Manifest.load(path) if path.exists() else None
 
 
-def _shard_record(manifest: Manifest, name: str) -> Any:
+def _name_problem(name: str) -> str | None:
+    """Why a shard name cannot be stored in an upload's folder (None: it can)."""
     if not _NAME.match(name):
-        raise InvalidInput(f"invalid shard name {name!r}")
+        return f"invalid shard name {name!r}"
+    if name.lower() == MANIFEST_NAME.lower():
+        return f"a shard cannot be named {MANIFEST_NAME!r} (the manifest's own file)"
+    if name.lower().endswith(".part"):
+        return f"a shard name cannot end in '.part' ({name!r}: the spool's partial files)"
+    return None
+
+
+def _shard_record(manifest: Manifest, name: str) -> Any:
+    problem = _name_problem(name)
+    if problem:
+        raise InvalidInput(problem)
     for rec in manifest.shards:
         if rec.path == name:
             return rec
@@ -121,14 +157,113 @@ def _state(folder: Path, chunk: int) -> dict[str, Any]:
     }
 
 
-_locks: dict[Path, asyncio.Lock] = {}
+@contextmanager
+def _spool_errors() -> Iterator[None]:
+    """The spool's file-system errors as answers: 507 when full, 503 when not writable."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, EmbcatError):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StorageFull(
+                "the server's upload spool is full; retry later or ask the operator to"
+                " free space in EMBCAT_UPLOAD_DIR"
+            ) from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StorageUnavailable(
+                "the server's upload spool cannot be written (read-only or not"
+                " accessible); the operator must fix EMBCAT_UPLOAD_DIR"
+            ) from None
+        raise
 
 
-def _lock(folder: Path) -> asyncio.Lock:
-    lock = _locks.get(folder)
-    if lock is None:
-        lock = _locks[folder] = asyncio.Lock()
-    return lock
+# How long a request waits for another one on the same upload (the same chunk sent twice
+# by a retrying client) before its 409; a commit does not wait.
+LOCK_WAIT_S = 5.0
+
+
+@asynccontextmanager
+async def _lock(folder: Path, *, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[None]:
+    """An exclusive lock on one upload, shared by every process of the server (``serve
+    --workers N``): ``flock`` on a file beside the upload's folder (it outlives the folder,
+    so that no process ever locks a file that another has replaced)."""
+    path = folder.parent / f".{folder.name}.lock"
+    with _spool_errors():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Conflict(
+                        f"another request is working on upload {folder.name!r}"
+                        " (a commit or the same chunk); ask its state and retry"
+                    ) from None
+                await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _manifest_total(folder: Path) -> int:
+    try:
+        manifest = _manifest(folder)
+    except Exception:  # a half-written or foreign file: counts as nothing
+        return 0
+    return sum(rec.bytes for rec in manifest.shards) if manifest is not None else 0
+
+
+def _held_by_key(owner: Path, except_id: str) -> int:
+    """Bytes of shards the other uploads of one key are declared to hold."""
+    if not owner.is_dir():
+        return 0
+    return sum(
+        _manifest_total(child)
+        for child in owner.iterdir()
+        if child.is_dir() and child.name != except_id
+    )
+
+
+def _last_touched(folder: Path) -> float:
+    newest = folder.stat().st_mtime
+    for child in folder.iterdir():
+        try:
+            newest = max(newest, child.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
+
+
+def expire_uploads(root: Path, max_age_s: float, now: float | None = None) -> list[Path]:
+    """Delete the uploads (of every key) untouched for ``max_age_s``; return them."""
+    now = time.time() if now is None else now
+    gone: list[Path] = []
+    if not root.is_dir():
+        return gone
+    for owner in root.iterdir():
+        if not owner.is_dir():
+            continue
+        for child in owner.iterdir():
+            try:
+                if child.is_dir() and now - _last_touched(child) > max_age_s:
+                    shutil.rmtree(child, ignore_errors=True)
+                    gone.append(child)
+                elif child.name.startswith(".") and child.name.endswith(".lock"):
+                    if not (owner / child.name[1:-5]).exists() and (
+                        now - child.stat().st_mtime > max_age_s
+                    ):
+                        child.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
+    return gone
 
 
 router = APIRouter(tags=["Publishing"])
@@ -170,20 +305,34 @@ async def put_manifest(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"invalid manifest: {where}: {first['msg']}") from exc
-    for rec in manifest.shards:
-        if not _NAME.match(rec.path):
-            raise InvalidInput(f"invalid shard name {rec.path!r} in the manifest")
+    names = [rec.path for rec in manifest.shards]
+    for name in names:
+        problem = _name_problem(name)
+        if problem:
+            raise InvalidInput(f"{problem} in the manifest")
+    if len({n.lower() for n in names}) != len(names):
+        raise InvalidInput("the manifest names the same shard more than once")
     total = sum(rec.bytes for rec in manifest.shards)
-    limit = _settings(request).upload_max_bytes
+    settings = _settings(request)
+    limit = settings.upload_max_bytes
     if total > limit:
         raise InvalidInput(f"the run has {total} bytes of shards; this server accepts {limit}")
+    await run_in_threadpool(expire_uploads, settings.upload_dir, settings.upload_expire_s)
+    held = await run_in_threadpool(_held_by_key, folder.parent, upload_id)
+    if held + total > settings.upload_key_max_bytes:
+        raise StorageFull(
+            f"this key's other uploads hold {held} bytes; with this run's {total} that is"
+            f" more than the {settings.upload_key_max_bytes} one key may hold: commit or"
+            " delete them first"
+        )
     async with _lock(folder):
         old = await run_in_threadpool(_manifest, folder)
-        if old is not None and old.checksum() != manifest.checksum():
-            # A different run under the same id: start over.
-            await run_in_threadpool(shutil.rmtree, folder, True)
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest.dump(folder)
+        with _spool_errors():
+            if old is not None and old.checksum() != manifest.checksum():
+                # A different run under the same id: start over.
+                await run_in_threadpool(shutil.rmtree, folder, True)
+            folder.mkdir(parents=True, exist_ok=True)
+            manifest.dump(folder)
         return await run_in_threadpool(_state, folder, _chunk_bytes(request))
 
 
@@ -206,22 +355,28 @@ async def put_shard_chunk(
     done = folder / name
     part = folder / (name + ".part")
     async with _lock(folder):
+        if not folder.is_dir():
+            raise NotFound(f"upload {upload_id!r} does not exist (committed or deleted)")
         if done.exists():
             return {"name": name, "received": rec.bytes, "complete": True, "sha256": rec.sha256}
         have = part.stat().st_size if part.exists() else 0
         if offset != have:
             raise Conflict(f"shard {name}: the server holds {have} bytes; send from offset {have}")
         received = 0
-        with open(part, "ab") as f:
-            async for piece in request.stream():
-                received += len(piece)
-                if received > chunk or have + received > rec.bytes:
-                    f.truncate(have)
-                    raise InvalidInput(
-                        f"shard {name}: chunk larger than {chunk} bytes or beyond the"
-                        f" manifest's size ({rec.bytes})"
-                    )
-                f.write(piece)
+        with _spool_errors(), open(part, "ab") as f:
+            try:
+                async for piece in request.stream():
+                    received += len(piece)
+                    if received > chunk or have + received > rec.bytes:
+                        raise InvalidInput(
+                            f"shard {name}: chunk larger than {chunk} bytes or beyond the"
+                            f" manifest's size ({rec.bytes})"
+                        )
+                    f.write(piece)
+                f.flush()
+            except BaseException:
+                f.truncate(have)  # nothing of a refused or failed chunk stays
+                raise
         size = have + received
         if size == rec.bytes:
             digest = await run_in_threadpool(sha256_file, part)
@@ -261,19 +416,30 @@ async def commit_upload(
     if not principal.allows("write", cid):
         raise Forbidden(f"the API key {principal.key_id} may not publish to collection {cid!r}")
     db: DatabaseSettings = request.app.state.settings
-    async with _lock(folder):
-        result = await run_in_threadpool(
-            publish,
-            folder,
-            collection_id=cid,
-            mode=mode,
-            settings=db,
-            progress=False,
-            defer_index=defer_index,
-            origin=f"upload:{principal.key_id or 'anonymous'}",
-        )
+    # A second commit of the same upload (a retry while the first still runs, another
+    # worker process) does not wait: 409 at once, and the first one's answer stands.
+    async with _lock(folder, wait_s=0):
+        if not (folder / MANIFEST_NAME).exists():
+            raise NotFound(f"upload {upload_id!r} has no manifest (committed or deleted)")
+        try:
+            result = await run_in_threadpool(
+                publish,
+                folder,
+                collection_id=cid,
+                mode=mode,
+                settings=db,
+                progress=False,
+                defer_index=defer_index,
+                origin=f"upload:{principal.key_id or 'anonymous'}",
+            )
+        except EmbcatError as exc:
+            # The spool's path is the server's business: name the upload instead.
+            exc.args = tuple(
+                a.replace(str(folder), f"upload {upload_id}") if isinstance(a, str) else a
+                for a in exc.args
+            )
+            raise
         await run_in_threadpool(shutil.rmtree, folder, True)
-    _locks.pop(folder, None)
     return {**result.as_dict(), "summary": result.summary()}
 
 
@@ -284,7 +450,6 @@ async def delete_upload(request: Request, upload_id: str, principal: WritePrinci
         raise NotFound(f"upload {upload_id!r} does not exist")
     async with _lock(folder):
         await run_in_threadpool(shutil.rmtree, folder, True)
-    _locks.pop(folder, None)
 
 
 @router.get(

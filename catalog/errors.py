@@ -49,6 +49,23 @@ class QueryTimeout(EmbcatError):
     """A statement ran past its time limit."""
 
 
+class ServerPrivilege(EmbcatError):
+    """The server's own database role lacks a privilege the operation needs (an operator
+    fixes it with a GRANT; retrying does not help)."""
+
+
+class TooManyRequests(EmbcatError):
+    """The client has more requests in flight than it may; retry after the others end."""
+
+
+class StorageFull(EmbcatError):
+    """The server's spool has no room left (disk full or over quota)."""
+
+
+class StorageUnavailable(EmbcatError):
+    """The server's spool cannot be written (read-only or not accessible)."""
+
+
 def translate(exc: BaseException) -> EmbcatError | None:
     """Map a driver or SQLAlchemy exception to a domain error (None: not ours to map)."""
     orig = getattr(exc, "orig", None) or exc
@@ -58,6 +75,13 @@ def translate(exc: BaseException) -> EmbcatError | None:
         return Conflict(f"already exists: {_detail(orig)}")
     if isinstance(orig, psycopg.errors.ForeignKeyViolation):
         return NotFound(f"refers to something that does not exist: {_detail(orig)}")
+    if isinstance(orig, psycopg.errors.InsufficientPrivilege):
+        return ServerPrivilege(
+            "the catalogue's database role lacks a privilege this operation needs"
+            f" ({_detail(orig)}); the operator must grant it (see docs/scaling.md)"
+        )
+    if isinstance(orig, psycopg.errors.ProgramLimitExceeded | psycopg.errors.StatementTooComplex):
+        return InvalidInput(f"the request is too large for the database: {_detail(orig)}")
     if isinstance(orig, psycopg.DataError):
         # SQLSTATE class 22 from the server, and values the driver refuses to send
         # (e.g. a NUL byte in a text parameter).

@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from catalog.errors import InvalidInput, translated
+from catalog.geometry import check_geometry, geojson_text
 from catalog.stac import ITEM_COLUMNS, item_to_stac
 
 PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,255}$")
@@ -112,18 +114,12 @@ def parse_interval(value: str) -> tuple[datetime | None, datetime | None]:
 
 
 def _check_geometry(geom: Any) -> str:
-    """GeoJSON geometry text after checking it with shapely (InvalidInput when broken)."""
-    import shapely.geometry
-
+    """GeoJSON geometry text after checking it with catalog.geometry's rule (closed rings,
+    valid, at most MAX_VERTICES; a search geometry may reach past the WGS84 range)."""
     if not isinstance(geom, dict) or "type" not in geom:
         raise InvalidInput("a geometry must be a GeoJSON geometry object")
-    try:
-        shape = shapely.geometry.shape(geom)
-    except Exception as exc:  # shapely raises several types for malformed input
-        raise InvalidInput(f"invalid GeoJSON geometry: {exc}") from None
-    if shape.is_empty and geom.get("type") != "GeometryCollection":
-        raise InvalidInput("the geometry is empty")
-    return json.dumps({"type": geom["type"], **{k: v for k, v in geom.items() if k != "type"}})
+    check_geometry(geom, "search geometry", in_range=False)
+    return geojson_text(geom)
 
 
 def geometry_literal(geom: dict[str, Any]) -> sql.Composable:
@@ -142,6 +138,8 @@ def bbox_literal(bbox: Sequence[Any]) -> sql.Composable:
     if len(values) != 4:
         raise InvalidInput("bbox must have 4 or 6 numbers")
     minx, miny, maxx, maxy = values
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"bbox {bbox!r}: numbers must be finite")
     if miny > maxy or not (-90 <= miny <= 90 and -90 <= maxy <= 90):
         raise InvalidInput(f"bbox {bbox!r}: latitudes must be within [-90, 90] with min <= max")
     if minx > maxx:  # crosses the antimeridian: two boxes
@@ -719,6 +717,8 @@ class SortKey:
     name: str
 
 
+MAX_SORT_FIELDS = 16  # PostgreSQL plans at most 1664 target columns; a user needs a few
+
 SORTABLE_COLUMNS = {
     "id": ("i.id", "text"),
     "collection": ("i.collection_id", "text"),
@@ -733,6 +733,8 @@ def sort_keys(sortby: list[dict[str, str]] | None) -> list[SortKey]:
     keys: list[SortKey] = []
     if not sortby:
         sortby = [{"field": "datetime", "direction": "desc"}]
+    if len(sortby) > MAX_SORT_FIELDS:
+        raise InvalidInput(f"sortby names {len(sortby)} fields; at most {MAX_SORT_FIELDS}")
     for entry in sortby:
         name = property_name(entry.get("field"))
         direction = str(entry.get("direction", "asc")).lower()

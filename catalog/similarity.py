@@ -106,6 +106,11 @@ class SimilaritySettings(BaseSettings):
         default=200_000, ge=1, description="hnsw.max_scan_tuples: index tuples one query may visit."
     )
     work_mem_mb: int = Field(default=64, ge=1, description="work_mem for similarity queries.")
+    max_exact_rows: int = Field(
+        default=200_000,
+        ge=0,
+        description="Largest filtered row estimate an 'exact' request may scan (0: no cap).",
+    )
     negative_weight: float = Field(default=0.5, ge=0, description="γ of the prototype method.")
     linear_iterations: int = Field(
         default=300, ge=1, le=10_000, description="Gradient steps (linear)."
@@ -749,6 +754,17 @@ def _rank(
     strategy: Literal["exact", "index"] = "exact"
     estimate = -1.0
     rows: list[tuple[Any, ...]] = []
+    if spec.exact and settings.max_exact_rows > 0:
+        # A cost cap: an exact scan reads every filtered vector (11 s for a 20,000-vertex
+        # intersects over the whole space); past the cap the client narrows the filter or
+        # lets the index answer.
+        estimate = _estimates(conn, [sql.SQL("select 1 {}").format(filtered)], stats)[0]
+        if estimate > settings.max_exact_rows:
+            raise InvalidInput(
+                f"an exact similarity search would scan about {int(estimate)} vectors; at"
+                f" most {settings.max_exact_rows} are allowed: narrow the filter or drop"
+                " 'exact'"
+            )
     if not spec.exact and indexable:
         # Excluding the few example items is no filter: only a where clause or a
         # collection list can make the candidates a small fraction of the space. Both
@@ -777,7 +793,7 @@ def _rank(
             ranked = sql.SQL(
                 "with c as materialized ({}) select collection_id, item_id, d from c order by d"
             ).format(ranked)
-        cur = conn.execute(_with_items(ranked, item_columns), params)
+        cur = conn.execute(_escaped(conn, _with_items(ranked, item_columns)), params)
         rows = cur.fetchall()
         if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
             strategy = "exact"
@@ -787,7 +803,7 @@ def _rank(
             " select collection_id, item_id, d from c order by d, collection_id, item_id"
             " limit {n}"
         ).format(d=distance, base=base, n=n)
-        cur = conn.execute(_with_items(ranked, item_columns), params)
+        cur = conn.execute(_escaped(conn, _with_items(ranked, item_columns)), params)
         rows = cur.fetchall()
     names = [c.name for c in cur.description or ()][3:] if rows and item_columns else []
     hits = [
@@ -827,6 +843,18 @@ def _query_param(q: np.ndarray, space: Space) -> HalfVector | Vector:
     cast to the vector type in SQL is no alternative: it was evaluated per row.
     """
     return HalfVector(q) if space.storage == "halfvec" else Vector(q)
+
+
+def _escaped(conn: psycopg.Connection, query: sql.Composable) -> sql.Composable:
+    """``query`` with every ``%`` inside its literals doubled, for execution with
+    parameters: psycopg reads ``%`` in the query text as the start of a placeholder, so a
+    ``%`` in an id, a LIKE pattern or a filter string made the query fail. Literals are
+    rendered (quoted) by psycopg first; only then are their ``%`` escaped."""
+    if isinstance(query, sql.Literal):
+        return sql.SQL(query.as_string(conn).replace("%", "%%"))
+    if isinstance(query, sql.Composed):
+        return sql.Composed([_escaped(conn, part) for part in query.seq])
+    return query
 
 
 def _with_items(ranked: sql.Composed, item_columns: sql.Composable | None) -> sql.Composed:

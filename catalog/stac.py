@@ -9,6 +9,7 @@ the API use the same functions so that every surface serves the same JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from catalog.errors import InvalidInput, NotFound, translated
+from catalog.geometry import check_item_geometry
 
 STAC_VERSION = "1.1.0"
 GEOJSON = "application/geo+json"
@@ -78,8 +80,8 @@ def _extension_schemas(*objects: Mapping[str, Any]) -> list[str]:
 
 def _stored_links(links: Iterable[Mapping[str, Any]] | None, base_url: str) -> list[dict]:
     out = []
-    for link in links or []:
-        if link.get("rel") in GENERATED_RELS:
+    for link in links if isinstance(links, list) else []:
+        if not isinstance(link, Mapping) or link.get("rel") in GENERATED_RELS:
             continue
         link = dict(link)
         if isinstance(link.get("href"), str):
@@ -148,9 +150,13 @@ def collection_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
         if key not in out and key not in ("links", "type", "stac_version", "id"):
             out[key] = value
     if "assets" in out:
+        # Rows written before the collection checks (or planted by a mirror source) may
+        # hold anything here: serve only asset objects, never fail the read.
+        stored_assets = out["assets"] if isinstance(out["assets"], Mapping) else {}
         out["assets"] = {
             k: {**a, "href": absolute(a["href"], base)} if isinstance(a.get("href"), str) else a
-            for k, a in out["assets"].items()
+            for k, a in stored_assets.items()
+            if isinstance(a, Mapping)
         }
     links = [
         {"rel": "self", "type": JSON, "href": collection_url(base, cid)},
@@ -247,6 +253,43 @@ class ItemRecord:
         )
 
 
+# Numbers every reader can load back: finite doubles, integers of 64 bits (orjson, which
+# the API reads JSON columns with, refuses larger ones; PostgreSQL's jsonb would keep
+# them, and every later read of the row would fail).
+INT_RANGE = (-(2**63), 2**64 - 1)
+MAX_JSON_DEPTH = 100
+
+
+def check_json_values(value: Any, what: str, depth: int = 0) -> None:
+    """InvalidInput when ``value`` holds a number out of range (1e400, NaN, a 400-digit
+    integer) or is nested deeper than MAX_JSON_DEPTH: checked before anything is written."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInput(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise InvalidInput(f"{what}: the integer {str(value)[:20]}... is out of range")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(f"{what}: numbers must be finite (got {value!r})")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput(f"{what}: object keys must be strings")
+            if "\x00" in key:
+                raise InvalidInput(f"{what}: object keys must not hold NUL characters")
+            check_json_values(item, what, depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_json_values(item, what, depth + 1)
+        return
+    raise InvalidInput(f"{what}: unsupported JSON value of type {type(value).__name__}")
+
+
 def _iso(value: Any, name: str) -> str | None:
     if value is None:
         return None
@@ -261,8 +304,6 @@ def _bad(what: str) -> Any:
 
 def validate_item(item: Mapping[str, Any], collection_id: str) -> ItemRecord:
     """Check a STAC Item (GeoJSON Feature) for the collection; InvalidInput names the fault."""
-    import shapely.geometry
-
     if not isinstance(item, Mapping) or item.get("type") != "Feature":
         raise InvalidInput("an item must be a GeoJSON Feature (type 'Feature')")
     iid = item.get("id")
@@ -275,21 +316,17 @@ def validate_item(item: Mapping[str, Any], collection_id: str) -> ItemRecord:
     geom = item.get("geometry")
     if not isinstance(geom, Mapping):
         raise InvalidInput(f"item {iid!r} needs a geometry (null geometries are not supported)")
-    try:
-        shape = shapely.geometry.shape(geom)
-    except Exception as exc:  # shapely raises several types for malformed input
-        raise InvalidInput(f"item {iid!r}: invalid geometry: {exc}") from None
-    if shape.is_empty:
-        raise InvalidInput(f"item {iid!r}: empty geometry")
+    # The one rule of catalog.geometry (also publish's): closed rings, valid, 2-D, WGS84.
+    geometry_text, bounds = check_item_geometry(geom, f"item {iid!r}")
+    check_json_values(item, f"item {iid!r}")
     bbox = item.get("bbox")
     if bbox is None:
-        bbox = list(shape.bounds)
+        bbox = bounds
     if not isinstance(bbox, list | tuple) or len(bbox) not in (4, 6):
         raise InvalidInput(f"item {iid!r}: bbox must have 4 or 6 numbers")
-    try:
-        bbox = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise InvalidInput(f"item {iid!r}: bbox must be numbers") from None
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in bbox):
+        raise InvalidInput(f"item {iid!r}: bbox must be numbers")
+    bbox = [float(v) for v in bbox]
     props = item.get("properties")
     if not isinstance(props, Mapping):
         raise InvalidInput(f"item {iid!r} needs a properties object")
@@ -316,7 +353,7 @@ def validate_item(item: Mapping[str, Any], collection_id: str) -> ItemRecord:
     return ItemRecord(
         collection_id=collection_id,
         id=iid,
-        geometry=json.dumps(dict(geom)),
+        geometry=geometry_text,
         bbox=bbox,
         datetime=dt,
         start_datetime=start,
@@ -404,6 +441,34 @@ def validate_collection(stac: Mapping[str, Any]) -> dict[str, Any]:
     extent = stac["extent"]
     if not isinstance(extent, Mapping) or "spatial" not in extent or "temporal" not in extent:
         raise InvalidInput(f"collection {cid!r}: extent needs spatial and temporal")
+    _check_extent(extent, cid)
+    check_json_values(stac, f"collection {cid!r}")
+    for key in ("description", "license", "title"):
+        if key in stac and not isinstance(stac[key], str):
+            raise InvalidInput(f"collection {cid!r}: {key} must be a string")
+    extensions = stac.get("stac_extensions", [])
+    if not isinstance(extensions, list) or any(not isinstance(e, str) for e in extensions):
+        raise InvalidInput(f"collection {cid!r}: stac_extensions must be a list of strings")
+    for key in ("assets", "item_assets"):
+        if key not in stac:
+            continue
+        assets = stac[key]
+        if not isinstance(assets, Mapping) or any(
+            not isinstance(a, Mapping) for a in assets.values()
+        ):
+            raise InvalidInput(f"collection {cid!r}: {key} must be an object of objects")
+    if "assets" in stac and any(
+        not isinstance(a.get("href"), str) for a in stac["assets"].values()
+    ):
+        raise InvalidInput(f"collection {cid!r}: every asset needs an href")
+    links = stac.get("links") or []
+    if not isinstance(links, list) or any(
+        not isinstance(link, Mapping)
+        or not isinstance(link.get("href"), str)
+        or not isinstance(link.get("rel"), str)
+        for link in links
+    ):
+        raise InvalidInput(f"collection {cid!r}: every link needs rel and href (strings)")
     out = dict(stac)
     out["type"] = "Collection"
     out["links"] = [
@@ -412,6 +477,43 @@ def validate_collection(stac: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(link, Mapping) and link.get("rel") not in GENERATED_RELS
     ]
     return out
+
+
+def _check_extent(extent: Mapping[str, Any], cid: str) -> None:
+    spatial, temporal = extent["spatial"], extent["temporal"]
+    boxes = spatial.get("bbox") if isinstance(spatial, Mapping) else None
+    if (
+        not isinstance(boxes, list)
+        or not boxes
+        or any(
+            not isinstance(b, list)
+            or len(b) not in (4, 6)
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in b)
+            for b in boxes
+        )
+    ):
+        raise InvalidInput(
+            f"collection {cid!r}: extent.spatial.bbox must be a list of 4- or 6-number boxes"
+        )
+    intervals = temporal.get("interval") if isinstance(temporal, Mapping) else None
+    if (
+        not isinstance(intervals, list)
+        or not intervals
+        or any(
+            not isinstance(iv, list)
+            or len(iv) != 2
+            or any(v is not None and not isinstance(v, str) for v in iv)
+            for iv in intervals
+        )
+    ):
+        raise InvalidInput(
+            f"collection {cid!r}: extent.temporal.interval must be a list of"
+            " [start, end] pairs (RFC 3339 strings or null)"
+        )
+    for iv in intervals:
+        for v in iv:
+            if v is not None:
+                _iso(v, f"extent interval of collection {cid!r}")
 
 
 def insert_collection(conn: psycopg.Connection, stac: Mapping[str, Any]) -> str:

@@ -70,6 +70,8 @@ async def explorer_static(name: str) -> Response:
 @router.get("/explorer/vendor/leaflet/{path:path}", include_in_schema=False)
 async def explorer_vendor(path: str) -> Response:
     """Leaflet's distribution files (JS, CSS, marker images) from the npm installation."""
+    if "\x00" in path:  # os.path refuses NUL bytes (a ValueError, not a missing file)
+        raise NotFound(f"no Leaflet file {path!r}")
     target = (LEAFLET_DIST / path).resolve()
     if (
         not target.is_relative_to(LEAFLET_DIST.resolve())
