@@ -70,12 +70,14 @@ def _check_rings(gtype: str, coords: Any, what: str) -> None:
         if not isinstance(polygon, list | tuple) or not polygon:
             raise InvalidInput(f"{what}: a polygon needs at least one ring")
         for ring in polygon:
-            if not isinstance(ring, list | tuple) or len(ring) < 4:
+            if not isinstance(ring, list | tuple) or not ring:
                 raise InvalidInput(f"{what}: a ring needs at least four positions")
             if list(ring[0]) != list(ring[-1]):
                 raise InvalidInput(
                     f"{what}: ring not closed (its last position must repeat the first)"
                 )
+            if len(ring) < 4:
+                raise InvalidInput(f"{what}: a ring needs at least four positions")
 
 
 def _structure(geom: Any, what: str, out: list[tuple[float, float]], level: int = 0) -> None:
