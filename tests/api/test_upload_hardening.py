@@ -296,3 +296,55 @@ def test_one_keys_uploads_are_capped_together(
     assert first.status_code == 200, first.text
     assert second.status_code == 507, second.text
     assert "delete" in second.json()["description"]
+
+
+# ----------------------------------------------------------------- 22: a DML-only server role
+
+
+@pytest.fixture
+def dml_only_url(database_url: str) -> Iterator[str]:
+    """A login role with SELECT/INSERT/UPDATE/DELETE on the tables and nothing more (no
+    CREATE, not the tables' owner: it cannot build a new space's index)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"embcat_dml_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"create role {name} login password '{password}' connection limit 8")
+        conn.execute(f"grant usage on schema public to {name}")
+        conn.execute(f"grant select, insert, update, delete on all tables in schema public to {name}")
+        conn.execute(f"grant usage, select on all sequences in schema public to {name}")
+    parts = urlsplit(database_url)
+    netloc = f"{name}:{password}@{parts.hostname or '127.0.0.1'}:{parts.port or 5432}"
+    try:
+        yield urlunsplit(parts._replace(netloc=netloc))
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
+                (name,),
+            )
+            conn.execute(f"revoke all on all tables in schema public from {name}")
+            conn.execute(f"revoke all on all sequences in schema public from {name}")
+            conn.execute(f"revoke usage on schema public from {name}")
+            conn.execute(f"drop role {name}")
+
+
+def test_publish_of_a_new_space_by_a_dml_only_server_role_is_a_503(
+    tmp_path: Path, dml_only_url: str, spool: Path, database_url: str
+) -> None:
+    _, secret = _key(database_url)
+    run = _run(tmp_path, 40)
+    up = upload_id_for(Manifest.load(run).checksum())
+    handle = _server(dml_only_url, spool)
+    try:
+        _upload_all(handle.base_url, up, secret, run)
+        r = httpx.post(
+            f"{handle.base_url}/publish/uploads/{up}/commit",
+            params={"collection": "dml-" + uuid.uuid4().hex[:8]},
+            headers={"X-API-Key": secret}, timeout=60,
+        )  # fmt: skip
+    finally:
+        handle.stop()
+    assert r.status_code == 503, r.text
+    assert "privilege" in r.json()["description"]
