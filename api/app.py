@@ -343,19 +343,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         collections_get_request_model=ext["collections"].GET,
         middlewares=[
             Middleware(
+                ClientConcurrencyLimit,
+                max_in_flight=settings.max_requests_per_client,
+                networks=parse_networks(settings.trusted_proxies),
+            ),
+            Middleware(
                 CORSMiddleware,
                 allow_origins=["*"],
                 allow_methods=["OPTIONS", "GET", "POST", "PUT", "PATCH", "DELETE"],
                 allow_headers=["Content-Type", "Authorization", "X-API-Key"],
                 max_age=600,
             ),
-            Middleware(
-                ClientConcurrencyLimit,
-                max_in_flight=settings.max_requests_per_client,
-                networks=parse_networks(settings.trusted_proxies),
-            ),
-            Middleware(TrustedProxyHeaders, networks=parse_networks(settings.trusted_proxies)),
             Middleware(ProxyHeaderMiddleware),
+            # stac-fastapi wraps the app in these in reverse order (the last is the
+            # outermost): the forwarded headers of untrusted clients are removed before
+            # ProxyHeaderMiddleware reads them; the per-client limit sits inside CORS, so
+            # that a browser sees its 429.
+            Middleware(TrustedProxyHeaders, networks=parse_networks(settings.trusted_proxies)),
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         ],
         exceptions={},

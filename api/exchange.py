@@ -164,13 +164,15 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
         raise InvalidInput("after must be the id of the last item received (a string)")
     for name in ("dtype", "datetime", "q"):
         value = params.get(name)
-        if value is not None and not isinstance(value, str) and not (
-            name == "q" and isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if (
+            value is not None
+            and not isinstance(value, str)
+            and not (
+                name == "q" and isinstance(value, list) and all(isinstance(v, str) for v in value)
+            )
         ):
             raise InvalidInput(f"{name} must be a string")
-    if ids is not None and (
-        not isinstance(ids, list) or any(not isinstance(v, str) for v in ids)
-    ):
+    if ids is not None and (not isinstance(ids, list) or any(not isinstance(v, str) for v in ids)):
         raise InvalidInput("ids must be a list of strings")
     query_param = params.get("query")
     if isinstance(query_param, str):

@@ -845,16 +845,20 @@ def _query_param(q: np.ndarray, space: Space) -> HalfVector | Vector:
     return HalfVector(q) if space.storage == "halfvec" else Vector(q)
 
 
-def _escaped(conn: psycopg.Connection, query: sql.Composable) -> sql.Composable:
+def _escaped(conn: psycopg.Connection, query: sql.Composed) -> sql.Composed:
     """``query`` with every ``%`` inside its literals doubled, for execution with
     parameters: psycopg reads ``%`` in the query text as the start of a placeholder, so a
     ``%`` in an id, a LIKE pattern or a filter string made the query fail. Literals are
     rendered (quoted) by psycopg first; only then are their ``%`` escaped."""
-    if isinstance(query, sql.Literal):
-        return sql.SQL(query.as_string(conn).replace("%", "%%"))
-    if isinstance(query, sql.Composed):
-        return sql.Composed([_escaped(conn, part) for part in query.seq])
-    return query
+
+    def walk(part: sql.Composable) -> sql.Composable:
+        if isinstance(part, sql.Literal):
+            return sql.SQL(part.as_string(conn).replace("%", "%%"))
+        if isinstance(part, sql.Composed):
+            return sql.Composed([walk(p) for p in part])
+        return part
+
+    return sql.Composed([walk(p) for p in query])
 
 
 def _with_items(ranked: sql.Composed, item_columns: sql.Composable | None) -> sql.Composed:

@@ -42,7 +42,9 @@ def _key(database_url: str) -> tuple[str, str]:
 
 
 def _run(tmp_path: Path, n: int = 400) -> Path:
-    return write_run(tmp_path / f"run-{n}", n, dims=128, seed=7, encoder="uh-" + uuid.uuid4().hex[:8])
+    return write_run(
+        tmp_path / f"run-{n}", n, dims=128, seed=7, encoder="uh-" + uuid.uuid4().hex[:8]
+    )
 
 
 def _server(database_url: str, spool: Path, **upload: Any):
@@ -73,7 +75,9 @@ def server(database_url: str, spool: Path) -> Iterator[str]:
         handle.stop()
 
 
-def _manifest(base: str, up: str, secret: str, run: Path, body: bytes | None = None) -> httpx.Response:
+def _manifest(
+    base: str, up: str, secret: str, run: Path, body: bytes | None = None
+) -> httpx.Response:
     return httpx.put(
         f"{base}/publish/uploads/{up}/manifest",
         content=body if body is not None else (run / "manifest.json").read_bytes(),
@@ -195,8 +199,10 @@ def test_concurrent_commits_publish_once_and_do_not_leak_the_spool(
     def commit() -> None:
         answers.append(
             httpx.post(
-                f"{server}/publish/uploads/{up}/commit", params={"collection": cid},
-                headers={"X-API-Key": secret}, timeout=60,
+                f"{server}/publish/uploads/{up}/commit",
+                params={"collection": cid},
+                headers={"X-API-Key": secret},
+                timeout=60,
             )  # fmt: skip
         )
 
@@ -312,7 +318,9 @@ def dml_only_url(database_url: str) -> Iterator[str]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"create role {name} login password '{password}' connection limit 8")
         conn.execute(f"grant usage on schema public to {name}")
-        conn.execute(f"grant select, insert, update, delete on all tables in schema public to {name}")
+        conn.execute(
+            f"grant select, insert, update, delete on all tables in schema public to {name}"
+        )
         conn.execute(f"grant usage, select on all sequences in schema public to {name}")
     parts = urlsplit(database_url)
     netloc = f"{name}:{password}@{parts.hostname or '127.0.0.1'}:{parts.port or 5432}"

@@ -44,7 +44,9 @@ def test_percent_in_a_similarity_filter_is_a_value(
     assert r.status_code == 200, r.text
 
 
-def test_percent_like_pattern_filters_the_ranked_items(rel_server: str, rel_collection: str) -> None:
+def test_percent_like_pattern_filters_the_ranked_items(
+    rel_server: str, rel_collection: str
+) -> None:
     r = _similar(rel_server, rel_collection, filter="id LIKE 'item-01%'", limit=50)
     assert r.status_code == 200, r.text
     ids = [f["id"] for f in r.json()["features"]]

@@ -102,9 +102,7 @@ def test_search_by_ids_does_not_reach_another_collection(
     protected: str, rel_collection: str, other_collection: str, make_key
 ) -> None:
     secret = make_key("read", collection=rel_collection)
-    r = httpx.post(
-        f"{protected}/search", json={"ids": ["item-0", "item-1"]}, headers=_auth(secret)
-    )
+    r = httpx.post(f"{protected}/search", json={"ids": ["item-0", "item-1"]}, headers=_auth(secret))
     assert r.status_code == 200, r.text
     assert all(f["collection"] == rel_collection for f in r.json()["features"])
 
