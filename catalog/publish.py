@@ -64,6 +64,7 @@ from catalog import metrics
 from catalog import spaces as spaces_mod
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
+from catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
 from catalog.settings import DatabaseSettings
 from catalog.spaces import Space
 from catalog.stacgen import (
@@ -312,24 +313,24 @@ def _validate_batch(
     missing = shapely.is_missing(geoms)
     problems.add(shard, offset, ids, _where(missing), "geometry is not valid WKB")
     ok = ~missing
+    # The rule of catalog.geometry, shared with the API's writes, vectorised.
     bad = ok & (shapely.is_empty(geoms) | ~shapely.is_valid(geoms))
+    problems.add(shard, offset, ids, _where(bad), INVALID)
+    many = ok & (shapely.get_num_coordinates(geoms) > MAX_VERTICES)
     problems.add(
-        shard, offset, ids, _where(bad), "geometry is empty or invalid (self-intersecting?)"
+        shard, offset, ids, _where(many), f"geometry has more than {MAX_VERTICES} vertices"
     )
     bad3d = ok & shapely.has_z(geoms)
     problems.add(shard, offset, ids, _where(bad3d), "geometry has Z coordinates (2-D expected)")
     bounds = shapely.bounds(geoms)
     with np.errstate(invalid="ignore"):
         out_of_range = ok & ~(
-            (bounds[:, 0] >= -180)
-            & (bounds[:, 2] <= 180)
-            & (bounds[:, 1] >= -90)
-            & (bounds[:, 3] <= 90)
+            (bounds[:, 0] >= LON_RANGE[0])
+            & (bounds[:, 2] <= LON_RANGE[1])
+            & (bounds[:, 1] >= LAT_RANGE[0])
+            & (bounds[:, 3] <= LAT_RANGE[1])
         )
-    problems.add(
-        shard, offset, ids, _where(out_of_range),
-        "geometry is outside the WGS84 range (lon -180..180, lat -90..90; not EPSG:4326?)",
-    )  # fmt: skip
+    problems.add(shard, offset, ids, _where(out_of_range), OUT_OF_RANGE)
     # datetime
     us = _datetime_us(batch.column("datetime"))
     problems.add(

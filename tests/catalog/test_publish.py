@@ -187,6 +187,11 @@ def _bowtie(rank: int, cols: dict[str, Any]) -> None:
         cols["geometry"][7] = shapely.to_wkb(shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1)]))
 
 
+def _many_vertices(rank: int, cols: dict[str, Any]) -> None:
+    if rank == 0:  # the API's cap (catalog.geometry.MAX_VERTICES) applies to publish too
+        cols["geometry"][2] = shapely.to_wkb(shapely.Point(10, 45).buffer(0.01, 3000))
+
+
 def _bad_wkb(rank: int, cols: dict[str, Any]) -> None:
     if rank == 1:
         cols["geometry"][0] = b"\x01\x02garbage"
@@ -209,10 +214,14 @@ def _huge_value(rank: int, cols: dict[str, Any]) -> None:
         (_far_geometry, r"row 5 .*outside the WGS84 range"),
         (_bowtie, r"row 7 .*invalid"),
         (_bad_wkb, r"row 0 .*not valid WKB"),
+        (_many_vertices, r"row 2 .*more than 10000 vertices"),
         (_duplicate, r"duplicate item ids.*'chip-00000001' \(2x\)"),
         (_huge_value, r"row 1 .*float16 range"),
     ],
-    ids=["nan", "projected-coordinates", "self-intersecting", "bad-wkb", "duplicate", "float16"],
+    ids=[
+        "nan", "projected-coordinates", "self-intersecting", "bad-wkb", "vertices", "duplicate",
+        "float16",
+    ],  # fmt: skip
 )
 def test_bad_input_is_named_and_nothing_is_written(
     tmp_path: Path, db_settings: DatabaseSettings, mutate: Any, message: str
