@@ -218,10 +218,7 @@ def _huge_value(rank: int, cols: dict[str, Any]) -> None:
         (_duplicate, r"duplicate item ids.*'chip-00000001' \(2x\)"),
         (_huge_value, r"row 1 .*float16 range"),
     ],
-    ids=[
-        "nan", "projected-coordinates", "self-intersecting", "bad-wkb", "vertices", "duplicate",
-        "float16",
-    ],  # fmt: skip
+    ids=["nan", "projected", "self-intersecting", "bad-wkb", "vertices", "duplicate", "float16"],
 )
 def test_bad_input_is_named_and_nothing_is_written(
     tmp_path: Path, db_settings: DatabaseSettings, mutate: Any, message: str
