@@ -757,13 +757,16 @@ def _rank(
     if spec.exact and settings.max_exact_rows > 0:
         # A cost cap: an exact scan reads every filtered vector (11 s for a 20,000-vertex
         # intersects over the whole space); past the cap the client narrows the filter or
-        # lets the index answer.
-        estimate = _estimates(conn, [sql.SQL("select 1 {}").format(filtered)], stats)[0]
-        if estimate > settings.max_exact_rows:
+        # lets the index answer. Counted, not estimated (planner estimates of a fresh
+        # collection can be off by orders of magnitude), and the count stops at the cap.
+        capped = sql.SQL("select count(*) from (select 1 {} limit {}) c").format(
+            filtered, sql.Literal(settings.max_exact_rows + 1)
+        )
+        found = conn.execute(capped).fetchone()  # no parameters: literals stay as they are
+        if found is not None and int(found[0]) > settings.max_exact_rows:
             raise InvalidInput(
-                f"an exact similarity search would scan about {int(estimate)} vectors; at"
-                f" most {settings.max_exact_rows} are allowed: narrow the filter or drop"
-                " 'exact'"
+                "an exact similarity search would scan more than"
+                f" {settings.max_exact_rows} vectors: narrow the filter or drop 'exact'"
             )
     if not spec.exact and indexable:
         # Excluding the few example items is no filter: only a where clause or a

@@ -162,7 +162,7 @@ def small_exact_cap(database_url: str, rel_collection: str) -> Iterator[str]:
 def test_exact_scan_past_the_cap_is_a_400(small_exact_cap: str, rel_collection: str) -> None:
     r = _similar(small_exact_cap, rel_collection, exact="true", limit=3)
     _is_4xx(r)
-    assert "exact" in r.json()["description"]
+    assert "exact" in r.json()["description"] and "50" in r.json()["description"]
 
 
 def test_exact_scan_under_the_cap_answers(small_exact_cap: str, rel_collection: str) -> None:
