@@ -9,6 +9,14 @@ that collection. An upload lives in a spool folder per key (``EMBCAT_UPLOAD_DIR`
     POST   /publish/uploads/{upload_id}/commit?collection=&mode=&defer_index=
     DELETE /publish/uploads/{upload_id}
 
+Every request on one upload holds a lock on it: ``flock`` on a file beside its folder, so
+that the processes of ``embcat serve --workers N`` exclude each other (on a local file
+system; a spool shared by several hosts needs a file system whose ``flock`` is
+cluster-wide). A second commit of a running one is a 409 at once. Shard names that collide
+with the spool's own files (``manifest.json``, ``*.part``) are refused; uploads untouched
+for ``upload_expire_s`` are deleted when the next manifest arrives; the uploads of one key
+hold at most ``upload_key_max_bytes`` together (507 past it, as when the disk is full).
+
 Shards travel in chunks of at most ``chunk_bytes`` (below the API's body limit), appended
 at ``offset``; a shard is complete when it reaches the manifest's size and its sha256
 matches. A client that was interrupted asks what arrived and continues from there, and
@@ -84,7 +92,7 @@ class UploadSettings(BaseSettings):
     upload_expire_s: int = Field(
         7 * 24 * 3600,
         ge=60,
-        description="Uploads untouched this long are deleted (abandoned runs).",
+        description="Uploads untouched this long are deleted (swept when a manifest arrives).",
     )
 
 
