@@ -26,6 +26,7 @@ from api.db import connection
 from api.responses import GeoJSONDocument
 from catalog import stac as stacrows
 from catalog.errors import InvalidInput
+from catalog.geometry import MAX_VERTICES, too_many_positions
 from catalog.search import (
     MAX_JSON_DEPTH,
     SearchPage,
@@ -259,6 +260,10 @@ class SearchPostRequest(BaseSearchPostRequest):
     def _object_of_bounded_depth(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"the search body must be a JSON object, not {_json_type(value)}")
+        if too_many_positions(value.get("intersects")):
+            # Before the GeoJSON models parse it (a second of CPU per 20,000 positions,
+            # on the event loop): the cap of catalog.geometry, checked cheaply first.
+            raise ValueError(f"intersects: geometry has more than {MAX_VERTICES} vertices")
         if json_depth(value) > MAX_JSON_DEPTH + 1:  # +1: the body object itself
             raise ValueError(f"the search body is nested too deeply (at most {MAX_JSON_DEPTH})")
         return value

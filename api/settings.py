@@ -47,7 +47,7 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
         ),
     )
     max_requests_per_client: int = Field(
-        32,
+        8,
         ge=0,
         description=(
             "Requests of one client address in flight at once; the next is answered 429"
