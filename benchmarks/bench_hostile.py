@@ -104,8 +104,14 @@ def main() -> None:
         item = {"collection": bench_load.COLLECTION, "id": ids[0]}
         scenarios: dict[str, dict | None] = {
             "baseline": None,
-            "over-caps": {"intersects": circle(20_000), "similarity": {"item": item, "exact": True}},
-            "under-caps": {"intersects": circle(9_000), "similarity": {"item": item, "exact": True}},
+            "over-caps": {
+                "intersects": circle(20_000),
+                "similarity": {"item": item, "exact": True},
+            },
+            "under-caps": {
+                "intersects": circle(9_000),
+                "similarity": {"item": item, "exact": True},
+            },
         }
         for label, body in scenarios.items():
             stop = time.monotonic() + args.duration
