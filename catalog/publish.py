@@ -1077,21 +1077,35 @@ def _merge_chunk(
     conn.execute("TRUNCATE publish_staging")
 
 
-def build_index(collection_id: str, settings: DatabaseSettings | None = None) -> bool:
-    """Build the HNSW index of a collection's space if absent (``embcat index build``).
+def build_index(
+    collection_id: str,
+    settings: DatabaseSettings | None = None,
+    *,
+    kind: spaces_mod.IndexKind | None = None,
+    rebuild: bool = False,
+) -> str | None:
+    """Build the index of a collection's space if absent (``embcat index build``); with
+    ``kind`` other than the space's, switch the space to it (new index, then swap); with
+    ``rebuild``, build anew. Returns the kind built, or None if nothing was built.
 
     Takes the merge lock exclusively, like a publish that builds an index, so that it
-    never deadlocks with a concurrent publish. Returns True if an index was built.
+    never deadlocks with a concurrent publish.
     """
     from catalog.errors import NotFound
 
-    with connect(settings) as conn, translated(), conn.transaction():
-        conn.execute("set local statement_timeout = 0")
-        conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
-        space = spaces_mod.collection_space(conn, collection_id)
-        if space is None:
-            raise NotFound(f"collection {collection_id!r} has no embeddings")
-        return spaces_mod.ensure_hnsw_index(conn, space)
+    with connect(settings) as conn, translated():
+        with conn.transaction():
+            conn.execute("set local statement_timeout = 0")
+            conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+            space = spaces_mod.collection_space(conn, collection_id)
+            if space is None:
+                raise NotFound(f"collection {collection_id!r} has no embeddings")
+            built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
+        if built:  # the replaced index goes once the new one is committed, concurrently
+            conn.commit()
+            conn.autocommit = True
+            spaces_mod.finish_swap(conn, space.id)
+        return (kind or space.index_kind) if built else None
 
 
 def list_publishes(

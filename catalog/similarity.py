@@ -111,6 +111,20 @@ class SimilaritySettings(BaseSettings):
         ge=0,
         description="Largest filtered row estimate an 'exact' request may scan (0: no cap).",
     )
+    rerank_candidates: int = Field(
+        default=300,
+        ge=1,
+        le=100_000,
+        description="Binary index kinds: fewest candidates fetched by Hamming distance and"
+        " re-ranked exactly.",
+    )
+    rerank_factor: int = Field(
+        default=10, ge=1, le=1000, description="Binary kinds: candidates per result asked for."
+    )
+    ivfflat_probes: int = Field(default=10, ge=1, description="ivfflat.probes (ivfflat-bit).")
+    ivfflat_max_probes: int = Field(
+        default=300, ge=1, description="ivfflat.max_probes of an iterative scan (ivfflat-bit)."
+    )
     negative_weight: float = Field(default=0.5, ge=0, description="γ of the prototype method.")
     linear_iterations: int = Field(
         default=300, ge=1, le=10_000, description="Gradient steps (linear)."
@@ -231,7 +245,7 @@ def parse_spec(clause: Any) -> SimilaritySpec:
 
 _SPACES_SQL = (
     "select c.id, s.id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,"
-    " s.metric, s.normalized, s.mlm from collections c"
+    " s.metric, s.normalized, s.mlm, s.index_kind, s.index_center from collections c"
     " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)"
 )
 
@@ -277,6 +291,8 @@ def _space_of(scope: list[str], rows: Sequence[tuple[Any, ...]]) -> Space:
                 metric=found[5],
                 normalized=found[6],
                 mlm=found[7] or {},
+                index_kind=found[8],
+                center=tuple(found[9]) if found[9] is not None else None,
             )
     if without:
         raise InvalidInput(
@@ -664,6 +680,10 @@ def _similar(
         "hnsw.iterative_scan": settings.iterative_scan,
         "hnsw.max_scan_tuples": str(settings.max_scan_tuples),
         "work_mem": f"{settings.work_mem_mb}MB",
+        # the ivfflat ones serve the ivfflat-bit kind (inert otherwise)
+        "ivfflat.probes": str(settings.ivfflat_probes),
+        "ivfflat.iterative_scan": "relaxed_order",
+        "ivfflat.max_probes": str(settings.ivfflat_max_probes),
         "jit": "off",
         "max_parallel_workers_per_gather": "0",
     }
@@ -748,7 +768,7 @@ def _rank(
             )
         )
     base = sql.SQL(source).format(sql.SQL(" and ").join(conditions))
-    params = {"q": _query_param(q, space)}
+    params: dict[str, Any] = {"q": _query_param(q, space)}
     n = sql.Literal(wanted)
 
     strategy: Literal["exact", "index"] = "exact"
@@ -768,6 +788,8 @@ def _rank(
                 "an exact similarity search would scan more than"
                 f" {settings.max_exact_rows} vectors: narrow the filter or drop 'exact'"
             )
+    if space.binary and space.center is None:
+        indexable = False  # a binary kind whose index was never built: nothing to scan
     if not spec.exact and indexable:
         # Excluding the few example items is no filter: only a where clause or a
         # collection list can make the candidates a small fraction of the space. Both
@@ -788,8 +810,28 @@ def _rank(
             strategy = "index"
             if compare and estimate < settings.exact_fraction * estimates[1]:
                 strategy = "exact"
-    if strategy == "index":
-        ranked: sql.Composed = sql.SQL(
+    ranked: sql.Composed
+    if strategy == "index" and space.binary:
+        # Over-fetch by Hamming distance of the centred sign bits (the index's expression),
+        # then rank the candidates by the exact distance on the stored vector.
+        candidates = max(settings.rerank_candidates, settings.rerank_factor * wanted)
+        if space.index_kind == "hnsw-bit":
+            _set_local(conn, {"hnsw.ef_search": str(min(max(candidates, 40), 1000))})
+        params["code"] = space.code_of(q, direction=bool(spec.positive) and spec.method == "linear")
+        ranked = sql.SQL(
+            "select collection_id, item_id, d from (select e.collection_id, e.item_id,"
+            " {d} as d {base} order by {code} <~> %(code)s::bit({dims}) limit {r}) c"
+            " order by d, collection_id, item_id limit {n}"
+        ).format(
+            d=distance, base=base, code=sql.SQL(space.code_sql("e")),
+            dims=sql.Literal(space.dimensions), r=sql.Literal(candidates), n=n,
+        )  # fmt: skip
+        cur = conn.execute(_with_items(ranked, item_columns), params)
+        rows = cur.fetchall()
+        if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
+            strategy = "exact"
+    elif strategy == "index":
+        ranked = sql.SQL(
             "select e.collection_id, e.item_id, {d} as d {base} order by {d} limit {n}"
         ).format(d=distance, base=base, n=n)
         if settings.iterative_scan == "relaxed_order":

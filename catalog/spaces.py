@@ -1,17 +1,32 @@
-"""Embedding spaces: registration, the per-space HNSW index, and the SQL to query it.
+"""Embedding spaces: registration, the per-space similarity index, and the SQL to query it.
 
 Every space shares the ``embeddings`` table. A query must use the same cast and the same
-operator class as the space's partial index to hit it; ``Space.vector_sql`` and
-``Space.distance_op`` are the one place that spells them out.
+operator class as the space's partial index to hit it; ``Space.vector_sql``,
+``Space.code_sql`` and ``Space.distance_op`` are the one place that spells them out.
+
+Index kinds (``Space.index_kind``, recorded in ``embedding_spaces``, migration 0014):
+
+- ``hnsw-halfvec``: HNSW over the stored vector (about 2 kB per 768-d vector at m 16).
+- ``ivfflat-bit``: IVFFlat (``lists`` = sqrt(N)) over the sign bits of the centred vector,
+  ``binary_quantize(e - center)::bit(d)`` (d/8 bytes a vector); the query over-fetches
+  candidates by Hamming distance and re-ranks them by the exact distance on the stored
+  vector (catalog.similarity). ``center`` is the space's mean at build time: sign bits
+  carry information only about zero (ReLU features such as MOSAIKS are all positive).
+- ``hnsw-bit``: HNSW over the same bits, re-ranked the same way.
+
+Switching a space's kind (``ensure_index(..., kind=...)``, ``embcat index build --kind``)
+builds the new index beside the old one, then records the new kind and drops the old
+index in the same transaction: readers always find an index for the kind they read.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import Field, model_validator
@@ -23,6 +38,16 @@ log = logging.getLogger(__name__)
 
 Metric = Literal["cosine", "l2", "inner_product"]
 Storage = Literal["halfvec", "vector"]
+IndexKind = Literal["hnsw-halfvec", "ivfflat-bit", "hnsw-bit"]
+INDEX_KINDS: tuple[str, ...] = ("hnsw-halfvec", "ivfflat-bit", "hnsw-bit")
+BIT_KINDS = frozenset({"ivfflat-bit", "hnsw-bit"})
+BIT_MAX_DIMS = 64000  # pgvector's limit for bit indexes
+# From this many dimensions a new space gets a binary index by default ("auto"): a code of
+# fewer bits has too few distinct Hamming distances to pick candidates (at 32 bits, top-300
+# of 3,000 missed planted neighbours), at 768 it out-ranked HNSW (benchmarks/README.md).
+AUTO_BIT_MIN_DIMS = 256
+# Index names per kind (the HNSW-halfvec name is the one the earlier migrations made).
+_INDEX_PREFIX = {"hnsw-halfvec": "hnsw", "ivfflat-bit": "ivfbit", "hnsw-bit": "hnswbit"}
 
 # pgvector index limits per type (HNSW): vector <= 2000 dims, halfvec <= 4000.
 INDEX_MAX_DIMS: dict[str, int] = {"vector": 2000, "halfvec": 4000}
@@ -42,6 +67,11 @@ class IndexSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EMBCAT_HNSW_", extra="ignore")
 
+    kind: IndexKind | Literal["auto"] = Field(
+        default="auto",
+        description="Index kind of newly registered spaces; auto: ivfflat-bit from"
+        f" {AUTO_BIT_MIN_DIMS} dimensions, hnsw-halfvec below (benchmarks/README.md, Scale).",
+    )
     m: int = Field(default=16, ge=2, le=100, description="HNSW m: links per graph node.")
     ef_construction: int = Field(
         default=128, ge=4, le=1000, description="HNSW ef_construction: build candidate list."
@@ -64,6 +94,9 @@ class Space:
     metric: Metric = "cosine"
     normalized: bool = False
     mlm: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    index_kind: IndexKind = "hnsw-halfvec"
+    # the mean subtracted before binary quantisation (binary kinds; None until built)
+    center: tuple[float, ...] | None = field(default=None, compare=False, hash=False)
 
     @property
     def column(self) -> str:
@@ -88,19 +121,88 @@ class Space:
 
     @property
     def index_name(self) -> str:
-        return f"embeddings_hnsw_space_{self.id}"
+        return index_name(self.id, self.index_kind)
+
+    @property
+    def binary(self) -> bool:
+        """Whether the space's kind is a binary-code index with exact re-ranking."""
+        return self.index_kind in BIT_KINDS
 
     @property
     def indexable(self) -> bool:
-        return self.dimensions <= INDEX_MAX_DIMS[self.storage]
+        """Whether the space's kind can index vectors of its dimensions."""
+        return kind_indexable(self.index_kind, self.storage, self.dimensions)
+
+    def center_sql(self) -> str:
+        """The centre as a literal of the space's type (the constant of the index)."""
+        if self.center is None:
+            raise ValueError(f"space {self.id} has no centre (no binary index was built)")
+        values = ",".join(repr(float(v)) for v in self.center)
+        return f"'[{values}]'::{self.sql_type}"
+
+    def coded_sql(self, alias: str = "e") -> str:
+        """The vector the binary code is taken of: cosine spaces unit length (the metric
+        ignores the norm, so the code must too), the others as stored."""
+        if self.metric == "cosine":
+            return f"l2_normalize{self.vector_sql(alias)}"
+        return self.vector_sql(alias)
+
+    def code_sql(self, alias: str = "e") -> str:
+        """The binary code the binary kinds index: sign bits of the centred vector."""
+        return (
+            f"(binary_quantize({self.coded_sql(alias)} - {self.center_sql()})"
+            f"::bit({self.dimensions}))"
+        )
+
+    def code_of(self, q: Any, *, direction: bool = False) -> str:
+        """The binary code of a query vector (``'0101...'``, as ``binary_quantize``).
+
+        A point of the space is centred like the stored vectors (unit length first in
+        cosine spaces). A ``direction`` (the linear method's weights, ranking by ``w·x``)
+        is not: ``w·x = w·(x - c) + w·c``, so its own signs are the code nearest to the
+        centred vectors it scores highest.
+        """
+        if self.center is None:
+            raise ValueError(f"space {self.id} has no centre (no binary index was built)")
+        v = np.asarray(q, dtype=np.float64)
+        if not direction:
+            if self.metric == "cosine":
+                norm = float(np.linalg.norm(v))
+                v = v / norm if norm > 0 else v
+            v = v - np.asarray(self.center, dtype=np.float64)
+        return "".join(np.where(v > 0, "1", "0"))
 
 
-_COLUMNS = "id, encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm"
+def default_kind(dimensions: int, configured: str | None = None) -> IndexKind:
+    """The kind of a new space: ``configured`` (IndexSettings.kind), "auto" by dimensions."""
+    configured = configured or IndexSettings().kind
+    if configured == "auto":
+        return "ivfflat-bit" if dimensions >= AUTO_BIT_MIN_DIMS else "hnsw-halfvec"
+    return configured  # type: ignore[return-value]
+
+
+def index_name(space_id: int, kind: str) -> str:
+    return f"embeddings_{_INDEX_PREFIX[kind]}_space_{int(space_id)}"
+
+
+def kind_indexable(kind: str, storage: str, dimensions: int) -> bool:
+    if kind in BIT_KINDS:
+        return dimensions <= BIT_MAX_DIMS
+    return dimensions <= INDEX_MAX_DIMS[storage]
+
+
+_COLUMNS = (
+    "id, encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,"
+    " index_kind, index_center"
+)
 
 
 def _row_to_space(row: tuple[Any, ...]) -> Space:
-    sid, name, version, dims, storage, metric, normalized, mlm = row
-    return Space(sid, name, version, dims, storage, metric, normalized, mlm or {})
+    sid, name, version, dims, storage, metric, normalized, mlm, kind, center = row
+    return Space(
+        sid, name, version, dims, storage, metric, normalized, mlm or {}, kind,
+        tuple(center) if center is not None else None,
+    )  # fmt: skip
 
 
 def get_space(conn: psycopg.Connection, space_id: int) -> Space:
@@ -137,8 +239,17 @@ def get_or_create_space(
     metric: Metric = "cosine",
     normalized: bool = False,
     mlm: dict[str, Any] | None = None,
+    index_kind: IndexKind | None = None,
 ) -> Space:
-    """Register a space (idempotent on its identity) inside the caller's transaction."""
+    """Register a space (idempotent on its identity) inside the caller's transaction.
+
+    ``index_kind`` (default: ``default_kind(dimensions)``) applies to a new space only; an
+    existing space keeps its kind (``ensure_index(..., kind=...)`` switches it).
+    """
+    if index_kind is None:
+        index_kind = default_kind(dimensions)
+    if index_kind not in INDEX_KINDS:
+        raise InvalidInput(f"unknown index kind {index_kind!r}; use one of {list(INDEX_KINDS)}")
     if storage not in INDEX_MAX_DIMS:
         raise InvalidInput(f"unknown storage {storage!r}; use 'halfvec' or 'vector'")
     if metric not in _OPS:
@@ -147,12 +258,22 @@ def get_or_create_space(
         raise InvalidInput(f"dimensions must be in 1..16000, got {dimensions}")
     row = conn.execute(
         f"""insert into embedding_spaces
-              (encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm)
-            values (%s, %s, %s, %s, %s, %s, %s)
+              (encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,
+               index_kind)
+            values (%s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (encoder_name, encoder_version, dimensions, storage, metric)
             do update set encoder_name = excluded.encoder_name
             returning {_COLUMNS}""",
-        (encoder_name, encoder_version, dimensions, storage, metric, normalized, Jsonb(mlm or {})),
+        (
+            encoder_name,
+            encoder_version,
+            dimensions,
+            storage,
+            metric,
+            normalized,
+            Jsonb(mlm or {}),
+            index_kind,
+        ),  # fmt: skip
     ).fetchone()
     assert row is not None
     space = _row_to_space(row)
@@ -165,6 +286,10 @@ def get_or_create_space(
 
 
 def has_index(conn: psycopg.Connection, space: Space) -> bool:
+    """Whether the index of the space's kind exists and is valid (binary kinds: and the
+    centre it was built with is recorded)."""
+    if space.binary and space.center is None:
+        return False
     row = conn.execute(
         "select i.indisvalid from pg_class c join pg_index i on i.indexrelid = c.oid"
         " where c.relname = %s",
@@ -179,6 +304,139 @@ def hnsw_memory_bytes(rows: int, space: Space, m: int = 16) -> int:
     return int(rows * (8 + bytes_per_value * space.dimensions + 8 * m) * 1.3)
 
 
+def index_memory_bytes(rows: int, space: Space, kind: str, m: int = 16) -> int:
+    """Build memory of an index of ``kind`` over ``rows`` vectors of ``space``."""
+    if kind == "hnsw-halfvec":
+        return hnsw_memory_bytes(rows, space, m)
+    if kind == "hnsw-bit":  # the graph holds d/8 bytes of code a node
+        return int(rows * (8 + space.dimensions // 8 + 8 * m) * 1.3)
+    return 256 << 20  # IVFFlat: the k-means sample, whatever N
+
+
+def ivfflat_lists(rows: int) -> int:
+    """IVFFlat lists for ``rows`` vectors: sqrt(N) (measured: 316 at 100k, 1000 at 1M)."""
+    return max(1, round(rows**0.5))
+
+
+def space_center(conn: psycopg.Connection, space: Space) -> tuple[float, ...]:
+    """The mean of the space's vectors as the binary code sees them (``Space.coded_sql``:
+    unit length in cosine spaces), zeros when empty."""
+    row = conn.execute(
+        f"select avg({space.coded_sql('embeddings')})::real[] from embeddings"
+        f" where space_id = {int(space.id)}"
+    ).fetchone()
+    if row is None or row[0] is None:
+        return tuple(0.0 for _ in range(space.dimensions))
+    return tuple(float(v) for v in row[0])
+
+
+def ensure_index(
+    conn: psycopg.Connection,
+    space: Space,
+    *,
+    kind: IndexKind | None = None,
+    rebuild: bool = False,
+    drop_old: bool = True,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    maintenance_work_mem_mb: int | None = None,
+) -> bool:
+    """Build the space's similarity index if absent or invalid. Returns True if built.
+
+    ``kind`` (default: the space's recorded kind) other than the recorded one switches the
+    space: the new index is built beside the old, then the kind (and the binary kinds'
+    centre) is recorded and the old index dropped. ``rebuild`` builds anew even when the
+    index exists (a binary index re-centred on today's data). Runs in the caller's
+    transaction (so a failed publish rolls the index back too; readers keep the old index
+    until it commits). ``drop_old`` False leaves the replaced index in place (readers are
+    then never blocked, not even by the drop's lock): ``finish_swap`` drops it after the
+    commit. The HNSW graph's ``m`` and ``ef_construction`` come from
+    IndexSettings unless given; the build memory is sized from the row count unless
+    given, capped at 4 GiB.
+    """
+    space = get_space(conn, space.id)  # as recorded now (a caller's copy may predate a build)
+    kind = kind or space.index_kind
+    if kind not in INDEX_KINDS:
+        raise InvalidInput(f"unknown index kind {kind!r}; use one of {list(INDEX_KINDS)}")
+    if m is None or ef_construction is None:
+        graph = IndexSettings()
+        m = graph.m if m is None else m
+        ef_construction = graph.ef_construction if ef_construction is None else ef_construction
+    if not kind_indexable(kind, space.storage, space.dimensions):
+        log.warning(
+            "space %s: %d dimensions exceed the %s limit of a %s index; queries scan exactly",
+            space.id,
+            space.dimensions,
+            space.storage,
+            kind,
+        )
+        return False
+    if kind == space.index_kind and not rebuild and has_index(conn, space):
+        return False
+    row = conn.execute(
+        "select count(*) from embeddings where space_id = %s", (space.id,)
+    ).fetchone()
+    rows = int(row[0]) if row else 0
+    if maintenance_work_mem_mb is None:
+        need = index_memory_bytes(rows, space, kind, m)
+        maintenance_work_mem_mb = min(max(64, need // (1 << 20) + 16), 4096)
+    conn.execute(f"set local maintenance_work_mem = '{int(maintenance_work_mem_mb)}MB'")
+    conn.execute("set local max_parallel_maintenance_workers = 2")
+    started = time.perf_counter()
+    target = index_name(space.id, kind)
+    existing = _index_names(conn, space.id)
+    # the new index under a name of its own when one of that name must stay until the swap
+    building = f"{target}_new" if target in existing else target
+    existing = [name for name in existing if name != building]
+    conn.execute(f"drop index if exists {building}")
+    center: tuple[float, ...] | None = None
+    params: dict[str, Any]
+    built_space = Space(
+        space.id, space.encoder_name, space.encoder_version, space.dimensions, space.storage,
+        space.metric, space.normalized, space.mlm, kind,
+    )  # fmt: skip
+    if kind == "hnsw-halfvec":
+        params = {"m": int(m), "ef_construction": int(ef_construction)}
+        definition = (
+            f"using hnsw ({built_space.vector_sql('embeddings')} {space.opclass})"
+            f" with (m = {int(m)}, ef_construction = {int(ef_construction)})"
+        )
+    else:
+        center = space_center(conn, space)
+        if space.storage == "halfvec":  # the literal's values as halfvec holds them
+            center = tuple(float(v) for v in np.asarray(center, np.float16).astype(np.float32))
+        built_space = replace(built_space, center=center)
+        code = built_space.code_sql("embeddings")
+        if kind == "ivfflat-bit":
+            lists = ivfflat_lists(rows)
+            params = {"lists": lists}
+            definition = f"using ivfflat ({code} bit_hamming_ops) with (lists = {lists})"
+        else:
+            params = {"m": int(m), "ef_construction": int(ef_construction)}
+            definition = (
+                f"using hnsw ({code} bit_hamming_ops)"
+                f" with (m = {int(m)}, ef_construction = {int(ef_construction)})"
+            )
+    conn.execute(
+        f"create index {building} on embeddings {definition} where space_id = {int(space.id)}"
+    )
+    params["rows"] = rows
+    params["build_s"] = round(time.perf_counter() - started, 3)
+    conn.execute(
+        "update embedding_spaces set index_kind = %s, index_center = %s, index_params = %s"
+        " where id = %s",
+        (kind, list(center) if center is not None else None, Jsonb(params), space.id),
+    )
+    if drop_old:
+        # the swap: every other similarity index of the space goes, the new one takes its name
+        for name in existing:
+            conn.execute(f"drop index if exists {name}")
+        if building != target:
+            conn.execute(f"alter index {building} rename to {target}")
+    log.info("built %s (%s) in %.1f s", target, kind, time.perf_counter() - started)
+    return True
+
+
 def ensure_hnsw_index(
     conn: psycopg.Connection,
     space: Space,
@@ -187,42 +445,42 @@ def ensure_hnsw_index(
     ef_construction: int | None = None,
     maintenance_work_mem_mb: int | None = None,
 ) -> bool:
-    """Build the space's partial HNSW index if it is absent or invalid. Returns True if built.
+    """The space's index of its recorded kind, if absent (the name of earlier versions,
+    when every space had an HNSW index): ``ensure_index`` without a kind."""
+    return ensure_index(
+        conn, space, m=m, ef_construction=ef_construction,
+        maintenance_work_mem_mb=maintenance_work_mem_mb,
+    )  # fmt: skip
 
-    Runs in the caller's transaction (so a failed publish rolls the index back too). The
-    graph's ``m`` and ``ef_construction`` come from IndexSettings unless given; the build
-    memory is sized from the row count unless given, capped at 4 GiB.
-    """
-    if m is None or ef_construction is None:
-        graph = IndexSettings()
-        m = graph.m if m is None else m
-        ef_construction = graph.ef_construction if ef_construction is None else ef_construction
-    if not space.indexable:
-        log.warning(
-            "space %s: %d dimensions exceed the %s index limit (%d); queries scan exactly",
-            space.id,
-            space.dimensions,
-            space.storage,
-            INDEX_MAX_DIMS[space.storage],
-        )
-        return False
-    if has_index(conn, space):
-        return False
-    conn.execute(f"drop index if exists {space.index_name}")
-    if maintenance_work_mem_mb is None:
-        row = conn.execute(
-            "select count(*) from embeddings where space_id = %s", (space.id,)
-        ).fetchone()
-        need = hnsw_memory_bytes(int(row[0]) if row else 0, space, m)
-        maintenance_work_mem_mb = min(max(64, need // (1 << 20) + 16), 4096)
-    conn.execute(f"set local maintenance_work_mem = '{int(maintenance_work_mem_mb)}MB'")
-    conn.execute("set local max_parallel_maintenance_workers = 2")
-    started = time.perf_counter()
-    conn.execute(
-        f"create index {space.index_name} on embeddings using hnsw"
-        f" ({space.vector_sql('embeddings')} {space.opclass})"
-        f" with (m = {int(m)}, ef_construction = {int(ef_construction)})"
-        f" where space_id = {int(space.id)}"
-    )
-    log.info("built %s in %.1f s", space.index_name, time.perf_counter() - started)
-    return True
+
+def finish_swap(conn: psycopg.Connection, space_id: int) -> list[str]:
+    """After ``ensure_index(..., drop_old=False)`` has committed: drop the space's replaced
+    indexes with ``DROP INDEX CONCURRENTLY`` (no lock that blocks readers or writers) and
+    give the new one its name. ``conn`` must be in autocommit mode. Returns the dropped."""
+    if not conn.autocommit:
+        raise ValueError("finish_swap needs an autocommit connection (DROP INDEX CONCURRENTLY)")
+    space = get_space(conn, space_id)
+    target = space.index_name
+    existing = _index_names(conn, space_id)
+    dropped = []
+    keep = {target, f"{target}_new"}
+    if f"{target}_new" in existing:
+        keep = {f"{target}_new"}
+    for name in existing:
+        if name not in keep:
+            conn.execute(f"drop index concurrently if exists {name}")
+            dropped.append(name)
+    if f"{target}_new" in existing:
+        conn.execute(f"alter index {target}_new rename to {target}")
+    return dropped
+
+
+def _index_names(conn: psycopg.Connection, space_id: int) -> list[str]:
+    """The similarity indexes of a space on ``embeddings`` (any kind, valid or not)."""
+    names = [index_name(space_id, k) for k in INDEX_KINDS]
+    rows = conn.execute(
+        "select c.relname from pg_class c join pg_index i on i.indexrelid = c.oid"
+        " where i.indrelid = 'embeddings'::regclass and c.relname = any(%s)",
+        (names + [f"{n}_new" for n in names],),
+    ).fetchall()
+    return [r[0] for r in rows]

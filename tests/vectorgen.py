@@ -19,7 +19,7 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
 
-from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space
+from catalog.spaces import Space, ensure_index, get_or_create_space, get_space
 from catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, embedding_href, file_fields
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -158,13 +158,15 @@ def load_collection(
     build_index: bool = True,
     with_assets: bool = True,
     batch: int = 20_000,
+    index_kind: str | None = None,
 ) -> Space:
     """Write a collection, one point item per row of ``vectors`` and their embeddings.
 
     Runs in the caller's transaction (commit to keep it). Items get ids ``item-000..``
     unless given, a point geometry from ``points`` (default: ``grid_points``), a datetime
     (default: one hour apart from 2024-01-01) and the ``embeddings`` asset of the contract.
-    Returns the space; its HNSW index is built unless ``build_index`` is False.
+    Returns the space; its index (``index_kind``, default: the space's kind, itself the
+    application's default for a new space) is built unless ``build_index`` is False.
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     n, dims = vectors.shape
@@ -180,6 +182,7 @@ def load_collection(
         dimensions=dims,
         storage=storage,  # type: ignore[arg-type]
         metric=metric,  # type: ignore[arg-type]
+        index_kind=index_kind,  # type: ignore[arg-type]
     )
     bbox = [
         float(points[:, 0].min()),
@@ -231,7 +234,7 @@ def load_collection(
                 point = _EWKB_POINT.pack(1, 0x20000001, 4326, points[row, 0], points[row, 1])
                 copy.write_row((collection_id, ids[row], space.id, point, wrap(block[k])))
     if build_index:
-        ensure_hnsw_index(conn, space)
+        ensure_index(conn, space, kind=index_kind)  # type: ignore[arg-type]
     conn.execute("analyze items")
     conn.execute("analyze embeddings")
-    return space
+    return get_space(conn, space.id)

@@ -130,31 +130,41 @@ def publishes(collection_id: str | None, limit: int, as_json: bool) -> None:
 
 @click.group()
 def index() -> None:
-    """The HNSW similarity index of a collection's embedding space."""
+    """The similarity index of a collection's embedding space (kind per space)."""
 
 
 @index.command("build")
 @click.argument("collection_id")
-def index_build(collection_id: str) -> None:
+@click.option(
+    "--kind", type=click.Choice(["hnsw-halfvec", "ivfflat-bit", "hnsw-bit"]), default=None,
+    help="Index kind (default: the space's recorded kind). Another kind than the recorded"
+    " one switches the space: the new index is built, then swapped in (readers keep the"
+    " old one until then).",
+)  # fmt: skip
+@click.option(
+    "--rebuild", is_flag=True,
+    help="Build anew even if the index exists (re-centres a binary index on today's data).",
+)  # fmt: skip
+def index_build(collection_id: str, kind: str | None, rebuild: bool) -> None:
     """Build COLLECTION's space index if absent (after `publish --defer-index`)."""
     import time
 
     from catalog.publish import build_index
 
     started = time.perf_counter()
-    built = build_index(collection_id)
+    built = build_index(collection_id, kind=kind, rebuild=rebuild)  # type: ignore[arg-type]
     if built:
         click.echo(
-            f"built the HNSW index of {collection_id} in {time.perf_counter() - started:.1f} s"
+            f"built the {built} index of {collection_id} in {time.perf_counter() - started:.1f} s"
         )
     else:
-        click.echo(f"the HNSW index of {collection_id} already exists (or cannot be built)")
+        click.echo(f"the index of {collection_id} already exists (or cannot be built)")
 
 
 @index.command("status")
 @click.argument("collection_id")
 def index_status(collection_id: str) -> None:
-    """Whether COLLECTION's space has a valid HNSW index."""
+    """Whether COLLECTION's space has a valid index of its kind."""
     from catalog.db import connect
     from catalog.errors import NotFound
     from catalog.spaces import collection_space, has_index
@@ -165,8 +175,9 @@ def index_status(collection_id: str) -> None:
             raise NotFound(f"collection {collection_id!r} has no embeddings")
         click.echo(
             json.dumps(
-                {"collection": collection_id, "space": space.id, "index": space.index_name,
-                 "valid": has_index(conn, space), "indexable": space.indexable}
+                {"collection": collection_id, "space": space.id, "kind": space.index_kind,
+                 "index": space.index_name, "valid": has_index(conn, space),
+                 "indexable": space.indexable}
             )
         )  # fmt: skip
 

@@ -285,7 +285,7 @@ def test_deferred_index_is_built_by_the_cli(run: Path, db_settings: DatabaseSett
     assert '"valid": false' in status.output
     out = CliRunner().invoke(main, ["index", "build", cid])
     assert out.exit_code == 0, out.output
-    assert "built the HNSW index" in out.output
+    assert "built the hnsw-halfvec index" in out.output  # 16 dimensions: HNSW (auto)
     assert '"valid": true' in CliRunner().invoke(main, ["index", "status", cid]).output
 
 

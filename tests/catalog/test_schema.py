@@ -69,7 +69,9 @@ def test_item_requires_a_datetime_or_a_range(conn: psycopg.Connection) -> None:
 
 def test_space_index_is_used_by_a_query_with_the_same_cast(conn: psycopg.Connection) -> None:
     _collection(conn, "c5")
-    space = spaces.get_or_create_space(conn, encoder_name="test", encoder_version="1", dimensions=8)
+    space = spaces.get_or_create_space(
+        conn, encoder_name="test", encoder_version="1", dimensions=8, index_kind="hnsw-halfvec"
+    )
     conn.execute("update collections set space_id = %s where id = 'c5'", (space.id,))
     rng = np.random.default_rng(0)
     for i in range(50):
