@@ -135,6 +135,7 @@ class PublishResult:
     index_built: bool
     index_s: float
     publish_id: int
+    index_kind: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -148,7 +149,12 @@ class PublishResult:
             f" {self.inserted:,} inserted, {self.updated:,} updated, {self.skipped:,} skipped"
             f" in {self.elapsed_s:.1f} s ({self.rate:,.0f} rows/s,"
             f" {mb / self.elapsed_s if self.elapsed_s > 0 else 0:.1f} MB/s)"
-            + (f"; HNSW index built in {self.index_s:.1f} s" if self.index_built else "")
+            + (
+                f"; searchable: load {self.elapsed_s - self.index_s:.1f} s"
+                f" + {self.index_kind} index {self.index_s:.1f} s"
+                if self.index_built
+                else ""
+            )
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -807,7 +813,9 @@ def _publish_tx(
         "chunks": state.chunks,
         "space_id": space.id,
         "index_built": built,
+        "index_kind": space.index_kind,
         "index_s": round(index_s, 3),
+        "load_s": round(time.perf_counter() - t0 - index_s, 3),
         "encoder": f"{enc.name} {enc.version}",
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "elapsed_s": round(time.perf_counter() - t0, 3),
@@ -835,6 +843,7 @@ def _publish_tx(
         index_built=built,
         index_s=index_s,
         publish_id=int(rec[0]),
+        index_kind=space.index_kind,
         timings=timings,
     )
 

@@ -463,3 +463,20 @@ def test_item_documents_hold_each_rows_values(tmp_path: Path, db_settings: Datab
                 {"rel": "derived_from", "href": row["source_href"], "type": SOURCE_MEDIA_TYPE,
                  "title": row["source_item"]}
             ]  # fmt: skip
+
+
+def test_summary_and_record_split_the_time_into_load_and_index(
+    run: Path, db_settings: DatabaseSettings
+):
+    cid = _name()
+    res = publish(run, collection_id=cid, settings=db_settings, progress=False)
+    assert res.index_built and res.index_kind == "hnsw-halfvec"  # 16 dims: auto is HNSW
+    assert f"+ hnsw-halfvec index {res.index_s:.1f} s" in res.summary()
+    assert "searchable: load" in res.summary()
+    with psycopg.connect(db_settings.database_url) as c:
+        row = c.execute("select details from publishes where id = %s", (res.publish_id,)).fetchone()
+    assert row is not None
+    details = row[0]
+    assert details["index_kind"] == "hnsw-halfvec"
+    assert details["load_s"] + details["index_s"] <= details["elapsed_s"] + 0.01
+    assert details["index_s"] > 0
