@@ -1,0 +1,384 @@
+"""Scale benchmark (issue 17): publish-to-searchable and similarity per index kind.
+
+One run, one data set (``--data manifold``: tests/vectorgen.py's curved 32-d manifold, or
+``mixture``: isotropic Gaussian clusters, the ANN worst case), N x D streamed in chunks:
+
+1. shards + manifest written chunk by chunk (tests/shardgen.py's chip grid and columns,
+   the vectors replaced by the data set's), never all in memory;
+2. ``catalog.publish.publish`` in a child process (its peak RSS is the publisher's), which
+   builds the space's default index kind: publish seconds split into load and index;
+3. for each further kind: ``ensure_index(kind=...)`` (build s, index bytes per vector);
+4. per kind: 50 item queries through ``catalog.similarity.similar_with_plan`` (the API's
+   strategy, SQL path), unfiltered, bbox 10 % / 1 % / 0.1 % (as the API's area) and a
+   datetime window of 1 %: p50 / p95 ms and recall@10 (mean, worst query) against an
+   exact numpy scan over the float16-rounded vectors, computed in chunks.
+
+    nohup nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 1000000 \
+        > benchmarks/results/bench_scale_1m.log 2>&1 &
+
+Writes ``benchmarks/results/scale_<data>_<n>.json`` after every step; never asserts a time.
+The HTTP path is not measured here (see benchmarks/README.md, Scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow.parquet as pq
+import shapely
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+from shardgen import chip_rows, table_from_rows  # noqa: E402
+
+from catalog.settings import DatabaseSettings  # noqa: E402
+from conftest import create_database, drop_database  # noqa: E402
+from encoders.manifest import (  # noqa: E402
+    EncoderIdentity,
+    Manifest,
+    RunParameters,
+    ShardRecord,
+    geo_metadata,
+    sha256_file,
+    shard_name,
+)
+
+CID = "bench-scale"
+CHUNK = 50_000
+K = 10
+PER_ROW = 100  # shardgen's grid: 100 chips a row; a scene (one day) is 10,000 chips
+BASE_DAY = datetime(2024, 6, 1, 10, 30, tzinfo=UTC)
+
+
+def vector_chunks(data: str, n: int, dims: int, seed: int) -> Iterator[np.ndarray]:
+    """The data set in chunks of CHUNK rows (same network / centres throughout)."""
+    rng = np.random.default_rng(seed)
+    if data == "manifold":
+        intrinsic, clusters, hidden = 32, 200, 128
+        centres = rng.standard_normal((clusters, intrinsic)).astype(np.float32) * (3 / np.sqrt(2))
+        w1 = rng.standard_normal((intrinsic, hidden)).astype(np.float32) / np.sqrt(5.5 * intrinsic)
+        w2 = rng.standard_normal((hidden, dims)).astype(np.float32) / np.sqrt(hidden)
+        scale = None
+        for start in range(0, n, CHUNK):
+            m = min(CHUNK, n - start)
+            z = centres[rng.integers(0, clusters, m)] + rng.standard_normal(
+                (m, intrinsic), dtype=np.float32
+            )
+            signal = np.tanh(z @ w1) @ w2
+            scale = scale or float(signal.std())
+            yield signal + rng.standard_normal(signal.shape, dtype=np.float32) * (0.1 * scale)
+    else:
+        centres = rng.standard_normal((50, dims)).astype(np.float32)
+        for start in range(0, n, CHUNK):
+            m = min(CHUNK, n - start)
+            labels = rng.integers(0, 50, m)
+            yield centres[labels] + rng.standard_normal((m, dims), dtype=np.float32) * 0.35
+
+
+def write_shards(folder: Path, data: str, n: int, dims: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = max(1, n // 250_000)
+    per = -(-n // shards)
+    records = []
+    chunks = vector_chunks(data, n, dims, seed)
+    for rank in range(shards):
+        path = folder / shard_name(rank, shards)
+        writer = None
+        start, stop = rank * per, min(n, (rank + 1) * per)
+        rows = 0
+        for lo in range(start, stop, CHUNK):
+            cols = chip_rows(lo, min(CHUNK, stop - lo), 1, seed, per_row=PER_ROW)
+            cols["embedding"] = next(chunks)
+            table = table_from_rows(cols, dims, "float32")
+            if writer is None:
+                meta = dict(table.schema.metadata or {})
+                meta[b"geo"] = json.dumps(geo_metadata()).encode()
+                writer = pq.ParquetWriter(path, table.schema.with_metadata(meta))
+            writer.write_table(table, row_group_size=10_000)
+            rows += table.num_rows
+        assert writer is not None
+        writer.close()
+        records.append(
+            ShardRecord(
+                path=path.name,
+                rank=rank,
+                rows=rows,
+                bytes=path.stat().st_size,
+                sha256=sha256_file(path),
+            )  # fmt: skip
+        )
+    Manifest(
+        created=datetime(2024, 6, 2, 12, 0, tzinfo=UTC),
+        encoder=EncoderIdentity(
+            name=f"bench-scale-{data}",
+            version="1",
+            dimensions=dims,
+            dtype="float32",
+            bands=["B04", "B03", "B02"],
+            chip_size=64,
+            gsd=10.0,
+            mlm={
+                "mlm:name": "bench",
+                "mlm:architecture": "synthetic",
+                "mlm:tasks": ["similarity-search"],
+                "mlm:framework": "pytorch",
+                "mlm:input": [],
+                "mlm:output": [],
+            },
+        ),  # fmt: skip
+        run=RunParameters(
+            chip_size=64,
+            stride=64,
+            bands=["B04", "B03", "B02"],
+            grid_id="EPSG:32633/64/64",
+            world_size=shards,
+            batch_size=32,
+            inputs=["/data/scene-000.tif"],
+        ),  # fmt: skip
+        software={"embcat": "0.1.0"},
+        shards=records,
+        rows=n,
+        source_bytes=n * 64 * 64 * 3 * 2,
+    ).dump(folder)
+
+
+def _child_publish(url: str, run: str, queue: Any) -> None:
+    from catalog.publish import publish
+
+    res = publish(
+        Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url), progress=False
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({**res.as_dict(), "summary": res.summary(), "rss_mb": rss})
+
+
+def in_child(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out: dict[str, Any] = queue.get()
+    proc.join()
+    return out
+
+
+def filters(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Unfiltered, bbox 10 / 1 / 0.1 % of the grid (a band of rows, half the columns) and
+    one day of the scenes (1 % at 1M). Masks are computed later, chunk by chunk."""
+    from pyproj import Transformer
+
+    to_wgs84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    grid_rows = n // PER_ROW
+    out: list[dict[str, Any]] = [{"name": "none"}]
+    for sel in (0.10, 0.01, 0.001):
+        band = max(1, round(2 * sel * grid_rows))
+        r0 = int(rng.integers(0, grid_rows - band))
+        # chip (col, row) covers x0 = 500000 + col*640, y1 = 5400000 - row*640
+        x0, x1 = 500_000.0 + 0.5 * 640, 500_000.0 + 49.5 * 640  # centres of cols 0..49
+        y1, y0 = 5_400_000.0 - (r0 + 0.5) * 640, 5_400_000.0 - (r0 + band - 0.5) * 640
+        lon, lat = to_wgs84.transform([x0, x1, x1, x0], [y0, y0, y1, y1])
+        box = (min(lon), min(lat), max(lon), max(lat))
+        out.append({"name": f"bbox {sel:.1%}", "box": box})
+    day = int(rng.integers(0, max(1, n // 10_000)))
+    out.append({"name": "datetime 1%", "day": day})
+    return out
+
+
+def masks_and_truth(
+    data: str, n: int, dims: int, seed: int, rows: list[int], flts: list[dict[str, Any]]
+) -> list[list[list[int]]]:
+    """Exact top-K row numbers per filter and query (cosine on float16-rounded vectors)."""
+    queries = np.zeros((len(rows), dims))
+    offset = 0
+    for block in vector_chunks(data, n, dims, seed):  # pass 1: the query vectors
+        for qi, r in enumerate(rows):
+            if offset <= r < offset + len(block):
+                queries[qi] = block[r - offset].astype(np.float16)
+        offset += len(block)
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    best_d = [np.full((len(rows), 0), np.inf) for _ in flts]
+    best_i = [np.zeros((len(rows), 0), dtype=np.int64) for _ in flts]
+    offset = 0
+    boxes = [shapely.box(*f["box"]) if "box" in f else None for f in flts]
+    for block in vector_chunks(data, n, dims, seed):
+        m = len(block)
+        v = block.astype(np.float16).astype(np.float64)
+        d = 1 - qn @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T  # (Q, m)
+        idx = np.arange(offset, offset + m)
+        for qi, r in enumerate(rows):
+            if offset <= r < offset + m:
+                d[qi, r - offset] = np.inf  # the query item is left out
+        cols = chip_rows(offset, m, 1, seed, per_row=PER_ROW)
+        geoms = shapely.from_wkb(np.asarray(cols["geometry"], dtype=object))
+        for fi, f in enumerate(flts):
+            dd = d.copy()
+            if boxes[fi] is not None:
+                dd[:, ~shapely.intersects(geoms, boxes[fi])] = np.inf
+            if "day" in f:
+                dd[:, (idx // 10_000) != f["day"]] = np.inf
+            cat_d = np.concatenate([best_d[fi], dd], axis=1)
+            cat_i = np.concatenate([best_i[fi], np.broadcast_to(idx, dd.shape)], axis=1)
+            top = np.argsort(cat_d, axis=1, kind="stable")[:, :K]
+            best_d[fi] = np.take_along_axis(cat_d, top, axis=1)
+            best_i[fi] = np.take_along_axis(cat_i, top, axis=1)
+        offset += m
+    return [
+        [[int(i) for i, dv in zip(bi[q], bd[q], strict=True) if np.isfinite(dv)]
+         for q in range(len(rows))]
+        for bi, bd in zip(best_i, best_d, strict=True)
+    ]  # fmt: skip
+
+
+def run_queries(
+    url: str, rows: list[int], flts: list[dict[str, Any]], truth: list[list[list[int]]]
+) -> list[dict[str, Any]]:
+    from pgvector.psycopg import register_vector
+
+    from catalog.similarity import SimilaritySpec, similar_with_plan
+
+    out = []
+    with psycopg.connect(url, autocommit=True) as c:
+        register_vector(c)
+        for fi, f in enumerate(flts):
+            area = where = None
+            if "box" in f:
+                area = sql.SQL("st_makeenvelope({}, {}, {}, {}, 4326)").format(
+                    *map(sql.Literal, f["box"])
+                )
+            if "day" in f:
+                lo = BASE_DAY + timedelta(days=f["day"])
+                where = sql.SQL("i.datetime >= {} and i.datetime < {}").format(
+                    sql.Literal(lo), sql.Literal(lo + timedelta(hours=1))
+                )
+            times, recalls, strategies = [], [], {}
+            for qi, r in enumerate(rows):
+                spec = SimilaritySpec.model_validate(
+                    {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
+                )
+                for attempt in range(2):  # the first call warms the plan and the cache
+                    t = time.perf_counter()
+                    hits, plan = similar_with_plan(c, spec, where, K, area=area)
+                    elapsed = time.perf_counter() - t
+                    if attempt == 0 and qi > 0:
+                        break
+                times.append(elapsed * 1000)
+                strategies[plan.strategy] = strategies.get(plan.strategy, 0) + 1
+                want = {f"chip-{i:08d}" for i in truth[fi][qi]}
+                got = {h.item_id for h in hits}
+                recalls.append(len(want & got) / len(want) if want else 1.0)
+            out.append({
+                "filter": f["name"], "p50_ms": float(np.percentile(times, 50)),
+                "p95_ms": float(np.percentile(times, 95)), "recall": float(np.mean(recalls)),
+                "worst": float(np.min(recalls)), "strategies": strategies,
+            })  # fmt: skip
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def index_bytes(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as c:
+        rows = c.execute(
+            "select c.relname, pg_relation_size(c.oid) from pg_index x"
+            " join pg_class c on c.oid = x.indexrelid where x.indrelid = 'embeddings'::regclass"
+        ).fetchall()
+        total = c.execute(
+            "select pg_total_relation_size('embeddings') + pg_total_relation_size('items')"
+        ).fetchone()
+    return {**{r[0]: int(r[1]) for r in rows}, "_tables_total": int(total[0]) if total else 0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dims", type=int, default=768)
+    p.add_argument("--data", choices=["manifold", "mixture"], default="manifold")
+    p.add_argument("--kinds", default="ivfflat-bit,hnsw-bit,hnsw-halfvec")
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--work", type=Path, default=Path("/tmp/embcat-bench-scale"))
+    p.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    a = p.parse_args()
+    out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"n": a.n, "dims": a.dims, "data": a.data, "started": time.time()}
+
+    def save() -> None:
+        out_path.write_text(json.dumps(result, indent=2, default=str))
+
+    run = a.work / f"{a.data}_{a.n}"
+    t = time.perf_counter()
+    if not (run / "manifest.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        write_shards(run, a.data, a.n, a.dims, a.seed)
+    result["shards_s"] = time.perf_counter() - t
+    save()
+    url = create_database(f"bench_scale_{a.data}_{a.n}")
+    try:
+        pub = in_child(_child_publish, url, str(run))
+        result["publish"] = pub
+        result["kinds"] = {}
+        kinds = a.kinds.split(",")
+        first = pub.get("timings", {})
+        result["publish_summary"] = pub["summary"]
+        print(pub["summary"], "rss", pub["rss_mb"], flush=True)
+        save()
+        rng = np.random.default_rng(a.seed + 1)
+        rows = sorted(int(r) for r in rng.choice(a.n, a.queries, replace=False))
+        flts = filters(a.n, rng)
+        t = time.perf_counter()
+        truth = masks_and_truth(a.data, a.n, a.dims, a.seed, rows, flts)
+        result["truth_s"] = time.perf_counter() - t
+        save()
+        from catalog.spaces import ensure_index, finish_swap, get_space
+
+        with psycopg.connect(url) as c:
+            space = get_space(c, pub["space_id"])
+        for kind in kinds:
+            entry: dict[str, Any] = {}
+            if kind != space.index_kind or not pub["index_built"]:
+                with psycopg.connect(url) as c:
+                    c.execute("set statement_timeout = 0")
+                    t = time.perf_counter()
+                    ensure_index(c, space, kind=kind, drop_old=False)  # type: ignore[arg-type]
+                    c.commit()
+                    entry["build_s"] = time.perf_counter() - t
+                    c.autocommit = True
+                    finish_swap(c, space.id)
+                    space = get_space(c, space.id)
+            else:
+                entry["build_s"] = pub["index_s"]
+            with psycopg.connect(url, autocommit=True) as c:
+                c.execute("vacuum analyze embeddings")
+            sizes = index_bytes(url)
+            entry["index_bytes"] = sizes.get(space.index_name, 0)
+            entry["index_bytes_per_vector"] = entry["index_bytes"] / a.n
+            entry["disk_bytes_per_vector"] = sizes["_tables_total"] / a.n
+            result["kinds"][kind] = entry
+            save()
+            print(kind, json.dumps(entry), flush=True)
+            entry["queries"] = run_queries(url, rows, flts, truth)
+            save()
+        _ = first
+    finally:
+        result["finished"] = time.time()
+        save()
+        if not a.keep:
+            drop_database(url)
+
+
+if __name__ == "__main__":
+    main()
