@@ -130,13 +130,17 @@ BEGIN
     -- binary kinds: Hamming distance of the centred sign bits (the index's expression,
     -- catalog.spaces.Space.code_sql), then the exact distance over the candidates
     candidates := greatest(300, 10 * k);
-    -- (cosine spaces: of the unit vectors, as the metric ignores the norm)
+    -- (in float32: halfvec arithmetic is slow; cosine spaces: of the unit vectors, as the
+    -- metric ignores the norm, unless the space is normalised)
     ordering := format(
-        'binary_quantize(%5$s(e.%1$I::%2$s) - %3$L::%2$s)::bit(%4$s)'
-        ' <~> binary_quantize(%5$s($1::%2$s) - %3$L::%2$s)::bit(%4$s)',
-        CASE sp.storage WHEN 'halfvec' THEN 'embedding' ELSE 'embedding_f32' END, typ,
-        '[' || array_to_string(sp.index_center, ',') || ']', sp.dimensions,
-        CASE sp.metric WHEN 'cosine' THEN 'l2_normalize' ELSE '' END);
+        'binary_quantize(%5$s(%1$s) - %3$L::vector(%4$s))::bit(%4$s)'
+        ' <~> binary_quantize(%5$s(%6$s) - %3$L::vector(%4$s))::bit(%4$s)',
+        CASE sp.storage WHEN 'halfvec'
+            THEN format('(e.embedding::halfvec(%s))::vector(%s)', sp.dimensions, sp.dimensions)
+            ELSE format('e.embedding_f32::vector(%s)', sp.dimensions) END,
+        typ, '[' || array_to_string(sp.index_center, ',') || ']', sp.dimensions,
+        CASE WHEN sp.metric = 'cosine' AND NOT sp.normalized THEN 'l2_normalize' ELSE '' END,
+        format('$1::vector(%s)', sp.dimensions));
     IF sp.index_kind = 'hnsw-bit' THEN
         PERFORM set_config('hnsw.ef_search', least(candidates, 1000)::text, true);
     END IF;
