@@ -9,15 +9,17 @@ One run, one data set (``--data manifold``: tests/vectorgen.py's curved 32-d man
    builds the space's default index kind: publish seconds split into load and index;
 3. for each further kind: ``ensure_index(kind=...)`` (build s, index bytes per vector);
 4. per kind: 50 item queries through ``catalog.similarity.similar_with_plan`` (the API's
-   strategy, SQL path), unfiltered, bbox 10 % / 1 % / 0.1 % (as the API's area) and a
-   datetime window of 1 %: p50 / p95 ms and recall@10 (mean, worst query) against an
-   exact numpy scan over the float16-rounded vectors, computed in chunks.
+   strategy, SQL path) and the STAC API (HTTP path), unfiltered, bbox 10 % / 1 % / 0.1 %
+   (as the API's area) and a datetime window of 1 %: p50 / p95 ms and recall@10 (mean,
+   worst query) against an exact numpy scan over the float16-rounded vectors, in chunks.
 
     nohup nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 1000000 \
         > benchmarks/results/bench_scale_1m.log 2>&1 &
 
 Writes ``benchmarks/results/scale_<data>_<n>.json`` after every step; never asserts a time.
-The HTTP path is not measured here (see benchmarks/README.md, Scale).
+``--paths sql,http``: the HTTP path posts the same queries to ``POST /search`` of a
+uvicorn server of ``api.app:create_app`` (bench_similarity's ``start_server``).
+``--keep`` keeps the database; ``--url`` runs the kinds and queries again on a kept one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import shapely
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
 
 from shardgen import chip_rows, table_from_rows  # noqa: E402
 
@@ -244,48 +246,68 @@ def masks_and_truth(
 
 
 def run_queries(
-    url: str, rows: list[int], flts: list[dict[str, Any]], truth: list[list[list[int]]]
+    url: str,
+    rows: list[int],
+    flts: list[dict[str, Any]],
+    truth: list[list[list[int]]],
+    path: str = "sql",
+    base: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The queries through ``path``: ``sql`` (catalog.similarity on one connection) or
+    ``http`` (POST /search of the API at ``base``, one keep-alive client)."""
+    import httpx
     from pgvector.psycopg import register_vector
 
     from catalog.similarity import SimilaritySpec, similar_with_plan
 
     out = []
+    http = httpx.Client()
     with psycopg.connect(url, autocommit=True) as c:
         register_vector(c)
         for fi, f in enumerate(flts):
             area = where = None
+            body: dict[str, Any] = {"collections": [CID], "limit": K}
             if "box" in f:
                 area = sql.SQL("st_makeenvelope({}, {}, {}, {}, 4326)").format(
                     *map(sql.Literal, f["box"])
                 )
+                body["bbox"] = list(f["box"])
             if "day" in f:
                 lo = BASE_DAY + timedelta(days=f["day"])
+                hi = lo + timedelta(hours=1)
                 where = sql.SQL("i.datetime >= {} and i.datetime < {}").format(
-                    sql.Literal(lo), sql.Literal(lo + timedelta(hours=1))
+                    sql.Literal(lo), sql.Literal(hi)
                 )
+                body["datetime"] = f"{lo.isoformat()}/{hi.isoformat()}".replace("+00:00", "Z")
             times, recalls, strategies = [], [], {}
             for qi, r in enumerate(rows):
-                spec = SimilaritySpec.model_validate(
-                    {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
-                )
+                item = {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
+                spec = SimilaritySpec.model_validate(item)
                 for attempt in range(2):  # the first call warms the plan and the cache
                     t = time.perf_counter()
-                    hits, plan = similar_with_plan(c, spec, where, K, area=area)
+                    if path == "sql":
+                        hits, plan = similar_with_plan(c, spec, where, K, area=area)
+                        got = {h.item_id for h in hits}
+                        strategy = plan.strategy
+                    else:
+                        resp = http.post(f"{base}/search", json={**body, "similarity": item})
+                        resp.raise_for_status()
+                        got = {feat["id"] for feat in resp.json()["features"]}
+                        strategy = "http"
                     elapsed = time.perf_counter() - t
                     if attempt == 0 and qi > 0:
                         break
                 times.append(elapsed * 1000)
-                strategies[plan.strategy] = strategies.get(plan.strategy, 0) + 1
+                strategies[strategy] = strategies.get(strategy, 0) + 1
                 want = {f"chip-{i:08d}" for i in truth[fi][qi]}
-                got = {h.item_id for h in hits}
                 recalls.append(len(want & got) / len(want) if want else 1.0)
             out.append({
-                "filter": f["name"], "p50_ms": float(np.percentile(times, 50)),
+                "path": path, "filter": f["name"], "p50_ms": float(np.percentile(times, 50)),
                 "p95_ms": float(np.percentile(times, 95)), "recall": float(np.mean(recalls)),
                 "worst": float(np.min(recalls)), "strategies": strategies,
             })  # fmt: skip
             print(json.dumps(out[-1]), flush=True)
+    http.close()
     return out
 
 
@@ -311,6 +333,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--work", type=Path, default=Path("/tmp/embcat-bench-scale"))
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    p.add_argument("--paths", default="sql,http", help="sql and/or http")
+    p.add_argument(
+        "--url", default=None, help="a database a --keep run left (skips shards and publish)"
+    )
     a = p.parse_args()
     out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,18 +347,27 @@ def main() -> None:
 
     run = a.work / f"{a.data}_{a.n}"
     t = time.perf_counter()
-    if not (run / "manifest.json").exists():
+    if a.url is None and not (run / "manifest.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         write_shards(run, a.data, a.n, a.dims, a.seed)
     result["shards_s"] = time.perf_counter() - t
     save()
-    url = create_database(f"bench_scale_{a.data}_{a.n}")
+    url = a.url or create_database(f"bench_scale_{a.data}_{a.n}")
+    server = None
     try:
-        pub = in_child(_child_publish, url, str(run))
+        if a.url is None:
+            pub = in_child(_child_publish, url, str(run))
+        else:  # the record of the kept run's publish
+            with psycopg.connect(url) as c:
+                rec = c.execute(
+                    "select details from publishes where collection_id = %s order by id desc",
+                    (CID,),
+                ).fetchone()
+            assert rec is not None, "no publish of the benchmark collection in --url"
+            pub = {**rec[0], "summary": "(kept database)", "rss_mb": None}
         result["publish"] = pub
         result["kinds"] = {}
         kinds = a.kinds.split(",")
-        first = pub.get("timings", {})
         result["publish_summary"] = pub["summary"]
         print(pub["summary"], "rss", pub["rss_mb"], flush=True)
         save()
@@ -370,13 +405,26 @@ def main() -> None:
             result["kinds"][kind] = entry
             save()
             print(kind, json.dumps(entry), flush=True)
-            entry["queries"] = run_queries(url, rows, flts, truth)
-            save()
-        _ = first
+            entry["queries"] = []
+            for path in a.paths.split(","):
+                base = None
+                if path == "http":
+                    if server is None:
+                        from bench_similarity import start_server
+
+                        server = start_server(url)
+                    if server is None:
+                        print("http: the API could not start; HTTP path skipped", flush=True)
+                        continue
+                    base = server[1]
+                entry["queries"] += run_queries(url, rows, flts, truth, path, base)
+                save()
     finally:
+        if server is not None:
+            server[0].terminate()
         result["finished"] = time.time()
         save()
-        if not a.keep:
+        if not a.keep and a.url is None:
             drop_database(url)
 
 
