@@ -808,13 +808,13 @@ def _rank(
         estimate = estimates[0]
         if estimate >= settings.exact_threshold:
             strategy = "index"
-            if compare and estimate < settings.exact_fraction * estimates[1]:
+            if compare and estimate < _exact_bar(space, settings, wanted, estimates[1]):
                 strategy = "exact"
     ranked: sql.Composed
     if strategy == "index" and space.binary:
         # Over-fetch by Hamming distance of the centred sign bits (the index's expression),
         # then rank the candidates by the exact distance on the stored vector.
-        candidates = max(settings.rerank_candidates, settings.rerank_factor * wanted)
+        candidates = _candidates(settings, wanted)
         if space.index_kind == "hnsw-bit":
             _set_local(conn, {"hnsw.ef_search": str(min(max(candidates, 40), 1000))})
         params["code"] = space.code_of(q, direction=bool(spec.positive) and spec.method == "linear")
@@ -862,6 +862,25 @@ def _rank(
         for r in rows
     ]
     return hits, strategy, estimate
+
+
+def _candidates(settings: SimilaritySettings, wanted: int) -> int:
+    """Candidates a binary kind fetches by Hamming distance for ``wanted`` results."""
+    return max(settings.rerank_candidates, settings.rerank_factor * wanted)
+
+
+def _exact_bar(space: Space, settings: SimilaritySettings, wanted: int, rows: float) -> float:
+    """Filtered row estimate below which an exact scan beats the index, of ``rows``.
+
+    An index scan under a filter of F rows visits about c·N/F index tuples to find its c
+    rows, an exact scan F rows: they cost the same near F = sqrt(c·N). HNSW-halfvec needs
+    c = k (the ``exact_fraction`` rule); a binary kind needs its candidates, so its bar is
+    the larger of that rule and sqrt(candidates·N).
+    """
+    bar = settings.exact_fraction * rows
+    if space.binary:
+        bar = max(bar, math.sqrt(_candidates(settings, wanted) * max(rows, 0.0)))
+    return bar
 
 
 def _vector_adapters(conn: psycopg.Connection) -> None:

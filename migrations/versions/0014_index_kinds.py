@@ -15,7 +15,9 @@
 ``embcat.similar_to_vector`` reads the kind: for the binary kinds it over-fetches
 ``max(300, 10·k)`` candidates by Hamming distance (IVFFlat: 10 probes, relaxed iterative
 scans; HNSW: ef_search = the candidate count, strict iterative scans) and re-ranks them
-exactly; the estimate-then-exact rule for an area is the same for every kind.
+exactly; the estimate-then-exact rule for an area is the same for every kind, with the
+bound raised to sqrt(candidates x N) rows for the binary kinds (a filtered scan must find
+its candidates, not k rows).
 ``embcat.spaces`` shows the kind.
 
 Revision ID: 0014
@@ -100,7 +102,12 @@ BEGIN
         CASE sp.metric WHEN 'cosine' THEN '<=>' WHEN 'l2' THEN '<->' ELSE '<#>' END);
     IF within IS NOT NULL THEN
         area := ' AND ST_Intersects(e.geometry, $4)';
-        SELECT greatest(2000, 0.003 * greatest(reltuples, 0))::bigint INTO bound
+        -- binary kinds need their candidates, not k rows, from a filtered index scan:
+        -- exact up to sqrt(candidates * N) rows too (catalog.similarity._exact_bar)
+        SELECT greatest(2000, 0.003 * greatest(reltuples, 0),
+                        CASE WHEN sp.index_kind <> 'hnsw-halfvec'
+                             THEN sqrt(greatest(300, 10 * k) * greatest(reltuples, 0))
+                             ELSE 0 END)::bigint INTO bound
         FROM pg_class WHERE oid = 'public.embeddings'::regclass;
         SELECT count(*) INTO matching FROM (
             SELECT 1 FROM public.embeddings e

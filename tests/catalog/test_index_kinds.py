@@ -277,3 +277,16 @@ def test_new_spaces_get_a_binary_kind_from_256_dimensions(conn) -> None:
         conn, encoder_name="k768", encoder_version="1", dimensions=768
     )
     assert (small.index_kind, wide.index_kind) == ("hnsw-halfvec", "ivfflat-bit")
+
+
+def test_binary_kinds_search_exactly_below_sqrt_candidates_times_n(conn, data: Data) -> None:
+    # 10 % of 3,000 rows: above exact_fraction 0.001 (3 rows), below sqrt(300 x 3,000) = 949
+    box = (0.0, 0.0, 1.0, 10.0)
+    area = sql.SQL("st_makeenvelope({}, {}, {}, {}, 4326)").format(*map(sql.Literal, box))
+    mask = data.points[:, 0] <= box[2]
+    row = int(np.flatnonzero(mask)[0])
+    spec = SimilaritySpec.model_validate({"item": {"collection": data.cid, "id": data.ids[row]}})
+    settings = SimilaritySettings(exact_threshold=0, exact_fraction=0.001)
+    hits, plan = similar_with_plan(conn, spec, None, K, area=area, settings=settings)
+    assert plan.strategy == ("exact" if data.space.binary else "index")
+    assert len({h.item_id for h in hits} & truth(data, row, mask)) >= 9
