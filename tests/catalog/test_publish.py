@@ -480,3 +480,25 @@ def test_summary_and_record_split_the_time_into_load_and_index(
     assert details["index_kind"] == "hnsw-halfvec"
     assert details["load_s"] + details["index_s"] <= details["elapsed_s"] + 0.01
     assert details["index_s"] > 0
+
+
+def test_cli_index_build_switches_the_kind(run: Path, db_settings: DatabaseSettings):
+    cid = _name()
+    publish(run, collection_id=cid, settings=db_settings, progress=False)
+    out = CliRunner().invoke(main, ["index", "build", cid, "--kind", "ivfflat-bit"])
+    assert out.exit_code == 0, out.output
+    assert "built the ivfflat-bit index" in out.output
+    status = json.loads(CliRunner().invoke(main, ["index", "status", cid]).output)
+    assert (status["kind"], status["valid"]) == ("ivfflat-bit", True)
+    with psycopg.connect(db_settings.database_url) as c:
+        left = c.execute(
+            "select count(*) from pg_class where relname = %s",
+            (f"embeddings_hnsw_space_{status['space']}",),
+        ).fetchone()
+    assert left == (0,)  # the replaced HNSW index was dropped after the swap
+
+
+def test_cli_index_build_refuses_an_unknown_kind(run: Path, db_settings: DatabaseSettings):
+    out = CliRunner().invoke(main, ["index", "build", _name(), "--kind", "lsh"])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "'lsh' is not one of" in out.output
