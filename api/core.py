@@ -381,9 +381,20 @@ class CoreClient(AsyncBaseCoreClient):
             {
                 "rel": "queryables",
                 "type": "application/schema+json",
+                "title": "Queryables",
                 "href": stacrows.collection_url(base, collection_id) + "/queryables",
             }
         )
+        # one queryables link: a stored one (a mirrored collection's origin) is replaced
+        seen = False
+        links = []
+        for link in reversed(out["links"]):
+            if link.get("rel") == "queryables":
+                if seen:
+                    continue
+                seen = True
+            links.append(link)
+        out["links"] = links[::-1]
         return out
 
     async def get_item(  # type: ignore[override]

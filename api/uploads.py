@@ -467,14 +467,16 @@ async def delete_upload(request: Request, upload_id: str, principal: WritePrinci
 )
 async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
     from catalog.spaces import collection_space
+    from catalog.stac import get_collection_row
     from catalog.stacgen import model_item
 
     def run() -> dict[str, Any]:
         with connection(request) as conn:
             space = collection_space(conn, collection_id)
+            stored = get_collection_row(conn, collection_id)["stac"]
         if space is None:
             raise NotFound(f"collection {collection_id!r} has no embeddings yet")
-        out = model_item(space, collection_id)
+        out = model_item(space, collection_id, stored)
         root = base_url(request).rstrip("/")
         for link in out.get("links", []):
             if link["href"].startswith("/"):

@@ -67,6 +67,7 @@ from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
 from catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
 from catalog.settings import DatabaseSettings
 from catalog.spaces import Space
+from catalog.stac import source_uri
 from catalog.stacgen import (
     SOURCE_MEDIA_TYPE,
     ItemTemplate,
@@ -547,7 +548,8 @@ class _Encoder:
             b"",
         )  # fmt: skip
         links = join(
-            _const(b'[{"rel":"derived_from","href":'), _json_strings(col("source_href")),
+            _const(b'[{"rel":"derived_from","href":'),
+            _json_strings(_source_uris(col("source_href"))),
             self._src_type, item, _const(b"}]"), b"",
         )  # fmt: skip
         out: list[pa.Array] = []
@@ -580,6 +582,14 @@ class _Encoder:
             rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=4 * rows.offset
         )
         return memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
+def _source_uris(col: pa.Array) -> pa.Array:
+    """Source hrefs as absolute URIs (a path of the encoding site becomes ``file://``);
+    converted once per distinct href (a batch holds the chips of few scenes)."""
+    coded = pc.dictionary_encode(col)
+    uris = [source_uri(h) or h for h in coded.dictionary.to_pylist()]
+    return pc.take(pa.array(uris, pa.string()), coded.indices)
 
 
 def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,10 @@ from catalog.errors import InvalidInput, NotFound, translated
 from catalog.geometry import check_item_geometry
 
 STAC_VERSION = "1.1.0"
+# Documents that declare the embeddings extension v0.0.1 are STAC 1.0.0: that extension's
+# schema validates them against the STAC 1.0.0 core schema (stac_version const "1.0.0").
+EMB_SCHEMA = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+EMB_STAC_VERSION = "1.0.0"
 GEOJSON = "application/geo+json"
 JSON = "application/json"
 
@@ -34,7 +39,7 @@ EXTENSION_SCHEMAS = {
     "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
     "emb": "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json",
-    "mlm": "https://stac-extensions.github.io/mlm/v1.4.0/schema.json",
+    "mlm": "https://stac-extensions.github.io/mlm/v1.5.0/schema.json",
     "eo": "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
     "view": "https://stac-extensions.github.io/view/v1.0.0/schema.json",
     "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
@@ -47,6 +52,28 @@ ITEM_COLUMNS = sql.SQL(
 )
 
 GENERATED_RELS = {"self", "root", "parent", "collection", "items"}
+# Root-relative hrefs that this server serves (made absolute with the base URL); any other
+# href is the publisher's and is served as given.
+SERVED_PREFIXES = ("/collections/", "/search")
+# Links to source imagery: a path of the encoding site becomes a file:// URI.
+SOURCE_RELS = {"derived_from", "emb:source-data", "via"}
+
+
+def source_uri(href: str) -> str | None:
+    """A source's href as the absolute URI a link may carry: URIs with a scheme unchanged,
+    absolute paths of the encoding site as ``file://`` URIs; None for what is no URI (a
+    relative path, the label of an in-memory STAC object)."""
+    if not href:
+        return None
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", href) and not re.match(r"^[A-Za-z]:[\\/]", href):
+        return href
+    if href.startswith("/") and not href.startswith("//"):
+        return "file://" + quote(str(PurePosixPath(href)), safe="/:@!$&'()*+,;=-._~")
+    return None
+
+
+def stac_version_for(extensions: Iterable[str]) -> str:
+    return EMB_STAC_VERSION if EMB_SCHEMA in extensions else STAC_VERSION
 
 
 def _q(value: str) -> str:
@@ -54,8 +81,9 @@ def _q(value: str) -> str:
 
 
 def absolute(href: str, base_url: str) -> str:
-    """``/collections/x`` -> ``{base_url}/collections/x``; other hrefs unchanged."""
-    if href.startswith("/") and not href.startswith("//"):
+    """``/collections/x`` -> ``{base_url}/collections/x`` (paths this server serves);
+    other hrefs unchanged."""
+    if href.startswith(SERVED_PREFIXES) or href == "/":
         return base_url.rstrip("/") + href
     return href
 
@@ -84,8 +112,11 @@ def _stored_links(links: Iterable[Mapping[str, Any]] | None, base_url: str) -> l
         if not isinstance(link, Mapping) or link.get("rel") in GENERATED_RELS:
             continue
         link = dict(link)
-        if isinstance(link.get("href"), str):
-            link["href"] = absolute(link["href"], base_url)
+        href = link.get("href")
+        if isinstance(href, str):
+            if link.get("rel") in SOURCE_RELS and not href.startswith(SERVED_PREFIXES):
+                href = source_uri(href) or href  # stored before migration 0013
+            link["href"] = absolute(href, base_url)
         out.append(link)
     return out
 
@@ -107,17 +138,28 @@ def item_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
         assets[key] = asset
     base = base_url.rstrip("/")
     links = [
-        {"rel": "self", "type": GEOJSON, "href": item_url(base, cid, iid)},
-        {"rel": "parent", "type": JSON, "href": collection_url(base, cid)},
-        {"rel": "collection", "type": JSON, "href": collection_url(base, cid)},
-        {"rel": "root", "type": JSON, "href": base + "/"},
+        {"rel": "self", "type": GEOJSON, "title": f"Item {iid}", "href": item_url(base, cid, iid)},
+        {
+            "rel": "parent",
+            "type": JSON,
+            "title": f"Collection {cid}",
+            "href": collection_url(base, cid),
+        },
+        {
+            "rel": "collection",
+            "type": JSON,
+            "title": f"Collection {cid}",
+            "href": collection_url(base, cid),
+        },
+        {"rel": "root", "type": JSON, "title": "Catalogue root", "href": base + "/"},
     ]
     links.extend(_stored_links(_loads(row.get("links")), base))
     ext_sources: list[Mapping[str, Any]] = [properties, *assets.values()]
+    extensions = _extension_schemas(*ext_sources)
     return {
         "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": _extension_schemas(*ext_sources),
+        "stac_version": stac_version_for(extensions),
+        "stac_extensions": extensions,
         "id": iid,
         "collection": cid,
         "geometry": _loads(row["geometry"]),
@@ -133,10 +175,11 @@ def collection_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     stored = dict(_loads(row["stac"]) or {})
     cid = row["id"]
     base = base_url.rstrip("/")
+    extensions = list(stored.get("stac_extensions") or [])
     out: dict[str, Any] = {
         "type": "Collection",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": stored.get("stac_extensions", []),
+        "stac_version": stac_version_for(extensions),
+        "stac_extensions": extensions,
         "id": cid,
         "description": stored.get("description") or cid,
         "license": stored.get("license") or "other",
@@ -159,10 +202,20 @@ def collection_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
             if isinstance(a, Mapping)
         }
     links = [
-        {"rel": "self", "type": JSON, "href": collection_url(base, cid)},
-        {"rel": "parent", "type": JSON, "href": base + "/"},
-        {"rel": "root", "type": JSON, "href": base + "/"},
-        {"rel": "items", "type": GEOJSON, "href": collection_url(base, cid) + "/items"},
+        {
+            "rel": "self",
+            "type": JSON,
+            "title": f"Collection {cid}",
+            "href": collection_url(base, cid),
+        },
+        {"rel": "parent", "type": JSON, "title": "Catalogue root", "href": base + "/"},
+        {"rel": "root", "type": JSON, "title": "Catalogue root", "href": base + "/"},
+        {
+            "rel": "items",
+            "type": GEOJSON,
+            "title": "Items",
+            "href": collection_url(base, cid) + "/items",
+        },
     ]
     links.extend(_stored_links(stored.get("links"), base))
     out["links"] = links

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pystac
 from pystac.extensions.file import FileExtension
@@ -20,18 +20,18 @@ from pystac.extensions.mlm import MLMExtension
 from pystac.extensions.projection import ProjectionExtension
 
 from catalog.spaces import Space
+from catalog.stac import EMB_SCHEMA, EMB_STAC_VERSION, source_uri, stac_version_for
 from catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_bytes
 from embcat import __version__
 from encoders.manifest import Manifest
 
-EMB_SCHEMA = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-MLM_SCHEMA = MLMExtension.get_schema_uri()
+MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 FILE_SCHEMA = FileExtension.get_schema_uri()
 PROJECTION_SCHEMA = ProjectionExtension.get_schema_uri()
 
 ITEM_EXTENSIONS = [EMB_SCHEMA, PROCESSING_SCHEMA, FILE_SCHEMA, PROJECTION_SCHEMA]
-COLLECTION_EXTENSIONS = [EMB_SCHEMA, MLM_SCHEMA, PROCESSING_SCHEMA, FILE_SCHEMA]
+COLLECTION_EXTENSIONS = [EMB_SCHEMA, PROCESSING_SCHEMA, FILE_SCHEMA]
 ASSET_ROLES = ["data", "embeddings"]
 SOURCE_MEDIA_TYPE = "image/tiff; application=geotiff"
 _PREFIXES = {
@@ -67,6 +67,12 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def source_title(uri: str) -> str:
+    """A link title for a source: the file name of its URI."""
+    path = urlsplit(uri).path.rstrip("/")
+    return path.rsplit("/", 1)[-1] or uri
+
+
 def processing_fields(manifest: Manifest) -> dict[str, Any]:
     software = {"embcat": __version__, **manifest.software}
     enc = manifest.encoder
@@ -94,8 +100,8 @@ def quantization(manifest: Manifest, space: Space) -> dict[str, Any] | None:
             "method": "cast",
             "original_dtype": "float32",
             "quantized_dtype": "float16",
-            "scale": 1.0,
-            "offset": 0.0,
+            "scale": [1.0],
+            "offset": [0.0],
         }
     return None
 
@@ -182,10 +188,20 @@ def build_collection(
         fields["gsd"] = enc.gsd
     fields["emb:chip_layout"] = {
         "layout_type": "regular_grid",
-        "chip_size": run.chip_size,
-        "stride": run.stride,
+        "chip_size": [run.chip_size, run.chip_size],
+        "stride": [run.stride, run.stride],
         "grid_id": run.grid_id,
     }
+    summaries: dict[str, Any] = {
+        "emb:type": ["chip"],
+        "emb:dimensions": [space.dimensions],
+        "data_type": ["float32"],
+    }
+    if enc.gsd is not None:
+        summaries["gsd"] = [enc.gsd]
+    if enc.bands:
+        summaries["bands"] = [{"name": b} for b in enc.bands]
+    coll.summaries = pystac.Summaries(summaries)
     fields["embcat:space"] = {
         "id": space.id,
         "encoder": space.encoder_name,
@@ -195,10 +211,16 @@ def build_collection(
         "metric": space.metric,
         "normalized": space.normalized,
     }
-    fields.update(processing_fields(manifest))
-    fields.update({k: v for k, v in enc.mlm.items() if k.startswith("mlm:")})
-    if "mlm:name" not in fields:
-        fields["mlm:name"] = enc.name
+    # processing:* of a Collection belong to a provider (processing extension v1.2.0)
+    coll.providers = [
+        pystac.Provider(
+            name="embcat",
+            roles=[pystac.ProviderRole.PROCESSOR],
+            extra_fields=processing_fields(manifest),
+        )
+    ]
+    # the encoder's MLM description is the emb:model item; its name is kept for mirrors
+    fields["embcat:encoder"] = enc.mlm.get("mlm:name") or enc.name
     coll.add_link(
         pystac.Link(
             rel="emb:model",
@@ -207,17 +229,36 @@ def build_collection(
             title=f"{enc.name} {enc.version} (STAC MLM item)",
         )
     )
-    sources = list(dict.fromkeys(run.inputs))
-    for old in (existing or {}).get("links", []):
-        if old.get("rel") == "emb:source-data" and old.get("href") not in sources:
-            sources.append(old["href"])
-    for href in sources[:1000]:
-        coll.add_link(pystac.Link(rel="emb:source-data", target=href, media_type=SOURCE_MEDIA_TYPE))
+    for href in _source_hrefs(manifest, existing)[:1000]:
+        coll.add_link(
+            pystac.Link(
+                rel="emb:source-data",
+                target=href,
+                media_type=SOURCE_MEDIA_TYPE,
+                title=f"Source imagery: {source_title(href)}",
+            )
+        )
     out = coll.to_dict(include_self_link=False, transform_hrefs=False)
+    out["stac_version"] = EMB_STAC_VERSION
     out["links"] = [
         link for link in out["links"] if link["rel"] not in ("self", "root", "parent", "items")
     ]
     return out
+
+
+def _source_hrefs(manifest: Manifest, existing: dict[str, Any] | None) -> list[str]:
+    """The source rasters of a run (and of earlier publishes) as absolute URIs."""
+    raw: list[str] = list(manifest.run.inputs)
+    for src in (manifest.run.model_extra or {}).get("sources") or []:
+        if isinstance(src, dict) and isinstance(src.get("href"), str):
+            raw.append(src["href"])
+    hrefs = [u for u in (source_uri(h) for h in raw) if u is not None]
+    for old in (existing or {}).get("links", []):
+        if old.get("rel") == "emb:source-data" and isinstance(old.get("href"), str):
+            uri = source_uri(old["href"])
+            if uri is not None:
+                hrefs.append(uri)
+    return list(dict.fromkeys(hrefs))
 
 
 def _union_extent(
@@ -269,10 +310,11 @@ def item_dict(
     links: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A stored item row as a STAC Item dict (links as stored: no self/root/parent)."""
+    extensions = item_stac_extensions(properties, assets)
     return {
         "type": "Feature",
-        "stac_version": pystac.get_stac_version(),
-        "stac_extensions": item_stac_extensions(properties, assets),
+        "stac_version": stac_version_for(extensions),
+        "stac_extensions": extensions,
         "id": item_id,
         "collection": collection_id,
         "geometry": geometry,
@@ -283,19 +325,53 @@ def item_dict(
     }
 
 
-def model_item(space: Space, collection_id: str | None = None) -> dict[str, Any]:
-    """The encoder of a space as a STAC MLM item (what the ``emb:model`` link serves)."""
+def model_item(
+    space: Space, collection_id: str | None = None, collection: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The encoder of a space as a STAC MLM item (what the ``emb:model`` link serves).
+
+    ``datetime`` is when the encoder's vectors were made (the collection's
+    ``processing:datetime``, else the start of its temporal extent); the ``mlm:model``
+    asset is where the encode recorded the model (``file://`` on the encoding site)."""
+    when = _model_datetime(collection)
     item = pystac.Item(
         id=f"{space.encoder_name}-{space.encoder_version}",
         geometry=None,
         bbox=None,
-        datetime=datetime(1970, 1, 1, tzinfo=UTC),
+        datetime=when,
         properties={k: v for k, v in space.mlm.items() if k.startswith("mlm:")},
     )
     MLMExtension.add_to(item)
-    if "mlm:name" not in item.properties:
-        item.properties["mlm:name"] = space.encoder_name
-    item.properties["embcat:space"] = {
+    props = item.properties
+    props.setdefault("mlm:name", space.encoder_name)
+    props.setdefault("mlm:architecture", space.encoder_name)
+    props.setdefault("mlm:tasks", ["similarity-search"])
+    props.setdefault("mlm:input", [])
+    props.setdefault(
+        "mlm:output",
+        [
+            {
+                "name": "embedding",
+                "tasks": ["similarity-search"],
+                "result": {
+                    "shape": [-1, space.dimensions],
+                    "dim_order": ["batch", "embedding"],
+                    "data_type": "float32",
+                },
+            }
+        ],
+    )
+    names = [
+        band["name"] if isinstance(band, dict) else str(band)
+        for model_input in props["mlm:input"]
+        for band in (model_input.get("bands") or [])
+    ]
+    if names:  # MLM: the input bands are described by STAC 1.1 `bands`
+        props["bands"] = [{"name": name} for name in dict.fromkeys(names)]
+    if not props.get("mlm:pretrained"):
+        props["mlm:pretrained"] = False
+        props["mlm:pretrained_source"] = None
+    props["embcat:space"] = {
         "id": space.id,
         "dimensions": space.dimensions,
         "storage": space.storage,
@@ -303,12 +379,55 @@ def model_item(space: Space, collection_id: str | None = None) -> dict[str, Any]
         "normalized": space.normalized,
     }
     out = item.to_dict(include_self_link=False, transform_hrefs=False)
+    out["stac_extensions"] = [MLM_SCHEMA]
+    asset = space.mlm.get("embcat:model_asset")
+    if not (isinstance(asset, dict) and asset.get("href")):
+        # spaces published before the encode recorded its model: the encoder is named only
+        asset = {
+            "href": f"urn:embcat:encoder:{quote(space.encoder_name, safe='')}:"
+            f"{quote(space.encoder_version, safe='')}",
+            "title": f"{space.encoder_name} {space.encoder_version}: model defined in code"
+            " (its location was not recorded by the encode)",
+            "roles": ["mlm:model"],
+            "mlm:artifact_type": "python-class",
+        }
+    out["assets"] = {"model": dict(asset)}
+    if "bands" in props:  # STAC 1.1 allows item `bands` only next to an asset's bands
+        out["assets"]["model"]["bands"] = props["bands"]
+    if any(k.startswith("file:") for k in asset):
+        out["stac_extensions"].append(FILE_SCHEMA)
+    links = []
     if collection_id is not None:
-        out["links"] = [
+        out["collection"] = collection_id
+        links.append(
             {
                 "rel": "collection",
                 "href": f"/collections/{quote(collection_id, safe='')}",
                 "type": "application/json",
+                "title": "The embeddings made with this model",
             }
-        ]
+        )
+    out["links"] = links
     return out
+
+
+def _model_datetime(collection: dict[str, Any] | None) -> datetime:
+    for provider in (collection or {}).get("providers") or []:
+        when = provider.get("processing:datetime") if isinstance(provider, dict) else None
+        if isinstance(when, str):
+            try:
+                return _parse(when)
+            except ValueError:
+                pass
+    if isinstance((collection or {}).get("processing:datetime"), str):  # stored before 0013
+        try:
+            return _parse(collection["processing:datetime"])  # type: ignore[index]
+        except ValueError:
+            pass
+    try:
+        start = (collection or {})["extent"]["temporal"]["interval"][0][0]
+        if isinstance(start, str):
+            return _parse(start)
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    return datetime.now(UTC).replace(microsecond=0)

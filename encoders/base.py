@@ -279,8 +279,26 @@ class Encoder(ABC):
         """Options that define the model (recorded as ``mlm:hyperparameters``)."""
         return {k: v for k, v in self.options.items() if _jsonable(v)}
 
-    def mlm_properties(self) -> dict[str, Any]:
-        """The encoder as STAC MLM fields (``mlm:*``), built with pystac's MLM extension."""
+    def model_asset(self) -> dict[str, Any]:
+        """The STAC MLM ``mlm:model`` asset: where the model is defined on the encoding site
+        (a built-in encoder: its Python module, a ``file://`` URI)."""
+        import inspect
+        from pathlib import Path
+
+        source = inspect.getsourcefile(type(self)) or ""
+        return {
+            "href": Path(source).resolve().as_uri() if source else "",
+            "type": "text/x-python",
+            "title": f"{self.name} {self.version}: model defined in code",
+            "roles": ["mlm:model", "code"],
+            "mlm:artifact_type": "python-class",
+        }
+
+    def mlm_properties(self, chip_size: int | None = None) -> dict[str, Any]:
+        """The encoder as STAC MLM fields (``mlm:*``), built with pystac's MLM extension.
+
+        ``chip_size``: the size the run encoded (variable-size encoders take any); the
+        hyperparameters report it instead of the encoder's default."""
         import pystac
         from pystac.extensions.mlm import (
             Hyperparameters,
@@ -298,6 +316,8 @@ class Encoder(ABC):
 
         spec, out = self.input_spec, self.output_spec
         hyper = self.hyperparameters()
+        if chip_size is not None and "chip_size" in hyper:
+            hyper["chip_size"] = int(chip_size)
         bands = len(spec.bands)
         size = -1 if spec.variable_chip_size else spec.chip_size
         scaling: list[ValueScaling] | None = None
@@ -372,10 +392,16 @@ class Encoder(ABC):
             pretrained_source=self.pretrained_source,
             hyperparameters=Hyperparameters.create(**hyper) if hyper else None,
         )
-        return {k: v for k, v in item.properties.items() if k.startswith("mlm:")}
+        out = {k: v for k, v in item.properties.items() if k.startswith("mlm:")}
+        if not self.pretrained:  # MLM: trained from scratch is an explicit null source
+            out["mlm:pretrained_source"] = None
+        return out
 
-    def identity(self) -> EncoderIdentity:
-        """The manifest's record of this encoder (defines the embedding space)."""
+    def identity(self, chip_size: int | None = None) -> EncoderIdentity:
+        """The manifest's record of this encoder (defines the embedding space); ``chip_size``
+        is the run's (see ``mlm_properties``)."""
+        mlm = self.mlm_properties(chip_size)
+        mlm["embcat:model_asset"] = self.model_asset()
         return EncoderIdentity.model_validate(
             {
                 "name": self.name,
@@ -387,7 +413,7 @@ class Encoder(ABC):
                 "bands": list(self.input_spec.bands),
                 "chip_size": self.input_spec.chip_size,
                 "gsd": self.input_spec.gsd,
-                "mlm": self.mlm_properties(),
+                "mlm": mlm,
                 "options": self.hyperparameters(),  # extra field: what re-creates the encoder
             }
         )

@@ -46,7 +46,7 @@ _CARD_SUFFIXES = (".yaml", ".yml", ".json")
 _CARD_KEYS = {
     "name", "version", "architecture", "summary", "bands", "chip_size", "gsd",
     "normalization", "scaling", "output_dim", "dimensions", "dtype", "metric", "normalized",
-    "format", "model", "model_kwargs", "pretrained_source", "variable_chip_size",
+    "format", "model", "model_kwargs", "pretrained", "pretrained_source", "variable_chip_size",
 }  # fmt: skip
 
 
@@ -141,7 +141,6 @@ class CheckpointEncoder(Encoder):
     version = "0"
     summary = "user-supplied TorchScript, torch.export or state-dict model + model card"
     architecture = "user-supplied"
-    pretrained = True
 
     def __init__(self, path: str | None = None, card: str | None = None) -> None:
         if not path:
@@ -177,7 +176,11 @@ class CheckpointEncoder(Encoder):
         self.version = str(data.get("version") or digest[:12])
         self.architecture = str(data.get("architecture") or type(module).__name__)
         self.summary = str(data.get("summary") or f"checkpoint {model_path.name}")
-        self.pretrained_source = str(data.get("pretrained_source") or model_path.name)
+        # pretrained only when the card says so (`pretrained: true` or the pretraining source)
+        source = data.get("pretrained_source")
+        self.pretrained = bool(data.get("pretrained", source is not None))
+        self.pretrained_source = str(source) if self.pretrained and source else None
+        self._format = str(data.get("format") or "")
         super().__init__(
             input_spec=input_spec,
             output_spec=output_spec,
@@ -185,6 +188,21 @@ class CheckpointEncoder(Encoder):
             options={"path": str(model_path), "card": str(card_path), "sha256": digest},
         )
         self._check_output(model_path)
+
+    def model_asset(self) -> dict[str, Any]:
+        path = Path(self.options["path"]).resolve()
+        kind = {"export": "torch.export", "state_dict": "torch.save"}.get(
+            self._format or ("export" if path.suffix == ".pt2" else "torchscript"),
+            "torch.jit.script",
+        )
+        return {
+            "href": path.as_uri(),
+            "type": "application/octet-stream; framework=pytorch",
+            "title": f"{self.name} {self.version} weights (on the encoding site)",
+            "roles": ["mlm:model", "mlm:weights"],
+            "mlm:artifact_type": kind,
+            "file:checksum": "1220" + self.options["sha256"],
+        }
 
     def hyperparameters(self) -> dict[str, Any]:
         # Paths are site-specific; the weights' digest identifies the model.

@@ -1,0 +1,169 @@
+"""Issue 19: what embcat serves validates against the core schema and every extension
+schema it declares (offline, tests/schemas), and its metadata is what it claims."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from metadata_fixtures import CHIP, Published, encode_and_publish
+from offline_schemas import assert_valid, stac_errors
+
+from catalog.settings import DatabaseSettings
+
+
+@pytest.fixture(scope="module")
+def published(
+    tmp_path_factory: pytest.TempPathFactory, db_settings: DatabaseSettings
+) -> Iterator[Published]:
+    cid = f"meta-{uuid.uuid4().hex[:8]}"
+    out = encode_and_publish(tmp_path_factory.mktemp("metadata"), db_settings, cid)
+    yield out
+    with psycopg.connect(db_settings.database_url) as conn:
+        conn.execute("DELETE FROM collections WHERE id = %s", (cid,))
+
+
+def _get(url: str, **params: Any) -> dict[str, Any]:
+    r = httpx.get(url, params=params, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _first_item(live_server: str, cid: str) -> dict[str, Any]:
+    page = _get(f"{live_server}/collections/{cid}/items", limit=1)
+    return _get(f"{live_server}/collections/{cid}/items/{page['features'][0]['id']}")
+
+
+# ---------------------------------------------------------------- schema validity
+
+
+def test_published_collection_validates(live_server: str, published: Published) -> None:
+    assert_valid(_get(f"{live_server}/collections/{published.collection_id}"))
+
+
+def test_published_item_validates(live_server: str, published: Published) -> None:
+    assert_valid(_first_item(live_server, published.collection_id))
+
+
+def test_item_collection_page_validates(live_server: str, published: Published) -> None:
+    assert_valid(_get(f"{live_server}/collections/{published.collection_id}/items", limit=5))
+
+
+def test_search_page_validates(live_server: str, published: Published) -> None:
+    assert_valid(_get(f"{live_server}/search", collections=published.collection_id, limit=5))
+
+
+def test_model_item_validates(live_server: str, published: Published) -> None:
+    assert_valid(_get(f"{live_server}/collections/{published.collection_id}/model"))
+
+
+def test_collections_list_validates(live_server: str, published: Published) -> None:
+    body = _get(f"{live_server}/collections")
+    errors = [e for c in body["collections"] for e in stac_errors(c)]
+    assert errors == [], "\n".join(errors)
+
+
+def test_landing_page_validates(live_server: str) -> None:
+    assert_valid(_get(live_server + "/"))
+
+
+def test_seeded_items_with_eo_fields_validate(live_server: str, seeded: Any) -> None:
+    cid, _ = seeded
+    assert_valid(_get(f"{live_server}/collections/{cid}/items", limit=3))
+
+
+def test_an_undeclared_schema_is_not_skipped() -> None:
+    doc = {"type": "Feature", "stac_version": "1.1.0", "stac_extensions": ["https://x/y.json"]}
+    assert any("not held" in e for e in stac_errors(doc))
+
+
+def test_chip_layout_integers_fail_the_embeddings_schema(
+    live_server: str, published: Published
+) -> None:
+    """The check itself: the stored shape before issue 19 fails it."""
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    coll["emb:chip_layout"]["chip_size"] = CHIP
+    assert any("chip_size" in e for e in stac_errors(coll))
+
+
+# ---------------------------------------------------------------- metadata content
+
+
+def test_chip_layout_is_the_runs_as_arrays(live_server: str, published: Published) -> None:
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    layout = coll["emb:chip_layout"]
+    assert layout["chip_size"] == [CHIP, CHIP] and layout["stride"] == [CHIP, CHIP]
+
+
+def test_collection_has_summaries(live_server: str, published: Published) -> None:
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    summaries = coll["summaries"]
+    assert summaries["emb:dimensions"] == [coll["emb:dimensions"]]
+    assert summaries["gsd"] == [10.0]
+    assert len(summaries["bands"]) == 13
+
+
+def test_collection_processing_fields_are_in_a_provider(
+    live_server: str, published: Published
+) -> None:
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    assert not [k for k in coll if k.startswith("processing:")]
+    (provider,) = [p for p in coll["providers"] if "processor" in p["roles"]]
+    assert provider["processing:software"]["embcat"]
+
+
+def test_every_collection_link_has_a_title(live_server: str, published: Published) -> None:
+    links = _get(f"{live_server}/collections/{published.collection_id}")["links"]
+    assert [link["rel"] for link in links if not link.get("title")] == []
+
+
+def test_source_data_is_a_file_uri_of_the_encoding_site(
+    live_server: str, published: Published
+) -> None:
+    links = _get(f"{live_server}/collections/{published.collection_id}")["links"]
+    sources = [link["href"] for link in links if link["rel"] == "emb:source-data"]
+    assert sources == [published.scene.resolve().as_uri()]
+
+
+def test_derived_from_is_a_file_uri_of_the_encoding_site(
+    live_server: str, published: Published
+) -> None:
+    item = _first_item(live_server, published.collection_id)
+    (derived,) = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
+    assert derived == published.scene.resolve().as_uri()
+
+
+def test_model_item_has_a_real_datetime_and_a_model_asset(
+    live_server: str, published: Published
+) -> None:
+    model = _get(f"{live_server}/collections/{published.collection_id}/model")
+    assert not model["properties"]["datetime"].startswith("1970")
+    (asset,) = [a for a in model["assets"].values() if "mlm:model" in a["roles"]]
+    assert asset["href"].startswith("file://") and asset["mlm:artifact_type"]
+
+
+def test_builtin_encoder_is_not_pretrained(live_server: str, published: Published) -> None:
+    props = _get(f"{live_server}/collections/{published.collection_id}/model")["properties"]
+    assert props["mlm:pretrained"] is False and props["mlm:pretrained_source"] is None
+
+
+def test_hyperparameters_report_the_encoded_chip_size(
+    live_server: str, published: Published
+) -> None:
+    props = _get(f"{live_server}/collections/{published.collection_id}/model")["properties"]
+    assert props["mlm:hyperparameters"]["chip_size"] == CHIP
+
+
+def test_stac_versions_follow_the_declared_extensions(
+    live_server: str, published: Published
+) -> None:
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    model = _get(f"{live_server}/collections/{published.collection_id}/model")
+    assert (coll["stac_version"], model["stac_version"]) == ("1.0.0", "1.1.0")
+    assert model["stac_extensions"][0].endswith("/mlm/v1.5.0/schema.json")
+
+
