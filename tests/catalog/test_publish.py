@@ -22,6 +22,7 @@ from shardgen import write_run  # tests/ is on sys.path under pytest
 from catalog.errors import Conflict, InvalidInput
 from catalog.publish import list_publishes, publish
 from catalog.settings import DatabaseSettings
+from catalog.stac import source_uri
 from catalog.stacgen import item_dict
 from catalog.vectors import file_fields
 from embcat.cli import main
@@ -76,12 +77,12 @@ def test_collection_has_embeddings_mlm_and_links(run: Path, db_settings: Databas
         stac = c.execute("select stac from collections where id = %s", (cid,)).fetchone()[0]  # type: ignore[index]
     coll = pystac.Collection.from_dict(stac)
     assert stac["emb:type"] == "chip" and stac["emb:dimensions"] == 8
-    assert stac["emb:chip_layout"]["chip_size"] == 64 and stac["data_type"] == "float32"
+    assert stac["emb:chip_layout"]["chip_size"] == [64, 64] and stac["data_type"] == "float32"
     assert coll.item_assets["embeddings"].media_type == "application/x-npy"
-    assert MLMExtension.get_schema_uri() in coll.stac_extensions
+    assert MLMExtension.get_schema_uri() not in coll.stac_extensions  # MLM: the emb:model item
     rels = {link["rel"]: link["href"] for link in stac["links"]}
     assert rels["emb:model"] == f"/collections/{cid}/model"
-    assert rels["emb:source-data"] == "/data/scene-000.tif"
+    assert rels["emb:source-data"] == "file:///data/scene-000.tif"
     assert not {"self", "root", "parent", "items"} & set(rels)
     west, south, east, north = coll.extent.spatial.bboxes[0]
     assert 14.9 < west < east < 16.0 and 48.0 < south < north < 49.0
@@ -460,7 +461,8 @@ def test_item_documents_hold_each_rows_values(tmp_path: Path, db_settings: Datab
                 f"/collections/{quote(cid, safe='')}/items/{quote(row['id'], safe='')}/embedding"
             )
             assert links == [
-                {"rel": "derived_from", "href": row["source_href"], "type": SOURCE_MEDIA_TYPE,
+                {"rel": "derived_from", "href": source_uri(row["source_href"]),
+                 "type": SOURCE_MEDIA_TYPE,
                  "title": row["source_item"]}
             ]  # fmt: skip
 

@@ -73,7 +73,7 @@ def test_torchscript_model_with_yaml_card(tiny_net, tmp_path: Path) -> None:
     )  # fmt: skip
     assert len(enc.version) == 12  # from the weights' sha256
     mlm = enc.mlm_properties()
-    assert mlm["mlm:architecture"] == "TinyNet" and mlm["mlm:pretrained"] is True
+    assert mlm["mlm:architecture"] == "TinyNet" and mlm["mlm:pretrained"] is False
     assert mlm["mlm:input"][0]["value_scaling"][0] == {
         "type": "z-score", "mean": 1000.0, "stddev": 300.0,
     }  # fmt: skip
@@ -122,3 +122,22 @@ def test_state_dict_without_model_class_is_a_clear_error(tiny_net, tmp_path: Pat
     (tmp_path / "weights.yaml").write_text(yaml.safe_dump(CARD))
     with pytest.raises(EncoderOptionError, match="name the model class"):
         get_encoder("checkpoint", path=str(path))
+
+
+def test_checkpoint_is_pretrained_only_when_its_card_names_the_source(
+    tiny_net, tmp_path: Path
+) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(tiny_net), str(path))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**CARD, "pretrained_source": "EuroSAT"}))
+    mlm = get_encoder("checkpoint", path=str(path)).mlm_properties()
+    assert (mlm["mlm:pretrained"], mlm["mlm:pretrained_source"]) == (True, "EuroSAT")
+
+
+def test_checkpoint_model_asset_is_the_weights_file(tiny_net, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(tiny_net), str(path))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(CARD))
+    asset = get_encoder("checkpoint", path=str(path)).model_asset()
+    assert asset["href"] == path.resolve().as_uri() and "mlm:model" in asset["roles"]
+    assert asset["mlm:artifact_type"] == "torch.jit.script"
