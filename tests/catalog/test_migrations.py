@@ -123,3 +123,74 @@ def test_upgrade_interrupted_before_the_index_build_builds_it_when_run_again(
     assert _hnsw_indexes(url) == [(HNSW_DEF.format(space, space), True)]
     with psycopg.connect(url) as c:
         assert c.execute("select to_regclass('embcat_0007_hnsw')").fetchone() == (None,)
+
+
+def _old_documents(url: str) -> str:
+    """A catalogue at 0008 holding a collection and an item as publishes wrote them then."""
+    import json
+
+    migrate.upgrade(DatabaseSettings(database_url=url), "0008")
+    cid = "old-emb"
+    stac = {
+        "type": "Collection", "id": cid, "description": "d", "license": "other",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json",
+            "https://stac-extensions.github.io/mlm/v1.4.0/schema.json",
+        ],
+        "extent": {"spatial": {"bbox": [[0, 0, 1, 1]]},
+                   "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]}},
+        "emb:type": "chip", "emb:dimensions": 8, "data_type": "float32",
+        "emb:chip_layout": {"layout_type": "regular_grid", "chip_size": 32, "stride": 16,
+                            "grid_id": "g"},
+        "processing:software": {"embcat": "0.1"}, "processing:lineage": "x",
+        "mlm:name": "mosaiks",
+        "links": [{"rel": "emb:source-data", "href": "/data/my scene.tif"}],
+    }  # fmt: skip
+    props = {
+        "datetime": "2024-01-01T00:00:00Z",
+        "emb:quantization": {"method": "cast", "original_dtype": "float32", "scale": 1.0,
+                             "offset": 0.0},
+    }  # fmt: skip
+    links = [{"rel": "derived_from", "href": "/data/my scene.tif"}]
+    with psycopg.connect(url) as c:
+        c.execute("INSERT INTO collections (id, stac) VALUES (%s, %s)", (cid, json.dumps(stac)))
+        c.execute(
+            "INSERT INTO items (collection_id, id, geometry, bbox, datetime, properties, links)"
+            " VALUES (%s, 'i1', ST_SetSRID(ST_MakePoint(0.5, 0.5), 4326), '{0.5,0.5,0.5,0.5}',"
+            " '2024-01-01', %s, %s)",
+            (cid, json.dumps(props), json.dumps(links)),
+        )
+    return cid
+
+
+def test_upgrade_rewrites_stored_documents_as_the_schemas_want(
+    make_database: Callable[..., str],
+) -> None:
+    url = make_database(migrated=False)
+    cid = _old_documents(url)
+    migrate.upgrade(DatabaseSettings(database_url=url), "0013")
+    with psycopg.connect(url) as c:
+        stac = c.execute("SELECT stac FROM collections WHERE id = %s", (cid,)).fetchone()[0]  # type: ignore[index]
+        props, links = c.execute("SELECT properties, links FROM items").fetchone()  # type: ignore[misc]
+    assert stac["emb:chip_layout"]["chip_size"] == [32, 32]
+    assert stac["emb:chip_layout"]["stride"] == [16, 16]
+    assert not [k for k in stac if k.startswith(("processing:", "mlm:"))]
+    assert stac["providers"][0]["processing:lineage"] == "x"
+    assert stac["summaries"]["emb:dimensions"] == [8]
+    assert stac["links"][0]["href"] == "file:///data/my%20scene.tif"
+    assert props["emb:quantization"]["scale"] == [1.0]
+    assert links[0]["href"] == "file:///data/my%20scene.tif"
+
+
+def test_downgrade_from_0013_restores_the_old_forms(make_database: Callable[..., str]) -> None:
+    url = make_database(migrated=False)
+    cid = _old_documents(url)
+    settings = DatabaseSettings(database_url=url)
+    migrate.upgrade(settings, "0013")
+    migrate.downgrade(settings, "0008")
+    with psycopg.connect(url) as c:
+        stac = c.execute("SELECT stac FROM collections WHERE id = %s", (cid,)).fetchone()[0]  # type: ignore[index]
+        props, links = c.execute("SELECT properties, links FROM items").fetchone()  # type: ignore[misc]
+    assert stac["emb:chip_layout"]["chip_size"] == 32
+    assert props["emb:quantization"]["scale"] == 1.0
+    assert links[0]["href"] == "/data/my scene.tif"
