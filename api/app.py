@@ -80,6 +80,12 @@ FILTER_CLASSES = [
 ]
 
 
+# The sort extension's URIs of STAC API v1.0.0 as well as v1.1.0 (stac-fastapi's):
+# clients written against 1.0 (pystac-client 0.9) match "https://api.stacspec.org/v1.0.*".
+SORT_V100_SEARCH = "https://api.stacspec.org/v1.0.0/item-search#sort"
+SORT_V100_FEATURES = "https://api.stacspec.org/v1.0.0/ogcapi-features#sort"
+
+
 class BodySizeLimit:
     """Rejects request bodies over ``max_bytes`` with 413 (declared or streamed size)."""
 
@@ -146,6 +152,7 @@ def _extensions(settings: ApiSettings) -> dict[str, Any]:
             client=sortables,
             conformance_classes=[
                 SortConformanceClasses.ITEM_SEARCH_SORT,
+                SORT_V100_SEARCH,  # what pystac-client 0.9 looks for (v1.0.x)
                 SortConformanceClasses.ITEM_SEARCH_SORTABLES,
             ],
         ),
@@ -162,6 +169,7 @@ def _extensions(settings: ApiSettings) -> dict[str, Any]:
         SortExtension(
             conformance_classes=[
                 SortConformanceClasses.FEATURES_SORT,
+                SORT_V100_FEATURES,
                 SortConformanceClasses.FEATURES_SORTABLES,
             ]
         ),
@@ -293,6 +301,42 @@ def _protect_routes(app: FastAPI, extra: tuple[APIRouter, ...] = ()) -> None:
         route.dependencies.append(depends)
 
 
+API_ASSETS = "/api-assets"  # Swagger UI's files (under OPEN_PATHS: "/api")
+
+
+def _add_api_docs(app: FastAPI, settings: ApiSettings) -> None:
+    """/api.html: Swagger UI with its JavaScript and CSS served by this API from the
+    swagger-ui-bundle package, so that the page works without the internet."""
+    if not settings.docs_url or not settings.openapi_url:
+        return
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+
+    app.mount(
+        API_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="api-assets"
+    )
+
+    async def swagger_ui_html(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + str(settings.openapi_url),
+            title=f"{settings.stac_fastapi_title} - API documentation",
+            swagger_js_url=f"{root}{API_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{API_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{API_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_api_route(
+        settings.docs_url,
+        swagger_ui_html,
+        methods=["GET"],
+        name="swagger_ui_html",
+        include_in_schema=False,
+    )
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API (pool opened in the lifespan; nothing connects before start-up)."""
     settings = settings or ApiSettings()
@@ -318,7 +362,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=settings.stac_fastapi_version,
         description=settings.stac_fastapi_description,
         openapi_url=settings.openapi_url,
-        docs_url=settings.docs_url,
+        docs_url=None,  # served from the swagger-ui-bundle package below (no CDN)
         redoc_url=None,
         root_path=settings.root_path,
         lifespan=lifespan,
@@ -327,7 +371,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api = StacApi(
         app=app,
         settings=settings,
-        client=CoreClient(landing_page_id=settings.stac_fastapi_landing_id),
+        client=CoreClient(
+            landing_page_id=settings.stac_fastapi_landing_id,
+            title=settings.stac_fastapi_title,
+            description=settings.stac_fastapi_description,
+        ),
         stac_version=STAC_VERSION,
         extensions=extensions,
         search_get_request_model=create_get_request_model(ext["search"]),
@@ -372,6 +420,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         "/health", _health(settings), methods=["GET"], name="health", tags=["Liveliness/Readiness"]
     )
     observability.install(app, settings)
+    _add_api_docs(app, settings)
     for router in EXTRA_ROUTERS:
         app.include_router(router)
     _protect_routes(app, tuple(EXTRA_ROUTERS))

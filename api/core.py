@@ -33,6 +33,7 @@ from catalog.search import (
     SearchQuery,
     apply_fields,
     check_depth,
+    count_matched,
     json_depth,
     parse_interval,
     queryables,
@@ -182,16 +183,23 @@ def _page_links_get(
 
 
 def _item_collection(
-    features: list[dict[str, Any]], links: list[dict[str, Any]], base: str
+    features: list[dict[str, Any]],
+    links: list[dict[str, Any]],
+    base: str,
+    page: SearchPage | None = None,
 ) -> GeoJSONDocument:
-    return GeoJSONDocument(
-        {
-            "type": "FeatureCollection",
-            "features": features,
-            "links": [{"rel": "root", "type": JSON, "href": base + "/"}, *links],
-            "numberReturned": len(features),
-        }
-    )
+    out: dict[str, Any] = {
+        "type": "FeatureCollection",
+        "features": features,
+        "links": [
+            {"rel": "root", "type": JSON, "title": "Catalogue root", "href": base + "/"},
+            *links,
+        ],
+    }
+    if page is not None:  # numberMatched (exact, or an estimate flagged as such)
+        out.update({k: v for k, v in page.extra.items() if "numberMatched" in k})
+    out["numberReturned"] = len(features)
+    return GeoJSONDocument(out)
 
 
 def _get_query(
@@ -240,8 +248,11 @@ def _run_search(request: Request, search: SearchQuery) -> SearchPage:
             if search.collections:
                 missing = [c for c in search.collections if not stacrows.collection_exists(conn, c)]
                 if missing and len(missing) == len(search.collections):
-                    return SearchPage(features=[])
+                    return SearchPage(features=[], extra={"numberMatched": 0})
             page = search_items(conn, search, base)
+            page.extra["numberMatched"], estimated = count_matched(conn, search)
+            if estimated:
+                page.extra["embcat:numberMatched_estimated"] = True
         if search.fields:
             page.features = [apply_fields(f, search.fields) for f in page.features]
         return page
@@ -442,7 +453,7 @@ class CoreClient(AsyncBaseCoreClient):
             {"rel": "parent", "type": JSON, "href": stacrows.collection_url(base, collection_id)},
             *_page_links_get(request, page, base, path),
         ]
-        return _item_collection(page.features, links, base)
+        return _item_collection(page.features, links, base, page)
 
     async def get_search(  # type: ignore[override]
         self,
@@ -466,7 +477,7 @@ class CoreClient(AsyncBaseCoreClient):
             {"rel": "self", "type": GEOJSON, "href": str(request.url)},
             *_page_links_get(request, page, base, "/search"),
         ]
-        return _item_collection(page.features, links, base)
+        return _item_collection(page.features, links, base, page)
 
     async def post_search(  # type: ignore[override]
         self, search_request: Any, **kwargs: Any
@@ -525,7 +536,7 @@ class CoreClient(AsyncBaseCoreClient):
                         "merge": False,
                     }
                 )
-        return _item_collection(page.features, links, base)
+        return _item_collection(page.features, links, base, page)
 
 
 def _filter_collections(

@@ -1002,3 +1002,30 @@ def queryables(
             entry["format"] = "date-time"
         out[key] = entry
     return out
+
+
+# --------------------------------------------------------------------------- numberMatched
+
+EXACT_COUNT_LIMIT = 10_000
+
+
+def count_matched(
+    conn: psycopg.Connection, q: SearchQuery, *, limit: int = EXACT_COUNT_LIMIT
+) -> tuple[int, bool]:
+    """``(count, estimated)`` of the items matching ``q`` (paging token ignored): counted
+    exactly while at most ``limit`` rows match (the count stops there), otherwise the
+    planner's row estimate, flagged ``estimated`` (like pgstac's context)."""
+    where = where_clause(q)
+    counted = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM items i WHERE {} LIMIT {}) m").format(
+        where, sql.Literal(limit + 1)
+    )
+    with translated(), conn.cursor() as cur:
+        row = cur.execute(counted).fetchone()
+        n = int(row[0]) if row else 0
+        if n <= limit:
+            return n, False
+        plan = cur.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM items i WHERE {}").format(where)
+        ).fetchone()
+    estimate = int(plan[0][0]["Plan"]["Plan Rows"]) if plan else n
+    return max(estimate, n), True

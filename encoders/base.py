@@ -392,10 +392,10 @@ class Encoder(ABC):
             pretrained_source=self.pretrained_source,
             hyperparameters=Hyperparameters.create(**hyper) if hyper else None,
         )
-        out = {k: v for k, v in item.properties.items() if k.startswith("mlm:")}
+        fields = {k: v for k, v in item.properties.items() if k.startswith("mlm:")}
         if not self.pretrained:  # MLM: trained from scratch is an explicit null source
-            out["mlm:pretrained_source"] = None
-        return out
+            fields["mlm:pretrained_source"] = None
+        return fields
 
     def identity(self, chip_size: int | None = None) -> EncoderIdentity:
         """The manifest's record of this encoder (defines the embedding space); ``chip_size``
