@@ -152,11 +152,22 @@ def _check(r: httpx.Response, what: str) -> httpx.Response:
 
 def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
     out = dict(stac)
+    # the origin's queryables link is replaced by this server's (generated); the origin
+    # collection itself is linked as `via`
     out["links"] = [
         {**link, "href": _local_href(link.get("href"), remote_base)}
         for link in stac.get("links", [])
-        if link.get("rel") not in GENERATED_RELS
+        if link.get("rel") not in GENERATED_RELS and link.get("rel") not in ("queryables", "via")
     ]
+    origin = (
+        next(
+            (link.get("href") for link in stac.get("links", []) if link.get("rel") == "self"), None
+        )
+        or f"{remote_base.rstrip('/')}/collections/{quote(str(stac.get('id')), safe='')}"
+    )
+    out["links"].append(
+        {"rel": "via", "href": origin, "type": "application/json", "title": "Origin of this mirror"}
+    )
     if isinstance(out.get("assets"), dict):
         out["assets"] = {
             k: {**a, "href": _local_href(a.get("href"), remote_base)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -167,3 +168,116 @@ def test_stac_versions_follow_the_declared_extensions(
     assert model["stac_extensions"][0].endswith("/mlm/v1.5.0/schema.json")
 
 
+# ---------------------------------------------------------------- links resolve
+
+
+def _check_links(doc: dict[str, Any], live_server: str) -> list[str]:
+    """Every href of ``doc`` (links and assets): this server's answer 200; any other is an
+    absolute URI (file:// ones name a file that exists on the encoding site, here)."""
+    from urllib.parse import unquote, urlsplit
+
+    hrefs = [(link.get("method", "GET"), link) for link in doc.get("links", [])]
+    hrefs += [("GET", a) for a in (doc.get("assets") or {}).values()]
+    bad = []
+    for method, link in hrefs:
+        href = link["href"]
+        if href.startswith(live_server):
+            if method == "POST":
+                r = httpx.post(href, json=link.get("body") or {}, timeout=30)
+            else:
+                r = httpx.get(href, timeout=30)
+            if r.status_code != 200:
+                bad.append(f"{link.get('rel')} {href}: HTTP {r.status_code}")
+            continue
+        parts = urlsplit(href)
+        if parts.scheme == "file":
+            if not Path(unquote(parts.path)).exists():
+                bad.append(f"{link.get('rel')} {href}: no such file on the encoding site")
+        elif parts.scheme not in ("https", "http", "s3", "urn") or not (
+            parts.netloc or parts.scheme == "urn"
+        ):
+            bad.append(f"{link.get('rel')} {href}: neither served here nor an absolute URI")
+    return bad
+
+
+def test_every_link_of_the_collection_resolves(live_server: str, published: Published) -> None:
+    coll = _get(f"{live_server}/collections/{published.collection_id}")
+    assert _check_links(coll, live_server) == []
+
+
+def test_every_link_of_an_item_resolves(live_server: str, published: Published) -> None:
+    assert _check_links(_first_item(live_server, published.collection_id), live_server) == []
+
+
+def test_every_link_of_a_search_page_resolves(live_server: str, published: Published) -> None:
+    page = _get(f"{live_server}/search", collections=published.collection_id, limit=2)
+    assert _check_links(page, live_server) == []
+
+
+def test_every_link_of_the_landing_page_resolves(live_server: str, published: Published) -> None:
+    assert _check_links(_get(live_server + "/"), live_server) == []
+
+
+def test_every_link_of_the_model_item_resolves(live_server: str, published: Published) -> None:
+    model = _get(f"{live_server}/collections/{published.collection_id}/model")
+    assert _check_links(model, live_server) == []
+
+
+# ---------------------------------------------------------------- API surface
+
+
+def test_search_reports_number_matched(live_server: str, published: Published) -> None:
+    page = _get(f"{live_server}/search", collections=published.collection_id, limit=2)
+    assert page["numberMatched"] == published.items and page["numberReturned"] == 2
+
+
+def test_conformance_lists_both_sort_uris(live_server: str) -> None:
+    classes = _get(live_server + "/conformance")["conformsTo"]
+    assert "https://api.stacspec.org/v1.0.0/item-search#sort" in classes
+    assert "https://api.stacspec.org/v1.1.0/item-search#sort" in classes
+
+
+def test_pystac_client_sorts_without_warning_and_counts(
+    live_server: str, published: Published
+) -> None:
+    import warnings
+
+    from pystac_client import Client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = Client.open(live_server + "/")
+        search = client.search(collections=[published.collection_id], sortby="-datetime", limit=2)
+        assert search.matched() == published.items
+        assert len(list(search.items())) == published.items
+
+
+def test_landing_page_has_the_configured_title(live_server: str) -> None:
+    landing = _get(live_server + "/")
+    assert (landing["id"], landing["title"]) == ("embcat", "embcat")
+
+
+def test_api_docs_page_loads_its_assets_from_this_server(live_server: str) -> None:
+    import re
+
+    html = httpx.get(live_server + "/api.html", timeout=30).text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert assets and all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    for asset in assets:
+        assert httpx.get(live_server + asset, timeout=30).status_code == 200, asset
+
+
+def test_mirrored_collection_has_one_queryables_link_and_its_origin() -> None:
+    from catalog.mirror import _strip_collection
+
+    remote = "https://origin.example/stac"
+    stac = {
+        "id": "c",
+        "links": [
+            {"rel": "self", "href": f"{remote}/collections/c"},
+            {"rel": "queryables", "href": f"{remote}/collections/c/queryables"},
+        ],
+    }
+    links = _strip_collection(stac, remote)["links"]
+    assert [link["rel"] for link in links] == ["via"]
+    assert links[0]["href"] == f"{remote}/collections/c"
