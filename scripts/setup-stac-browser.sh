@@ -23,7 +23,8 @@ case "${1:-}" in
     *) echo "setup-stac-browser: unknown argument $1" >&2; exit 2 ;;
 esac
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$VERSION" && -f "$DIST/index.html" ]]; then
+BUILD_ID="$VERSION+offline-1"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$BUILD_ID" && -f "$DIST/index.html" ]]; then
     exit 0
 fi
 if ! command -v npm >/dev/null 2>&1; then
@@ -45,10 +46,23 @@ if [[ ! -d node_modules/ol-stac ]] || ! grep -q '"version": "1.1.0"' node_module
     npm install --no-audit --no-fund --loglevel=error
     npm install --no-audit --no-fund --loglevel=error --no-save ol-stac@1.1.0
 fi
+# No basemap: its tiles come from the internet (tile.openstreetmap.org), which the machines
+# that run the tests cannot reach; the maps show the footprints on a blank background.
+if ! grep -q "embcat: no basemap" basemaps.config.js; then
+    cat > basemaps.config.js <<'JS'
+// embcat: no basemap (offline); STAC Browser's own file names OpenStreetMap tiles.
+export default function configureBasemap() {
+  return [];
+}
+JS
+fi
 echo "setup-stac-browser: npm run build"
 rm -rf dist
 npm run build -- --historyMode=hash
 rm -rf "$DIST"
 cp -r "$APP/dist" "$DIST"
-echo "$VERSION" > "$STAMP"
+# Runtime configuration (catalogUrl) from dist/config.js: the build leaves its script tag
+# commented out (docs/options.md of STAC Browser), so it is loaded first here.
+sed -i 's#<head>#<head><script src="/config.js"></script>#' "$DIST/index.html"
+echo "$BUILD_ID" > "$STAMP"
 echo "setup-stac-browser: built $DIST"
