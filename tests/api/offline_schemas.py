@@ -3,9 +3,9 @@
 stac-validator sends every schema fetch through ``stac_validator.utilities._schema_cache``
 (rebuilt by ``_build_schema_cache`` when the cache size changes), and pystac's validator
 through ``JsonSchemaSTACValidator._get_schema``. ``install()`` replaces all three: local
-files are read, the STAC 1.1.0 core and GeoJSON schemas come from pystac's
-bundled copies, and any other URL (extension schemas) gets a permissive schema and is
-recorded in ``UNCHECKED`` so that the test can report what it could not check.
+files are read, the schemas held under tests/schemas (extensions, STAC 1.0.0 core) and
+pystac's bundled copies (STAC 1.1.0 core, GeoJSON) are served, and any other URL gets a
+permissive schema and is recorded in ``UNCHECKED`` so that the test reports it.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def fetch(path: str) -> dict[str, Any]:
     if "://" not in path:
         return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
     url = path.split("#", 1)[0]
-    known = _known()
-    if url in known:
-        return known[url]
+    held = _held(url)  # tests/schemas, then pystac's bundled copies
+    if held is not None:
+        return held
     if url.rstrip("#") in ("http://json-schema.org/draft-07/schema",):
         return {"$schema": "http://json-schema.org/draft-07/schema#"}
     UNCHECKED.add(url)
