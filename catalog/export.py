@@ -51,7 +51,14 @@ from catalog.quantize import (
 )
 from catalog.search import SearchQuery, where_clause
 from catalog.spaces import Space, get_space
-from catalog.stac import EXTENSION_SCHEMAS, GENERATED_RELS, STAC_VERSION
+from catalog.stac import (
+    EXTENSION_SCHEMAS,
+    GENERATED_RELS,
+    SERVED_PREFIXES,
+    SOURCE_RELS,
+    source_uri,
+    stac_version_for,
+)
 
 FORMAT_VERSION = "1"
 META_KEY = b"embcat"
@@ -452,7 +459,8 @@ def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
 
 
 def _abs(href: Any, base: str | None) -> Any:
-    if base and isinstance(href, str) and href.startswith("/") and not href.startswith("//"):
+    """Root-relative hrefs of what the API serves made absolute (as catalog.stac does)."""
+    if base and isinstance(href, str) and href.startswith(SERVED_PREFIXES):
         return base + href
     return href
 
@@ -546,7 +554,14 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     for r, text in enumerate(cols[9]):
         for link in orjson.loads(text) if text != "[]" else ():
             if link.get("rel") not in GENERATED_RELS:
-                flat += (link.get("rel"), link.get("href"), link.get("type"), link.get("title"))
+                href = link.get("href")
+                if (
+                    link.get("rel") in SOURCE_RELS
+                    and isinstance(href, str)
+                    and not href.startswith(SERVED_PREFIXES)
+                ):
+                    href = source_uri(href) or href  # a path stored before migration 0013
+                flat += (link.get("rel"), href, link.get("type"), link.get("title"))
                 counts[r] += 1
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])
@@ -560,7 +575,7 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     )
     arrays: list[pa.Array] = [
         pa.array(["Feature"] * n, pa.string()),
-        pa.array([STAC_VERSION] * n, pa.string()),
+        pa.array([stac_version_for(extensions)] * n, pa.string()),
         pa.array([extensions] * n, pa.list_(pa.string())),
         pa.array(cols[0], pa.string()),
         pa.array(cols[1], pa.binary()),
