@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export EMBCAT_DATABASE_URL ?= postgresql://embcat:embcat@127.0.0.1:5432/embcat
 
-.PHONY: setup venv db migrate explorer browser test demo lint clean-venv
+.PHONY: setup venv db migrate explorer browser stac-browser test demo lint clean-venv
 
 setup: venv db migrate explorer
 
@@ -35,7 +35,11 @@ explorer:
 browser:
 	@./scripts/setup-explorer.sh --browser
 
-test: setup browser
+# STAC Browser 4.0.1 built once into build/stac-browser/dist for its client check (issue 19).
+stac-browser:
+	@./scripts/setup-stac-browser.sh
+
+test: setup browser stac-browser
 	$(BIN)/python -m pytest -q
 
 lint: venv
