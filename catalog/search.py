@@ -977,7 +977,13 @@ def queryables(
     out: dict[str, dict[str, Any]] = {
         "id": {"title": "Item ID", "type": "string"},
         "collection": {"title": "Collection ID", "type": "string"},
-        "geometry": {"title": "Geometry", "$ref": "https://geojson.org/schema/Geometry.json"},
+        # self-contained (OGC API - Features - Part 5 "geometry-any"): clients such as STAC
+        # Browser dereference a $ref to geojson.org, which fails offline
+        "geometry": {
+            "title": "Geometry",
+            "format": "geometry-any",
+            "x-ogc-role": "primary-geometry",
+        },
         "datetime": {"title": "Acquisition time", "type": "string", "format": "date-time"},
     }
     where = (

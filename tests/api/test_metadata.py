@@ -281,3 +281,10 @@ def test_mirrored_collection_has_one_queryables_link_and_its_origin() -> None:
     links = _strip_collection(stac, remote)["links"]
     assert [link["rel"] for link in links] == ["via"]
     assert links[0]["href"] == f"{remote}/collections/c"
+
+
+def test_queryables_refer_to_no_schema_on_the_internet(live_server: str) -> None:
+    import json
+
+    text = json.dumps(_get(live_server + "/queryables"))
+    assert "$ref" not in text

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -59,6 +60,10 @@ def browser_site(live_server: str) -> Iterator[str]:
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path.split("?")[0] == "/favicon.ico":  # the build has none
+                self.send_response(204)
+                self.end_headers()
+                return
             if self.path.split("?")[0] == "/config.js":
                 self.send_response(200)
                 self.send_header("Content-Type", "application/javascript")
@@ -143,5 +148,28 @@ def test_item_with_its_vector_asset_renders(
     )
 
 
-def test_search_page_renders(driver: Any, browser_site: str, published: Published) -> None:
-    _open(driver, f"{browser_site}/#/search", "Search", "stac-browser-search.png")
+def test_item_search_renders_results(
+    driver: Any, browser_site: str, live_server: str, published: Published
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    page = httpx.get(f"{live_server}/collections/{published.collection_id}/items?limit=1").json()
+    _open(driver, f"{browser_site}/#/search", "Search for Items", "stac-browser-search.png")
+    driver.find_element(By.PARTIAL_LINK_TEXT, "Search for Items").click()
+    time.sleep(0.5)
+    buttons = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text == "Submit"]
+    next(b for b in buttons if b.is_displayed()).click()
+    deadline = time.monotonic() + 60
+    # STAC Browser shows ids percent-encoded ("scene%20a_0_0_32")
+    wanted = quote(page["features"][0]["id"].rsplit("_", 3)[0], safe="")
+    while wanted + "_" not in (driver.execute_script("return document.body.innerText") or ""):
+        if time.monotonic() > deadline:
+            text = (driver.execute_script("return document.body.innerText") or "")[:800]
+            driver.save_screenshot("/tmp/e_search_fail.png")
+            raise AssertionError(f"search results without {wanted!r}; page: {text}")
+        time.sleep(0.2)
+    time.sleep(1.0)
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    if os.environ.get("EMBCAT_SCREENSHOTS") == "1":
+        driver.save_screenshot(str(SHOTS / "stac-browser-search.png"))
+    assert errors == [], "\n".join(errors)
