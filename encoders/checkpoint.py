@@ -22,6 +22,8 @@ The card (only ``bands``, ``chip_size`` and ``output_dim`` are required)::
     metric: cosine                 # cosine | l2 | inner_product
     normalized: true               # L2-normalise the vectors
     format: torchscript            # torchscript | export | state_dict (default: detect)
+    pretrained_source: SSL4EO-S12  # pretrained weights: their pretraining data (MLM);
+                                   # without it (or `pretrained: true`) mlm:pretrained is false
 
 The model must map ``(B, C, chip, chip)`` float32 (scaled as the card says) to ``(B, D)``;
 this is checked once on load with a zero batch.
