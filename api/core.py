@@ -250,9 +250,11 @@ def _run_search(request: Request, search: SearchQuery) -> SearchPage:
                 if missing and len(missing) == len(search.collections):
                     return SearchPage(features=[], extra={"numberMatched": 0})
             page = search_items(conn, search, base)
-            page.extra["numberMatched"], estimated = count_matched(conn, search)
-            if estimated:
-                page.extra["embcat:numberMatched_estimated"] = True
+            limit = int(_settings(request).number_matched_limit)
+            if limit > 0:
+                page.extra["numberMatched"], estimated = count_matched(conn, search, limit=limit)
+                if estimated:
+                    page.extra["embcat:numberMatched_estimated"] = True
         if search.fields:
             page.features = [apply_fields(f, search.fields) for f in page.features]
         return page

@@ -55,6 +55,13 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
         ),
     )
 
+    number_matched_limit: int = Field(
+        10_000,
+        ge=0,
+        description="Search pages count their matches exactly up to this many (numberMatched);"
+        " past it numberMatched is the planner's estimate, flagged; 0: no numberMatched.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:

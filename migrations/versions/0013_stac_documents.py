@@ -55,7 +55,7 @@ def _needs(column: str, rel: str, forward: bool) -> str:
     pattern = "^/[^/]" if forward else "^file:///"
     return (
         f"jsonb_typeof({column}) = 'array' AND {column} @? "
-        f"'$[*] ? (@.rel == \"{rel}\" && @.href like_regex \"{pattern}\")'"
+        f'\'$[*] ? (@.rel == "{rel}" && @.href like_regex "{pattern}")\''
     )
 
 

@@ -86,12 +86,18 @@ CORE = {
     ("Collection", "1.0.0"): (
         "https://schemas.stacspec.org/v1.0.0/collection-spec/json-schema/collection.json"
     ),
-    ("Catalog", "1.0.0"): "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.json",
+    (
+        "Catalog",
+        "1.0.0",
+    ): "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.json",
     ("Feature", "1.1.0"): "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json",
     ("Collection", "1.1.0"): (
         "https://schemas.stacspec.org/v1.1.0/collection-spec/json-schema/collection.json"
     ),
-    ("Catalog", "1.1.0"): "https://schemas.stacspec.org/v1.1.0/catalog-spec/json-schema/catalog.json",
+    (
+        "Catalog",
+        "1.1.0",
+    ): "https://schemas.stacspec.org/v1.1.0/catalog-spec/json-schema/catalog.json",
 }
 # The envelope of an ItemCollection (STAC API - Features / Item Search); each feature is
 # then validated as an item.

@@ -288,3 +288,15 @@ def test_queryables_refer_to_no_schema_on_the_internet(live_server: str) -> None
 
     text = json.dumps(_get(live_server + "/queryables"))
     assert "$ref" not in text
+
+
+def test_number_matched_past_the_limit_is_a_flagged_estimate(
+    published: Published, database_url: str
+) -> None:
+    from catalog.search import SearchQuery, count_matched
+
+    query = SearchQuery(collections=[published.collection_id])
+    with psycopg.connect(database_url) as conn:
+        assert count_matched(conn, query, limit=100) == (published.items, False)
+        estimate, estimated = count_matched(conn, query, limit=2)
+    assert estimated and estimate >= 3
