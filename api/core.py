@@ -34,6 +34,7 @@ from catalog.search import (
     apply_fields,
     check_depth,
     count_matched,
+    estimate_matched,
     json_depth,
     parse_interval,
     queryables,
@@ -250,11 +251,18 @@ def _run_search(request: Request, search: SearchQuery) -> SearchPage:
                 if missing and len(missing) == len(search.collections):
                     return SearchPage(features=[], extra={"numberMatched": 0})
             page = search_items(conn, search, base)
-            limit = int(_settings(request).number_matched_limit)
-            if limit > 0:
-                page.extra["numberMatched"], estimated = count_matched(conn, search, limit=limit)
+            mode = _settings(request).number_matched
+            complete = not (page.next_token or page.prev_token or search.token)
+            if mode != "off" and complete:  # the page holds every match: exact, free
+                page.extra["numberMatched"] = len(page.features)
+            elif mode == "exact":
+                page.extra["numberMatched"], estimated = count_matched(conn, search)
                 if estimated:
                     page.extra["embcat:numberMatched_estimated"] = True
+            elif mode == "estimate":
+                estimate = estimate_matched(conn, search)
+                page.extra["numberMatched"] = max(estimate, len(page.features))
+                page.extra["embcat:numberMatched_estimated"] = True
         if search.fields:
             page.features = [apply_fields(f, search.fields) for f in page.features]
         return page

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from stac_fastapi.types.config import ApiSettings as StacApiSettings
@@ -55,11 +57,11 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
         ),
     )
 
-    number_matched_limit: int = Field(
-        10_000,
-        ge=0,
-        description="Search pages count their matches exactly up to this many (numberMatched);"
-        " past it numberMatched is the planner's estimate, flagged; 0: no numberMatched.",
+    number_matched: Literal["estimate", "exact", "off"] = Field(
+        "estimate",
+        description="numberMatched of search pages: 'estimate' (the planner's row estimate,"
+        " flagged embcat:numberMatched_estimated; exact when the page holds every match),"
+        " 'exact' (counted up to 10,000 matches, estimated past it) or 'off'.",
     )
 
     @field_validator("trusted_proxies")

@@ -1015,6 +1015,14 @@ def queryables(
 EXACT_COUNT_LIMIT = 10_000
 
 
+def estimate_matched(conn: psycopg.Connection, q: SearchQuery) -> int:
+    """The planner's estimate of the items matching ``q`` (no rows are read)."""
+    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM items i WHERE {}").format(where_clause(q))
+    with translated(), conn.cursor() as cur:
+        plan = cur.execute(query).fetchone()
+    return int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
+
+
 def count_matched(
     conn: psycopg.Connection, q: SearchQuery, *, limit: int = EXACT_COUNT_LIMIT
 ) -> tuple[int, bool]:
