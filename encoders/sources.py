@@ -433,8 +433,10 @@ def resolve_inputs(
             )
             if not files:
                 raise InputError(f"{text}: directory holds no GeoTIFF (*.tif, *.tiff)")
-            for file in files:
-                sources.append(source_from_file(str(file), bands, band_map, default_datetime))
+            for file in files:  # absolute: the source links name the file on this site
+                sources.append(
+                    source_from_file(str(file.resolve()), bands, band_map, default_datetime)
+                )
         elif path.suffix.lower() in STAC_SUFFIXES:
             for item in _load_stac(path):
                 sources.append(

@@ -307,3 +307,14 @@ def test_cli_encodes_the_items_of_a_stac_api_search(stac_api, tmp_path: Path) ->
     # Items are sorted by id, so every rank sees the same order whatever the API returns.
     assert table.column("source_item").to_pylist() == ["item-0"] * 4 + ["item-1"] * 4
     assert set(table.column("datetime").to_pylist()) == {datetime(2024, 8, 1, tzinfo=UTC)}
+
+
+def test_a_relative_directory_gives_absolute_source_hrefs(
+    scene_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from encoders.sources import resolve_inputs
+
+    scene = scene_factory("a.tif")
+    monkeypatch.chdir(scene.parent.parent)
+    (source,) = resolve_inputs([scene.parent.name], ["B04", "B03", "B02"])
+    assert source.href == str(scene.resolve())
