@@ -21,14 +21,14 @@ its candidates, not k rows).
 ``embcat.spaces`` shows the kind.
 
 Revision ID: 0014
-Revises: 0008
+Revises: 0013
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0014"
-down_revision = "0008"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
