@@ -63,8 +63,12 @@ def test_model_item_validates(live_server: str, published: Published) -> None:
 
 
 def test_collections_list_validates(live_server: str, published: Published) -> None:
-    body = _get(f"{live_server}/collections")
-    errors = [e for c in body["collections"] for e in stac_errors(c)]
+    # Only the published collection: other tests of the session load bare collections
+    # straight into the tables (tests/vectorgen.load_collection), not through publish.
+    body = _get(f"{live_server}/collections?limit=1000")
+    ours = [c for c in body["collections"] if c["id"] == published.collection_id]
+    assert len(ours) == 1
+    errors = [e for e in stac_errors(ours[0])]
     assert errors == [], "\n".join(errors)
 
 
