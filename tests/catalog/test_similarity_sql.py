@@ -150,3 +150,45 @@ def test_area_in_another_crs_is_a_clear_error(reader, coll) -> None:
             "select * from embcat.similar(%s, %s, 5, ST_MakeEnvelope(0, 0, 1, 1, 3857))",
             (cid, item_ids(N)[0]),
         )
+
+
+# -- D13: the SQL surface validates like the API ----------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001, 5000])
+def test_similar_refuses_k_outside_1_to_1000(reader, coll, k) -> None:
+    cid, _ = coll
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="k must be between 1 and 1000"):
+        reader.execute("select * from embcat.similar(%s, %s, %s)", (cid, item_ids(N)[0], k))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001, 5000])
+def test_similar_to_vector_refuses_k_outside_1_to_1000(reader, coll, k) -> None:
+    cid, unit = coll
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="k must be between 1 and 1000"):
+        reader.execute(
+            "select * from embcat.similar_to_vector(%s, %s::vector, %s)",
+            (cid, str(unit[0].tolist()), k),
+        )
+
+
+def test_similar_with_the_largest_k_returns_k_rows(reader, coll) -> None:
+    cid, _ = coll
+    rows = reader.execute(
+        "select item_id from embcat.similar(%s, %s, 1000)", (cid, item_ids(N)[0])
+    ).fetchall()
+    assert len(rows) == 1000
+    assert item_ids(N)[0] not in {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("function", ["similar", "similar_to_vector"])
+def test_unknown_collection_is_named_as_such(reader, coll, function) -> None:
+    arg = "'x'" if function == "similar" else f"'{[0.5] * DIMS}'::vector"
+    with pytest.raises(psycopg.errors.NoDataFound, match="collection nope does not exist"):
+        reader.execute(f"select * from embcat.{function}('nope', {arg}, 5)")
+
+
+def test_collection_without_embeddings_is_named_by_similar(conn) -> None:
+    conn.execute("insert into collections (id, stac) values ('sql-empty', '{}')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="sql-empty has no embeddings"):
+        conn.execute("select * from embcat.similar('sql-empty', 'x', 5)")
