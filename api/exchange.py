@@ -311,6 +311,8 @@ async def get_space_of(request: Request, collection_id: str) -> dict[str, Any]:
                 "storage": space.storage,
                 "metric": space.metric,
                 "normalized": space.normalized,
+                "options_sha256": space.options_sha256,
+                "options": space.options,
                 "mlm": space.mlm,
             }
 

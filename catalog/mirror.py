@@ -188,6 +188,7 @@ def space_from_collection(stac: dict[str, Any]) -> dict[str, Any]:
             "metric": declared.get("metric", "cosine"),
             "normalized": bool(declared.get("normalized", False)),
             "mlm": {},
+            "options": declared.get("options"),
         }
     dims = stac.get("emb:dimensions")
     if not isinstance(dims, int):
@@ -234,6 +235,7 @@ def _prepare_local(
         metric=space_json["metric"],
         normalized=bool(space_json.get("normalized", False)),
         mlm=space_json.get("mlm") or {},
+        options=space_json["options"] if isinstance(space_json.get("options"), dict) else None,
     )
     local_stac = _strip_collection(stac, remote)
     if isinstance(local_stac.get("embcat:space"), dict):

@@ -76,7 +76,15 @@ from catalog.stacgen import (
     item_template,
     npy_header,
 )
-from encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
+from encoders.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    make_space_options,
+    options_sha256,
+    sha256_file,
+    space_differences,
+    space_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +188,15 @@ def load_manifest(source: Path) -> tuple[Manifest, Path]:
         raise InvalidInput(f"invalid manifest {path}: {problems}") from exc
     except ValueError as exc:
         raise InvalidInput(f"invalid manifest {path}: {exc}") from exc
+    enc = manifest.encoder
+    if enc.space_options is not None and enc.space_sha256 not in (
+        None,
+        options_sha256(enc.space_options),
+    ):
+        raise InvalidInput(
+            f"invalid manifest {path}: encoder.space_sha256 is not the sha256 of"
+            " encoder.space_options (was the manifest edited?)"
+        )
     if sum(s.rows for s in manifest.shards) != manifest.rows:
         raise InvalidInput(
             f"invalid manifest {path}: rows ({manifest.rows}) is not the sum of the shard rows"
@@ -620,18 +637,80 @@ def _existing_collection(
     return row[0], space
 
 
-def _check_space(collection_id: str, space: Space, manifest: Manifest, storage: str) -> None:
+def _check_space(
+    collection_id: str, space: Space, manifest: Manifest, existing_stac: dict[str, Any] | None
+) -> None:
+    """Refuse (Conflict) a run whose vectors are not of the collection's space."""
+    why = space_conflict(collection_id, space, manifest, existing_stac)
+    if why is not None:
+        raise Conflict(why)
+
+
+def _legacy_options(space: Space, stac: dict[str, Any] | None) -> dict[str, Any]:
+    """What a space registered before migration 0009 recorded of its options: the MLM
+    hyperparameters of its encoder and the collection's chip size (None: not recorded)."""
+    hyper = space.mlm.get("mlm:hyperparameters")
+    hyper = dict(hyper) if isinstance(hyper, dict) else {}
+    layout = (stac or {}).get("emb:chip_layout") or {}
+    chip = layout.get("chip_size") if isinstance(layout, dict) else None
+    if isinstance(chip, list) and chip:
+        chip = chip[0]
+    bands = hyper.get("bands")
+    scaling = hyper.get("scaling")
+    return make_space_options(
+        name=space.encoder_name,
+        version=space.encoder_version,
+        dimensions=space.dimensions,
+        metric=space.metric,
+        normalized=space.normalized,
+        bands=list(bands) if isinstance(bands, list) else [],
+        chip_size=chip if isinstance(chip, int) else None,
+        scaling=scaling if isinstance(scaling, dict) else None,
+        options=hyper,
+    ) | ({} if isinstance(bands, list) else {"bands": None})
+
+
+def space_conflict(
+    collection_id: str, space: Space, manifest: Manifest, existing_stac: dict[str, Any] | None
+) -> str | None:
+    """Why the run's vectors may not join the collection's space (None: they may).
+
+    Same encoder, version, dimensions and metric, and the same canonical encoder options
+    (their sha256). A space registered before the options were recorded (migration 0009)
+    is compared on what it recorded (its MLM hyperparameters, the collection's chip size):
+    any option recorded on both sides that differs refuses the run.
+    """
     enc = manifest.encoder
     ours = (enc.name, enc.version, enc.dimensions, enc.metric)
     theirs = (space.encoder_name, space.encoder_version, space.dimensions, space.metric)
+    advice = (
+        " Vectors of different embedding spaces are never mixed: publish to another"
+        " collection (--collection), or encode again with the collection's options."
+    )
     if ours != theirs:
-        raise Conflict(
+        return (
             f"collection {collection_id!r} holds {space.encoder_name} {space.encoder_version}"
             f" vectors ({space.dimensions}d, {space.metric}); the manifest was made by"
-            f" {enc.name} {enc.version} ({enc.dimensions}d, {enc.metric}). Vectors of"
-            " different embedding spaces are never mixed: publish to another collection"
-            " (--collection)"
+            f" {enc.name} {enc.version} ({enc.dimensions}d, {enc.metric})." + advice
         )
+    run = space_options(manifest)
+    if space.options_sha256 is not None:
+        if space.options_sha256 == options_sha256(run):
+            return None
+        diffs = space_differences(space.options or {}, run)
+        return (
+            f"collection {collection_id!r} holds vectors of another embedding space: the"
+            f" encoder options differ (collection vs run: {'; '.join(diffs) or 'unknown'};"
+            f" options sha256 {space.options_sha256[:12]} vs {options_sha256(run)[:12]})." + advice
+        )
+    diffs = space_differences(_legacy_options(space, existing_stac), run, known_only=True)
+    if diffs:
+        return (
+            f"collection {collection_id!r} holds vectors of another embedding space: the"
+            f" encoder options differ from those its space recorded (collection vs run:"
+            f" {'; '.join(diffs)})." + advice
+        )
+    return None
 
 
 def _merge_items_sql(mode: str) -> sql.Composed:
@@ -756,10 +835,11 @@ def _publish_tx(
     conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish:' || %s))", (cid,))
     existing = _existing_collection(conn, cid)
     existing_stac: dict[str, Any] | None = None
+    old_space: Space | None = None
     if existing is not None:
         existing_stac, old_space = existing
         if old_space is not None:
-            _check_space(cid, old_space, manifest, storage)
+            _check_space(cid, old_space, manifest, existing_stac)
             storage = old_space.storage
     if storage == "halfvec" and enc.dimensions > spaces_mod.INDEX_MAX_DIMS["halfvec"]:
         log.warning("%d dimensions exceed the halfvec index limit; no HNSW index", enc.dimensions)
@@ -774,7 +854,7 @@ def _publish_tx(
     state = _MergeState(
         cid=cid, mode=mode, storage=storage, defer_index=defer_index,
         existing_stac=existing_stac, created=existing is None, manifest=manifest,
-        timings=timings,
+        timings=timings, known_space=old_space,
     )  # fmt: skip
     for key in ("stage_s", "merge_items_s", "merge_embeddings_s"):
         timings[key] = 0.0
@@ -870,6 +950,7 @@ class _MergeState:
     created: bool
     manifest: Manifest
     timings: dict[str, float]
+    known_space: Space | None = None  # the existing collection's space (checked)
     space: Space | None = None
     build: bool = False
     inserted: int = 0
@@ -1042,16 +1123,22 @@ def _merge_chunk(
     state.extent = _union(state.extent, extent)
 
     if state.space is None:  # first chunk: the space, the collection row, the merge lock
-        space = spaces_mod.get_or_create_space(
-            conn,
-            encoder_name=enc.name,
-            encoder_version=enc.version,
-            dimensions=enc.dimensions,
-            storage=state.storage,  # type: ignore[arg-type]
-            metric=enc.metric,
-            normalized=enc.normalized,
-            mlm=enc.mlm,
-        )
+        if state.known_space is not None:
+            space = state.known_space
+            if space.options_sha256 is None:  # registered before 0009; the run matched it
+                space = spaces_mod.adopt_options(conn, space, space_options(manifest))
+        else:
+            space = spaces_mod.get_or_create_space(
+                conn,
+                encoder_name=enc.name,
+                encoder_version=enc.version,
+                dimensions=enc.dimensions,
+                storage=state.storage,  # type: ignore[arg-type]
+                metric=enc.metric,
+                normalized=enc.normalized,
+                mlm=enc.mlm,
+                options=space_options(manifest),
+            )
         state.space = space
         if state.created:
             stac = build_collection(

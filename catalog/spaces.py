@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog.errors import Conflict, InvalidInput, NotFound
+from encoders.manifest import options_sha256
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class Space:
     index_kind: IndexKind = "hnsw-halfvec"
     # the mean subtracted before binary quantisation (binary kinds; None until built)
     center: tuple[float, ...] | None = field(default=None, compare=False, hash=False)
+    # sha256 of the canonical encoder options (encoders.manifest.space_options); None for
+    # a space registered before migration 0009 that no publish has matched since.
+    options_sha256: str | None = None
+    options: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def column(self) -> str:
@@ -202,15 +207,15 @@ def kind_indexable(kind: str, storage: str, dimensions: int) -> bool:
 
 _COLUMNS = (
     "id, encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,"
-    " index_kind, index_center"
+    " index_kind, index_center, options_sha256, options"
 )
 
 
 def _row_to_space(row: tuple[Any, ...]) -> Space:
-    sid, name, version, dims, storage, metric, normalized, mlm, kind, center = row
+    sid, name, version, dims, storage, metric, normalized, mlm, kind, center, sha, options = row
     return Space(
         sid, name, version, dims, storage, metric, normalized, mlm or {}, kind,
-        tuple(center) if center is not None else None,
+        tuple(center) if center is not None else None, sha, options,
     )  # fmt: skip
 
 
@@ -249,11 +254,16 @@ def get_or_create_space(
     normalized: bool = False,
     mlm: dict[str, Any] | None = None,
     index_kind: IndexKind | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Space:
     """Register a space (idempotent on its identity) inside the caller's transaction.
 
     ``index_kind`` (default: ``default_kind(dimensions)``) applies to a new space only; an
     existing space keeps its kind (``ensure_index(..., kind=...)`` switches it).
+    ``options``: the canonical encoder options (encoders.manifest.space_options); their
+    hash is part of the identity, so the same encoder with another seed, band list or
+    checkpoint is another space. Without them (a mirror of a catalogue that records none)
+    the space is one of unknown options.
     """
     if index_kind is None:
         index_kind = default_kind(dimensions)
@@ -265,25 +275,21 @@ def get_or_create_space(
         raise InvalidInput(f"unknown metric {metric!r}; use one of {sorted(_OPS)}")
     if not 0 < dimensions <= 16000:
         raise InvalidInput(f"dimensions must be in 1..16000, got {dimensions}")
+    sha = options_sha256(options) if options is not None else None
     row = conn.execute(
         f"""insert into embedding_spaces
               (encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,
-               index_kind)
-            values (%s, %s, %s, %s, %s, %s, %s, %s)
-            on conflict (encoder_name, encoder_version, dimensions, storage, metric)
+               index_kind, options_sha256, options)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            on conflict (encoder_name, encoder_version, dimensions, storage, metric,
+                         options_sha256)
             do update set encoder_name = excluded.encoder_name
             returning {_COLUMNS}""",
         (
-            encoder_name,
-            encoder_version,
-            dimensions,
-            storage,
-            metric,
-            normalized,
-            Jsonb(mlm or {}),
-            index_kind,
-        ),  # fmt: skip
-    ).fetchone()
+            encoder_name, encoder_version, dimensions, storage, metric, normalized,
+            Jsonb(mlm or {}), index_kind, sha, Jsonb(options) if options is not None else None,
+        ),
+    ).fetchone()  # fmt: skip
     assert row is not None
     space = _row_to_space(row)
     if space.normalized != normalized:
@@ -292,6 +298,26 @@ def get_or_create_space(
             f" normalized={space.normalized}, not {normalized}"
         )
     return space
+
+
+def adopt_options(conn: psycopg.Connection, space: Space, options: dict[str, Any]) -> Space:
+    """Record ``options`` on a space registered before they were recorded (migration 0009).
+
+    Only when no other space already has this identity with these options (then the old
+    space stays one of unknown options). Returns the space as it is now.
+    """
+    sha = options_sha256(options)
+    row = conn.execute(
+        f"""update embedding_spaces s set options_sha256 = %s, options = %s
+            where s.id = %s and s.options_sha256 is null and not exists (
+                select 1 from embedding_spaces o
+                where (o.encoder_name, o.encoder_version, o.dimensions, o.storage, o.metric,
+                       o.options_sha256)
+                    = (s.encoder_name, s.encoder_version, s.dimensions, s.storage, s.metric, %s))
+            returning {_COLUMNS}""",
+        (sha, Jsonb(options), space.id, sha),
+    ).fetchone()
+    return _row_to_space(row) if row is not None else space
 
 
 def has_index(conn: psycopg.Connection, space: Space) -> bool:

@@ -210,6 +210,8 @@ def build_collection(
         "storage": space.storage,
         "metric": space.metric,
         "normalized": space.normalized,
+        "options_sha256": space.options_sha256,
+        "options": space.options,
     }
     # processing:* of a Collection belong to a provider (processing extension v1.2.0)
     coll.providers = [
@@ -377,6 +379,8 @@ def model_item(
         "storage": space.storage,
         "metric": space.metric,
         "normalized": space.normalized,
+        "options_sha256": space.options_sha256,
+        "options": space.options,
     }
     out = item.to_dict(include_self_link=False, transform_hrefs=False)
     out["stac_extensions"] = [MLM_SCHEMA]

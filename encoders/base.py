@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from encoders.errors import EncodeError, EncoderOptionError
-from encoders.manifest import EncoderIdentity
+from encoders.manifest import EncoderIdentity, make_space_options, options_sha256
 
 ScalingType = Literal["none", "scale", "offset", "z-score", "min-max"]
 Metric = Literal["cosine", "l2", "inner_product"]
@@ -397,13 +397,36 @@ class Encoder(ABC):
             fields["mlm:pretrained_source"] = None
         return fields
 
+    def space_options(self, chip_size: int | None = None) -> dict[str, Any]:
+        """Every option that changes the vectors, canonical (the embedding space's identity).
+
+        ``chip_size``: the run's (variable-size encoders take others than the declared one).
+        An encoder whose hyperparameters hold values that never change a vector (a file
+        name) overrides this to leave them out.
+        """
+        spec, out = self.input_spec, self.output_spec
+        return make_space_options(
+            name=self.name,
+            version=self.version,
+            dimensions=out.dimensions,
+            metric=out.metric,
+            normalized=out.normalized,
+            bands=list(spec.bands),
+            chip_size=chip_size or spec.chip_size,
+            scaling=spec.scaling.to_dict(),
+            options=self.hyperparameters(),
+        )
+
     def identity(self, chip_size: int | None = None) -> EncoderIdentity:
         """The manifest's record of this encoder (defines the embedding space); ``chip_size``
         is the run's (see ``mlm_properties``)."""
+        space = self.space_options(chip_size)
         mlm = self.mlm_properties(chip_size)
         mlm["embcat:model_asset"] = self.model_asset()
         return EncoderIdentity.model_validate(
             {
+                "space_options": space,
+                "space_sha256": options_sha256(space),
                 "name": self.name,
                 "version": self.version,
                 "dimensions": self.output_spec.dimensions,
@@ -411,7 +434,7 @@ class Encoder(ABC):
                 "metric": self.output_spec.metric,
                 "normalized": self.output_spec.normalized,
                 "bands": list(self.input_spec.bands),
-                "chip_size": self.input_spec.chip_size,
+                "chip_size": chip_size or self.input_spec.chip_size,
                 "gsd": self.input_spec.gsd,
                 "mlm": mlm,
                 "options": self.hyperparameters(),  # extra field: what re-creates the encoder

@@ -210,6 +210,13 @@ class CheckpointEncoder(Encoder):
         # Paths are site-specific; the weights' digest identifies the model.
         return {"sha256": self.options["sha256"], "file": Path(self.options["path"]).name}
 
+    def space_options(self, chip_size: int | None = None) -> dict[str, Any]:
+        # The file's name may differ from site to site; its sha256 and the card's bands,
+        # chip size, scaling and output spec (all in the canonical form) name the space.
+        out = super().space_options(chip_size)
+        out["options"].pop("file", None)
+        return out
+
     def _check_output(self, model_path: Path) -> None:
         size = self.input_spec.chip_size
         probe = torch.zeros((1, len(self.input_spec.bands), size, size))

@@ -784,8 +784,7 @@ def _write_manifest(
         rows += int(info["rows"])
         skipped += int(info["skipped_nodata"])
         source_bytes += int(info["source_bytes"])
-    identity = encoder.identity(chip_size=params["chip_size"])
-    identity.chip_size = params["chip_size"]  # the run's (variable-size encoders differ)
+    identity = encoder.identity(params["chip_size"])  # the run's (variable-size encoders)
     others = sorted(
         p.name for p in out.glob("shard-*.parquet") if p.name not in {r.path for r in records}
     )

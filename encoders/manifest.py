@@ -98,6 +98,13 @@ class EncoderIdentity(BaseModel):
     chip_size: int | None = None
     gsd: float | None = None
     mlm: dict[str, Any] = Field(default_factory=dict, description="STAC MLM fields (mlm:*)")
+    space_options: dict[str, Any] | None = Field(
+        None,
+        description="every option that changes the vectors, canonical (see space_options)",
+    )
+    space_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of canonical space_options"
+    )
 
 
 class ShardRecord(BaseModel):
@@ -155,6 +162,116 @@ class Manifest(BaseModel):
         """sha256 of the canonical JSON (the publish record keeps it)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()
+
+
+# -- the embedding space's identity ---------------------------------------------------------
+#
+# Two runs may be merged into one collection only if their vectors are comparable: same
+# encoder, version, dimensions and metric, and every option that changes the vectors the
+# same (seed, bands and their order, patch size, bias, scaling, the chip size of the run,
+# the checkpoint file's sha256, ...). ``space_options`` is that set in canonical form;
+# ``options_sha256`` its hash, recorded in the manifest, on the space and in the
+# collection's metadata.
+
+# Encoder options that never change a vector's values: the exchange precision (vectors are
+# stored as half or single precision anyway) and the source pixel size an encoder declares
+# (checked against the sources, never applied). An encoder can drop more of its own
+# (``Encoder.space_options``: the checkpoint encoder drops its file name).
+NON_IDENTITY_OPTIONS = frozenset({"dtype", "gsd"})
+# Options that the canonical form holds at its top level with the run's effective value.
+_EFFECTIVE_OPTIONS = frozenset({"bands", "chip_size", "scaling"})
+
+
+def canonical_json(value: Any) -> bytes:
+    """One byte string per value: sorted keys, no spaces, no NaN (hashes compare)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def options_sha256(options: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(options)).hexdigest()
+
+
+def make_space_options(
+    *,
+    name: str,
+    version: str,
+    dimensions: int,
+    metric: str,
+    normalized: bool,
+    bands: list[str],
+    chip_size: int | None,
+    scaling: dict[str, Any] | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The canonical space options (``options``: the encoder's own hyperparameters)."""
+    own = {
+        k: v
+        for k, v in options.items()
+        if k not in NON_IDENTITY_OPTIONS and k not in _EFFECTIVE_OPTIONS
+    }
+    # through JSON once: tuples become lists, ints stay ints, so equal options hash equal
+    return json.loads(
+        canonical_json(
+            {
+                "encoder": name,
+                "version": version,
+                "dimensions": dimensions,
+                "metric": metric,
+                "normalized": normalized,
+                "bands": list(bands),
+                "chip_size": chip_size,
+                "scaling": scaling,
+                "options": own,
+            }
+        )
+    )
+
+
+def space_options(manifest: Manifest) -> dict[str, Any]:
+    """The run's canonical space options: as recorded by the encode job, or (a manifest of
+    an older embcat or another tool) derived from what the manifest holds."""
+    enc, run = manifest.encoder, manifest.run
+    if enc.space_options is not None:
+        return enc.space_options
+    recorded = dict(getattr(enc, "options", None) or run.encoder_options or {})
+    scaling = recorded.get("scaling")
+    return make_space_options(
+        name=enc.name,
+        version=enc.version,
+        dimensions=enc.dimensions,
+        metric=enc.metric,
+        normalized=enc.normalized,
+        bands=list(enc.bands or run.bands),
+        chip_size=run.chip_size,
+        scaling=scaling if isinstance(scaling, dict) else None,
+        options=recorded,
+    )
+
+
+def space_differences(
+    ours: dict[str, Any], theirs: dict[str, Any], *, known_only: bool = False
+) -> list[str]:
+    """``key: a vs b`` for each option that differs (``options.seed: 0 vs 1``);
+    ``known_only``: only options that both sides recorded (not None)."""
+
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k != "options"}
+        out.update({f"options.{k}": v for k, v in (d.get("options") or {}).items()})
+        return out
+
+    a, b = flat(ours), flat(theirs)
+    missing = "(not recorded)"
+    return [
+        f"{k}: {json.dumps(a.get(k, missing))} vs {json.dumps(b.get(k, missing))}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+        and not (
+            known_only
+            and (a.get(k, missing) in (None, missing) or b.get(k, missing) in (None, missing))
+        )
+    ]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

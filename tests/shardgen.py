@@ -26,6 +26,8 @@ from encoders.manifest import (
     RunParameters,
     ShardRecord,
     geo_metadata,
+    make_space_options,
+    options_sha256,
     sha256_file,
     shard_name,
     shard_schema,
@@ -105,11 +107,16 @@ def write_run(
     id_prefix: str = "chip",
     mutate: Callable[[int, dict[str, Any]], None] | None = None,
     row_group_size: int = 1000,
+    options: dict[str, Any] | None = None,
+    chip_size: int = 64,
 ) -> Path:
     """Write ``n`` chips in ``shards`` shards and the manifest; return the directory.
 
     ``mutate(rank, columns)`` may edit a shard's columns before it is written (to make
     bad input); the manifest still records the checksums of the files as written.
+    ``options``: the encoder options the manifest records, with the canonical space
+    options and their sha256 as the encode job writes them (None: a manifest that records
+    neither, as older runs and other tools write). ``chip_size``: the run's.
     """
     directory.mkdir(parents=True, exist_ok=True)
     records = []
@@ -136,15 +143,35 @@ def write_run(
                 sha256=sha256_file(path),
             )
         )
+    space: dict[str, Any] = {}
+    if options is not None:
+        bands = options.get("bands", ["B04", "B03", "B02"])
+        canonical = make_space_options(
+            name=encoder,
+            version=version,
+            dimensions=dims,
+            metric="cosine",
+            normalized=False,
+            bands=bands,
+            chip_size=chip_size,
+            scaling=options.get("scaling", {"type": "scale", "value": 10000.0}),
+            options=options,
+        )
+        space = {
+            "space_options": canonical,
+            "space_sha256": options_sha256(canonical),
+            "options": options,
+        }
     manifest = Manifest(
         created=datetime(2024, 6, 2, 12, 0, tzinfo=UTC),
         encoder=EncoderIdentity(
+            **space,
             name=encoder,
             version=version,
             dimensions=dims,
             dtype=dtype,
             bands=["B04", "B03", "B02"],
-            chip_size=64,
+            chip_size=chip_size,
             gsd=10.0,
             mlm={
                 "mlm:name": encoder,
@@ -153,10 +180,12 @@ def write_run(
                 "mlm:framework": "pytorch",
                 "mlm:input": [],
                 "mlm:output": [],
+                **({"mlm:hyperparameters": options} if options else {}),
             },
         ),
         run=RunParameters(
-            chip_size=64,
+            encoder_options=options or {},
+            chip_size=chip_size,
             stride=64,
             bands=["B04", "B03", "B02"],
             grid_id="EPSG:32633/64/64",
