@@ -4,7 +4,8 @@ Every route needs the ``write`` scope; a key limited to one collection may publi
 that collection. An upload lives in a spool folder per key (``EMBCAT_UPLOAD_DIR``)::
 
     GET    /publish/uploads/{upload_id}                     what the server holds (resume)
-    PUT    /publish/uploads/{upload_id}/manifest            manifest.json (validated)
+    PUT    /publish/uploads/{upload_id}/manifest?collection=   manifest.json (validated, and
+                                                        the target checked: scope, id, space)
     PUT    /publish/uploads/{upload_id}/shards/{name}?offset=N   one chunk of a shard
     POST   /publish/uploads/{upload_id}/commit?collection=&mode=&defer_index=
     DELETE /publish/uploads/{upload_id}
@@ -301,8 +302,19 @@ async def upload_state(
 
 @router.put("/publish/uploads/{upload_id}/manifest", summary="Upload the run's manifest.json")
 async def put_manifest(
-    request: Request, upload_id: str, principal: WritePrincipal
+    request: Request,
+    upload_id: str,
+    principal: WritePrincipal,
+    collection: Annotated[
+        str | None, Query(description="Target collection id (default: the run's)")
+    ] = None,
 ) -> dict[str, Any]:
+    """Creates (or resumes) the upload. Before any shard is accepted it checks what the
+    commit would refuse: the key's scope for the target collection, the collection id and
+    the collection's embedding space (the encoder options of the run)."""
+    from catalog.publish import check_target
+    from catalog.stacgen import default_collection_id
+
     folder = _folder(request, principal, upload_id)
     body = await request.body()
     if len(body) > _MANIFEST_MAX:
@@ -325,6 +337,17 @@ async def put_manifest(
     limit = settings.upload_max_bytes
     if total > limit:
         raise InvalidInput(f"the run has {total} bytes of shards; this server accepts {limit}")
+    cid = collection if collection is not None else default_collection_id(manifest)
+    allowed = principal.allows("write", cid)
+    if collection is not None and not allowed:
+        raise Forbidden(f"the API key {principal.key_id} may not publish to collection {cid!r}")
+    if allowed:  # (a client that names no target may still name it at commit)
+
+        def check() -> None:
+            with connection(request) as conn:
+                check_target(conn, manifest, cid)
+
+        await run_in_threadpool(check)
     await run_in_threadpool(expire_uploads, settings.upload_dir, settings.upload_expire_s)
     held = await run_in_threadpool(_held_by_key, folder.parent, upload_id)
     if held + total > settings.upload_key_max_bytes:

@@ -646,6 +646,26 @@ def _check_space(
         raise Conflict(why)
 
 
+def check_target(conn: psycopg.Connection, manifest: Manifest, collection_id: str) -> None:
+    """Refuse, before any shard is read or sent, a target the publish would refuse: an
+    invalid collection id (InvalidInput), a collection of another embedding space
+    (Conflict). The remote upload runs this when the manifest arrives."""
+    from catalog.stac import COLLECTION_ID
+
+    if not COLLECTION_ID.match(collection_id):
+        raise InvalidInput(
+            f"invalid collection id {collection_id!r}: use 1..255 letters, digits, '.', '_'"
+            " or '-', starting with a letter or digit"
+        )
+    with translated():
+        row = conn.execute(
+            "select stac, space_id from collections where id = %s", (collection_id,)
+        ).fetchone()
+        if row is None or row[1] is None:
+            return  # a new collection, or one without vectors yet: any space may start it
+        _check_space(collection_id, spaces_mod.get_space(conn, row[1]), manifest, row[0])
+
+
 def _legacy_options(space: Space, stac: dict[str, Any] | None) -> dict[str, Any]:
     """What a space registered before migration 0009 recorded of its options: the MLM
     hyperparameters of its encoder and the collection's chip size (None: not recorded)."""
@@ -1237,6 +1257,7 @@ __all__ = [
     "EmbcatError",
     "PublishResult",
     "build_index",
+    "check_target",
     "list_publishes",
     "load_manifest",
     "publish",

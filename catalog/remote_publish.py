@@ -1,9 +1,11 @@
 """Client of remote publishing (``embcat publish --to URL --key KEY RUN``); see api/uploads.py.
 
 HPC centres often cannot reach the catalogue's database, but can make HTTPS requests. The
-client checks the run locally (manifest and shard checksums), uploads the manifest, then
-each shard in chunks streamed from the file, skipping what the server already holds with the
-same sha256, and finally asks the server to publish. An interrupted upload is resumed by
+client checks the run locally (manifest and shard checksums), uploads the manifest with
+the target collection (the server checks the key's scope, the collection id and the
+collection's embedding space then, before any shard is sent), then each shard in chunks
+streamed from the file, skipping what the server already holds with the same sha256, and
+finally asks the server to publish. An interrupted upload is resumed by
 running the same command again: the upload id is derived from the manifest's checksum.
 """
 
@@ -27,6 +29,7 @@ from catalog.errors import (
     Unauthorized,
 )
 from catalog.publish import load_manifest, verify_shards
+from catalog.stacgen import default_collection_id
 
 _STATUS: dict[int, type[EmbcatError]] = {
     400: InvalidInput,
@@ -100,16 +103,19 @@ def remote_publish(
     started = time.perf_counter()
     sent_bytes = 0
     with httpx.Client(headers=headers, timeout=timeout_s) as http:
-        resp = http.get(base)
-        _raise_for(resp, "upload state")
+        # Sent every time, even when the server holds it (it keeps what it received of
+        # the same manifest): the server checks the key's scope, the collection id and the
+        # collection's embedding space here, before the first shard byte.
+        body = json.dumps(manifest.model_dump(mode="json"), sort_keys=True).encode()
+        target = collection_id or default_collection_id(manifest)
+        resp = http.put(
+            base + "/manifest",
+            params={"collection": target},
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        _raise_for(resp, "manifest upload")
         state = resp.json()
-        if state.get("manifest_sha256") != checksum:
-            body = json.dumps(manifest.model_dump(mode="json"), sort_keys=True).encode()
-            resp = http.put(
-                base + "/manifest", content=body, headers={"Content-Type": "application/json"}
-            )
-            _raise_for(resp, "manifest upload")
-            state = resp.json()
         chunk = int(state["chunk_bytes"])
         total = sum(rec.bytes for rec in manifest.shards)
         already = sum(s["received"] for s in state["shards"].values())

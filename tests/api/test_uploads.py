@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.errors import Forbidden, Unauthorized
+from catalog.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from catalog.keys import create_key
 from catalog.remote_publish import remote_publish, upload_id_for
 from encoders.manifest import Manifest
@@ -183,3 +183,77 @@ def test_model_link_serves_the_mlm_item(
     assert MLMExtension.has_extension(item)
     assert item.properties["mlm:name"].startswith("up-")
     assert item.properties["embcat:space"]["dimensions"] == 128
+
+
+# -- checks before the first byte (issue 14): scope, collection id and space -------------
+
+
+def _held(upload_server: str, key: str, run: Path) -> dict[str, Any]:
+    up = upload_id_for(Manifest.load(run).checksum())
+    resp = httpx.get(f"{upload_server}/publish/uploads/{up}", headers={"X-API-Key": key})
+    assert resp.status_code == 200
+    return resp.json()
+
+
+def _received(state: dict[str, Any]) -> int:
+    return sum(s["received"] for s in state["shards"].values())
+
+
+def test_scoped_key_is_refused_before_any_shard_is_sent(
+    tmp_path: Path, upload_server: str, database_url: str
+) -> None:
+    key = _key(database_url, ["write"], collection_id="scoped-" + uuid.uuid4().hex[:8])
+    other = "other-" + uuid.uuid4().hex[:8]
+    run = _run(tmp_path)
+    with pytest.raises(Forbidden, match=other):
+        remote_publish(run, upload_server, key=key, collection_id=other, progress=False)
+    assert _received(_held(upload_server, key, run)) == 0
+
+
+def _options_run(tmp_path: Path, encoder: str, prefix: str, seed: int) -> Path:
+    return write_run(
+        tmp_path / prefix, 400, dims=128, seed=seed, encoder=encoder, id_prefix=prefix,
+        options={"seed": seed, "num_features": 64},
+    )  # fmt: skip
+
+
+def test_run_of_another_space_is_refused_before_any_shard_is_sent(
+    tmp_path: Path, upload_server: str, database_url: str
+) -> None:
+    """D1 through the upload: a seed-1 run into a seed-0 collection, named at once."""
+    key = _key(database_url, ["write"])
+    cid = "space-" + uuid.uuid4().hex[:8]
+    encoder = "up-" + uuid.uuid4().hex[:8]
+    first = _options_run(tmp_path, encoder, "a", 0)
+    remote_publish(first, upload_server, key=key, collection_id=cid, progress=False)
+    second = _options_run(tmp_path, encoder, "b", 1)
+    with pytest.raises(Conflict, match=r"options\.seed: 0 vs 1"):
+        remote_publish(second, upload_server, key=key, collection_id=cid, progress=False)
+    assert _received(_held(upload_server, key, second)) == 0
+    assert _count(database_url, cid) == 400
+
+
+def test_invalid_collection_id_is_refused_before_any_shard_is_sent(
+    tmp_path: Path, upload_server: str, database_url: str
+) -> None:
+    key = _key(database_url, ["write"])
+    run = _run(tmp_path)
+    with pytest.raises(InvalidInput, match="collection id"):
+        remote_publish(run, upload_server, key=key, collection_id="with space", progress=False)
+    assert _received(_held(upload_server, key, run)) == 0
+
+
+def test_upload_creation_checks_the_target_over_http(
+    tmp_path: Path, upload_server: str, database_url: str
+) -> None:
+    key = _key(database_url, ["write"], collection_id="mine-" + uuid.uuid4().hex[:8])
+    run = _run(tmp_path)
+    up = upload_id_for(Manifest.load(run).checksum())
+    resp = httpx.put(
+        f"{upload_server}/publish/uploads/{up}/manifest",
+        params={"collection": "elsewhere"},
+        content=(run / "manifest.json").read_bytes(),
+        headers={"X-API-Key": key},
+    )
+    assert resp.status_code == 403
+    assert "elsewhere" in resp.json()["description"]
