@@ -2,8 +2,9 @@
 
 - bytes per embedding in float32 / float16 / int8 / binary (payload, and as exported in the
   GeoParquet column);
-- the compression ratio against the source imagery bytes the manifest recorded
-  (``source_bytes``; looked up in the publishes' details and the collection JSON);
+- the compression ratio against the source imagery bytes the manifests recorded
+  (``source_bytes``, each publish's share for the items it inserted; else the collection
+  JSON's ``embcat:source_bytes``);
 - the recall@10 of float16 / int8 / binary against float32 on a seeded sample of queries
   (exact search with numpy in the space's metric; the sample vectors are the corpus).
 """
@@ -71,12 +72,16 @@ class CollectionStats:
 
 
 def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
+    """Source bytes of the collection's chips: each publish adds its manifest's share for
+    the items it inserted (``source_bytes · inserted / rows``), so that a re-publish (a
+    rewritten manifest of the same chips, an upsert of new vectors for them) adds nothing.
+    Collections without publish records fall back to ``embcat:source_bytes``."""
     row = conn.execute(
         """SELECT coalesce(
-                 (SELECT sum(b) FROM (
-                     SELECT DISTINCT ON (manifest_sha256) (details ->> 'source_bytes')::bigint b
-                       FROM publishes
-                      WHERE collection_id = %(c)s AND details ? 'source_bytes') runs),
+                 (SELECT round(sum((details ->> 'source_bytes')::numeric * inserted
+                                   / nullif(rows_in, 0)))
+                    FROM publishes
+                   WHERE collection_id = %(c)s AND details ? 'source_bytes'),
                  (SELECT (stac ->> 'embcat:source_bytes')::bigint FROM collections
                    WHERE id = %(c)s))""",
         {"c": collection_id},

@@ -47,3 +47,65 @@ def test_recall_orders_the_dtypes(loaded: psycopg.Connection) -> None:
 def test_unknown_collection(conn: psycopg.Connection) -> None:
     with pytest.raises(NotFound):
         collection_stats(conn, "nope")
+
+
+# -- D14 (issue 14): source bytes count each chip once ------------------------------------
+
+
+def _stats_source_bytes(db_settings, cid: str) -> int | None:
+    from catalog.db import connect
+
+    with connect(db_settings) as c:
+        return collection_stats(c, cid, sample=20, queries=2).source_bytes
+
+
+def test_noop_republish_of_a_rewritten_manifest_counts_the_source_once(tmp_path, db_settings):
+    """Re-running encode (every shard reused) rewrites the manifest: another checksum for
+    the same chips. Publishing it again inserts nothing and must add no source bytes."""
+    from datetime import timedelta
+
+    from shardgen import write_run
+
+    from catalog.publish import publish
+    from encoders.manifest import Manifest
+
+    run = write_run(tmp_path / "run", 40, dims=8, seed=2, encoder="d14-" + tmp_path.name[-8:])
+    cid = "d14-" + tmp_path.name[-8:]
+    publish(run, collection_id=cid, settings=db_settings, progress=False)
+    manifest = Manifest.load(run)
+    manifest.created += timedelta(hours=1)
+    manifest.dump(run)
+    res = publish(run, collection_id=cid, settings=db_settings, progress=False)
+    assert (res.inserted, res.updated) == (0, 0)
+    assert _stats_source_bytes(db_settings, cid) == manifest.source_bytes
+
+
+def test_upsert_of_new_vectors_for_the_same_chips_adds_no_source(tmp_path, db_settings):
+    from shardgen import write_run
+
+    from catalog.publish import publish
+    from encoders.manifest import Manifest
+
+    enc = "d14u-" + tmp_path.name[-8:]
+    first = write_run(tmp_path / "a", 40, dims=8, seed=2, encoder=enc)
+    again = write_run(tmp_path / "b", 40, dims=8, seed=3, encoder=enc)  # same chips
+    cid = enc
+    publish(first, collection_id=cid, settings=db_settings, progress=False)
+    res = publish(again, collection_id=cid, mode="upsert", settings=db_settings, progress=False)
+    assert res.updated == 40
+    assert _stats_source_bytes(db_settings, cid) == Manifest.load(first).source_bytes
+
+
+def test_a_run_of_new_chips_adds_its_source_bytes(tmp_path, db_settings):
+    from shardgen import write_run
+
+    from catalog.publish import publish
+    from encoders.manifest import Manifest
+
+    enc = "d14n-" + tmp_path.name[-8:]
+    first = write_run(tmp_path / "a", 40, dims=8, seed=2, encoder=enc)
+    more = write_run(tmp_path / "b", 20, dims=8, seed=3, encoder=enc, id_prefix="more")
+    publish(first, collection_id=enc, settings=db_settings, progress=False)
+    publish(more, collection_id=enc, settings=db_settings, progress=False)
+    expected = Manifest.load(first).source_bytes + Manifest.load(more).source_bytes
+    assert _stats_source_bytes(db_settings, enc) == expected
