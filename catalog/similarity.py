@@ -16,12 +16,17 @@ The clause (``SimilaritySpec``) names the query in one of three ways:
 
   *linear*: an L2-regularised logistic regression ``σ(w·x + b)`` fitted by full-batch
   gradient descent (class-balanced, ``linear_iterations`` steps) on the positives (label 1)
-  against the negatives, or, without negatives, against a fixed pseudo-random sample of
-  the space (``background_sample`` items). Items are ranked by the decision value ``w·x``:
-  in cosine spaces the features are unit vectors, so ranking by cosine distance to ``w``
-  is exactly ranking by ``w·x̂ + b``; in inner-product spaces ``<#>`` against ``w`` is the
-  same ranking; in L2 spaces the ranking by ``<#>`` runs as an exact scan (the L2 index
-  does not order by inner product).
+  against the explicit negatives together with a fixed pseudo-random sample of the space
+  (``background_sample`` items; the negatives' half of the weight split equally between
+  the two when both are given). Trained against explicit negatives alone, the classifier
+  only learns "far from the negatives": its decision value grows past the positives, and
+  with a negative class on one side it ranked the classes beyond the positives' first
+  (issue 14, D2); the background makes it tell the positives from everything else. In
+  cosine spaces (features scaled to unit length) items are ranked by cosine distance to
+  ``p̂ + ŵ``, the unit mean of the positives plus the unit classifier direction: like
+  the positives and, among those, away from the negatives. In inner-product spaces
+  ``<#>`` against ``w`` ranks by the decision value; in L2 spaces that ranking runs as an
+  exact scan (the L2 index does not order by inner product).
 
 Results carry ``distance`` (the pgvector operator's value: cosine distance, L2 distance,
 or negative inner product) and ``score`` (1 − distance, −distance, −distance: larger is
@@ -133,7 +138,7 @@ class SimilaritySettings(BaseSettings):
         default=1e-2, ge=0, description="L2 regularisation of the linear method."
     )
     background_sample: int = Field(
-        default=200, ge=1, description="Background items used as negatives by 'linear' without any."
+        default=200, ge=1, description="Background items added to the negatives of 'linear'."
     )
 
 
@@ -364,18 +369,29 @@ def linear_direction(
     positives: np.ndarray,
     negatives: np.ndarray,
     *,
+    background: np.ndarray | None = None,
     iterations: int = 300,
     l2: float = 1e-2,
     learning_rate: float = 0.5,
 ) -> np.ndarray:
     """Weight vector ``w`` of a class-balanced, L2-regularised logistic regression.
 
-    Minimises ``Σ c_y·log(1 + exp(−s·(w·x + b))) + l2/2·|w|²`` (s = ±1, c_y = 1/(2·n_y))
-    by full-batch gradient descent; the bias is not regularised and not returned.
+    Minimises ``Σ c_i·log(1 + exp(−s·(w·x + b))) + l2/2·|w|²`` (s = ±1) by full-batch
+    gradient descent; the bias is not regularised and not returned. The positives weigh
+    1/2 in all, the negatives 1/2: split equally between the explicit ``negatives`` and
+    the ``background`` sample when both are given (so that a single explicit negative
+    still counts, and the classifier still has to tell the positives from everything
+    else, not only from that one).
     """
-    x = np.vstack([positives, negatives])
-    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    weight = np.where(y == 1, 0.5 / len(positives), 0.5 / len(negatives))
+    groups = [g for g in (negatives, background) if g is not None and len(g)]
+    if not groups:
+        raise InvalidInput("the linear method needs negatives or a background sample")
+    x = np.vstack([positives, *groups])
+    y = np.concatenate([np.ones(len(positives)), np.zeros(sum(len(g) for g in groups))])
+    weight = np.concatenate(
+        [np.full(len(positives), 0.5 / len(positives))]
+        + [np.full(len(g), 0.5 / len(groups) / len(g)) for g in groups]
+    )
     scale = float(np.sqrt((x * x).sum(axis=1).mean())) or 1.0
     xs = x / scale  # keeps the step size meaningful whatever the vectors' magnitude
     w = np.zeros(x.shape[1])
@@ -389,7 +405,37 @@ def linear_direction(
     return w / scale
 
 
-def _background(conn: psycopg.Connection, space: Space, size: int) -> np.ndarray:
+def linear_query(
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    background: np.ndarray,
+    *,
+    metric: str,
+    iterations: int = 300,
+    l2: float = 1e-2,
+) -> np.ndarray:
+    """The query vector of the ``linear`` method (examples as stored; see the module doc).
+
+    Cosine spaces: ``p̂ + ŵ``, the unit mean of the (unit) positives plus the unit
+    classifier direction, ranked by cosine distance: like the positives (a linear score
+    alone grows without bound past them, so that a negative on one side ranked whatever
+    lies beyond the positives first) and, of those, away from the negatives. Other
+    metrics: ``w``, ranked by inner product.
+    """
+    if metric == "cosine":
+        positives, background = _unit(positives), _unit(background)
+        negatives = _unit(negatives) if len(negatives) else negatives
+    w = linear_direction(positives, negatives, background=background, iterations=iterations, l2=l2)
+    if metric != "cosine":
+        return w
+    norm = float(np.linalg.norm(w))
+    if norm == 0:
+        raise InvalidInput("the examples give the classifier no direction to rank by")
+    p = positives.mean(axis=0)
+    return p / max(float(np.linalg.norm(p)), 1e-12) + w / norm
+
+
+def background_sample(conn: psycopg.Connection, space: Space, size: int) -> np.ndarray:
     """A fixed pseudo-random sample of the space (block sample, then a hash order)."""
     row = conn.execute(
         "select greatest(reltuples, 0) from pg_class where oid = 'embeddings'::regclass"
@@ -449,17 +495,13 @@ def query_vector(
         if spec.method == "prototype":
             q = prototype(pos, neg, metric=space.metric, negative_weight=settings.negative_weight)
         else:
-            if space.metric == "cosine":
-                pos = _unit(pos)
-            if not len(neg):
-                neg = _background(conn, space, settings.background_sample)
-                if not len(neg):
-                    raise InvalidInput("the space holds no vectors to contrast the examples with")
-            if space.metric == "cosine":
-                neg = _unit(neg)
-            q = linear_direction(
-                pos, neg, iterations=settings.linear_iterations, l2=settings.linear_l2
-            )
+            background = background_sample(conn, space, settings.background_sample)
+            if not len(background):
+                raise InvalidInput("the space holds no vectors to contrast the examples with")
+            q = linear_query(
+                pos, neg, background, metric=space.metric,
+                iterations=settings.linear_iterations, l2=settings.linear_l2,
+            )  # fmt: skip
             if space.metric == "l2":
                 op, indexable = "<#>", False
     if not np.all(np.isfinite(q)):

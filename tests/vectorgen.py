@@ -43,6 +43,34 @@ def clustered_vectors(
     return out
 
 
+def planted_classes(
+    per_class: int, dims: int, *, classes: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` planted classes of ``per_class`` float32 vectors each, and their labels.
+
+    Like encoder features of land-cover classes: every vector shares one large positive
+    component (ReLU features are all positive), the classes lie in order along one shared
+    axis (class c at c units: brightness, say) and each has a direction of its own, plus a
+    little noise. Prototype search separates them fully; a linear score against a single
+    negative class ranks "far from the negative" (the classes beyond the positives' on the
+    axis) above the positives' own class: issue 14, D2.
+    """
+    rng = np.random.default_rng(seed)
+    common = np.abs(rng.standard_normal(dims))
+    common *= 3.0 / np.linalg.norm(common)
+    axis = rng.standard_normal(dims)
+    axis /= np.linalg.norm(axis)
+    own = rng.standard_normal((classes, dims))
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    vectors = np.vstack(
+        [
+            common + c * axis + own[c] + 0.15 * rng.standard_normal((per_class, dims))
+            for c in range(classes)
+        ]
+    )
+    return vectors.astype(np.float32), np.repeat(np.arange(classes), per_class)
+
+
 def manifold_vectors(
     n: int,
     dims: int,

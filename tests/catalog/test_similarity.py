@@ -23,11 +23,13 @@ from catalog.errors import InvalidInput, NotFound
 from catalog.similarity import (
     SimilaritySettings,
     SimilaritySpec,
-    linear_direction,
+    background_sample,
+    linear_query,
     parse_spec,
     similar,
     similar_with_plan,
 )
+from catalog.spaces import collection_space
 
 N, DIMS, K = 3000, 32, 10
 QUERY_ROWS = list(range(0, 2400, 120))  # 20 queries, each followed by 10 planted neighbours
@@ -274,7 +276,7 @@ def test_prototype_of_positives_finds_their_group(conn, data) -> None:
     assert {h.item_id for h in hits} == set(group[3:])
 
 
-def test_linear_ranking_is_the_classifier_decision_value(conn, data) -> None:
+def test_linear_ranks_by_the_positives_and_the_classifier_direction(conn, data) -> None:
     row, other = QUERY_ROWS[6], QUERY_ROWS[7]
     unit = data.vectors / np.linalg.norm(data.vectors, axis=1, keepdims=True)
     pos, neg = [row, row + 1, row + 2], [other, other + 1, 3]
@@ -287,8 +289,11 @@ def test_linear_ranking_is_the_classifier_decision_value(conn, data) -> None:
         }
     )
     hits = similar(conn, spec, None, K)
-    w = linear_direction(unit[pos], unit[neg])
-    decision = unit @ w
+    space = collection_space(conn, data.cid)
+    assert space is not None
+    background = background_sample(conn, space, SimilaritySettings().background_sample)
+    q = linear_query(data.vectors[pos], data.vectors[neg], background, metric="cosine")
+    decision = unit @ (q / np.linalg.norm(q))
     decision[pos + neg] = -np.inf
     expected = [data.ids[j] for j in np.argsort(-decision)[:K]]
     assert [h.item_id for h in hits] == expected

@@ -1,0 +1,85 @@
+"""Few-shot search on planted classes (issue 14, D2): every method, 0 to 3 negatives.
+
+Two positives of a class A and negatives of 1, 2 or 3 other classes (the classes next to
+A on the shared axis first: a negative on one side only is where a linear score against
+it ranks the classes beyond A first). Each query's top 20 must be mostly A.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+from vectorgen import item_ids, load_collection, planted_classes
+
+from catalog.similarity import SimilaritySpec, similar
+
+PER_CLASS, DIMS, CLASSES, TOP = 80, 32, 5, 20
+
+
+@pytest.fixture(scope="module")
+def planted(database_url: str) -> Iterator[tuple[str, np.ndarray]]:
+    cid = f"fewshot-{uuid.uuid4().hex[:8]}"
+    vectors, labels = planted_classes(PER_CLASS, DIMS, classes=CLASSES, seed=3)
+    with psycopg.connect(database_url) as c:
+        register_vector(c)
+        load_collection(c, cid, vectors, encoder_name=f"fewshot-{cid}", build_index=False)
+        c.commit()
+    yield cid, labels
+    with psycopg.connect(database_url) as c:
+        c.execute("delete from collections where id = %s", (cid,))
+
+
+def negative_classes(a: int, count: int) -> list[int]:
+    """The ``count`` classes nearest to ``a`` on the axis, the next one up first."""
+    order = sorted((c for c in range(CLASSES) if c != a), key=lambda c: (abs(c - a), -c))
+    return order[:count]
+
+
+def queries(labels: np.ndarray, negatives: int) -> list[tuple[int, list[int], list[int]]]:
+    """(class, positive rows, negative rows) for every class, two draws each (seeded)."""
+    rng = np.random.default_rng(100 + negatives)
+    out = []
+    for a in range(CLASSES):
+        for _ in range(2):
+            pos = rng.choice(np.flatnonzero(labels == a), 2, replace=False).tolist()
+            neg = [
+                int(rng.choice(np.flatnonzero(labels == c))) for c in negative_classes(a, negatives)
+            ]
+            out.append((a, pos, neg))
+    return out
+
+
+def clause(cid: str, pos: list[int], neg: list[int], method: str) -> dict[str, Any]:
+    ids = item_ids(PER_CLASS * CLASSES)
+    return {
+        "positive": [{"collection": cid, "id": ids[j]} for j in pos],
+        "negative": [{"collection": cid, "id": ids[j]} for j in neg],
+        "method": method,
+    }
+
+
+def purity(labels: np.ndarray, a: int, found: list[str]) -> float:
+    index = {item_id: j for j, item_id in enumerate(item_ids(PER_CLASS * CLASSES))}
+    return float(np.mean([labels[index[i]] == a for i in found]))
+
+
+@pytest.mark.parametrize("negatives", [0, 1, 2, 3])
+@pytest.mark.parametrize("method", ["prototype", "linear"])
+def test_few_shot_ranks_the_positives_class_first(
+    conn: psycopg.Connection, planted: tuple[str, np.ndarray], method: str, negatives: int
+) -> None:
+    cid, labels = planted
+    scores = []
+    for a, pos, neg in queries(labels, negatives):
+        spec = SimilaritySpec.model_validate(clause(cid, pos, neg, method))
+        hits = similar(conn, spec, None, TOP)
+        assert len(hits) == TOP
+        scores.append(purity(labels, a, [h.item_id for h in hits]))
+    assert min(scores) >= 0.8, scores
+    assert np.mean(scores) >= 0.95, scores
