@@ -22,13 +22,23 @@ from catalog.similarity import SimilaritySpec, similar
 PER_CLASS, DIMS, CLASSES, TOP = 80, 32, 5, 20
 
 
-@pytest.fixture(scope="module")
-def planted(database_url: str) -> Iterator[tuple[str, np.ndarray]]:
+@pytest.fixture(scope="module", params=["cosine", "l2", "inner_product"])
+def planted(request: pytest.FixtureRequest, database_url: str) -> Iterator[tuple[str, np.ndarray]]:
+    """The planted classes in a space of each metric (L2 and inner product: float32).
+
+    Inner product ranks larger vectors first by definition: its encoders give unit
+    vectors (``normalized``), and so do these."""
+    metric = request.param
     cid = f"fewshot-{uuid.uuid4().hex[:8]}"
     vectors, labels = planted_classes(PER_CLASS, DIMS, classes=CLASSES, seed=3)
+    if metric == "inner_product":
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     with psycopg.connect(database_url) as c:
         register_vector(c)
-        load_collection(c, cid, vectors, encoder_name=f"fewshot-{cid}", build_index=False)
+        load_collection(
+            c, cid, vectors, encoder_name=f"fewshot-{cid}", build_index=False, metric=metric,
+            storage="halfvec" if metric == "cosine" else "vector",
+        )  # fmt: skip
         c.commit()
     yield cid, labels
     with psycopg.connect(database_url) as c:
