@@ -436,7 +436,8 @@ def linear_query(
 
 
 def background_sample(conn: psycopg.Connection, space: Space, size: int) -> np.ndarray:
-    """A fixed pseudo-random sample of the space (block sample, then a hash order)."""
+    """A fixed pseudo-random sample of ``size`` rows of the space (block sample, then a
+    hash order; fewer only if the space holds fewer)."""
     row = conn.execute(
         "select greatest(reltuples, 0) from pg_class where oid = 'embeddings'::regclass"
     ).fetchone()
@@ -447,12 +448,18 @@ def background_sample(conn: psycopg.Connection, space: Space, size: int) -> np.n
         " where e.space_id = %s order by md5(e.collection_id || '/' || e.item_id) limit %s"
     ).format(col=sql.SQL(space.vector_sql("e")))
     rows = conn.execute(query, (percent, space.id, size)).fetchall()
-    if len(rows) < min(size, 10):
+    if len(rows) < size:
+        # The block sample is sized from the whole table: a space that is a small share
+        # of it yields too few rows. Then up to 20x the size of the space's own rows
+        # (through its index, so bounded whatever the table's size), in hash order.
         fallback = sql.SQL(
-            "select {col}::real[] from embeddings e where e.space_id = %s"
-            " order by md5(e.collection_id || '/' || e.item_id) limit %s"
+            "select v from (select {col}::real[] as v, e.collection_id, e.item_id"
+            " from embeddings e where e.space_id = %s limit %s) s"
+            " order by md5(s.collection_id || '/' || s.item_id) limit %s"
         ).format(col=sql.SQL(space.vector_sql("e")))
-        rows = conn.execute(fallback, (space.id, size)).fetchall()
+        more = conn.execute(fallback, (space.id, 20 * size, size)).fetchall()
+        if len(more) > len(rows):
+            rows = more
     return np.asarray([r[0] for r in rows], dtype=np.float64).reshape(-1, space.dimensions)
 
 

@@ -93,3 +93,24 @@ def test_few_shot_ranks_the_positives_class_first(
         scores.append(purity(labels, a, [h.item_id for h in hits]))
     assert min(scores) >= 0.8, scores
     assert np.mean(scores) >= 0.95, scores
+
+
+def test_background_of_a_small_space_in_a_large_table_is_full(conn: psycopg.Connection) -> None:
+    """The block sample is sized from the whole table; a space that is a small share of it
+    got only a few dozen of its rows as the linear method's background."""
+    from catalog.similarity import SimilaritySettings, background_sample
+
+    rng = np.random.default_rng(5)
+    load_collection(
+        conn, "bg-large", rng.standard_normal((20_000, 4)), encoder_name="bg-large",
+        build_index=False, with_assets=False,
+    )  # fmt: skip
+    small = load_collection(
+        conn, "bg-small", rng.standard_normal((400, 8)), encoder_name="bg-small",
+        build_index=False, with_assets=False,
+    )  # fmt: skip
+    conn.execute("analyze embeddings")
+    size = SimilaritySettings().background_sample
+    sample = background_sample(conn, small, size)
+    assert sample.shape == (size, 8)
+    assert len({tuple(v) for v in sample}) == size
