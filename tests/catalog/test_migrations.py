@@ -4,6 +4,7 @@ import importlib.util
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from catalog import migrate
 from catalog.settings import DatabaseSettings
@@ -194,3 +195,41 @@ def test_downgrade_from_0013_restores_the_old_forms(make_database: Callable[...,
     assert stac["emb:chip_layout"]["chip_size"] == 32
     assert props["emb:quantization"]["scale"] == 1.0
     assert links[0]["href"] == "/data/my scene.tif"
+
+
+def test_upgrade_to_0009_keeps_spaces_with_unknown_options(
+    make_database: Callable[..., str],
+) -> None:
+    """Spaces registered before 0009 keep NULL options (compared on their MLM record at
+    the next publish); the same encoder with recorded options is then another space, and
+    a downgrade that would merge the two is refused."""
+    url = make_database(migrated=False)
+    settings = DatabaseSettings(database_url=url)
+    migrate.upgrade(settings, "0008")
+    with psycopg.connect(url) as c:
+        c.execute(
+            "insert into embedding_spaces (encoder_name, encoder_version, dimensions)"
+            " values ('m', '1', 3)"
+        )
+    migrate.upgrade(settings)
+    with psycopg.connect(url) as c:
+        assert c.execute("select options_sha256, options from embedding_spaces").fetchall() == [
+            (None, None)
+        ]
+        c.execute(
+            "insert into embedding_spaces (encoder_name, encoder_version, dimensions,"
+            " options_sha256, options) values ('m', '1', 3, %s, '{}')",
+            ("a" * 64,),
+        )
+        c.commit()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "insert into embedding_spaces (encoder_name, encoder_version, dimensions)"
+                " values ('m', '1', 3)"
+            )
+    with pytest.raises(Exception, match="differ only by their encoder options"):
+        migrate.downgrade(settings, "0008")
+    with psycopg.connect(url) as c:
+        c.execute("delete from embedding_spaces where options_sha256 is not null")
+    migrate.downgrade(settings, "0008")
+    assert migrate.current(settings) == "0008"
