@@ -12,14 +12,14 @@ Items: ``emb:quantization.scale`` / ``.offset`` numbers become one-element array
 rewritten. The downgrade restores the integer/number forms and the paths.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -12,7 +12,8 @@
   constant in the index expression; NULL until one is built).
 - ``index_params``: the build parameters (m, ef_construction / lists) of the last build.
 
-``embcat.similar_to_vector`` reads the kind: for the binary kinds it over-fetches
+``embcat._similar_to_vector`` (the search behind ``embcat.similar`` and
+``embcat.similar_to_vector``, migration 0009) reads the kind: for the binary kinds it over-fetches
 ``max(300, 10·k)`` candidates by Hamming distance (IVFFlat: 10 probes, relaxed iterative
 scans; HNSW: ef_search = the candidate count, strict iterative scans) and re-ranks them
 exactly; the estimate-then-exact rule for an area is the same for every kind, with the
@@ -49,12 +50,13 @@ CREATE OR REPLACE VIEW embcat.spaces AS
 SELECT s.id AS space_id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,
        s.metric, s.normalized,
        coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE c.id IS NOT NULL), '{}') AS collections,
-       s.index_kind
+       s.options_sha256, s.options, s.index_kind
 FROM embedding_spaces s LEFT JOIN collections c ON c.space_id = s.id
 GROUP BY s.id;
 
-CREATE OR REPLACE FUNCTION embcat.similar_to_vector(
-    collection text, v vector, k integer DEFAULT 10, within geometry DEFAULT NULL)
+-- the internal search both public functions call (migration 0009), now by the kind
+CREATE OR REPLACE FUNCTION embcat._similar_to_vector(
+    collection text, v vector, k integer, within geometry)
 RETURNS TABLE (item_id text, distance double precision)
 LANGUAGE plpgsql STABLE
 SET search_path = public, pg_temp
@@ -89,7 +91,7 @@ BEGIN
         RAISE EXCEPTION 'the vector has % values; the space of collection % has %',
             vector_dims(v), collection, sp.dimensions USING ERRCODE = '22023';
     END IF;
-    IF k IS NULL OR k < 1 OR k > 1000 THEN
+    IF k IS NULL OR k < 1 OR k > 1001 THEN  -- 1001: embcat.similar leaves its item out
         RAISE EXCEPTION 'k must be between 1 and 1000, got %', k USING ERRCODE = '22023';
     END IF;
     IF within IS NOT NULL AND ST_SRID(within) <> 4326 THEN
@@ -166,31 +168,32 @@ DROP VIEW embcat.spaces;
 CREATE VIEW embcat.spaces AS
 SELECT s.id AS space_id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,
        s.metric, s.normalized,
-       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE c.id IS NOT NULL), '{}') AS collections
+       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE c.id IS NOT NULL), '{}') AS collections,
+       s.options_sha256, s.options
 FROM embedding_spaces s LEFT JOIN collections c ON c.space_id = s.id
 GROUP BY s.id;
 GRANT SELECT ON embcat.spaces TO embcat_reader;
 """
 
 
-def _function_of_0008() -> str:
-    """``embcat.similar_to_vector`` as migration 0008 created it (its text is the one
+def _function_of_0009() -> str:
+    """``embcat._similar_to_vector`` as migration 0009 created it (its text is the one
     definition), as CREATE OR REPLACE."""
     import importlib.util
     import re
     from pathlib import Path
 
-    path = Path(__file__).with_name("0008_sql_similar_within.py")
-    spec = importlib.util.spec_from_file_location("embcat_migration_0008", path)
+    path = Path(__file__).with_name("0009_space_options_sql_checks.py")
+    spec = importlib.util.spec_from_file_location("embcat_migration_0009", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     found = re.findall(
-        r"^CREATE FUNCTION embcat\.similar_to_vector\(.*?^\$fn\$;$",
-        module.UPGRADE,
+        r"^CREATE FUNCTION embcat\._similar_to_vector\(.*?^\$fn\$;$",
+        module.FUNCTIONS,
         flags=re.S | re.M,
     )
-    assert len(found) == 1, "migration 0008 no longer holds embcat.similar_to_vector"
+    assert len(found) == 1, "migration 0009 no longer holds embcat._similar_to_vector"
     return found[0].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
@@ -199,7 +202,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Binary indexes do not survive the downgrade (0008's functions know only HNSW): they
+    # Binary indexes do not survive the downgrade (0009's functions know only HNSW): they
     # are dropped; rebuild the spaces' HNSW indexes with `embcat index build` afterwards.
     op.execute(
         """DO $$
@@ -213,7 +216,7 @@ def downgrade() -> None:
             END LOOP;
         END $$;"""
     )
-    op.execute(LOAD_PGVECTOR + DOWNGRADE + _function_of_0008())
+    op.execute(LOAD_PGVECTOR + DOWNGRADE + _function_of_0009())
     op.execute(
         "ALTER TABLE embedding_spaces DROP COLUMN index_kind, DROP COLUMN index_center,"
         " DROP COLUMN index_params"
