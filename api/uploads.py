@@ -443,7 +443,7 @@ async def commit_upload(
         raise Conflict(f"upload {upload_id!r} is incomplete; missing shards: {missing[:10]}")
     manifest = await run_in_threadpool(_manifest, folder)
     assert manifest is not None
-    cid = collection or default_collection_id(manifest)
+    cid = default_collection_id(manifest) if collection is None else collection
     if not principal.allows("write", cid):
         raise Forbidden(f"the API key {principal.key_id} may not publish to collection {cid!r}")
     db: DatabaseSettings = request.app.state.settings

@@ -89,7 +89,10 @@ def create_key(
         if collection_id is not None:
             found = conn.execute("select 1 from collections where id = %s", (collection_id,))
             if found.fetchone() is None:
-                raise NotFound(f"collection {collection_id!r} does not exist")
+                raise NotFound(
+                    f"collection {collection_id!r} does not exist; reserve it first with"
+                    f" `embcat collections create {collection_id}`"
+                )
         key_id = "k_" + secrets.token_hex(6)
         token = secrets.token_urlsafe(32)
         conn.execute(

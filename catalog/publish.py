@@ -62,6 +62,7 @@ from pydantic import ValidationError
 
 from catalog import metrics
 from catalog import spaces as spaces_mod
+from catalog.collections import validate_collection_id
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
 from catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
@@ -815,8 +816,12 @@ def _publish(
 ) -> PublishResult:
     started_wall = datetime.now(UTC)
     t0 = time.perf_counter()
+    if collection_id is not None:
+        validate_collection_id(collection_id)  # before anything is read (the DB's rule)
     manifest, folder = load_manifest(source)
-    cid = collection_id or default_collection_id(manifest)
+    cid = validate_collection_id(
+        default_collection_id(manifest) if collection_id is None else collection_id
+    )
     shard_paths = verify_shards(manifest, folder)
     total_bytes = sum(s.bytes for s in manifest.shards)
     timings: dict[str, float] = {"verify_s": time.perf_counter() - t0}
@@ -861,6 +866,8 @@ def _publish_tx(
         if old_space is not None:
             _check_space(cid, old_space, manifest, existing_stac)
             storage = old_space.storage
+        else:  # reserved (embcat collections create): keep its title, not its extent
+            existing_stac = {k: v for k, v in existing_stac.items() if k != "extent"}
     if storage == "halfvec" and enc.dimensions > spaces_mod.INDEX_MAX_DIMS["halfvec"]:
         log.warning("%d dimensions exceed the halfvec index limit; no HNSW index", enc.dimensions)
     # A stand-in space (id 0) for staging; the real one is registered after validation so

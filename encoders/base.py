@@ -94,8 +94,13 @@ class Scaling:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Scaling:
-        if not data:
+        if data is None or data == {}:
             return cls()
+        if not isinstance(data, dict):
+            raise EncoderOptionError(
+                f"value scaling must be a JSON object such as"
+                f' {{"type": "scale", "value": 10000}}, got {data!r}'
+            )
         known = {"type", "value", "mean", "stddev", "minimum", "maximum"}
         unknown = set(data) - known
         if unknown:
@@ -194,6 +199,9 @@ class Encoder(ABC):
     framework: ClassVar[str] = "PyTorch"
     pretrained: bool = False
     pretrained_source: str | None = None
+    # True: the model takes any bands (mosaiks, spectral-stats); with no ``bands`` option
+    # the encode job then uses the source's bands when it lacks the default ones.
+    adapts_to_source_bands: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -55,7 +55,7 @@ from encoders.manifest import (
     shard_schema,
 )
 from encoders.registry import get_encoder
-from encoders.sources import ChipReader, Source, resolve_inputs
+from encoders.sources import ChipReader, Source, first_raster_bands, resolve_inputs
 
 log = logging.getLogger("embcat.encode")
 
@@ -565,6 +565,30 @@ def run_encode(
         ctx.close()
 
 
+def _adapt_to_source_bands(
+    enc: Encoder, name: str, options: dict[str, Any], inputs: Sequence[Any]
+) -> Encoder:
+    """A band-agnostic encoder (``adapts_to_source_bands``) given no ``bands`` option
+    keeps its default bands when the first raster has them all, else takes that raster's
+    bands, in file order (e.g. a 6-band raster with mosaiks: 6 bands, not 13)."""
+    if not getattr(type(enc), "adapts_to_source_bands", False):
+        return enc
+    names = first_raster_bands(inputs)
+    if not names:
+        return enc
+    have = {n.lower() for n in names}
+    if all(b.lower() in have for b in enc.input_spec.bands):
+        return enc
+    log.warning(
+        "%s: the source has bands %s, not the default %s; encoding its bands"
+        " (choose others with -O bands=...)",
+        name,
+        ",".join(names),
+        ",".join(enc.input_spec.bands),
+    )
+    return get_encoder(name, **{**options, "bands": names})
+
+
 def datetime_now() -> datetime:
     return datetime.now(UTC)
 
@@ -605,6 +629,8 @@ def _run(
     # Phase 1: encoder, sources, plan, output directory.
     try:
         enc = get_encoder(encoder_arg, **options) if isinstance(encoder_arg, str) else encoder_arg
+        if isinstance(encoder_arg, str) and "bands" not in options and not band_map:
+            enc = _adapt_to_source_bands(enc, encoder_arg, options, inputs)
         spec = enc.input_spec
         size = chip_size or spec.chip_size
         if size != spec.chip_size and not spec.variable_chip_size:
@@ -617,11 +643,13 @@ def _run(
             raise EncodeError(f"chip size and stride must be positive: {size}, {step}")
         sources = resolve_inputs(inputs, spec.bands, band_map, asset, default_datetime)
         for src in sources:
-            if spec.gsd and abs(src.gsd - spec.gsd) > 0.5 * spec.gsd and len(src.crs) < 64:
+            # The encoder's GSD is in metres; the source's pixel size in its CRS units.
+            metres = src.gsd_metres() if spec.gsd else None
+            if spec.gsd and metres is not None and abs(metres - spec.gsd) > 0.5 * spec.gsd:
                 log.warning(
-                    "%s: pixel size %.3g differs from the encoder's GSD %.3g",
+                    "%s: pixel size %.3g m differs from the encoder's GSD %.3g m",
                     src.href,
-                    src.gsd,
+                    metres,
                     spec.gsd,
                 )
         chips = plan_chips(sources, size, step)

@@ -78,6 +78,7 @@ class MosaiksEncoder(Encoder):
     version = "1.0"
     summary = "MOSAIKS random convolutional features (seeded generator patches), 2K dims"
     architecture = "MOSAIKS random convolutional features"
+    adapts_to_source_bands = True
 
     def __init__(
         self,

@@ -74,6 +74,24 @@ class Source:
         a, b, _, d, e, _ = self.transform
         return float((abs(a * e - b * d)) ** 0.5)
 
+    def gsd_metres(self) -> float | None:
+        """The pixel size in metres: CRS units converted (degrees at the raster's centre
+        latitude, the geometric mean of both axes); None when the CRS has no such unit."""
+        import math
+
+        from pyproj import CRS
+
+        crs = CRS.from_wkt(self.crs_wkt)
+        if crs.is_geographic:
+            a, b, c, d, e, f = self.transform
+            lat = f + e * self.height / 2 + d * self.width / 2
+            dx = math.hypot(a, d) * 111_320.0 * math.cos(math.radians(lat))
+            dy = math.hypot(b, e) * 110_574.0
+            return float(math.sqrt(abs(dx * dy))) if dx and dy else None
+        axes = crs.axis_info
+        factor = axes[0].unit_conversion_factor if axes else None  # metres per CRS unit
+        return self.gsd * float(factor) if factor else None
+
     def describe(self) -> dict[str, Any]:
         return {
             "item": self.item_id,
@@ -191,14 +209,16 @@ def map_bands(
         if missing:
             raise InputError(
                 f"{label}: missing bands {', '.join(missing)} needed by the encoder "
-                f"(source bands: {described}); pass a band map to rename them"
+                f"(source bands: {described}); choose the bands to encode with"
+                f" -O bands=NAME,... or map them with --band-map ENCODER_BAND=SOURCE_BAND"
             )
         return result
     if count == len(wanted):
         return list(range(1, count + 1))
     raise InputError(
         f"{label}: the raster has {count} unnamed bands, the encoder needs {len(wanted)} "
-        f"({', '.join(wanted)}); pass a band map (encoder band -> source band index)"
+        f"({', '.join(wanted)}); choose the bands with -O bands=NAME,... or map them with"
+        f" --band-map ENCODER_BAND=SOURCE_INDEX"
     )
 
 
@@ -402,6 +422,34 @@ def _load_stac(path: Path) -> list[Any]:
     except Exception as exc:
         raise InputError(f"{path}: not a valid STAC Item or ItemCollection: {exc}") from exc
     raise InputError(f"{path}: expected a STAC Item or ItemCollection (FeatureCollection)")
+
+
+def first_raster_bands(inputs: Sequence[Any]) -> list[str] | None:
+    """Band names of the first raster file among ``inputs`` (``band1``.. when unnamed).
+
+    None when the first input is not a raster file or directory of them (STAC items
+    name their bands per asset; they keep the encoder's default bands).
+    """
+    for entry in inputs:
+        text = str(entry) if isinstance(entry, str | os.PathLike) else None
+        if text is None:
+            return None
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+            )
+            if not files:
+                return None
+            path = files[0]
+        elif path.suffix.lower() not in RASTER_SUFFIXES or not path.is_file():
+            return None
+        raster = _probe(str(path))
+        named = [sorted(n)[0] if n else "" for n in raster.names]
+        if all(named) and len(set(named)) == len(named):
+            return named
+        return [f"band{i + 1}" for i in range(len(raster.names))]
+    return None
 
 
 def resolve_inputs(

@@ -22,6 +22,7 @@ class SpectralStatsEncoder(Encoder):
     version = "1.0"
     summary = "per-band mean, std and quantiles (baseline), C*(2+Q) dims"
     architecture = "per-band summary statistics"
+    adapts_to_source_bands = True
 
     def __init__(
         self,
@@ -35,10 +36,15 @@ class SpectralStatsEncoder(Encoder):
         band_names = parse_bands(bands, SENTINEL2_L1C_BANDS)
         if quantiles is None:
             qs = [0.1, 0.5, 0.9]
-        elif isinstance(quantiles, str):
-            qs = [float(q) for q in quantiles.split(",") if q.strip()]
         else:
-            qs = [float(q) for q in quantiles]
+            parts = quantiles.split(",") if isinstance(quantiles, str) else quantiles
+            try:
+                qs = [float(q) for q in parts if str(q).strip()]
+            except (TypeError, ValueError):
+                raise EncoderOptionError(
+                    f"spectral-stats: quantiles must be numbers in [0, 1], e.g."
+                    f" -O quantiles=0.1,0.5,0.9; got {quantiles!r}"
+                ) from None
         if any(not 0.0 <= q <= 1.0 for q in qs):
             raise EncoderOptionError(f"spectral-stats: quantiles must lie in [0, 1]: {qs}")
         scale = (

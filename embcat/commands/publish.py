@@ -13,6 +13,25 @@ MODE_HELP = (
 )
 
 
+def check_remote_url(url: str, option: str) -> str:
+    """``url`` if it is an absolute http(s) URL, else one clear :class:`InvalidInput`."""
+    from urllib.parse import urlsplit
+
+    from catalog.errors import InvalidInput
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise InvalidInput(f"{option} {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f"{option} {url!r} is not an http(s) URL; give the catalogue's address with its"
+            f" scheme, e.g. https://{url if '://' not in url else 'catalogue.example.org'}"
+        )
+    return url
+
+
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", "collection_id", help="Collection id (default: from the manifest).")
@@ -60,8 +79,14 @@ def publish(
     One transaction: a failed or interrupted publish leaves the catalogue as it was, and
     re-running a publish in ignore or upsert mode changes nothing.
     """
+    from catalog.collections import validate_collection_id
+
     progress = not no_progress and not as_json
+    if collection_id is not None:
+        validate_collection_id(collection_id)
     if remote:
+        import httpx
+
         from catalog.errors import InvalidInput
         from catalog.remote_publish import remote_publish
 
@@ -69,15 +94,22 @@ def publish(
             raise InvalidInput(
                 "--to needs an API key with the write scope (--key or EMBCAT_API_KEY)"
             )
-        result = remote_publish(
-            source,
-            remote,
-            key=key,
-            collection_id=collection_id,
-            mode=mode,
-            defer_index=defer_index,
-            progress=progress,
-        )
+        remote = check_remote_url(remote, "--to")
+        try:
+            result = remote_publish(
+                source,
+                remote,
+                key=key,
+                collection_id=collection_id,
+                mode=mode,
+                defer_index=defer_index,
+                progress=progress,
+            )
+        except httpx.HTTPError as exc:
+            raise InvalidInput(
+                f"cannot reach {remote}: {exc or type(exc).__name__}; check the URL and that"
+                " the catalogue server is running (rerun to resume the upload)"
+            ) from exc
         if as_json:
             click.echo(json.dumps(result, indent=2, default=str))
         else:

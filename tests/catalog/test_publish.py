@@ -504,3 +504,27 @@ def test_cli_index_build_refuses_an_unknown_kind(run: Path, db_settings: Databas
     out = CliRunner().invoke(main, ["index", "build", _name(), "--kind", "lsh"])
     assert out.exit_code == 2 and "Traceback" not in out.output
     assert "'lsh' is not one of" in out.output
+
+
+@pytest.mark.parametrize("bad", ["with space", "-leading-dash", "x" * 256, "a/b"])
+def test_an_invalid_collection_id_is_refused_before_anything_is_read(
+    run: Path, db_settings: DatabaseSettings, bad: str
+) -> None:
+    before = _snapshot(db_settings.libpq_url)
+    with pytest.raises(InvalidInput, match="invalid collection id"):
+        publish(run, collection_id=bad, settings=db_settings, progress=False)
+    assert _snapshot(db_settings.libpq_url) == before
+
+
+def test_an_empty_collection_id_is_refused(run: Path, db_settings: DatabaseSettings) -> None:
+    with pytest.raises(InvalidInput, match="collection id is empty"):
+        publish(run, collection_id="", settings=db_settings, progress=False)
+
+
+def test_cli_publish_with_an_invalid_collection_id_is_one_line(
+    run: Path, db_settings: DatabaseSettings
+) -> None:
+    result = CliRunner().invoke(main, ["publish", str(run), "--collection", "with space"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid collection id 'with space'")
+    assert result.stderr.count("\n") == 1

@@ -141,3 +141,28 @@ def test_checkpoint_model_asset_is_the_weights_file(tiny_net, tmp_path: Path) ->
     asset = get_encoder("checkpoint", path=str(path)).model_asset()
     assert asset["href"] == path.resolve().as_uri() and "mlm:model" in asset["roles"]
     assert asset["mlm:artifact_type"] == "torch.jit.script"
+
+
+def test_torch_export_program_with_yaml_card(tiny_net, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt2"
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        tiny_net, (torch.zeros(2, 3, 16, 16),), dynamic_shapes={"x": {0: batch}}
+    )
+    torch.export.save(program, str(path))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(CARD))
+    enc = get_encoder("checkpoint", path=str(path))
+    x = _chips()
+    assert torch.allclose(enc(x), _reference(tiny_net, x), atol=1e-5)
+    assert enc.total_parameters() == sum(p.numel() for p in tiny_net.parameters())
+
+
+def test_torch_export_program_with_a_fixed_batch_encodes_any_batch(
+    tiny_net, tmp_path: Path
+) -> None:
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(tiny_net, (torch.zeros(1, 3, 16, 16),)), str(path))
+    (tmp_path / "fixed.yaml").write_text(yaml.safe_dump(CARD))
+    enc = get_encoder("checkpoint", path=str(path))
+    x = _chips()
+    assert torch.allclose(enc(x), _reference(tiny_net, x), atol=1e-5)
