@@ -213,7 +213,7 @@ class Encoder(ABC):
     ) -> None:
         self.input_spec = input_spec
         self.output_spec = output_spec
-        self.module = module.eval() if module is not None else None
+        self.module = _eval_mode(module) if module is not None else None
         self.options: dict[str, Any] = dict(options or {})
         self._device = torch.device("cpu")
         shift, factor = input_spec.scaling.affine(len(input_spec.bands))
@@ -467,6 +467,15 @@ class Encoder(ABC):
             "options": self.hyperparameters(),
             "mlm": self.mlm_properties(),
         }
+
+
+def _eval_mode(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in eval mode. The module of a ``torch.export`` program refuses ``eval()``
+    (it keeps the mode it was exported in, normally eval) and is used as it is."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
 
 
 def _jsonable(value: Any) -> bool:

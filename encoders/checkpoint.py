@@ -26,7 +26,10 @@ The card (only ``bands``, ``chip_size`` and ``output_dim`` are required)::
                                    # without it (or `pretrained: true`) mlm:pretrained is false
 
 The model must map ``(B, C, chip, chip)`` float32 (scaled as the card says) to ``(B, D)``;
-this is checked once on load with a zero batch.
+this is checked once on load with a zero batch. A ``torch.export`` program runs in the
+mode it was exported in (export it in eval mode); one exported with a static batch size
+(``torch.export.export(model, (torch.zeros(1, C, chip, chip),))``) is run on slices of
+that size, one with a dynamic batch dimension (``dynamic_shapes``) on whole batches.
 """
 
 from __future__ import annotations
@@ -87,15 +90,33 @@ def _find_card(path: Path) -> Path:
     )
 
 
+def _fixed_batch(program: Any) -> int | None:
+    """The batch size a ``torch.export`` program was exported with when it is static."""
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in program.graph_signature.user_inputs:
+            continue
+        val = node.meta.get("val")
+        shape = getattr(val, "shape", None)
+        if shape is not None and len(shape) == 4 and isinstance(shape[0], int):
+            return int(shape[0])
+        return None
+    return None
+
+
 def _load_module(path: Path, card: dict[str, Any], card_path: Path) -> torch.nn.Module:
     fmt = card.get("format") or ("export" if path.suffix == ".pt2" else None)
     if fmt == "export":
         try:
-            return torch.export.load(str(path)).module()
+            program = torch.export.load(str(path))
+            module = program.module()
         except Exception as exc:
             raise EncoderOptionError(
                 f"checkpoint: cannot load {path} as torch.export: {exc}"
             ) from exc
+        # A program exported with a static batch size (e.g. one example chip) runs on
+        # slices of that size; CheckpointEncoder.forward splits and pads the batches.
+        module.embcat_fixed_batch = _fixed_batch(program)  # type: ignore[assignment]
+        return module
     if fmt in (None, "torchscript"):
         try:
             with warnings.catch_warnings():
@@ -235,6 +256,20 @@ class CheckpointEncoder(Encoder):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.module is not None
+        fixed = getattr(self.module, "embcat_fixed_batch", None)
+        if fixed and x.shape[0] != fixed:
+            parts = []
+            for part in x.split(fixed):
+                n = part.shape[0]
+                if n < fixed:  # pad the last slice to the program's batch size
+                    pad = part.new_zeros((fixed - n, *part.shape[1:]))
+                    part = torch.cat([part, pad])
+                parts.append(self._run(part)[:n])
+            return torch.cat(parts)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         assert self.module is not None
         out = self.module(x)
         if isinstance(out, tuple | list):  # e.g. (embedding, aux)

@@ -166,3 +166,21 @@ def test_torch_export_program_with_a_fixed_batch_encodes_any_batch(
     enc = get_encoder("checkpoint", path=str(path))
     x = _chips()
     assert torch.allclose(enc(x), _reference(tiny_net, x), atol=1e-5)
+
+
+def test_encode_job_runs_a_torch_export_program(tiny_net, tmp_path: Path) -> None:
+    from rasterdata import make_scene
+
+    from encoders.job import run_encode
+
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(tiny_net, (torch.zeros(1, 3, 16, 16),)), str(path))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(CARD))
+    scene = make_scene(tmp_path / "s.tif", bands=3, width=48, height=32,
+                       band_names=["B04", "B03", "B02"])  # fmt: skip
+    result = run_encode(
+        [scene], tmp_path / "run", "checkpoint", {"path": str(path)},
+        batch_size=4, workers=0, progress=False, device="cpu",
+    )  # fmt: skip
+    assert result.rows == 6 and result.manifest is not None
+    assert result.manifest.encoder.name == "tiny-net"
