@@ -121,8 +121,60 @@ def _slurm_to_torch_env() -> None:
         env.setdefault("MASTER_PORT", "29500")
 
 
+def _leading_int(value: str | None) -> int | None:
+    digits = ""
+    for ch in (value or "").strip():
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def threads_per_rank(env: Mapping[str, str], available: int, node_cpus: int) -> int | None:
+    """torch's intra-op threads for this rank, or None to keep torch's default.
+
+    ``available``: the cores this process may run on (``os.sched_getaffinity``);
+    ``node_cpus``: the node's cores. ``OMP_NUM_THREADS`` set by the user wins (None).
+    ``SLURM_CPUS_PER_TASK`` caps the count. A rank bound to a subset of the node's cores
+    (srun's CPU binding) uses that subset; ranks that see the whole node share it by the
+    ranks per node (``LOCAL_WORLD_SIZE``, ``SLURM_NTASKS_PER_NODE``,
+    ``SLURM_TASKS_PER_NODE`` or, on one node, ``SLURM_NTASKS``). Without torchrun, torch
+    would start one thread per core in every rank: N ranks on N cores oversubscribe them
+    N-fold.
+    """
+    if env.get("OMP_NUM_THREADS"):
+        return None
+    cpus_per_task = _leading_int(env.get("SLURM_CPUS_PER_TASK"))
+    if cpus_per_task:
+        return max(1, min(cpus_per_task, available))
+    local = (
+        _leading_int(env.get("LOCAL_WORLD_SIZE"))
+        or _leading_int(env.get("SLURM_NTASKS_PER_NODE"))
+        or _leading_int(env.get("SLURM_TASKS_PER_NODE"))
+        or (_leading_int(env.get("SLURM_NTASKS")) if env.get("SLURM_NNODES") == "1" else None)
+        or 1
+    )
+    if available < node_cpus:  # bound to its own cores already
+        return available if local > 1 else None
+    if local <= 1:
+        return None
+    return max(1, available // local)
+
+
+def _cap_threads() -> None:
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    threads = threads_per_rank(os.environ, available, os.cpu_count() or available)
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("using %d torch threads in this rank", threads)
+        torch.set_num_threads(threads)
+
+
 def _setup_dist(device: str, timeout_s: float) -> _Dist:
     _slurm_to_torch_env()
+    _cap_threads()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
