@@ -38,7 +38,15 @@ class Forbidden(EmbcatError):
 
 
 class DatabaseUnavailable(EmbcatError):
-    """The database cannot be reached or is restarting; retry later."""
+    """The database cannot be reached or is restarting; retry later.
+
+    ``detail``: the operator's message with the real cause (server, database, role),
+    printed by the CLI; the message itself (what API clients see) names none of them.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class DatabaseTooOld(EmbcatError):
@@ -93,10 +101,47 @@ def translate(exc: BaseException) -> EmbcatError | None:
         | psycopg.errors.CannotConnectNow
         | psycopg.errors.ConnectionException,
     ) or isinstance(exc, sqlalchemy.exc.DisconnectionError):
-        return DatabaseUnavailable("the catalogue database is unavailable; retry shortly")
+        return _unavailable(orig)
     if isinstance(exc, sqlalchemy.exc.TimeoutError):
         return DatabaseUnavailable("no database connection free in time; retry shortly")
     return None
+
+
+# Causes a retry does not cure: the URL names a database, role or password that is wrong.
+_CONFIGURATION = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "authentication failed",
+    "no password supplied",
+    "invalid connection option",
+    "invalid dsn",
+    "could not translate host name",
+)
+
+
+def _unavailable(err: BaseException) -> DatabaseUnavailable:
+    """DatabaseUnavailable with the server's real cause as ``detail`` (FATAL message,
+    refused connection, unknown host...)."""
+    text = str(err).strip()
+    if "FATAL:" in text:
+        cause = text.split("FATAL:", 1)[1]
+    else:
+        cause = text.removeprefix("connection failed:")
+    cause = " ".join(cause.split("\n")[0].split()) or type(err).__name__
+    generic = "the catalogue database is unavailable; retry shortly"
+    if any(marker in cause.lower() for marker in _CONFIGURATION):
+        return DatabaseUnavailable(
+            "cannot connect to the catalogue database (check its settings)",
+            detail=f"cannot connect to the catalogue database: {cause}; check"
+            " EMBCAT_DATABASE_URL (host, database name, role and password)",
+        )
+    return DatabaseUnavailable(
+        generic,
+        detail=f"the catalogue database is unavailable: {cause}; retry shortly, or check"
+        " EMBCAT_DATABASE_URL",
+    )
 
 
 def _detail(err: BaseException) -> str:

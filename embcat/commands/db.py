@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
+
+
+@contextmanager
+def _revision_errors(revision: str) -> Iterator[None]:
+    """Alembic's errors for an unknown or unreachable revision as one InvalidInput."""
+    from alembic.util import CommandError
+
+    from catalog.errors import InvalidInput
+
+    try:
+        yield
+    except CommandError as exc:
+        raise InvalidInput(
+            f"cannot migrate to revision {revision!r}: {exc} (see `embcat db check` for the"
+            " current and head revisions)"
+        ) from exc
 
 
 @click.group()
@@ -21,7 +39,8 @@ def upgrade(revision: str) -> None:
 
     settings = DatabaseSettings()
     before = migrate.current(settings)
-    migrate.upgrade(settings, revision)
+    with _revision_errors(revision):
+        migrate.upgrade(settings, revision)
     after = migrate.current(settings)
     if before == after:
         click.echo(f"database already at revision {after}")
@@ -36,7 +55,8 @@ def downgrade(revision: str) -> None:
     """Migrate the schema down to REVISION."""
     from catalog import migrate
 
-    migrate.downgrade(revision=revision)
+    with _revision_errors(revision):
+        migrate.downgrade(revision=revision)
     click.echo(f"database at revision {migrate.current()}")
 
 
