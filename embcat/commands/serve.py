@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 
 @click.command()
 @click.option("--host", default=None, help="Bind address (default: EMBCAT_HOST or 127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Port (default: EMBCAT_PORT or 8080).")
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Port, 0-65535 (default: EMBCAT_PORT or 8080).",
+)
 @click.option("--reload", is_flag=True, help="Restart on code changes (development).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str | None, port: int | None, reload: bool, workers: int, log_level: str) -> None:
     """Serve the STAC API (uvicorn, factory api.app:create_app)."""
     import uvicorn
+    from pydantic import ValidationError
 
+    from api.observability import ObservabilitySettings
     from api.settings import ApiSettings
+    from catalog.errors import InvalidInput
 
-    settings = ApiSettings()
+    try:
+        settings = ApiSettings()
+        observability = ObservabilitySettings()
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid setting: {settings_problem(exc)}") from exc
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if log_level.lower() not in levels:
+        raise click.BadParameter(
+            f"{log_level!r} is not one of {', '.join(levels)}", param_hint="--log-level"
+        )
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -27,8 +45,24 @@ def serve(host: str | None, port: int | None, reload: bool, workers: int, log_le
         port=settings.port if port is None else port,
         reload=reload,
         workers=None if reload else workers,
-        log_level=log_level,
+        log_level=log_level.lower(),
         proxy_headers=True,
+        # The app writes one JSON access line per request (embcat.access, with the
+        # request id and latency); uvicorn's own access log would repeat each request.
+        access_log=not observability.access_log,
+    )
+
+
+def settings_problem(exc: Any) -> str:
+    """The first problem of a pydantic-settings ValidationError, naming the variable."""
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "?"
+    return (
+        f"EMBCAT_{field.upper()}={first.get('input')!r}: {first.get('msg')}"
+        " (fix the environment variable or the .env file)"
     )
 
 
