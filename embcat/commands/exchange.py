@@ -60,6 +60,14 @@ def export_command(
     from catalog.export import ExportRequest, export_to_file
     from catalog.search import SearchQuery
 
+    folder = out.expanduser().parent
+    if not folder.is_dir():
+        raise click.BadParameter(
+            f"the folder {folder} does not exist; create it first or write elsewhere",
+            param_hint="OUT",
+        )
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"the folder {folder} is not writable", param_hint="OUT")
     flt = _filter(filter_)
     query = SearchQuery(
         bbox=_bbox(bbox),
@@ -69,18 +77,22 @@ def export_command(
         ids=[v for v in ids.split(",") if v] if ids else None,
     )
     req = ExportRequest(collection_id, dtype=dtype, query=query, batch_size=batch_size)
-    with (
-        connect() as conn,
-        tqdm(unit="B", unit_scale=True, disable=quiet, desc="export") as bar,
-    ):
-        rows = [0]
+    rows = [0]
+    bars: list[tqdm] = []  # made at the first rows, so that a refused export prints no bar
 
-        def progress(n: int, nbytes: int) -> None:
-            rows[0] += n
-            bar.update(nbytes)
-            bar.set_postfix(rows=rows[0], refresh=False)
+    def progress(n: int, nbytes: int) -> None:
+        if not bars:
+            bars.append(tqdm(unit="B", unit_scale=True, disable=quiet, desc="export"))
+        rows[0] += n
+        bars[0].update(nbytes)
+        bars[0].set_postfix(rows=rows[0], refresh=False)
 
-        summary = export_to_file(conn, req, out, progress)
+    try:
+        with connect() as conn:
+            summary = export_to_file(conn, req, out, progress)
+    finally:
+        for bar in bars:
+            bar.close()
     click.echo(
         f"exported {summary.rows} items ({dtype}) to {out}: {summary.bytes / 1e6:.1f} MB in"
         f" {summary.seconds:.1f} s ({summary.rate:.0f} items/s,"
@@ -121,7 +133,9 @@ def mirror_command(
 ) -> None:
     """Pull a remote collection into the local catalogue (incremental after the first run)."""
     from catalog.mirror import MirrorOptions, mirror
+    from embcat.commands.publish import check_remote_url
 
+    check_remote_url(remote_url, "REMOTE_URL")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     opts = MirrorOptions(
         remote_url=remote_url,
