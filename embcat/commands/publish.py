@@ -220,7 +220,7 @@ def index_status(collection_id: str) -> None:
     show_default=True, help="Where the sample scene, shards and manifest go (reused).",
 )  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Prepare and publish, then exit.")
 def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
     """Make sample imagery, encode it with mosaiks, publish it and start the API."""
