@@ -71,12 +71,13 @@ def reserved_stac(collection_id: str, title: str | None, description: str | None
     """The STAC document of a reserved (empty) collection; the first publish replaces it."""
     import pystac
 
+    open_interval: list[datetime | None] = [None, None]
     coll = pystac.Collection(
         id=collection_id,
         description=description or "Reserved for embeddings not yet published.",
         extent=pystac.Extent(
             pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
-            pystac.TemporalExtent([[None, None]]),
+            pystac.TemporalExtent([open_interval]),
         ),
         title=title,
         license="other",

@@ -58,7 +58,7 @@ class EmbcatGroup(click.Group):
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
         except EmbcatError as exc:
-            fail(str(exc))
+            fail(getattr(exc, "detail", None) or str(exc))
         except _encode_error_types() as exc:
             fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a trace
@@ -69,7 +69,7 @@ class EmbcatGroup(click.Group):
                 " and report it)"
             )
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,

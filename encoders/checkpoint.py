@@ -108,15 +108,15 @@ def _load_module(path: Path, card: dict[str, Any], card_path: Path) -> torch.nn.
     if fmt == "export":
         try:
             program = torch.export.load(str(path))
-            module = program.module()
+            exported = program.module()
         except Exception as exc:
             raise EncoderOptionError(
                 f"checkpoint: cannot load {path} as torch.export: {exc}"
             ) from exc
         # A program exported with a static batch size (e.g. one example chip) runs on
         # slices of that size; CheckpointEncoder.forward splits and pads the batches.
-        module.embcat_fixed_batch = _fixed_batch(program)  # type: ignore[assignment]
-        return module
+        exported.embcat_fixed_batch = _fixed_batch(program)  # type: ignore[assignment]
+        return exported
     if fmt in (None, "torchscript"):
         try:
             with warnings.catch_warnings():

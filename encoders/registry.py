@@ -203,9 +203,11 @@ def coerce_options(name: str, factory: Callable[..., Any], options: dict[str, An
         if kind is None or value is None:
             out[key] = value
             continue
-        kinds = [k for k in typing.get_args(kind) if k is not type(None)] if isinstance(
-            kind, types.UnionType
-        ) or typing.get_origin(kind) is typing.Union else [kind]
+        kinds = (
+            [k for k in typing.get_args(kind) if k is not type(None)]
+            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+            else [kind]
+        )
         for candidate in kinds:
             try:
                 out[key] = _convert(value, candidate)

@@ -43,7 +43,10 @@ def test_two_srun_ranks_on_one_node_take_half_the_cores_each(tmp_path: Path) -> 
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", SCRIPT, str(scene), str(tmp_path / "run")],
-                env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )  # fmt: skip
         )
     outs = [p.communicate(timeout=300) for p in procs]
