@@ -165,7 +165,7 @@ def remote_publish(
         finally:
             bar.close()
         params: dict[str, Any] = {"mode": mode, "defer_index": str(defer_index).lower()}
-        if collection_id:
+        if collection_id is not None:  # "" is refused by the server, not defaulted
             params["collection"] = collection_id
         resp = http.post(base + "/commit", params=params, timeout=commit_timeout_s)
         _raise_for(resp, "publish")

@@ -257,3 +257,30 @@ def test_upload_creation_checks_the_target_over_http(
     )
     assert resp.status_code == 403
     assert "elsewhere" in resp.json()["description"]
+
+
+@pytest.mark.parametrize("bad", ["with space", ""])
+def test_commit_with_an_invalid_collection_id_is_400(
+    tmp_path: Path, upload_server: str, database_url: str, bad: str
+) -> None:
+    from catalog.errors import InvalidInput
+
+    key = _key(database_url, ["write"])
+    with pytest.raises(InvalidInput, match="HTTP 400.*collection id"):
+        remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=bad,
+                       progress=False)  # fmt: skip
+
+
+def test_a_key_scoped_to_a_reserved_collection_publishes_into_it(
+    tmp_path: Path, upload_server: str, database_url: str
+) -> None:
+    from catalog.collections import reserve_collection
+
+    cid = "reserved-" + uuid.uuid4().hex[:8]
+    with psycopg.connect(database_url) as conn:
+        reserve_collection(conn, cid)
+        _, key = create_key(conn, "hpc", ["write"], cid)
+        conn.commit()
+    res = remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=cid,
+                         progress=False)  # fmt: skip
+    assert res["inserted"] == 20 and _count(database_url, cid) == 20
