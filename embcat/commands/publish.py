@@ -232,5 +232,14 @@ def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
         return
     import uvicorn
 
+    from api.observability import ObservabilitySettings
+
     os.environ.setdefault("EMBCAT_BASE_URL", f"http://{host}:{port}")
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=not ObservabilitySettings().access_log,  # the app logs each request once
+    )
