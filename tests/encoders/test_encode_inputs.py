@@ -204,7 +204,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
         main, ["encode", str(bad), "-o", str(tmp_path / "out"), "--workers", "0"]
     )
     assert result.exit_code == 1
-    assert f"Error: {bad}: cannot read raster" in result.output
+    assert f"error: {bad}: cannot read raster" in result.output
     assert "Traceback" not in result.output
 
 
