@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,13 @@ class MirrorOptions:
     headers: dict[str, str] = field(default_factory=dict)
     progress: bool = True
     timeout_s: float = 120.0
+    # Bounds against hostile or broken sources (catalog.settings.MirrorSettings): bytes of
+    # one export page and of one JSON answer, seconds per request in total (a body that
+    # trickles), and pages per run (a change feed that says ``more`` for ever).
+    max_page_bytes: int = 1 << 30
+    max_json_bytes: int = 64 << 20
+    request_deadline_s: float = 600.0
+    max_pages: int = 100_000
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -138,7 +145,35 @@ def _local_href(href: Any, remote_base: str) -> Any:
     return href
 
 
+def origin_of(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port made explicit."""
+    u = httpx.URL(str(url))
+    port = u.port or {"http": 80, "https": 443}.get(u.scheme)
+    return u.scheme, u.host.lower(), port
+
+
+class OriginAuth(httpx.Auth):
+    """Credentials for one origin only: requests to any other host (asset hrefs, links)
+    go without them. httpx drops ``Authorization`` itself on a redirect to another origin;
+    the API calls do not follow redirects at all (``_check``)."""
+
+    def __init__(self, origin_url: str, headers: dict[str, str]) -> None:
+        self.origin = origin_of(origin_url)
+        self.headers = dict(headers)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.headers and origin_of(request.url) == self.origin:
+            request.headers.update(self.headers)
+        yield request
+
+
 def _check(r: httpx.Response, what: str) -> httpx.Response:
+    if 300 <= r.status_code < 400:
+        where = r.headers.get("location", "?")
+        raise RemoteError(
+            f"{what}: the remote redirects (HTTP {r.status_code}) to {where}; a mirror follows"
+            " no redirects: give the URL of the embcat or STAC API itself"
+        )
     if r.status_code >= 400:
         try:
             detail = r.json().get("description") or r.text[:200]
@@ -430,29 +465,115 @@ class _Progress:
         self.bar.close()
 
 
-def _download(
-    client: httpx.Client, method: str, url: str, progress: _Progress, **kwargs: Any
-) -> tuple[bytes, httpx.Headers]:
+def _fetch(
+    client: httpx.Client,
+    opts: MirrorOptions,
+    method: str,
+    url: str,
+    what: str,
+    *,
+    limit: int,
+    progress: _Progress | None = None,
+    check: bool = True,
+    **kwargs: Any,
+) -> tuple[int, bytes, httpx.Headers]:
+    """One request, its body read as a stream within ``limit`` bytes and within
+    ``opts.request_deadline_s`` seconds in total (a body trickling one byte at a time ends
+    at the deadline, give or take one read timeout). Error answers raise (``_check``)
+    unless ``check`` is false."""
+    started = time.monotonic()
     buf = io.BytesIO()
     with client.stream(method, url, **kwargs) as r:
-        if r.status_code >= 400:
-            r.read()
-            _check(r, f"export of {url}")
+        if r.status_code >= 300:
+            limit = min(limit, 64 << 10)  # an error message, not a payload
+        declared = r.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RemoteError(
+                f"{what}: the remote announces {int(declared):,} bytes, more than the"
+                f" {limit:,} a mirror accepts per answer (EMBCAT_MIRROR_MAX_PAGE_BYTES /"
+                " _MAX_JSON_BYTES; --page-rows makes export pages smaller)"
+            )
+        total = 0
         for chunk in r.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise RemoteError(
+                    f"{what}: the answer exceeds the {limit:,} bytes a mirror accepts per"
+                    " answer (EMBCAT_MIRROR_MAX_PAGE_BYTES / _MAX_JSON_BYTES; --page-rows"
+                    " makes export pages smaller)"
+                )
+            if time.monotonic() - started > opts.request_deadline_s:
+                raise RemoteError(
+                    f"{what}: the answer took more than {opts.request_deadline_s:g} s"
+                    f" ({total:,} bytes so far); refused (EMBCAT_MIRROR_REQUEST_DEADLINE_S)"
+                )
             buf.write(chunk)
-            progress.add(len(chunk))
-        headers = r.headers
-    return buf.getvalue(), headers
+            if progress is not None:
+                progress.add(len(chunk))
+        status, headers = r.status_code, r.headers
+    data = buf.getvalue()
+    if check:
+        _check(httpx.Response(status, headers=headers, content=data), what)
+    return status, data, headers
+
+
+def _get_json(
+    client: httpx.Client,
+    opts: MirrorOptions,
+    url: str,
+    what: str,
+    progress: _Progress | None = None,
+    **kwargs: Any,
+) -> Any:
+    _, data, _ = _fetch(
+        client, opts, "GET", url, what, limit=opts.max_json_bytes, progress=progress, **kwargs
+    )
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise RemoteError(f"{what}: the remote's answer is not JSON") from None
 
 
 def _export_page(
     client: httpx.Client, opts: MirrorOptions, progress: _Progress, body: dict[str, Any]
 ) -> tuple[pa.Table, dict[str, Any], httpx.Headers, int]:
     url = f"/collections/{quote(opts.collection_id, safe='')}/export"
-    data, headers = _download(client, "POST", url, progress, json=body)
-    source = io.BytesIO(data)
-    table = pq.read_table(source)
-    return table, read_metadata(io.BytesIO(data)), headers, len(data)
+    what = f"export of {opts.collection_id!r}"
+    _, data, headers = _fetch(
+        client, opts, "POST", url, what, limit=opts.max_page_bytes, progress=progress, json=body
+    )
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        meta = read_metadata(io.BytesIO(data))
+        int(meta["as_of"]), int(meta["space"]["dimensions"]), meta["dtype"], meta["more"]
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(
+            f"{what}: the page ({len(data):,} bytes) is not a complete embcat export"
+            f" (truncated or foreign): {str(exc).splitlines()[0] if str(exc) else exc!r};"
+            " nothing of it was written"
+        ) from None
+    return table, meta, headers, len(data)
+
+
+def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarray) -> None:
+    """The page's vectors must have the local space's dimensions (checked before writing)."""
+    got = {meta_dims, int(vectors.shape[1]) if vectors.ndim == 2 else -1}
+    if got != {space.dimensions}:
+        raise RemoteError(
+            f"{what}: the remote's space has {space.dimensions} dimensions but its vectors"
+            f" carry {sorted(got - {space.dimensions})}; refused, nothing of the page was"
+            " written"
+        )
+
+
+def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
+    """Build the space's HNSW index if it is absent or invalid (also on a rerun after a
+    mirror killed between its last page and the build), under the publish merge lock."""
+    conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+    built = ensure_hnsw_index(conn, space)
+    if built or analyze:
+        conn.execute("ANALYZE items")
+    conn.commit()
 
 
 def _bulk(
@@ -464,15 +585,16 @@ def _bulk(
     on_page: Callable[[MirrorResult], None] | None,
 ) -> None:
     cid = opts.collection_id
-    space_json = _check(
-        client.get(f"/collections/{quote(cid, safe='')}/space"), f"space of {cid!r}"
-    ).json()
+    space_json = _get_json(client, opts, f"/collections/{quote(cid, safe='')}/space",
+                           f"space of {cid!r}")  # fmt: skip
     base = str(client.base_url).rstrip("/")
     progress = _Progress(opts.progress)
     try:
         with connect(settings) as conn:
-            space, state = _prepare_local(conn, opts, stac, space_json)
-            conn.commit()
+            try:
+                space, state = _prepare_local(conn, opts, stac, space_json)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
             if state is not None and (state["dtype"], state["filters"]) != (
                 opts.dtype,
                 opts.filters(),
@@ -481,11 +603,19 @@ def _bulk(
                     f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
                     f" {state['filters']}; remove it to mirror with other options"
                 )
+            if state is not None:
+                conn.commit()
+            # else: the new collection and its state row commit with the first page, so a
+            # source refused on its first page leaves nothing behind.
             phase = state["phase"] if state else "initial"
             as_of = state["as_of"] if state else None
             after = state["after_id"] if state else None
             cursor = int(state["cursor"]) if state else 0
+            initial = phase == "initial"
+            pages = 0
             while phase == "initial":
+                pages += 1
+                _page_budget(opts, pages, "export")
                 body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
                 if after is not None:
                     body["after"] = after
@@ -493,10 +623,14 @@ def _bulk(
                     body["as_of"] = as_of
                 table, meta, headers, nbytes = _export_page(client, opts, progress, body)
                 as_of = int(meta["as_of"])
-                rows, _ = rows_from_table(table, meta, cid, base)
+                rows, vectors = _rows(table, meta, cid, base, space)
                 result.verified += verify(rows, opts.dtype, space.storage)
                 _write_rows(conn, cid, space, rows)
                 done = not meta["more"]
+                if not done and not rows:
+                    raise RemoteError(
+                        f"export of {cid!r}: the remote says more rows follow but sent none"
+                    )
                 after = rows[-1].id if rows else after
                 conn.execute(
                     "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
@@ -522,12 +656,40 @@ def _bulk(
                     on_page(result)
                 if done:
                     phase, cursor = "incremental", as_of
-                    ensure_hnsw_index(conn, space)
-                    conn.execute("ANALYZE items")
-                    conn.commit()
+            _ensure_index(conn, space, analyze=initial)
             _incremental(client, opts, conn, space, cursor, base, progress, result, on_page)
     finally:
         progress.close()
+
+
+def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
+    if pages > opts.max_pages:
+        raise RemoteError(
+            f"the remote's {what} did not end within {opts.max_pages} pages in one run;"
+            " stopped (what was committed stays; EMBCAT_MIRROR_MAX_PAGES raises the bound)"
+        )
+
+
+def _rows(
+    table: pa.Table, meta: dict[str, Any], cid: str, base: str, space: Space
+) -> tuple[list[_Row], np.ndarray]:
+    """The page's rows, refused before anything is written if its vectors do not fit the
+    local space (the remote's /space and its export disagree) or do not decode."""
+    what = f"export of {cid!r}"
+    meta_dims = int(meta["space"]["dimensions"])
+    if "embedding" not in table.column_names:
+        raise RemoteError(f"{what}: the page has no embedding column; nothing was written")
+    width = getattr(table.schema.field("embedding").type, "list_size", meta_dims)
+    for dims in (meta_dims, width):
+        if dims != space.dimensions:
+            _check_dimensions(what, space, dims, np.zeros((0, dims)))
+    try:
+        rows, vectors = rows_from_table(table, meta, cid, base)
+    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(f"{what}: the page does not decode: {exc}; nothing was written") from None
+    if rows:
+        _check_dimensions(what, space, meta_dims, np.asarray(vectors))
+    return rows, vectors
 
 
 def _incremental(
@@ -542,27 +704,38 @@ def _incremental(
     on_page: Callable[[MirrorResult], None] | None,
 ) -> None:
     cid = opts.collection_id
+    what = f"changes of {cid!r}"
+    pages = 0
     while True:
-        r = client.get(
-            f"/collections/{quote(cid, safe='')}/changes",
+        pages += 1
+        _page_budget(opts, pages, "change feed")
+        page = _get_json(
+            client, opts, f"/collections/{quote(cid, safe='')}/changes", what, progress,
             params={"since": cursor, "limit": opts.change_limit},
-        )
-        page = _check(r, f"changes of {cid!r}").json()
-        progress.add(len(r.content))
-        upserts = [c["id"] for c in page["changes"] if c["op"] == "upsert"]
-        deletes = [c["id"] for c in page["changes"] if c["op"] == "delete"]
+        )  # fmt: skip
+        try:
+            changes = [(str(c["op"]), str(c["id"])) for c in page["changes"]]
+            new_cursor, more = int(page["next"]), bool(page["more"])
+        except (KeyError, TypeError, ValueError):
+            raise RemoteError(f"{what}: the remote's answer is not a change feed page") from None
+        if more and new_cursor <= cursor:
+            raise RemoteError(
+                f"{what}: the remote says more changes follow but its cursor does not advance"
+                f" ({cursor} -> {new_cursor}); stopped"
+            )
+        upserts = [i for op, i in changes if op == "upsert"]
+        deletes = [i for op, i in changes if op == "delete"]
         rows: list[_Row] = []
         nbytes = 0
         if upserts:
             body = {**opts.filters(), "dtype": opts.dtype, "ids": upserts}
             table, meta, _, nbytes = _export_page(client, opts, progress, body)
-            rows, _ = rows_from_table(table, meta, cid, base)
+            rows, _ = _rows(table, meta, cid, base, space)
             result.verified += verify(rows, opts.dtype, space.storage)
             got = {row.id for row in rows}
             deletes += [i for i in upserts if i not in got]  # gone, or outside the filters
         _write_rows(conn, cid, space, rows)
         result.deleted += _delete(conn, cid, deletes)
-        new_cursor = int(page["next"])
         conn.execute(
             "UPDATE mirror_state SET cursor = %s, rows_total = rows_total + %s,"
             " bytes_total = bytes_total + %s, updated_at = now()"
@@ -573,13 +746,13 @@ def _incremental(
         result.upserted += len(rows)
         result.bytes += nbytes
         progress.add(0, len(rows))
-        if page["changes"]:
+        if changes:
             result.pages += 1
             if on_page is not None:
                 on_page(result)
         cursor = new_cursor
         result.cursor = cursor
-        if not page["more"]:
+        if not more:
             if page.get("pending_writers"):
                 log.warning(
                     "the remote has %d open write transaction(s); their changes come next run",
@@ -597,8 +770,19 @@ def _fallback_rows(
     """Pages of STAC items (dicts) from the remote's item search (pystac-client)."""
     from pystac_client import Client
 
+    origin = origin_of(str(client.base_url))
+
+    def credentials_for_the_origin_only(request: Any) -> Any:
+        # pystac-client follows the API's links, which may name other hosts: the key goes
+        # to the origin named on the command line only (requests drops it on redirects).
+        if opts.headers and origin_of(request.url) == origin:
+            request.headers.update(opts.headers)
+        return request
+
     stac_client = Client.open(
-        str(client.base_url), headers=opts.headers or None, timeout=opts.timeout_s
+        str(client.base_url),
+        request_modifier=credentials_for_the_origin_only,
+        timeout=opts.timeout_s,
     )
     search = stac_client.search(
         collections=[opts.collection_id],
@@ -608,9 +792,15 @@ def _fallback_rows(
         filter_lang=opts.filters().get("filter-lang"),
         limit=min(opts.page_rows, 1000),
     )
-    for page in search.pages_as_dicts():
-        progress.add(len(json.dumps(page)))
-        yield list(page.get("features", []))
+    import requests
+    from pystac_client.exceptions import APIError
+
+    try:
+        for page in search.pages_as_dicts():
+            progress.add(len(json.dumps(page)))
+            yield list(page.get("features", []))
+    except (APIError, requests.RequestException) as exc:
+        raise RemoteError(f"item search of {opts.collection_id!r} failed: {exc}") from None
 
 
 def _item_to_row(item: dict[str, Any], vector: np.ndarray, cid: str, base: str) -> _Row:
@@ -665,11 +855,15 @@ def _fallback(
     progress = _Progress(opts.progress)
     try:
         with connect(settings) as conn:
-            space, _ = _prepare_local(conn, opts, stac, space_json)
+            space, state = _prepare_local(conn, opts, stac, space_json)
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
             conn.execute("TRUNCATE mirror_seen")
-            conn.commit()
+            if state is not None:
+                conn.commit()  # a new mirror commits with its first page (nothing on refusal)
+            pages = 0
             for features in _fallback_rows(client, opts, progress):
+                pages += 1
+                _page_budget(opts, pages, "item search")
                 ids = [f["id"] for f in features]
                 local = dict(
                     conn.execute(
@@ -694,12 +888,25 @@ def _fallback(
                     else:
                         vector = None
                     if vector is None:
-                        r = _check(client.get(asset["href"]), f"vector of {item['id']!r}")
-                        progress.add(len(r.content))
-                        result.bytes += len(r.content)
-                        if checksum and multihash_sha256(r.content) != checksum:
+                        what = f"vector of {item['id']!r}"
+                        _, content, _ = _fetch(
+                            client, opts, "GET", str(asset["href"]), what,
+                            limit=opts.max_json_bytes, progress=progress,
+                            follow_redirects=True,  # Authorization stays with the origin
+                        )  # fmt: skip
+                        result.bytes += len(content)
+                        if checksum and multihash_sha256(content) != checksum:
                             raise Conflict(f"checksum mismatch for item {item['id']!r}")
-                        vector = np.load(io.BytesIO(r.content)).astype(np.float32)
+                        try:
+                            vector = np.load(io.BytesIO(content)).astype(np.float32)
+                        except (ValueError, OSError, EOFError):
+                            raise RemoteError(f"{what}: not a .npy array") from None
+                        if vector.shape != (space.dimensions,):
+                            raise RemoteError(
+                                f"{what}: {vector.shape} values, the collection's space has"
+                                f" {space.dimensions} dimensions; nothing of the page was"
+                                " written"
+                            )
                         result.verified += 1 if checksum else 0
                     rows.append(_item_to_row(item, vector, cid, base))
                 _write_rows(conn, cid, space, rows)
@@ -747,17 +954,36 @@ def mirror(
         )
     if opts.page_rows < 1 or opts.change_limit < 1:
         raise InvalidInput("page_rows and change_limit must be >= 1")
+    if min(opts.max_page_bytes, opts.max_json_bytes, opts.max_pages) < 1 or (
+        opts.request_deadline_s <= 0
+    ):
+        raise InvalidInput("the mirror's size, time and page bounds must be positive")
     opts.remote_url = opts.remote_url.rstrip("/")
+    try:
+        origin_of(opts.remote_url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise InvalidInput(f"not an http(s) URL: {opts.remote_url!r}") from None
     started = time.perf_counter()
+    # Credentials go to the origin on the command line only (asset hrefs and links may
+    # name other hosts), and the API calls follow no redirects (_check refuses them).
     with httpx.Client(
-        base_url=opts.remote_url, headers=opts.headers, timeout=opts.timeout_s
+        base_url=opts.remote_url,
+        auth=OriginAuth(opts.remote_url, opts.headers),
+        timeout=opts.timeout_s,
+        follow_redirects=False,
     ) as client:
         try:
-            stac = _check(
-                client.get(f"/collections/{quote(opts.collection_id, safe='')}"),
+            stac = _get_json(
+                client, opts, f"/collections/{quote(opts.collection_id, safe='')}",
                 f"remote collection {opts.collection_id!r}",
-            ).json()
-            bulk = client.get("/exchange").status_code == 200
+            )  # fmt: skip
+            if not isinstance(stac, dict):
+                raise RemoteError(f"remote collection {opts.collection_id!r}: not a JSON object")
+            status, _, _ = _fetch(
+                client, opts, "GET", "/exchange", "exchange capabilities",
+                limit=opts.max_json_bytes, check=False,
+            )  # fmt: skip
+            bulk = status == 200
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot reach {opts.remote_url}: {exc}") from exc
         result = MirrorResult(mode="bulk" if bulk else "items")

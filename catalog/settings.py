@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,6 +24,58 @@ class DatabaseSettings(BaseSettings):
     statement_timeout_ms: int = Field(
         30_000, ge=0, description="Statement timeout for API queries (0 = none)."
     )
+    # Dead peers (issue 15, findings 9 and 10): libpq's TCP keepalives and
+    # tcp_user_timeout on every connection, and the server's own keepalives and
+    # client_connection_check_interval as session settings, so that a killed client's
+    # backend stops within seconds and a silent partition fails instead of hanging.
+    tcp_keepalives_idle_s: int = Field(
+        2, ge=1, description="Seconds of silence before TCP keepalive probes (both ends)."
+    )
+    tcp_keepalives_interval_s: int = Field(
+        1, ge=1, description="Seconds between TCP keepalive probes (both ends)."
+    )
+    tcp_keepalives_count: int = Field(
+        3, ge=1, description="Unanswered keepalive probes before a connection is dead."
+    )
+    tcp_user_timeout_ms: int = Field(
+        4_000, ge=0, description="Unacknowledged data older than this drops a connection."
+    )
+    client_connection_check_interval_ms: int = Field(
+        2_000,
+        ge=0,
+        description="How often a backend running a long statement checks that its client"
+        " is still connected (0 = never).",
+    )
+    idle_in_transaction_timeout_ms: int = Field(
+        60_000,
+        ge=0,
+        description="API sessions (pool, export streams) left idle inside a transaction"
+        " longer than this are ended by the server (0 = never).",
+    )
+    db_deadline_margin_ms: int = Field(
+        2_000,
+        ge=0,
+        description="An API statement that has not answered statement_timeout_ms plus this"
+        " long is abandoned on the client side (its socket closed; 503).",
+    )
+
+    def libpq_kwargs(self) -> dict[str, Any]:
+        """Connection keywords for libpq: TCP liveness and the server-side session settings
+        that every embcat connection (API and jobs) carries."""
+        options = (
+            f"-c tcp_keepalives_idle={self.tcp_keepalives_idle_s}"
+            f" -c tcp_keepalives_interval={self.tcp_keepalives_interval_s}"
+            f" -c tcp_keepalives_count={self.tcp_keepalives_count}"
+            f" -c client_connection_check_interval={self.client_connection_check_interval_ms}"
+        )
+        return {
+            "keepalives": 1,
+            "keepalives_idle": self.tcp_keepalives_idle_s,
+            "keepalives_interval": self.tcp_keepalives_interval_s,
+            "keepalives_count": self.tcp_keepalives_count,
+            "tcp_user_timeout": self.tcp_user_timeout_ms,
+            "options": options,
+        }
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -46,3 +100,25 @@ def to_libpq_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql://" + url[len(prefix) :]
     return url
+
+
+class MirrorSettings(BaseSettings):
+    """Bounds of ``embcat mirror`` against hostile or broken sources (``EMBCAT_MIRROR_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBCAT_MIRROR_", extra="ignore")
+
+    max_page_bytes: int = Field(
+        1 << 30, ge=1, description="Largest export page (bytes) accepted from the source."
+    )
+    max_json_bytes: int = Field(
+        64 << 20, ge=1, description="Largest JSON answer or vector (bytes) accepted."
+    )
+    request_deadline_s: float = Field(
+        600.0, gt=0, description="Seconds one request may take in total (slow bodies end)."
+    )
+    timeout_s: float = Field(
+        120.0, gt=0, description="Seconds of silence (connect, each read) before giving up."
+    )
+    max_pages: int = Field(
+        100_000, ge=1, description="Export / change-feed pages one run reads at most."
+    )

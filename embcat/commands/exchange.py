@@ -133,9 +133,11 @@ def mirror_command(
 ) -> None:
     """Pull a remote collection into the local catalogue (incremental after the first run)."""
     from catalog.mirror import MirrorOptions, mirror
+    from catalog.settings import MirrorSettings
     from embcat.commands.publish import check_remote_url
 
     check_remote_url(remote_url, "REMOTE_URL")
+    bounds = MirrorSettings()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     opts = MirrorOptions(
         remote_url=remote_url,
@@ -147,6 +149,11 @@ def mirror_command(
         page_rows=page_rows,
         headers=headers,
         progress=not quiet and not os.environ.get("EMBCAT_NO_PROGRESS"),
+        timeout_s=bounds.timeout_s,
+        max_page_bytes=bounds.max_page_bytes,
+        max_json_bytes=bounds.max_json_bytes,
+        request_deadline_s=bounds.request_deadline_s,
+        max_pages=bounds.max_pages,
     )
     result = mirror(opts)
     click.echo(result.summary())
