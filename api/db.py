@@ -25,6 +25,7 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from api.settings import ApiSettings
+from catalog.db import Deadlines
 from catalog.errors import DatabaseUnavailable, translated
 
 
@@ -49,6 +50,9 @@ UNREACHABLE_WAIT_S = 1.0
 # round trip to the server when its socket has nothing to read (see ApiPool._quiet).
 # Longer idle connections get the full check: a firewall may drop them without a word.
 QUIET_S = 10.0
+# A pooled connection's liveness check (one round trip) that takes longer than this meets a
+# black-holed network: the connection is dropped (catalog.db.Deadlines).
+CHECK_DEADLINE_S = 1.0
 
 
 class ApiPool(psycopg_pool.ConnectionPool):
@@ -56,8 +60,10 @@ class ApiPool(psycopg_pool.ConnectionPool):
     leaves dead ones behind), and knowledge of whether the server was reachable at the last
     attempt, so that requests fail fast while it is down."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadlines: Deadlines | None = None, **kwargs: Any) -> None:
         self._unreachable_since: float | None = None
+        self._blackholed_at: float | None = None
+        self.deadlines = deadlines or Deadlines()
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
             weakref.WeakKeyDictionary()
         )
@@ -90,12 +96,25 @@ class ApiPool(psycopg_pool.ConnectionPool):
         except (OSError, ValueError, psycopg.Error):
             return False
 
+    def check_connection(self, conn: psycopg.Connection) -> None:  # type: ignore[override]
+        """psycopg_pool's check, with a client-side deadline: a connection that does not
+        answer a round trip within CHECK_DEADLINE_S (a black-holed network) is broken."""
+        token = self.deadlines.arm(conn, CHECK_DEADLINE_S)
+        try:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+        finally:
+            if not self.deadlines.disarm(token):
+                self._blackholed_at = time.monotonic()
+
     def _check_or_sweep(self, conn: psycopg.Connection) -> None:
         if self._quiet(conn):
             return
+        self._blackholed_at = None
         try:
             self.check_connection(conn)
         except Exception:
+            if self._blackholed_at is not None:
+                raise  # checking the others would wait CHECK_DEADLINE_S each
             # The server restarted or went away: the other idle connections are most
             # likely dead too. Replace them now rather than meeting them one by one (the
             # pool sleeps with backoff after each failed check).
@@ -118,17 +137,32 @@ class ApiPool(psycopg_pool.ConnectionPool):
         return self._unreachable_since is not None and not self._pool
 
 
-def create_pool(settings: ApiSettings) -> ApiPool:
-    """A bounded pool, not yet opened (the lifespan opens and closes it)."""
-    options = (
+def api_session_options(settings: ApiSettings) -> str:
+    """Session settings of every API connection (pool and export streams)."""
+    return (
         f"-c statement_timeout={int(settings.statement_timeout_ms)}"
         " -c jit=off -c max_parallel_workers_per_gather=0"
+        f" -c idle_in_transaction_session_timeout={int(settings.idle_in_transaction_timeout_ms)}"
     )
+
+
+def request_deadline_s(settings: ApiSettings) -> float | None:
+    """Client-side deadline of one request's database work (None: no statement timeout)."""
+    if settings.statement_timeout_ms <= 0:
+        return None
+    return (settings.statement_timeout_ms + settings.db_deadline_margin_ms) / 1000
+
+
+def create_pool(settings: ApiSettings) -> ApiPool:
+    """A bounded pool, not yet opened (the lifespan opens and closes it)."""
+    kwargs: dict[str, Any] = settings.libpq_kwargs()
+    kwargs["options"] += f" {api_session_options(settings)}"
+    kwargs.update(application_name="embcat-api", connect_timeout=5)
     return ApiPool(
         settings.libpq_url,
         min_size=settings.db_pool_min,
         max_size=max(settings.db_pool_max, settings.db_pool_min, 1),
-        kwargs={"options": options, "application_name": "embcat-api", "connect_timeout": 5},
+        kwargs=kwargs,
         configure=_configure,
         timeout=settings.pool_timeout_s,
         reconnect_timeout=RECONNECT_TIMEOUT_S,
@@ -149,9 +183,22 @@ def connection(request: Request) -> Iterator[psycopg.Connection]:
     timeout = None  # the pool's own (EMBCAT_POOL_TIMEOUT_S)
     if isinstance(pool, ApiPool) and pool.unreachable:
         timeout = min(UNREACHABLE_WAIT_S, pool.timeout)
+    deadline = request_deadline_s(request.app.state.settings)
     try:
-        with translated(), pool.connection(timeout=timeout) as conn:
-            yield conn
+        with translated():
+            conn = pool.getconn(timeout=timeout)
+            # The client-side deadline covers the statements and the commit: past it the
+            # socket is shut down and the call fails (DatabaseUnavailable, 503).
+            token = None
+            if deadline is not None and isinstance(pool, ApiPool):
+                token = pool.deadlines.arm(conn, deadline)
+            try:
+                with conn:
+                    yield conn
+            finally:
+                if token is not None and isinstance(pool, ApiPool):
+                    pool.deadlines.disarm(token)
+                pool.putconn(conn)
     except psycopg_pool.PoolTimeout:
         if isinstance(pool, ApiPool) and pool.unreachable:
             raise DatabaseUnavailable("the database is unreachable; retry shortly") from None
