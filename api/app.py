@@ -6,6 +6,7 @@ packages add their routers through ``EXTRA_ROUTERS`` (one import + one list entr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -414,6 +415,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.pool = pool
     app.state.settings = settings
+    app.state.export_slots = threading.BoundedSemaphore(settings.export_max_streams)
     app.state.stac_api = api
     add_exception_handlers(app)
     app.add_api_route(

@@ -38,6 +38,8 @@ from catalog.errors import (
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 2  # what a 503 (database unreachable, pool or export slots busy) advises
+
 STATUS: dict[type[Exception], int] = {
     InvalidInput: 400,
     Unauthorized: 401,
@@ -75,6 +77,8 @@ def status_of(exc: BaseException) -> int:
 def _handle_known(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(
         error_body(type(exc).__name__, str(exc) or type(exc).__name__),
         status_code=status,

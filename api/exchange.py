@@ -14,26 +14,31 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_scope
+from api.db import api_session_options, connection
 from api.db import base_url as request_base_url
-from api.db import connection
 from catalog.changes import changes_since
 from catalog.db import connect
-from catalog.errors import InvalidInput, NotFound
+from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound
 from catalog.export import ExportPlan, ExportRequest, plan_export, stream_export
 from catalog.quantize import DTYPES
 from catalog.search import SearchQuery
 from catalog.spaces import collection_space
 from catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
+
+log = logging.getLogger(__name__)
 
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 EXCHANGE_VERSION = "1"
@@ -214,21 +219,83 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     )
 
 
+class ExportBusy(DatabaseUnavailable):
+    """Every export slot of this process is streaming; retry shortly (503 + Retry-After)."""
+
+
+class _ExportResponse(StreamingResponse):
+    """A streaming response that always runs ``cleanup`` once it is over: sent in full,
+    failed, or cut short by the client (a disconnect cancels the send; without this the
+    paused generator, its transaction and its connection stayed until garbage collection)."""
+
+    def __init__(self, content: Iterator[bytes], cleanup: Callable[[], None], **kw: Any):
+        self._chunks = content
+        self._cleanup = cleanup
+        super().__init__(self._pull(), **kw)
+
+    async def _pull(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await run_in_threadpool(next, self._chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self._cleanup)
+
+
 def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
+    """Plan the export on a connection of its own and stream it.
+
+    At most ``export_max_streams`` streams per process hold a connection (503 with
+    Retry-After past it); the stream's session ends an idle transaction after
+    ``idle_in_transaction_timeout_ms`` (a client that stopped reading), and the transaction
+    and connection end as soon as the response is over, also when the client went away.
+    """
     settings = request.app.state.settings
-    holder = connect(settings)
-    conn = holder.__enter__()
+    slots: threading.BoundedSemaphore = request.app.state.export_slots
+    if not slots.acquire(blocking=False):
+        raise ExportBusy(
+            f"{settings.export_max_streams} exports are streaming from this server; retry shortly"
+        )
+    try:
+        holder = connect(
+            settings, options=api_session_options(settings), application_name="embcat-export"
+        )
+        conn = holder.__enter__()
+    except BaseException:
+        slots.release()
+        raise
     try:
         plan: ExportPlan = plan_export(conn, req)
     except BaseException as exc:
-        holder.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-
-    def body() -> Iterator[bytes]:
         try:
-            yield from stream_export(conn, plan)
+            holder.__exit__(type(exc), exc, exc.__traceback__)
         finally:
-            holder.__exit__(None, None, None)
+            slots.release()
+        raise
+    chunks = stream_export(conn, plan)
+    done = threading.Lock()
+
+    def cleanup() -> None:
+        if not done.acquire(blocking=False):
+            return
+        try:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the generator's finally: ROLLBACK of the export transaction
+        except Exception:  # the connection may be gone already; closing it is what counts
+            log.debug("closing an export stream", exc_info=True)
+        finally:
+            try:
+                holder.__exit__(None, None, None)
+            except Exception:
+                log.debug("closing an export connection", exc_info=True)
+            slots.release()
 
     name = f"{req.collection_id}-{req.dtype}.parquet"
     headers = {
@@ -238,7 +305,7 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
         "Embcat-More": "true" if plan.more else "false",
         "Embcat-Dtype": req.dtype,
     }
-    return StreamingResponse(body(), media_type=PARQUET_MEDIA_TYPE, headers=headers)
+    return _ExportResponse(chunks, cleanup, media_type=PARQUET_MEDIA_TYPE, headers=headers)
 
 
 @router.get(

@@ -56,6 +56,12 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
             " (0: no limit)."
         ),
     )
+    export_max_streams: int = Field(
+        4,
+        ge=1,
+        description="Export streams served at once by each process (each holds one database"
+        " connection outside the pool); more get 503 with Retry-After.",
+    )
 
     number_matched: Literal["estimate", "exact", "off"] = Field(
         "estimate",
