@@ -1,6 +1,7 @@
 """A small TCP proxy on 127.0.0.1 for fault tests: put it between the API and PostgreSQL,
 then ``cut()`` (drop every open connection and refuse new ones, as a restarting database
-does) and ``restore()`` (accept again on the same port). Threads only, no dependencies.
+does), ``blackhole()`` (a silent partition: sockets open, nothing gets through) and
+``restore()`` (accept and forward again on the same port). Threads only, no dependencies.
 
     with TcpProxy("127.0.0.1", 5432) as proxy:
         url = proxy.url_for(database_url)      # the same URL through the proxy
@@ -23,6 +24,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._accepting = False
+        self._blackholed = False
         self.accepted = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -50,9 +52,16 @@ class TcpProxy:
             _close(conn)
 
     def restore(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port (and forward again after ``blackhole()``)."""
+        self._blackholed = False
         if self._listener is None:
             self.start()
+
+    def blackhole(self) -> None:
+        """A silent partition: every socket stays open, and whatever either side sends is
+        acknowledged (by this host's TCP stack) and dropped. No error ever reaches either
+        end; only a deadline of the client's own notices."""
+        self._blackholed = True
 
     def close(self) -> None:
         self.cut()
@@ -105,6 +114,8 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self._blackholed:
+                    continue
                 dst.sendall(data)
         except OSError:
             pass

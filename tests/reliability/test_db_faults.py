@@ -101,3 +101,68 @@ def test_server_recovers_by_itself_after_an_outage(proxied) -> None:
         assert time.monotonic() - restored < RECOVER_S, "not recovered in time"
         time.sleep(0.2)
     assert time.monotonic() - restored < RECOVER_S
+
+
+# A silent partition (issue 15, finding 10): the proxy keeps every socket open and drops
+# whatever passes, so no TCP error ever arrives; the API's own deadlines must answer.
+PARTITION_TIMEOUT_MS = 1000  # statement_timeout of this server
+PARTITION_MARGIN_MS = 1000  # its client-side deadline: 2 s after a statement started
+
+
+@pytest.fixture
+def partitioned(database_url: str, rel_collection: str) -> Iterator[tuple[TcpProxy, str]]:
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    settings = api_settings_for(
+        proxy.url_for(database_url),
+        statement_timeout_ms=PARTITION_TIMEOUT_MS,
+        db_deadline_margin_ms=PARTITION_MARGIN_MS,
+    )
+    handle = start_server(settings)
+    try:
+        item = f"{handle.base_url}/collections/{rel_collection}/items/item-001"
+        assert httpx.get(item, timeout=30).status_code == 200  # warm pool
+        yield proxy, item
+    finally:
+        proxy.restore()
+        handle.stop()
+        proxy.close()
+
+
+def test_silent_partition_on_a_pooled_connection_is_503_fast(partitioned) -> None:
+    """The request's statement goes into the void: 503 at the client-side deadline."""
+    proxy, item = partitioned
+    proxy.blackhole()
+    elapsed, r = _timed_get(item)
+    assert r is not None, f"no answer within {FAIL_FAST_S + 1} s"
+    assert r.status_code == 503
+    assert r.json()["code"] == "DatabaseUnavailable"
+    assert elapsed < FAIL_FAST_S, f"503 after {elapsed:.1f} s"
+
+
+def test_silent_partition_met_by_the_pool_check_is_503_fast(partitioned, monkeypatch) -> None:
+    """Connections idle long enough to be checked with a round trip (QUIET_S, shortened
+    here): the check itself has a deadline, and the request gets its 503 in time."""
+    import api.db
+
+    monkeypatch.setattr(api.db, "QUIET_S", 0.0)
+    proxy, item = partitioned
+    proxy.blackhole()
+    elapsed, r = _timed_get(item)
+    assert r is not None, f"no answer within {FAIL_FAST_S + 1} s"
+    assert r.status_code == 503
+    assert elapsed < FAIL_FAST_S, f"503 after {elapsed:.1f} s"
+
+
+def test_server_recovers_after_a_silent_partition(partitioned) -> None:
+    proxy, item = partitioned
+    proxy.blackhole()
+    _timed_get(item)
+    proxy.restore()
+    restored = time.monotonic()
+    while True:
+        _, r = _timed_get(item)
+        if r is not None and r.status_code == 200:
+            break
+        assert time.monotonic() - restored < RECOVER_S + 5, "not recovered in time"
+        time.sleep(0.2)
