@@ -228,9 +228,16 @@ class _ExportResponse(StreamingResponse):
     failed, or cut short by the client (a disconnect cancels the send; without this the
     paused generator, its transaction and its connection stayed until garbage collection)."""
 
-    def __init__(self, content: Iterator[bytes], cleanup: Callable[[], None], **kw: Any):
+    def __init__(
+        self,
+        content: Iterator[bytes],
+        cleanup: Callable[[], None],
+        stall_s: float | None = None,
+        **kw: Any,
+    ):
         self._chunks = content
         self._cleanup = cleanup
+        self._stall_s = stall_s
         super().__init__(self._pull(), **kw)
 
     async def _pull(self) -> AsyncIterator[bytes]:
@@ -241,8 +248,17 @@ class _ExportResponse(StreamingResponse):
             yield chunk
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        stall_s = self._stall_s
+
+        async def send_or_give_up(message: Any) -> None:
+            # A client that reads nothing for stall_s seconds loses its stream (and slot).
+            with anyio.fail_after(stall_s):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send if stall_s is None else send_or_give_up)
+        except TimeoutError:
+            log.warning("export stream abandoned: the client read nothing for %s s", stall_s)
         finally:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(self._cleanup)
@@ -252,9 +268,10 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
     """Plan the export on a connection of its own and stream it.
 
     At most ``export_max_streams`` streams per process hold a connection (503 with
-    Retry-After past it); the stream's session ends an idle transaction after
-    ``idle_in_transaction_timeout_ms`` (a client that stopped reading), and the transaction
-    and connection end as soon as the response is over, also when the client went away.
+    Retry-After past it); a client that reads nothing for ``idle_in_transaction_timeout_ms``
+    loses its stream (the session's idle_in_transaction_session_timeout ends the transaction
+    on the server's side too), and the transaction, connection and slot end as soon as the
+    response is over, also when the client went away.
     """
     settings = request.app.state.settings
     slots: threading.BoundedSemaphore = request.app.state.export_slots
@@ -305,7 +322,14 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
         "Embcat-More": "true" if plan.more else "false",
         "Embcat-Dtype": req.dtype,
     }
-    return _ExportResponse(chunks, cleanup, media_type=PARQUET_MEDIA_TYPE, headers=headers)
+    stall_ms = settings.idle_in_transaction_timeout_ms
+    return _ExportResponse(
+        chunks,
+        cleanup,
+        stall_s=stall_ms / 1000 if stall_ms > 0 else None,
+        media_type=PARQUET_MEDIA_TYPE,
+        headers=headers,
+    )
 
 
 @router.get(

@@ -138,3 +138,23 @@ def test_stalled_client_transaction_is_ended_by_the_server(
         assert waited >= 0, "a stalled export kept its transaction open"
     finally:
         _reset(s)
+
+
+def test_stalled_clients_lose_their_slots(server: str, big_collection: str) -> None:
+    """Clients that stay connected and read nothing: past the stall limit (1.5 s here) their
+    streams are abandoned, so they cannot hold every slot for ever."""
+    held = [_stalled_export(server, big_collection) for _ in range(BOUND)]
+    try:
+        time.sleep(2.5)
+
+        def free() -> bool:
+            with httpx.stream(
+                "GET", f"{server}/collections/{big_collection}/export?limit=5", timeout=30
+            ) as r:
+                r.read()
+                return r.status_code == 200
+
+        assert _wait_for(free, 5) >= 0, "stalled clients still hold every export slot"
+    finally:
+        for s in held:
+            _reset(s)
