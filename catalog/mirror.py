@@ -484,8 +484,15 @@ def _fetch(
     started = time.monotonic()
     buf = io.BytesIO()
     with client.stream(method, url, **kwargs) as r:
-        if r.status_code >= 300:
-            limit = min(limit, 64 << 10)  # an error message, not a payload
+        if r.status_code >= 300:  # an error message, not a payload: its start is enough
+            for chunk in r.iter_bytes():
+                buf.write(chunk)
+                if buf.tell() >= 64 << 10 or time.monotonic() - started > opts.request_deadline_s:
+                    break
+            status, headers = r.status_code, r.headers
+            if check:
+                _check(httpx.Response(status, headers=headers, content=buf.getvalue()), what)
+            return status, buf.getvalue(), headers
         declared = r.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise RemoteError(
