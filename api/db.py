@@ -9,11 +9,14 @@ committed on success) from a thread (``starlette.concurrency.run_in_threadpool``
 
 from __future__ import annotations
 
+import logging
 import select
+import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,8 +28,10 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from api.settings import ApiSettings
-from catalog.db import Deadlines
+from catalog.db import Deadlines, shutdown_socket
 from catalog.errors import DatabaseUnavailable, translated
+
+log = logging.getLogger(__name__)
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -53,6 +58,13 @@ QUIET_S = 10.0
 # A pooled connection's liveness check (one round trip) that takes longer than this meets a
 # black-holed network: the connection is dropped (catalog.db.Deadlines).
 CHECK_DEADLINE_S = 1.0
+# A request whose database work has run this long makes the pool probe the server: one
+# fresh connection (at most one at a time, for every slow request together). No answer
+# within PROBE_TIMEOUT_S (libpq's connect_timeout, 2 s at least) means a silent
+# partition: the slow requests' sockets are shut down (503) without waiting for the
+# statement deadline. A server that answers, even with an error, is alive.
+PROBE_AFTER_S = 1.5
+PROBE_TIMEOUT_S = 2
 
 
 class ApiPool(psycopg_pool.ConnectionPool):
@@ -60,14 +72,27 @@ class ApiPool(psycopg_pool.ConnectionPool):
     leaves dead ones behind), and knowledge of whether the server was reachable at the last
     attempt, so that requests fail fast while it is down."""
 
-    def __init__(self, *args: Any, deadlines: Deadlines | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *args: Any,
+        deadlines: Deadlines | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._probe_conninfo = conninfo
+        self._probe_kwargs: dict[str, Any] = dict(kwargs.get("kwargs") or {})
         self._unreachable_since: float | None = None
         self._blackholed_at: float | None = None
+        self._slow_lock = threading.Lock()
+        self._slow_requests: dict[int, psycopg.Connection] = {}
+        self._probing = threading.Lock()
         self.deadlines = deadlines or Deadlines()
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
             weakref.WeakKeyDictionary()
         )
-        super().__init__(*args, check=self._check_or_sweep, reset=self._returned, **kwargs)
+        super().__init__(
+            conninfo, *args, check=self._check_or_sweep, reset=self._returned, **kwargs
+        )
 
     def _returned(self, conn: psycopg.Connection) -> None:
         self._returned_at[conn] = time.monotonic()
@@ -95,6 +120,59 @@ class ApiPool(psycopg_pool.ConnectionPool):
             return not poller.poll(0)
         except (OSError, ValueError, psycopg.Error):
             return False
+
+    def watch(self, conn: psycopg.Connection, deadline_s: float) -> tuple[int, int]:
+        """Arm a request's deadline and, after PROBE_AFTER_S, the liveness probe."""
+        token = self.deadlines.arm(conn, deadline_s)
+        probe = self.deadlines.arm_call(PROBE_AFTER_S, partial(self._slow, token, conn))
+        return token, probe
+
+    def unwatch(self, tokens: tuple[int, int]) -> None:
+        token, probe = tokens
+        self.deadlines.disarm(probe)
+        self.deadlines.disarm(token)
+        with self._slow_lock:
+            self._slow_requests.pop(token, None)
+
+    def _slow(self, token: int, conn: psycopg.Connection) -> None:
+        """On the deadline thread: note the slow request, start a probe unless one runs."""
+        with self._slow_lock:
+            self._slow_requests[token] = conn
+        if self._probing.acquire(blocking=False):
+            threading.Thread(target=self._probe, name="embcat-db-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        try:
+            with self._slow_lock:
+                pending = dict(self._slow_requests)
+            if not pending or self._server_answers():
+                return
+            log.warning(
+                "the database does not answer a fresh connection within %s s: dropping %d"
+                " waiting connection(s)",
+                PROBE_TIMEOUT_S,
+                len(pending),
+            )
+            for token, conn in pending.items():
+                if self.deadlines.disarm(token):  # still waiting
+                    shutdown_socket(conn)
+        finally:
+            self._probing.release()
+
+    def _server_answers(self) -> bool:
+        kwargs = dict(self._probe_kwargs)
+        kwargs.update(connect_timeout=PROBE_TIMEOUT_S, application_name="embcat-api-probe")
+        try:
+            with psycopg.connect(self._probe_conninfo, **kwargs) as probe:
+                token = self.deadlines.arm(probe, PROBE_TIMEOUT_S)
+                try:
+                    probe.execute("select 1")
+                finally:
+                    self.deadlines.disarm(token)
+            return True
+        except psycopg.Error as exc:
+            # "FATAL: sorry, too many clients already" and the like: the server answered.
+            return "FATAL" in str(exc) or getattr(exc, "sqlstate", None) is not None
 
     def check_connection(self, conn: psycopg.Connection) -> None:  # type: ignore[override]
         """psycopg_pool's check, with a client-side deadline: a connection that does not
@@ -189,15 +267,15 @@ def connection(request: Request) -> Iterator[psycopg.Connection]:
             conn = pool.getconn(timeout=timeout)
             # The client-side deadline covers the statements and the commit: past it the
             # socket is shut down and the call fails (DatabaseUnavailable, 503).
-            token = None
+            tokens = None
             if deadline is not None and isinstance(pool, ApiPool):
-                token = pool.deadlines.arm(conn, deadline)
+                tokens = pool.watch(conn, deadline)
             try:
                 with conn:
                     yield conn
             finally:
-                if token is not None and isinstance(pool, ApiPool):
-                    pool.deadlines.disarm(token)
+                if tokens is not None and isinstance(pool, ApiPool):
+                    pool.unwatch(tokens)
                 pool.putconn(conn)
     except psycopg_pool.PoolTimeout:
         if isinstance(pool, ApiPool) and pool.unreachable:

@@ -12,8 +12,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -71,16 +72,21 @@ class Deadlines:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, psycopg.Connection] = {}
+        self._armed: dict[int, Callable[[], None]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
         self.fired = 0
 
     def arm(self, conn: psycopg.Connection, seconds: float) -> int:
+        """Shut ``conn``'s socket down in ``seconds`` unless disarmed first."""
+        return self.arm_call(seconds, partial(shutdown_socket, conn))
+
+    def arm_call(self, seconds: float, action: Callable[[], None]) -> int:
+        """Run ``action`` (quickly: it runs on the deadline thread) in ``seconds``."""
         with self._cond:
             self._next += 1
             token = self._next
-            self._armed[token] = conn
+            self._armed[token] = action
             heapq.heappush(self._heap, (time.monotonic() + seconds, token))
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -109,15 +115,18 @@ class Deadlines:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                conn = self._armed.pop(token, None)
-            if conn is not None:
+                action = self._armed.pop(token, None)
+            if action is not None:
                 self.fired += 1
-                log.warning("database call past its client-side deadline: connection dropped")
-                shutdown_socket(conn)
+                try:
+                    action()
+                except Exception:  # a deadline must never stop the others
+                    log.exception("database deadline action failed")
 
 
 def shutdown_socket(conn: psycopg.Connection) -> None:
     """Shut the connection's socket down (both directions), from any thread."""
+    log.warning("database call past its client-side deadline: connection dropped")
     try:
         fd = conn.pgconn.socket
     except psycopg.Error:
