@@ -85,6 +85,7 @@ class ApiPool(psycopg_pool.ConnectionPool):
         self._blackholed_at: float | None = None
         self._slow_lock = threading.Lock()
         self._slow_requests: dict[int, psycopg.Connection] = {}
+        self._probe_tokens: dict[int, int] = {}
         self._probing = threading.Lock()
         self.deadlines = deadlines or Deadlines()
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
@@ -121,21 +122,30 @@ class ApiPool(psycopg_pool.ConnectionPool):
         except (OSError, ValueError, psycopg.Error):
             return False
 
-    def watch(self, conn: psycopg.Connection, deadline_s: float) -> tuple[int, int]:
-        """Arm a request's deadline and, after PROBE_AFTER_S, the liveness probe."""
+    def watch(self, conn: psycopg.Connection, deadline_s: float) -> int:
+        """Arm a request's deadline and, every PROBE_AFTER_S while it runs, the probe."""
         token = self.deadlines.arm(conn, deadline_s)
-        probe = self.deadlines.arm_call(PROBE_AFTER_S, partial(self._slow, token, conn))
-        return token, probe
+        self._arm_probe(token, conn)
+        return token
 
-    def unwatch(self, tokens: tuple[int, int]) -> None:
-        token, probe = tokens
-        self.deadlines.disarm(probe)
-        self.deadlines.disarm(token)
+    def _arm_probe(self, token: int, conn: psycopg.Connection) -> None:
+        with self._slow_lock:
+            self._probe_tokens[token] = self.deadlines.arm_call(
+                PROBE_AFTER_S, partial(self._slow, token, conn)
+            )
+
+    def unwatch(self, token: int) -> None:
         with self._slow_lock:
             self._slow_requests.pop(token, None)
+            probe = self._probe_tokens.pop(token, None)
+        if probe is not None:
+            self.deadlines.disarm(probe)
+        self.deadlines.disarm(token)
 
     def _slow(self, token: int, conn: psycopg.Connection) -> None:
         """On the deadline thread: note the slow request, start a probe unless one runs."""
+        if not self.deadlines.armed(token):
+            return  # the request is over
         with self._slow_lock:
             self._slow_requests[token] = conn
         if self._probing.acquire(blocking=False):
@@ -145,7 +155,14 @@ class ApiPool(psycopg_pool.ConnectionPool):
         try:
             with self._slow_lock:
                 pending = dict(self._slow_requests)
-            if not pending or self._server_answers():
+            if not pending:
+                return
+            if self._server_answers():
+                for token, conn in pending.items():  # probe again if they go on
+                    with self._slow_lock:
+                        still = self._slow_requests.pop(token, None) is not None
+                    if still and self.deadlines.armed(token):
+                        self._arm_probe(token, conn)
                 return
             log.warning(
                 "the database does not answer a fresh connection within %s s: dropping %d"
@@ -267,15 +284,15 @@ def connection(request: Request) -> Iterator[psycopg.Connection]:
             conn = pool.getconn(timeout=timeout)
             # The client-side deadline covers the statements and the commit: past it the
             # socket is shut down and the call fails (DatabaseUnavailable, 503).
-            tokens = None
+            token = None
             if deadline is not None and isinstance(pool, ApiPool):
-                tokens = pool.watch(conn, deadline)
+                token = pool.watch(conn, deadline)
             try:
                 with conn:
                     yield conn
             finally:
-                if tokens is not None and isinstance(pool, ApiPool):
-                    pool.unwatch(tokens)
+                if token is not None and isinstance(pool, ApiPool):
+                    pool.unwatch(token)
                 pool.putconn(conn)
     except psycopg_pool.PoolTimeout:
         if isinstance(pool, ApiPool) and pool.unreachable:

@@ -96,6 +96,11 @@ class Deadlines:
             self._cond.notify()
         return token
 
+    def armed(self, token: int) -> bool:
+        """Whether the deadline is still running (neither disarmed nor fired)."""
+        with self._cond:
+            return token in self._armed
+
     def disarm(self, token: int) -> bool:
         """Stop the clock; False if the deadline had already fired."""
         with self._cond:

@@ -173,17 +173,18 @@ def _pool(url: str):  # type: ignore[no-untyped-def]
 
 
 def test_slow_statement_on_a_live_server_is_not_dropped(database_url: str) -> None:
-    """The probe finds the server answering: a statement running past PROBE_AFTER_S goes on."""
+    """The probe finds the server answering: a statement running through several probes
+    (one every PROBE_AFTER_S while it runs) goes on."""
     import api.db
 
     pool = _pool(database_url)
     try:
         with pool.connection() as conn:
-            tokens = pool.watch(conn, 30.0)
+            token = pool.watch(conn, 30.0)
             try:
-                conn.execute("select pg_sleep(%s)", (api.db.PROBE_AFTER_S + 2.0,))
+                conn.execute("select pg_sleep(%s)", (2 * api.db.PROBE_AFTER_S + 4.0,))
             finally:
-                pool.unwatch(tokens)
+                pool.unwatch(token)
     finally:
         pool.close()
 
