@@ -5,6 +5,11 @@ Every connection is opened with the session settings for short API queries:
 of either costs more than a typical 1-30 ms query). Other routers use
 ``with api.db.connection(request) as conn:`` (a sync psycopg connection in a transaction,
 committed on success) from a thread (``starlette.concurrency.run_in_threadpool``).
+
+Silent partitions (issue 15): connections carry TCP keepalives and ``tcp_user_timeout``
+(``DatabaseSettings.libpq_kwargs``); a request's database work has a client-side deadline
+(``statement_timeout_ms`` + ``db_deadline_margin_ms``), and past PROBE_AFTER_S the pool
+probes the server with a fresh connection and drops the waiting ones if it gets no answer.
 """
 
 from __future__ import annotations
