@@ -53,10 +53,12 @@ class DatabaseSettings(BaseSettings):
         " longer than this are ended by the server (0 = never).",
     )
     db_deadline_margin_ms: int = Field(
-        2_000,
+        30_000,
         ge=0,
-        description="An API statement that has not answered statement_timeout_ms plus this"
-        " long is abandoned on the client side (its socket closed; 503).",
+        description="An API request's database work that has not ended statement_timeout_ms"
+        " plus this long is abandoned on the client side (its socket closed; 503). A"
+        " backstop: a request may run several statements, and a partition is found sooner"
+        " by the pool's liveness probe.",
     )
 
     def libpq_kwargs(self) -> dict[str, Any]:
