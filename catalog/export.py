@@ -1,7 +1,15 @@
 """Bulk export: a STAC search of one collection as a stac-geoparquet file with the vectors.
 
-The file is written row group by row group from a server-side cursor, so memory depends on
-``batch_size``, never on the size of the result. Layout (docs/exchange.md):
+The rows come out of the database through one binary ``COPY (SELECT ...) TO STDOUT``; a
+reader thread turns them into Arrow record batches (column-wise) while the caller's thread
+encodes the previous row group as Parquet, so memory depends on the row-group size
+(``row_group_bytes``, ~128 MB by default), never on the size of the result.
+
+Profiles (``columns``): ``full`` (default), the stac-geoparquet item columns below plus the
+vector; ``minimal``, the vectors only: ``id``, ``geometry``, ``datetime``, ``embedding``, with
+the collection's metadata in the file's key-value metadata. Rows are in spatial (Hilbert)
+order (PostGIS's own geometry sort order, ties by id) unless the request pages with
+``after``/``limit`` or asks ``order=id``. Layout (docs/exchange.md):
 
 - stac-geoparquet item columns: ``type``, ``stac_version``, ``stac_extensions``, ``id``,
   ``geometry`` (WKB, GeoParquet 1.1 ``geo`` metadata, OGC:CRS84), ``bbox`` (struct xmin,
@@ -12,17 +20,22 @@ The file is written row group by row group from a server-side cursor, so memory 
   list<string>, or JSON text for objects and mixed types);
 - ``embedding``: ``fixed_size_list<float32|float16|int8>[D]`` or, for binary,
   ``fixed_size_binary[ceil(D/8)]``;
-- key-value metadata ``geo``, ``stac-geoparquet`` (version + the collection JSON) and
-  ``embcat`` (space, dtype, query, ``as_of``, ``emb:quantization``, column map).
+- key-value metadata ``geo``, ``stac-geoparquet`` (version + the collection JSON),
+  ``embeddings`` (model, dimensions, dtype, quantisation and how to de-quantise, source)
+  and ``embcat`` (space, dtype, query, ``as_of``, ``emb:quantization``, column map).
 
-An export is deterministic for a given query and ``as_of``: rows are ordered by id and
-only rows whose last change is ``<= as_of`` are included, so a download can be resumed at
-the row level with ``after=<last id received>`` and the same ``as_of``.
+An export is deterministic for a given query and ``as_of``: only rows whose last change is
+``<= as_of`` are included, in a fixed order, so the same request gives the same bytes; a
+download in id order can be resumed at the row level with ``after=<last id received>``
+and the same ``as_of``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.adapt import Loader
+from psycopg.types.json import Jsonb
 
 from catalog.changes import safe_high_water
 from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
@@ -91,6 +105,19 @@ KIND_TYPES: dict[str, pa.DataType] = {
     "json": pa.string(),
 }
 MAX_WAIT_FOR_WRITERS_S = 10.0
+PROFILES = ("full", "minimal")
+ORDERS = ("hilbert", "id")
+ROW_GROUP_BYTES = 128 * 2**20  # what readers handle well (geo-embeddings best practices)
+EMBEDDINGS_KEY = b"embeddings"
+# PostgreSQL types of the extracted property / asset field columns, per kind (binary COPY)
+KIND_PG_TYPES = {
+    "string": "text",
+    "int64": "int8",
+    "float64": "float8",
+    "bool": "bool",
+    "list_string": "text",
+    "json": "text",
+}
 
 
 @dataclass
@@ -105,6 +132,14 @@ class ExportRequest:
     limit: int | None = None
     batch_size: int = 2048
     base_url: str | None = None
+    columns: str = "full"
+    order: str | None = None  # None: hilbert for a whole export, id when paging
+    row_group_bytes: int = ROW_GROUP_BYTES
+
+    def resolved_order(self) -> str:
+        if self.order is not None:
+            return self.order
+        return "id" if self.after is not None or self.limit is not None else "hilbert"
 
     def describe(self) -> dict[str, Any]:
         """The query part recorded in the file (JSON-able)."""
@@ -118,6 +153,8 @@ class ExportRequest:
             out["after"] = self.after
         if self.limit is not None:
             out["limit"] = self.limit
+        out["columns"] = self.columns
+        out["order"] = self.resolved_order()
         return out
 
 
@@ -143,6 +180,7 @@ class ExportSummary:
     as_of: int
     more: bool
     last_id: str | None
+    sha256: str = ""
 
     @property
     def rate(self) -> float:
@@ -233,6 +271,77 @@ def _discover(
     return properties, assets
 
 
+def _has_search(req: ExportRequest) -> bool:
+    q = req.query
+    return any(
+        v not in (None, [], {}, "")
+        for v in (q.ids, q.bbox, q.intersects, q.datetime, q.filter, q.query, q.q)
+    )
+
+
+def _known_shape(
+    conn: psycopg.Connection, collection_id: str
+) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]]] | None:
+    """The shape kept by an earlier export, while no item was written since (else None)."""
+    row = conn.execute(
+        "SELECT s.properties, s.assets FROM export_shapes s WHERE s.collection_id = %s"
+        " AND s.seq >= coalesce((SELECT max(change_seq) FROM items"
+        " WHERE collection_id = %s), 0)",
+        (collection_id, collection_id),
+    ).fetchone()
+    if row is None:
+        return None
+    props = [(p["name"], p["column"], p["kind"]) for p in row[0]]
+    return props, dict(row[1])
+
+
+def _keep_shape(
+    conn: psycopg.Connection,
+    collection_id: str,
+    properties: list[tuple[str, str, str]],
+    assets: dict[str, dict[str, str]],
+) -> None:
+    """Best-effort: a read-only database or role simply rediscovers next time."""
+    seq = conn.execute(
+        "SELECT coalesce(max(change_seq), 0) FROM items WHERE collection_id = %s",
+        (collection_id,),
+    ).fetchone()
+    try:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO export_shapes (collection_id, seq, properties, assets)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (collection_id) DO UPDATE SET"
+                " seq = excluded.seq, properties = excluded.properties,"
+                " assets = excluded.assets, updated_at = now()",
+                (
+                    collection_id,
+                    seq[0] if seq else 0,
+                    Jsonb([{"name": n, "column": c, "kind": k} for n, c, k in properties]),
+                    Jsonb(assets),
+                ),
+            )
+    except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
+        pass
+
+
+def _shape(
+    conn: psycopg.Connection, req: ExportRequest, space: Space, part: sql.Composable
+) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]], bool]:
+    """Item columns of the export: none for ``minimal``; for ``full`` the collection's kept
+    shape when still valid, else a discovery pass (over the whole collection when the
+    request has no search, and kept for the next export; over the rows exported otherwise).
+    """
+    if req.columns == "minimal":
+        return [], {}, False
+    if _has_search(req):
+        return (*_discover(conn, space, part), False)
+    known = _known_shape(conn, req.collection_id)
+    if known is not None:
+        return (*known, False)
+    whole = sql.SQL("i.collection_id = {}").format(sql.Literal(req.collection_id))
+    return (*_discover(conn, space, whole), True)
+
+
 def _resolve_as_of(conn: psycopg.Connection, requested: int | None) -> int:
     deadline = time.monotonic() + MAX_WAIT_FOR_WRITERS_S
     while True:
@@ -273,6 +382,16 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         raise InvalidInput(f"limit must be >= 1, got {req.limit}")
     if not 1 <= req.batch_size <= 100_000:
         raise InvalidInput(f"batch_size must be in 1..100000, got {req.batch_size}")
+    if req.columns not in PROFILES:
+        raise InvalidInput(f"columns must be one of {list(PROFILES)}, got {req.columns!r}")
+    if req.order is not None and req.order not in ORDERS:
+        raise InvalidInput(f"order must be one of {list(ORDERS)}, got {req.order!r}")
+    if req.order == "hilbert" and (req.after is not None or req.limit is not None):
+        raise InvalidInput(
+            "after and limit page an export in id order; use order=id (or leave order out)"
+        )
+    if req.row_group_bytes < 1:
+        raise InvalidInput(f"row_group_bytes must be >= 1, got {req.row_group_bytes}")
     with translated():
         conn.execute("SET LOCAL jit = off")  # JIT compiles the jsonb aggregates for seconds
         row = conn.execute(
@@ -304,7 +423,7 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
             part = where
         remaining = int(count_row[0]) if count_row else 0
         rows = remaining if req.limit is None else min(req.limit, remaining)
-        properties, assets = _discover(conn, space, part)
+        properties, assets, keep = _shape(conn, req, space, part)
         quant: Quantization | None = None
         if dtype == "int8":
             stats = RangeStats(space.dimensions)
@@ -314,6 +433,9 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         elif dtype == "binary":
             quant = BINARY_QUANTIZATION
         conn.rollback()  # end the planning transaction; streaming opens its own
+        if keep:
+            _keep_shape(conn, req.collection_id, properties, assets)
+            conn.commit()
     plan = ExportPlan(
         request=req,
         space=space,
@@ -334,8 +456,30 @@ def _asset_type(fields: dict[str, str]) -> pa.DataType:
     return pa.struct([(k, KIND_TYPES[v]) for k, v in sorted(fields.items())])
 
 
+def _embedding_field(plan: ExportPlan) -> pa.Field:
+    emb_meta = {}
+    if plan.quantization is not None:
+        emb_meta[b"emb:quantization"] = json.dumps(plan.quantization.as_stac()).encode()
+    return pa.field(
+        "embedding",
+        arrow_type(plan.request.dtype, plan.space.dimensions),
+        nullable=False,
+        metadata=emb_meta or None,
+    )
+
+
 def _schema(plan: ExportPlan) -> pa.Schema:
     ts = pa.timestamp("us", tz="UTC")
+    if plan.request.columns == "minimal":
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("geometry", pa.binary(), nullable=False),
+                pa.field("datetime", ts),
+                _embedding_field(plan),
+            ],
+            metadata=_metadata(plan),
+        )
     fields = [
         pa.field("type", pa.string(), nullable=False),
         pa.field("stac_version", pa.string(), nullable=False),
@@ -358,17 +502,7 @@ def _schema(plan: ExportPlan) -> pa.Schema:
         pa.field("end_datetime", ts),
     ]
     fields += [pa.field(column, KIND_TYPES[kind]) for _, column, kind in plan.properties]
-    emb_meta = {}
-    if plan.quantization is not None:
-        emb_meta[b"emb:quantization"] = json.dumps(plan.quantization.as_stac()).encode()
-    fields.append(
-        pa.field(
-            "embedding",
-            arrow_type(plan.request.dtype, plan.space.dimensions),
-            nullable=False,
-            metadata=emb_meta or None,
-        )
-    )
+    fields.append(_embedding_field(plan))
     return pa.schema(fields, metadata=_metadata(plan))
 
 
@@ -376,6 +510,43 @@ def _extensions(plan: ExportPlan) -> list[str]:
     keys = [p[0] for p in plan.properties] + [f for fields in plan.assets.values() for f in fields]
     prefixes = {k.partition(":")[0] for k in keys if ":" in k}
     return sorted({EXTENSION_SCHEMAS[p] for p in prefixes if p in EXTENSION_SCHEMAS})
+
+
+def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, Any]:
+    """The ``embeddings`` key: what a reader needs to use the vectors without embcat."""
+    req, space, quant = plan.request, plan.space, plan.quantization
+    links = plan.collection.get("links") or []
+    model = next((lk.get("href") for lk in links if lk.get("rel") == "emb:model"), None)
+    source = [lk.get("href") for lk in links if lk.get("rel") == "emb:source-data"]
+    if quant is None:
+        dequantize = None
+    elif req.dtype == "int8":
+        dequantize = "x = q * scale[d] + offset[d] (per dimension d); error <= scale[d] / 2"
+    else:
+        dequantize = (
+            "bit d of the packed bytes, most significant bit first: 1 -> +1.0, 0 -> -1.0"
+        )
+    return {
+        "column": "embedding",
+        "model": {
+            "name": space.encoder_name,
+            "version": space.encoder_version,
+            "href": model,
+            "mlm:name": (space.mlm or {}).get("mlm:name"),
+        },
+        "dimensions": space.dimensions,
+        "dtype": req.dtype,
+        "stored_dtype": "float16" if space.storage == "halfvec" else "float32",
+        "metric": space.metric,
+        "normalized": space.normalized,
+        "quantization": None
+        if quant is None
+        else {**quant.as_stac(), "dequantize": dequantize},
+        "source": {"collection": req.collection_id, "emb:source-data": source},
+        "order": req.resolved_order(),
+        "profile": req.columns,
+        "license": collection.get("license"),
+    }
 
 
 def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
@@ -398,6 +569,8 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
             }
         },
     }
+    if req.columns == "minimal":  # no bbox column to point at
+        del geo["columns"]["geometry"]["covering"]  # type: ignore[index]
     collection = {k: v for k, v in plan.collection.items() if k != "links"} | {
         "id": req.collection_id
     }
@@ -424,6 +597,7 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
     }
     return {
         b"geo": json.dumps(geo).encode(),
+        EMBEDDINGS_KEY: json.dumps(_embeddings_meta(plan, collection)).encode(),
         b"stac-geoparquet": json.dumps(
             {"version": "1.0.0", "collections": {req.collection_id: collection}}
         ).encode(),
@@ -456,6 +630,20 @@ def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
     record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
     arr = np.frombuffer(b"".join(raw), dtype=record)
     return arr["v"].astype(np.float32)
+
+
+def _embedding_array(raw: Any, plan: ExportPlan) -> pa.Array:
+    """The ``embedding`` column from pgvector binary values. Where the dtype is the stored
+    one (float16 of a halfvec space, float32 of a vector space) the values are only
+    byte-swapped, not converted."""
+    space, dtype = plan.space, plan.request.dtype
+    stored = "float16" if space.storage == "halfvec" else "float32"
+    if dtype != stored:
+        return to_arrow(_decode_vectors(list(raw), space), dtype, plan.quantization)
+    width = 2 if stored == "float16" else 4
+    record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
+    values = np.frombuffer(b"".join(raw), dtype=record)["v"].astype(f"<f{width}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), space.dimensions)
 
 
 def _abs(href: Any, base: str | None) -> Any:
@@ -498,34 +686,53 @@ def _extract(doc: sql.Composable, key: str, kind: str) -> sql.Composable:
     return sql.SQL("({d} -> {k})::text").format(d=doc, k=k)
 
 
-def _select(plan: ExportPlan) -> sql.Composable:
+def _vector_bytes(plan: ExportPlan) -> sql.Composable:
+    """The vector in pgvector's binary form, as bytea (so COPY needs no pgvector loader)."""
+    return sql.SQL("{}_send(e.{})").format(
+        sql.SQL(plan.space.storage), sql.Identifier(plan.space.column)
+    )
+
+
+def _select(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
+    """The SELECT list and the PostgreSQL type of each column (for the binary COPY)."""
+    epoch = "(extract(epoch FROM i.{}) * 1000000)::int8"
+    if plan.request.columns == "minimal":
+        return (
+            sql.SQL("SELECT i.id, ST_AsBinary(i.geometry), " + epoch.format("datetime") + ", ")
+            + _vector_bytes(plan),
+            ["text", "bytea", "int8", "bytea"],
+        )
     b = "i.bbox[array_length(i.bbox, 1) / 2 + {}]"
+    types = ["text", "bytea", "float8", "float8", "float8", "float8", "int8", "int8", "int8"]
     cols: list[sql.Composable] = [
         sql.SQL(
             "i.id, ST_AsBinary(i.geometry), i.bbox[1], i.bbox[2], "
             + b.format(1)
             + ", "
             + b.format(2)
-            + ", (extract(epoch FROM i.datetime) * 1000000)::int8,"
-            " (extract(epoch FROM i.start_datetime) * 1000000)::int8,"
-            " (extract(epoch FROM i.end_datetime) * 1000000)::int8"
+            + ", "
+            + ", ".join(epoch.format(c) for c in DATETIME_COLUMNS)
         ),
         sql.SQL("i.links::text"),
-        sql.SQL("e.{}").format(sql.Identifier(plan.space.column)),
+        _vector_bytes(plan),
     ]
+    types += ["text", "bytea"]
     props = sql.SQL("i.properties")
     for name, _column, kind in plan.properties:
         cols.append(_extract(props, name, kind))
+        types.append(KIND_PG_TYPES[kind])
     for akey, fields in sorted(plan.assets.items()):
         asset = sql.SQL("(i.assets -> {})").format(sql.Literal(akey))
         cols.append(sql.SQL("jsonb_typeof({}) = 'object'").format(asset))
+        types.append("bool")
         for fkey, kind in sorted(fields.items()):
             cols.append(
                 sql.SQL("CASE WHEN jsonb_typeof({a}) = 'object' THEN {v} END").format(
                     a=asset, v=_extract(asset, fkey, kind)
                 )
             )
-    return sql.SQL("SELECT ") + sql.SQL(", ").join(cols)
+            types.append(KIND_PG_TYPES[kind])
+    return sql.SQL("SELECT ") + sql.SQL(", ").join(cols), types
 
 
 def _column(values: Any, kind: str, base: str | None = None, href: bool = False) -> pa.Array:
@@ -543,11 +750,20 @@ def _column(values: Any, kind: str, base: str | None = None, href: bool = False)
 
 def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
     req = plan.request
+    ts = pa.timestamp("us", tz="UTC")
+    cols = list(zip(*rows, strict=True))
+    if req.columns == "minimal":
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(cols[0], pa.string()),
+                pa.array(cols[1], pa.binary()),
+                pa.array(cols[2], pa.int64()).cast(ts),
+                _embedding_array(cols[3], plan),
+            ],
+            schema=plan.schema,
+        )
     base = req.base_url.rstrip("/") if req.base_url else None
     n = len(rows)
-    cols = list(zip(*rows, strict=True))
-    vectors = _decode_vectors(list(cols[10]), plan.space)
-    ts = pa.timestamp("us", tz="UTC")
     extensions = _extensions(plan)
     flat: list[Any] = []
     counts = np.zeros(n, np.int32)
@@ -616,7 +832,7 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
         pa.array(cols[8], pa.int64()).cast(ts),
     ]
     arrays += prop_arrays
-    arrays.append(to_arrow(vectors, req.dtype, plan.quantization))
+    arrays.append(_embedding_array(cols[10], plan))
     return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
 
 
@@ -665,18 +881,108 @@ def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
     is_int8 = (pa.types.is_list(emb_type) or pa.types.is_fixed_size_list(emb_type)) and (
         emb_type.value_type == pa.int8()
     )
+    paths = _leaf_paths(schema)
     compression = {
         path: "zstd" if is_int8 or path.split(".")[0] != "embedding" else "none"
-        for path in _leaf_paths(schema)
+        for path in paths
     }
+    # PLAIN vectors: BYTE_STREAM_SPLIT writes float16 faster, but DuckDB reads it only for
+    # 4- and 8-byte values (FLOAT, DOUBLE, INT32, INT64).
+    dictionary = [c for c in ("type", "stac_version", "collection") if c in schema.names]
     return pq.ParquetWriter(
         sink,
         schema,
         compression=compression,
-        use_dictionary=["type", "stac_version", "collection"],
+        use_dictionary=dictionary or False,
         write_statistics=["id", "datetime"],
         store_schema=True,
     )
+
+
+def _order_by(plan: ExportPlan) -> sql.Composable:
+    if plan.request.resolved_order() == "hilbert":
+        # PostGIS sorts geometries along a Hilbert curve of their bounding boxes' centres
+        return sql.SQL(" ORDER BY i.geometry, i.id")
+    return sql.SQL(" ORDER BY i.id")
+
+
+def _copy_query(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
+    req = plan.request
+    select, types = _select(plan)
+    query = sql.SQL("COPY ({sel} FROM {src} WHERE {w}{order}{lim}) TO STDOUT (FORMAT BINARY)")
+    return query.format(
+        sel=select,
+        src=_from(plan.space),
+        w=_base_where(req, plan.space, plan.as_of),
+        order=_order_by(plan),
+        lim=sql.SQL(" LIMIT {}").format(sql.Literal(req.limit)) if req.limit else sql.SQL(""),
+    ), types
+
+
+_DONE = object()
+
+
+class _Reader(threading.Thread):
+    """Reads the export's binary COPY and builds Arrow record batches, ahead of the writer.
+
+    Runs while the caller's thread encodes Parquet (pyarrow and the socket reads release
+    the GIL); at most ``depth`` batches wait in the queue, so memory stays bounded.
+    """
+
+    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 2) -> None:
+        super().__init__(name="embcat-export-reader", daemon=True)
+        self.conn, self.plan = conn, plan
+        self.out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        size = self.plan.request.batch_size
+        query, types = _copy_query(self.plan)
+        try:
+            with self.conn.cursor().copy(query) as copy:
+                copy.set_types(types)
+                rows: list[tuple[Any, ...]] = []
+                for row in copy.rows():
+                    rows.append(row)
+                    if len(rows) >= size:
+                        if not self._put((_batch_table(self.plan, rows), rows[-1][0])):
+                            return
+                        rows = []
+                if rows and not self._put((_batch_table(self.plan, rows), rows[-1][0])):
+                    return
+        except BaseException as exc:  # handed to the consuming thread
+            if not self.stop.is_set():
+                self.error = exc
+        finally:
+            if not self.stop.is_set():
+                self._put(_DONE)
+
+    def batches(self) -> Iterator[tuple[pa.RecordBatch, str]]:
+        while True:
+            item = self.out.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def cancel(self) -> None:
+        """Stop early (the consumer went away): cancel the COPY and wait for the thread."""
+        if not self.is_alive():
+            return
+        self.stop.set()
+        self.conn.cancel_safe(timeout=5.0)
+        self.join(timeout=30.0)
 
 
 def stream_export(
@@ -687,40 +993,58 @@ def stream_export(
     """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``).
 
     Runs a read-only REPEATABLE READ transaction on ``conn`` for the whole stream, so the
-    rows and the planned schema come from one snapshot bounded by ``plan.as_of``.
+    rows and the planned schema come from one snapshot bounded by ``plan.as_of``. Record
+    batches of ``batch_size`` rows are gathered into row groups of about
+    ``row_group_bytes`` (Arrow in-memory size: the vectors' size in the file).
     """
     req = plan.request
-    where = _base_where(req, plan.space, plan.as_of)
-    query = sql.SQL("{sel} FROM {src} WHERE {w} ORDER BY i.id{lim}").format(
-        sel=_select(plan),
-        src=_from(plan.space),
-        w=where,
-        lim=sql.SQL(" LIMIT {}").format(sql.Literal(req.limit)) if req.limit else sql.SQL(""),
-    )
     sink = _Sink()
     writer = _writer(sink, plan.schema)
     with translated():
         conn.rollback()
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SET LOCAL jit = off")
+        conn.execute("SET LOCAL work_mem = '64MB'")  # the sort of a whole export
+        reader = _Reader(conn, plan)
+        reader.start()
         try:
-            with conn.cursor(name="embcat_export", binary=True) as cur:
-                _raw_vectors(cur, plan.space)
-                cur.itersize = req.batch_size
-                cur.execute(query)
-                while rows := cur.fetchmany(req.batch_size):
-                    writer.write_batch(_batch_table(plan, rows), row_group_size=len(rows))
-                    data = sink.take()
-                    if on_batch is not None:
-                        on_batch(len(rows), len(data), rows[-1][0])
-                    yield data
+            group: list[pa.RecordBatch] = []
+            size = 0
+            last = ""
+            for batch, last_id in reader.batches():
+                group.append(batch)
+                size += batch.nbytes
+                last = last_id
+                if size >= req.row_group_bytes:
+                    yield _flush(writer, sink, group, last, on_batch)
+                    group, size = [], 0
+            if group:
+                yield _flush(writer, sink, group, last, on_batch)
+            reader.join()
             writer.close()
             tail = sink.take()
             if on_batch is not None:
                 on_batch(0, len(tail), "")
             yield tail
         finally:
+            reader.cancel()
             conn.rollback()
+
+
+def _flush(
+    writer: pq.ParquetWriter,
+    sink: _Sink,
+    group: list[pa.RecordBatch],
+    last_id: str,
+    on_batch: Callable[[int, int, str], None] | None,
+) -> bytes:
+    """Write ``group`` as one row group; its bytes."""
+    table = pa.Table.from_batches(group)
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+    data = sink.take()
+    if on_batch is not None:
+        on_batch(table.num_rows, len(data), last_id)
+    return data
 
 
 def export_to_file(
@@ -729,10 +1053,12 @@ def export_to_file(
     path: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportSummary:
-    """Write the export to ``path`` (atomically: a temporary file renamed when complete)."""
+    """Write the export to ``path`` (atomically: a temporary file renamed when complete) and
+    its SHA-256 beside it in ``<path>.sha256`` (``sha256sum -c`` format)."""
     started = time.perf_counter()
     plan = plan_export(conn, req)
     tmp = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
     total = 0
     last: list[str] = []
 
@@ -746,7 +1072,9 @@ def export_to_file(
         with open(tmp, "wb") as fh:
             for chunk in stream_export(conn, plan, seen):
                 fh.write(chunk)
+                digest.update(chunk)
                 total += len(chunk)
+        write_checksum(path, digest.hexdigest())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -757,7 +1085,21 @@ def export_to_file(
         as_of=plan.as_of,
         more=plan.more,
         last_id=last[0] if last else None,
+        sha256=digest.hexdigest(),
     )
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_checksum(path: Path, hexdigest: str) -> Path:
+    """``<path>.sha256`` holding ``<hex>  <file name>`` (what ``sha256sum -c`` checks)."""
+    side = checksum_path(path)
+    tmp = side.with_name(side.name + ".part")
+    tmp.write_text(f"{hexdigest}  {path.name}\n")
+    tmp.replace(side)
+    return side
 
 
 def read_metadata(source: Any) -> dict[str, Any]:
