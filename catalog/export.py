@@ -953,13 +953,16 @@ class _Reader(threading.Thread):
                 copy.set_types(types)
                 rows: list[tuple[Any, ...]] = []
                 for row in copy.rows():
+                    # Once stopped, drain: leaving the COPY early leaves the connection
+                    # busy; cancel() makes the server end it with an error soon.
+                    if self.stop.is_set():
+                        continue
                     rows.append(row)
                     if len(rows) >= size:
-                        if not self._put((_batch_table(self.plan, rows), rows[-1][0])):
-                            return
+                        self._put((_batch_table(self.plan, rows), rows[-1][0]))
                         rows = []
-                if rows and not self._put((_batch_table(self.plan, rows), rows[-1][0])):
-                    return
+                if rows:
+                    self._put((_batch_table(self.plan, rows), rows[-1][0]))
         except BaseException as exc:  # handed to the consuming thread
             if not self.stop.is_set():
                 self.error = exc
@@ -1108,3 +1111,88 @@ def read_metadata(source: Any) -> dict[str, Any]:
     if META_KEY not in meta:
         raise InvalidInput("not an embcat export: the parquet file has no 'embcat' metadata")
     return dict(json.loads(meta[META_KEY]))
+
+
+# --------------------------------------------------------------------------- NeuCo-Bench CSV
+
+CSV_MEDIA_TYPE = "text/csv"
+
+
+def csv_request(req: ExportRequest) -> ExportRequest:
+    """The request behind a NeuCo-Bench CSV: vectors only, float32, one row per item by id."""
+    if req.dtype not in ("float32", "float16"):
+        raise InvalidInput("the NeuCo-Bench CSV holds float values; use dtype float32")
+    return ExportRequest(
+        collection_id=req.collection_id,
+        dtype="float32",
+        query=req.query,
+        after=req.after,
+        as_of=req.as_of,
+        limit=req.limit,
+        batch_size=req.batch_size,
+        base_url=req.base_url,
+        columns="minimal",
+        order="id",
+        row_group_bytes=req.row_group_bytes,
+    )
+
+
+def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
+    """The export as the CSV NeuCo-Bench reads: header ``id,0,1,...,D-1``, one row per item
+    (float32 values, shortest round-trip text). Same snapshot, reader and memory bound as
+    :func:`stream_export`."""
+    import pyarrow.csv as pacsv
+
+    dims = plan.space.dimensions
+    names = ["id", *map(str, range(dims))]
+    yield (",".join(names) + "\n").encode()
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    with translated():
+        conn.rollback()
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute("SET LOCAL jit = off")
+        reader = _Reader(conn, plan)
+        reader.start()
+        try:
+            for batch, _last in reader.batches():
+                emb = batch.column("embedding")
+                values = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dims)
+                table = pa.Table.from_arrays(
+                    [batch.column("id"), *(pa.array(values[:, k]) for k in range(dims))],
+                    names=names,
+                )
+                buf = pa.BufferOutputStream()
+                pacsv.write_csv(table, buf, write_options=options)
+                yield buf.getvalue().to_pybytes()
+            reader.join()
+        finally:
+            reader.cancel()
+            conn.rollback()
+
+
+def export_csv_to_file(conn: psycopg.Connection, req: ExportRequest, path: Path) -> ExportSummary:
+    """Write the NeuCo-Bench CSV to ``path`` (atomically) with ``<path>.sha256`` beside it."""
+    started = time.perf_counter()
+    plan = plan_export(conn, csv_request(req))
+    tmp = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in stream_csv(conn, plan):
+                fh.write(chunk)
+                digest.update(chunk)
+                total += len(chunk)
+        write_checksum(path, digest.hexdigest())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportSummary(
+        rows=plan.rows,
+        bytes=total,
+        seconds=time.perf_counter() - started,
+        as_of=plan.as_of,
+        more=plan.more,
+        last_id=None,
+        sha256=digest.hexdigest(),
+    )
