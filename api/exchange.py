@@ -6,15 +6,21 @@
   the checksum), ``format=raw`` for little-endian values with ``Embcat-Dtype`` and
   ``Embcat-Shape`` headers, ``dtype=float16`` for half the bytes.
 - ``GET|POST /collections/{cid}/export``: a STAC search as stac-geoparquet with vectors,
-  streamed row group by row group (catalog.export); resumable with ``after`` + ``as_of``.
+  streamed row group by row group (catalog.export); resumable with ``after`` + ``as_of``;
+  ``columns=minimal`` for the vectors only, ``format=neuco-csv`` for NeuCo-Bench's CSV.
+  A part (``limit``) or ``checksum=sha256`` is built before it is sent, so that its SHA-256
+  goes in the headers (``Embcat-Sha256``, ``Repr-Digest``) with its ``Content-Length``.
 - ``GET /collections/{cid}/changes?since=&limit=``: the change feed (catalog.changes).
 - ``GET /collections/{cid}/space``: the collection's embedding space.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
@@ -32,7 +38,15 @@ from api.db import base_url as request_base_url
 from catalog.changes import changes_since
 from catalog.db import connect
 from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound
-from catalog.export import ExportPlan, ExportRequest, plan_export, stream_export
+from catalog.export import (
+    CSV_MEDIA_TYPE,
+    ExportPlan,
+    ExportRequest,
+    csv_request,
+    plan_export,
+    stream_csv,
+    stream_export,
+)
 from catalog.quantize import DTYPES
 from catalog.search import SearchQuery
 from catalog.spaces import collection_space
@@ -52,7 +66,13 @@ vector_router = APIRouter(tags=["Exchange"], dependencies=[Depends(require_scope
 def capabilities() -> dict[str, Any]:
     return {
         "version": EXCHANGE_VERSION,
-        "export": {"dtypes": list(DTYPES), "media_type": PARQUET_MEDIA_TYPE},
+        "export": {
+            "dtypes": list(DTYPES),
+            "media_type": PARQUET_MEDIA_TYPE,
+            "columns": ["full", "minimal"],
+            "formats": list(EXPORT_FORMATS),
+            "checksum": "sha256",
+        },
         "changes": True,
         "vector_formats": ["npy", "raw"],
     }
@@ -138,6 +158,7 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     known = {
         "dtype", "bbox", "intersects", "datetime", "filter", "filter-lang", "filter_lang",
         "ids", "query", "q", "limit", "after", "as_of", "batch_size",
+        "columns", "order", "format", "checksum",
     }  # fmt: skip
     unknown = sorted(set(params) - known)
     if unknown:
@@ -216,6 +237,8 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
         limit=_int("limit"),
         batch_size=_int("batch_size") or 2048,
         base_url=base,
+        columns=str(params.get("columns") or "full"),
+        order=params.get("order") or None,
     )
 
 
@@ -264,7 +287,44 @@ class _ExportResponse(StreamingResponse):
                 await run_in_threadpool(self._cleanup)
 
 
-def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
+EXPORT_FORMATS = ("parquet", "neuco-csv")
+SPOOL_MEMORY_BYTES = 32 * 2**20  # a precomputed body beyond this waits on disk
+
+
+def _export_format(params: dict[str, Any]) -> tuple[str, bool]:
+    fmt = str(params.get("format") or "parquet")
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
+    checksum = params.get("checksum")
+    if checksum not in (None, "", "sha256"):
+        raise InvalidInput(f"checksum must be 'sha256', got {checksum!r}")
+    return fmt, checksum == "sha256"
+
+
+def _precomputed(chunks: Iterator[bytes]) -> tuple[Any, int, str]:
+    """The body in a spooled file (memory up to SPOOL_MEMORY_BYTES), its size and SHA-256."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        spool.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+    spool.seek(0)
+    return spool, size, digest.hexdigest()
+
+
+def _spooled(spool: Any) -> Iterator[bytes]:
+    try:
+        while chunk := spool.read(2**20):
+            yield chunk
+    finally:
+        spool.close()
+
+
+def _stream(
+    request: Request, req: ExportRequest, fmt: str = "parquet", checksum: bool = False
+) -> StreamingResponse:
     """Plan the export on a connection of its own and stream it.
 
     At most ``export_max_streams`` streams per process hold a connection (503 with
@@ -274,6 +334,8 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
     response is over, also when the client went away.
     """
     settings = request.app.state.settings
+    if fmt == "neuco-csv":
+        req = csv_request(req)
     slots: threading.BoundedSemaphore = request.app.state.export_slots
     if not slots.acquire(blocking=False):
         raise ExportBusy(
@@ -295,7 +357,7 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
         finally:
             slots.release()
         raise
-    chunks = stream_export(conn, plan)
+    chunks = stream_csv(conn, plan) if fmt == "neuco-csv" else stream_export(conn, plan)
     done = threading.Lock()
 
     def cleanup() -> None:
@@ -314,20 +376,40 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
                 log.debug("closing an export connection", exc_info=True)
             slots.release()
 
-    name = f"{req.collection_id}-{req.dtype}.parquet"
+    suffix = "csv" if fmt == "neuco-csv" else "parquet"
+    name = f"{req.collection_id}-{req.dtype}.{suffix}"
     headers = {
         "Content-Disposition": f'attachment; filename="{quote(name, safe="")}"',
         "Embcat-As-Of": str(plan.as_of),
         "Embcat-Rows": str(plan.rows),
         "Embcat-More": "true" if plan.more else "false",
         "Embcat-Dtype": req.dtype,
+        "Embcat-Columns": req.columns,
+        "Embcat-Order": req.resolved_order(),
     }
+    media = CSV_MEDIA_TYPE if fmt == "neuco-csv" else PARQUET_MEDIA_TYPE
+    if checksum or req.limit is not None:
+        # Parts and requested checksums are built first: the digest goes in the headers
+        # (uvicorn sends no HTTP trailers), and errors still get their 4xx status.
+        try:
+            spool, size, hexdigest = _precomputed(chunks)
+        finally:
+            cleanup()
+        b64 = base64.b64encode(bytes.fromhex(hexdigest)).decode()
+        headers.update(
+            {
+                "Content-Length": str(size),
+                "Embcat-Sha256": hexdigest,
+                "Repr-Digest": f"sha-256=:{b64}:",
+            }
+        )
+        return StreamingResponse(_spooled(spool), media_type=media, headers=headers)
     stall_ms = settings.idle_in_transaction_timeout_ms
     return _ExportResponse(
         chunks,
         cleanup,
         stall_s=stall_ms / 1000 if stall_ms > 0 else None,
-        media_type=PARQUET_MEDIA_TYPE,
+        media_type=media,
         headers=headers,
     )
 
@@ -340,7 +422,8 @@ def _stream(request: Request, req: ExportRequest) -> StreamingResponse:
 async def export_get(request: Request, collection_id: str) -> StreamingResponse:
     params = dict(request.query_params)
     req = _export_request(collection_id, params, request_base_url(request))
-    return await run_in_threadpool(_stream, request, req)
+    fmt, checksum = _export_format(params)
+    return await run_in_threadpool(_stream, request, req, fmt, checksum)
 
 
 @router.post(
@@ -355,7 +438,8 @@ async def export_post(
 ) -> StreamingResponse:
     params = {k: v for k, v in (body or {}).items() if v is not None}
     req = _export_request(collection_id, params, request_base_url(request))
-    return await run_in_threadpool(_stream, request, req)
+    fmt, checksum = _export_format(params)
+    return await run_in_threadpool(_stream, request, req, fmt, checksum)
 
 
 # --------------------------------------------------------------------------- changes, space

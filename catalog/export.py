@@ -523,9 +523,7 @@ def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, 
     elif req.dtype == "int8":
         dequantize = "x = q * scale[d] + offset[d] (per dimension d); error <= scale[d] / 2"
     else:
-        dequantize = (
-            "bit d of the packed bytes, most significant bit first: 1 -> +1.0, 0 -> -1.0"
-        )
+        dequantize = "bit d of the packed bytes, most significant bit first: 1 -> +1.0, 0 -> -1.0"
     return {
         "column": "embedding",
         "model": {
@@ -539,9 +537,7 @@ def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, 
         "stored_dtype": "float16" if space.storage == "halfvec" else "float32",
         "metric": space.metric,
         "normalized": space.normalized,
-        "quantization": None
-        if quant is None
-        else {**quant.as_stac(), "dequantize": dequantize},
+        "quantization": None if quant is None else {**quant.as_stac(), "dequantize": dequantize},
         "source": {"collection": req.collection_id, "emb:source-data": source},
         "order": req.resolved_order(),
         "profile": req.columns,
@@ -883,8 +879,7 @@ def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
     )
     paths = _leaf_paths(schema)
     compression = {
-        path: "zstd" if is_int8 or path.split(".")[0] != "embedding" else "none"
-        for path in paths
+        path: "zstd" if is_int8 or path.split(".")[0] != "embedding" else "none" for path in paths
     }
     # PLAIN vectors: BYTE_STREAM_SPLIT writes float16 faster, but DuckDB reads it only for
     # 4- and 8-byte values (FLOAT, DOUBLE, INT32, INT64).

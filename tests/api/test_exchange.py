@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 from collections.abc import Iterator
 
@@ -82,7 +84,7 @@ def test_export_get_with_bbox_and_dtype(live_server: str, vectors: np.ndarray) -
 def test_export_post_with_ids(live_server: str, vectors: np.ndarray) -> None:
     r = httpx.post(
         f"{live_server}/collections/{CID}/export",
-        json={"ids": ["item-07", "item-03"], "dtype": "float16"},
+        json={"ids": ["item-07", "item-03"], "dtype": "float16", "order": "id"},
     )
     assert pq.read_table(io.BytesIO(r.content))["id"].to_pylist() == ["item-03", "item-07"]
 
@@ -95,6 +97,60 @@ def test_export_bad_dtype_is_400(live_server: str, vectors: np.ndarray) -> None:
 def test_export_bad_filter_is_400(live_server: str, vectors: np.ndarray) -> None:
     r = httpx.get(f"{live_server}/collections/{CID}/export", params={"filter": "x ==="})
     assert r.status_code == 400
+
+
+def test_export_minimal_profile_over_http(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(
+        f"{live_server}/collections/{CID}/export", params={"columns": "minimal", "dtype": "int8"}
+    )
+    table = pq.read_table(io.BytesIO(r.content))
+    assert r.headers["embcat-columns"] == "minimal" and r.headers["embcat-order"] == "hilbert"
+    assert table.column_names == ["id", "geometry", "datetime", "embedding"]
+
+
+def test_export_part_carries_its_sha256(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"limit": 7})
+    digest = hashlib.sha256(r.content).digest()
+    assert r.headers["embcat-sha256"] == digest.hex()
+    assert r.headers["repr-digest"] == f"sha-256=:{base64.b64encode(digest).decode()}:"
+    assert int(r.headers["content-length"]) == len(r.content)
+
+
+def test_export_checksum_on_request(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"checksum": "sha256"})
+    assert r.headers["embcat-sha256"] == hashlib.sha256(r.content).hexdigest()
+
+
+def test_export_streams_without_a_checksum_by_default(
+    live_server: str, vectors: np.ndarray
+) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export")
+    assert r.status_code == 200 and "embcat-sha256" not in r.headers
+
+
+def test_export_neuco_csv(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"format": "neuco-csv"})
+    lines = r.text.splitlines()
+    first = [float(v) for v in lines[1].split(",")[1:]]
+    assert r.headers["content-type"].startswith("text/csv") and len(lines) == 31
+    assert lines[0] == "id," + ",".join(map(str, range(DIMS)))
+    assert np.array_equal(np.float32(first), vectors[0].astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"columns": "nope"},
+        {"format": "xlsx"},
+        {"checksum": "md5"},
+        {"order": "hilbert", "limit": 3},
+    ],
+)
+def test_export_bad_profile_format_checksum_order_are_400(
+    live_server: str, vectors: np.ndarray, params: dict
+) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params=params)
+    assert r.status_code == 400 and r.json()["description"]
 
 
 def test_changes_pages(live_server: str, vectors: np.ndarray) -> None:

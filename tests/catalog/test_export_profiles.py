@@ -172,9 +172,10 @@ def test_a_stream_closed_early_leaves_the_connection_usable(
         chunks = stream_export(c, plan)
         next(chunks)
         chunks.close()
-        assert c.execute("select count(*) from items where collection_id = %s", (cid,)).fetchone()[
-            0
-        ] == N
+        assert (
+            c.execute("select count(*) from items where collection_id = %s", (cid,)).fetchone()[0]
+            == N
+        )
 
 
 def test_neuco_bench_csv_has_id_and_one_column_per_dimension(
