@@ -40,7 +40,32 @@ def _filter(value: str | None) -> str | dict | None:
 @click.option("--datetime", "datetime_", help="RFC 3339 instant or interval (a/b, ../b).")
 @click.option("--filter", "filter_", help="CQL2 text, or CQL2 JSON.")
 @click.option("--ids", help="Comma-separated item ids.")
-@click.option("--batch-size", default=2048, show_default=True, help="Rows per row group.")
+@click.option("--batch-size", default=2048, show_default=True, help="Rows read per batch.")
+@click.option(
+    "--columns",
+    type=click.Choice(["full", "minimal"]),
+    default="full",
+    show_default=True,
+    help="full: stac-geoparquet items + vector; minimal: id, geometry, datetime, vector.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["hilbert", "id"]),
+    default="hilbert",
+    show_default=True,
+    help="Row order: spatial (Hilbert, PostGIS's geometry order) or by item id.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "neuco-csv"]),
+    default="parquet",
+    show_default=True,
+    help="neuco-csv: id,0,1,...,D-1 (float32), the CSV NeuCo-Bench reads.",
+)
+@click.option(
+    "--row-group-mb", default=128, show_default=True, type=click.IntRange(1), help="Row group size."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_command(
     collection_id: str,
@@ -51,13 +76,18 @@ def export_command(
     filter_: str | None,
     ids: str | None,
     batch_size: int,
+    columns: str,
+    order: str,
+    fmt: str,
+    row_group_mb: int,
     quiet: bool,
 ) -> None:
-    """Write a search of COLLECTION_ID as stac-geoparquet with the vectors to OUT."""
+    """Write a search of COLLECTION_ID as stac-geoparquet with the vectors to OUT, and its
+    SHA-256 to OUT.sha256."""
     from tqdm import tqdm
 
     from catalog.db import connect
-    from catalog.export import ExportRequest, export_to_file
+    from catalog.export import ExportRequest, export_csv_to_file, export_to_file
     from catalog.search import SearchQuery
 
     folder = out.expanduser().parent
@@ -76,7 +106,23 @@ def export_command(
         filter_lang=("cql2-json" if isinstance(flt, dict) else "cql2-text") if flt else None,
         ids=[v for v in ids.split(",") if v] if ids else None,
     )
-    req = ExportRequest(collection_id, dtype=dtype, query=query, batch_size=batch_size)
+    req = ExportRequest(
+        collection_id,
+        dtype=dtype,
+        query=query,
+        batch_size=batch_size,
+        columns=columns,
+        order=order,
+        row_group_bytes=row_group_mb * 2**20,
+    )
+    if fmt == "neuco-csv":
+        with connect() as conn:
+            summary = export_csv_to_file(conn, req, out)
+        click.echo(
+            f"exported {summary.rows} vectors (NeuCo-Bench CSV) to {out}:"
+            f" {summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s; sha256 {summary.sha256}"
+        )
+        return
     rows = [0]
     bars: list[tqdm] = []  # made at the first rows, so that a refused export prints no bar
 
@@ -96,7 +142,8 @@ def export_command(
     click.echo(
         f"exported {summary.rows} items ({dtype}) to {out}: {summary.bytes / 1e6:.1f} MB in"
         f" {summary.seconds:.1f} s ({summary.rate:.0f} items/s,"
-        f" {summary.bytes / 1e6 / max(summary.seconds, 1e-9):.0f} MB/s); as_of {summary.as_of}"
+        f" {summary.bytes / 1e6 / max(summary.seconds, 1e-9):.0f} MB/s); as_of {summary.as_of};"
+        f" sha256 {summary.sha256} (in {out.name}.sha256)"
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from vectorgen import load_collection
 
 from catalog.db import connect
@@ -25,6 +26,7 @@ from catalog.export import (
     stream_export,
 )
 from catalog.settings import DatabaseSettings
+from embcat.cli import main
 
 DIMS = 10
 N = 30
@@ -152,7 +154,8 @@ def test_a_property_added_after_an_export_is_in_the_next_one(
         with connect(db_settings) as c:
             c.execute(
                 "update items set properties = properties || '{\"late\": 7}'"
-                " where collection_id = 'shape' and id = (select min(id) from items where collection_id = 'shape')"
+                " where collection_id = 'shape'"
+                " and id = (select min(id) from items where collection_id = 'shape')"
             )
             c.commit()
         after = pq.read_table(io.BytesIO(_export(db_settings, ExportRequest("shape"))))
@@ -189,3 +192,40 @@ def test_neuco_bench_csv_has_id_and_one_column_per_dimension(
     assert table.column_names == ["id", *map(str, range(DIMS))]
     assert table["id"].to_pylist() == [f"item-{k:02d}" for k in range(N)]
     assert np.array_equal(values.astype(np.float32), vectors.astype(np.float16).astype(np.float32))
+
+
+def test_cli_writes_minimal_file_and_its_sha256(
+    database_url: str, cid: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "v.parquet"
+    result = CliRunner().invoke(
+        main,
+        ["export", cid, str(out), "--columns", "minimal", "--dtype", "binary", "--quiet"],
+        env={"EMBCAT_DATABASE_URL": database_url},
+    )
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert result.exit_code == 0, result.output
+    assert f"sha256 {digest}" in result.output
+    assert pq.read_schema(out).names == ["id", "geometry", "datetime", "embedding"]
+
+
+def test_cli_writes_neuco_csv(database_url: str, cid: str, tmp_path: Path) -> None:
+    out = tmp_path / "v.csv"
+    result = CliRunner().invoke(
+        main,
+        ["export", cid, str(out), "--format", "neuco-csv"],
+        env={"EMBCAT_DATABASE_URL": database_url},
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines()[0] == "id," + ",".join(map(str, range(DIMS)))
+    assert (tmp_path / "v.csv.sha256").exists()
+
+
+def test_cli_refuses_a_csv_of_quantised_values(database_url: str, cid: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["export", cid, str(tmp_path / "v.csv"), "--format", "neuco-csv", "--dtype", "int8"],
+        env={"EMBCAT_DATABASE_URL": database_url},
+    )
+    assert result.exit_code != 0 and "float32" in result.output
+    assert "Traceback" not in result.output
