@@ -901,7 +901,7 @@ def _order_by(plan: ExportPlan) -> sql.Composable:
     return sql.SQL(" ORDER BY i.id")
 
 
-def _copy_query(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
+def _copy_query(plan: ExportPlan) -> tuple[sql.Composed, list[str]]:
     req = plan.request
     select, types = _select(plan)
     query = sql.SQL("COPY ({sel} FROM {src} WHERE {w}{order}{lim}) TO STDOUT (FORMAT BINARY)")
