@@ -1,130 +1,234 @@
-"""Exchange benchmark (issue 6): export throughput and bytes per embedding in each dtype,
-side by side with writing the same vectors as a plain float32 ``.npy`` file (the limit);
-mirror throughput over loopback; peak RSS.
+"""Exchange benchmark (issues 6, 18): export throughput, bytes per embedding and peak RSS
+in each dtype and profile, side by side with two limits measured in the same run on the
+same rows: ``COPY (SELECT id, geometry, datetime, embedding ...) TO STDOUT (FORMAT
+binary)`` (what the database hands out) and writing the same vectors as ``.npy``; then a
+mirror between two catalogues over a loopback API server (load phase and index phase
+apart) next to ``embcat publish`` of the same rows.
 
     nice -n 10 .venv/bin/python benchmarks/bench_export.py [--n 100000] [--dims 768]
+        [--skip-mirror] [--out benchmarks/results/bench_export.json]
 
-Prints a table and writes benchmarks/results/bench_export.json. Uses throwaway databases
-cloned from the template (needs the provisioned PostgreSQL), never asserts a time.
+The rows are a publish run from ``tests/shardgen.py`` (the items ``embcat publish``
+writes), published into a throwaway database cloned from the template. Each export and
+the mirror run in a child process of their own, so each peak RSS is that job's alone.
+Prints a table and writes JSON as it goes; never asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import resource
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import psycopg
-from pgvector.psycopg import register_vector
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_database
 
-from helpers_server import start_server  # noqa: E402
-from vectorgen import clustered_vectors, load_collection  # noqa: E402
+from shardgen import write_run  # noqa: E402
 
-from catalog.export import ExportRequest, export_to_file  # noqa: E402
-from catalog.mirror import MirrorOptions, mirror  # noqa: E402
 from catalog.settings import DatabaseSettings  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
 
 CID = "bench-export"
+PROFILES = [
+    ("full", "float32"),
+    ("full", "float16"),
+    ("full", "int8"),
+    ("full", "binary"),
+    ("minimal", "float32"),
+    ("minimal", "float16"),
+    ("minimal", "int8"),
+    ("minimal", "binary"),
+]
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def in_child(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out: dict[str, Any] = queue.get()
+    proc.join()
+    return out
+
+
+def _child_publish(url: str, run: str, queue: Any) -> None:
+    from catalog.publish import publish
+
+    res = publish(Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url),
+                  progress=False, defer_index=True)  # fmt: skip
+    queue.put({"seconds": res.elapsed_s, "rss_mb": rss_mb()})
+
+
+def _child_export(url: str, columns: str, dtype: str, path: str, queue: Any) -> None:
+    from catalog.db import connect
+    from catalog.export import ExportRequest, export_to_file
+
+    req = ExportRequest(CID, dtype=dtype, columns=columns, batch_size=4096)
+    with connect(DatabaseSettings(database_url=url)) as conn:
+        s = export_to_file(conn, req, Path(path))
+    Path(path).unlink()
+    queue.put({"seconds": s.seconds, "bytes": s.bytes, "rows": s.rows, "rss_mb": rss_mb()})
+
+
+def _child_csv(url: str, path: str, queue: Any) -> None:
+    from catalog.db import connect
+    from catalog.export import ExportRequest, export_csv_to_file
+
+    with connect(DatabaseSettings(database_url=url)) as conn:
+        s = export_csv_to_file(conn, ExportRequest(CID, batch_size=4096), Path(path))
+    Path(path).unlink()
+    queue.put({"seconds": s.seconds, "bytes": s.bytes, "rows": s.rows, "rss_mb": rss_mb()})
+
+
+def _child_limits(url: str, dims: int, path: str, queue: Any) -> None:
+    """Binary COPY out of the same rows (bytes counted, not kept), then .npy writes."""
+    import psycopg
+
+    out: dict[str, Any] = {}
+    query = (
+        "COPY (SELECT i.id, i.geometry, i.datetime, e.embedding FROM items i JOIN embeddings e"
+        " ON e.collection_id = i.collection_id AND e.item_id = i.id"
+        f" WHERE i.collection_id = '{CID}') TO STDOUT (FORMAT binary)"
+    )
+    with psycopg.connect(url) as c:
+        t = time.perf_counter()
+        nbytes = 0
+        with c.cursor().copy(query) as cp:
+            for chunk in cp:
+                nbytes += len(chunk)
+        out["copy"] = {"seconds": time.perf_counter() - t, "bytes": nbytes}
+        # the vectors for the .npy limit (read as halfvec binary, not timed)
+        raw = bytearray()
+        with c.cursor().copy(
+            "COPY (SELECT halfvec_send(embedding) FROM embeddings"
+            f" WHERE collection_id = '{CID}' ORDER BY item_id) TO STDOUT (FORMAT binary)"
+        ) as cp:
+            cp.set_types(["bytea"])
+            for (v,) in cp.rows():
+                raw += v
+    rec = np.dtype([("h", ">u4"), ("v", ">f2", (dims,))])
+    half = np.frombuffer(bytes(raw), rec)["v"].astype("<f2")
+    del raw
+    for dtype, arr in (("float16", half), ("float32", half.astype(np.float32))):
+        t = time.perf_counter()
+        np.save(path, arr)
+        secs = time.perf_counter() - t
+        out[f"npy_{dtype}"] = {"seconds": secs, "bytes": Path(path).stat().st_size}
+        Path(path).unlink()
+    queue.put(out)
+
+
+def _child_mirror(a_url: str, b_url: str, queue: Any) -> None:
+    from helpers_server import start_server
+
+    from api.settings import ApiSettings
+    from catalog.mirror import MirrorOptions, MirrorResult, mirror
+
+    handle = start_server(ApiSettings(database_url=a_url, db_pool_max=4))
+    marks: list[float] = []
+
+    def on_page(_r: MirrorResult) -> None:
+        marks.append(time.perf_counter())
+
+    try:
+        t = time.perf_counter()
+        r = mirror(MirrorOptions(handle.base_url, CID, page_rows=5000, progress=False),
+                   DatabaseSettings(database_url=b_url), on_page=on_page)  # fmt: skip
+        total = time.perf_counter() - t
+    finally:
+        handle.stop()
+    # the initial phase's last page commits just before the index build; the incremental
+    # phase afterwards is one empty change-feed request
+    load = (marks[-1] - t) if marks else total
+    queue.put({"rows": r.upserted, "bytes": r.bytes, "seconds": total, "load_s": load,
+               "index_s": total - load, "rss_mb": rss_mb()})  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dims", type=int, default=768)
-    ap.add_argument("--mirror-n", type=int, default=None, help="rows mirrored (default: n)")
+    ap.add_argument("--skip-mirror", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_export.json")
     args = ap.parse_args()
     n, dims = args.n, args.dims
+    work = Path(tempfile.mkdtemp(prefix="bench-export-", dir="/tmp"))
     a_url = create_database("embcat_bench")
-    b_url = create_database("embcat_bench")
-    results: dict = {"n": n, "dims": dims, "exports": [], "mirror": None}
+    b_url = create_database("embcat_bench") if not args.skip_mirror else None
+    results: dict[str, Any] = {"n": n, "dims": dims, "exports": [], "mirror": None}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results, indent=2))
+
     try:
-        vectors = clustered_vectors(n, dims, seed=0)
-        t = time.perf_counter()
-        with psycopg.connect(a_url) as c:
-            register_vector(c)
-            load_collection(c, CID, vectors, encoder_name="bench", build_index=False)
-        results["load_s"] = round(time.perf_counter() - t, 1)
-        stored = vectors.astype(np.float16).astype(np.float32)
-        del vectors
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "limit.npy"
-            t = time.perf_counter()
-            np.save(path, stored)
-            secs = time.perf_counter() - t
-            size = path.stat().st_size
-            results["exports"].append(
-                {"what": "float32 .npy (limit)", "bytes": size, "seconds": secs}
-            )
-            path.unlink()
-            a = DatabaseSettings(database_url=a_url)
-            from catalog.db import connect
-
-            for dtype in ("float32", "float16", "int8", "binary"):
-                out = Path(tmp) / f"x-{dtype}.parquet"
-                with connect(a) as conn:
-                    s = export_to_file(conn, ExportRequest(CID, dtype=dtype, batch_size=4096), out)
-                results["exports"].append(
-                    {"what": f"export {dtype}", "bytes": s.bytes, "seconds": s.seconds}
-                )
-                out.unlink()
-        del stored
+        run = write_run(work / "run", n, dims=dims, seed=0, shards=4, encoder="bench",
+                        row_group_size=8192)  # fmt: skip
+        results["publish"] = pub = in_child(_child_publish, a_url, str(run))
+        pub["rows_s"] = n / pub["seconds"]
+        shutil.rmtree(work / "run", ignore_errors=True)
+        save()
+        lim = in_child(_child_limits, a_url, dims, str(work / "limit.npy"))
+        results["limits"] = lim
+        for what, key in (("binary COPY out (limit)", "copy"),
+                          ("float32 .npy (limit)", "npy_float32"),
+                          ("float16 .npy (limit)", "npy_float16")):  # fmt: skip
+            results["exports"].append({"what": what, **lim[key], "rss_mb": None})
+        save()
+        for columns, dtype in PROFILES:
+            e = in_child(_child_export, a_url, columns, dtype, str(work / "x.parquet"))
+            results["exports"].append({"what": f"export {columns} {dtype}", **e})
+            save()
+        e = in_child(_child_csv, a_url, str(work / "x.csv"))
+        results["exports"].append({"what": "export NeuCo-Bench CSV", **e})
+        copy_rate = n / lim["copy"]["seconds"]
         for e in results["exports"]:
-            e["MB_s"] = round(e["bytes"] / 1e6 / e["seconds"], 1)
             e["emb_s"] = round(n / e["seconds"])
+            e["MB_s"] = round(e["bytes"] / 1e6 / e["seconds"], 1)
             e["bytes_per_embedding"] = round(e["bytes"] / n, 1)
+            e["vs_copy_out"] = round(e["emb_s"] / copy_rate, 3)
             e["seconds"] = round(e["seconds"], 2)
-        from api.settings import ApiSettings
-
-        handle = start_server(ApiSettings(database_url=a_url, db_pool_max=4))
-        try:
-            t = time.perf_counter()
-            r = mirror(
-                MirrorOptions(handle.base_url, CID, page_rows=5000, progress=False),
-                DatabaseSettings(database_url=b_url),
-            )
-            secs = time.perf_counter() - t
-        finally:
-            handle.stop()
-        results["mirror"] = {
-            "rows": r.upserted,
-            "bytes": r.bytes,
-            "seconds": round(secs, 1),
-            "rows_s": round(r.upserted / secs),
-            "MB_s": round(r.bytes / 1e6 / secs, 1),
-            "note": "float32 over loopback, pages of 5000 rows, includes the HNSW build",
-        }
-        results["peak_rss_mb"] = round(rss_mb())
+        save()
+        if b_url is not None:
+            m = in_child(_child_mirror, a_url, b_url)
+            m["load_rows_s"] = m["rows"] / m["load_s"]
+            m["vs_publish"] = m["load_rows_s"] / pub["rows_s"]
+            results["mirror"] = m
+            save()
     finally:
         drop_database(a_url)
-        drop_database(b_url)
-    print(f"\nExport {n} x {dims} (halfvec storage), one run, peak RSS {results['peak_rss_mb']} MB")
-    print(f"{'what':<24} {'MB':>9} {'s':>7} {'MB/s':>8} {'emb/s':>9} {'B/emb':>8}")
+        if b_url is not None:
+            drop_database(b_url)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nExport {n} x {dims} (halfvec storage, publish-style items), one run")
+    print(f"{'what':<28} {'MB':>8} {'s':>7} {'MB/s':>7} {'emb/s':>9} {'B/emb':>8} "
+          f"{'xCOPY':>6} {'RSS MB':>7}")  # fmt: skip
     for e in results["exports"]:
-        print(
-            f"{e['what']:<24} {e['bytes'] / 1e6:>9.1f} {e['seconds']:>7.2f} {e['MB_s']:>8.1f}"
-            f" {e['emb_s']:>9} {e['bytes_per_embedding']:>8}"
-        )
+        rss = f"{e['rss_mb']:.0f}" if e.get("rss_mb") else ""
+        print(f"{e['what']:<28} {e['bytes'] / 1e6:>8.1f} {e['seconds']:>7.2f} {e['MB_s']:>7.1f}"
+              f" {e['emb_s']:>9} {e['bytes_per_embedding']:>8} {e['vs_copy_out']:>6.2f}"
+              f" {rss:>7}")  # fmt: skip
+    p = results["publish"]
+    print(f"publish (index deferred): {p['seconds']:.1f} s, {p['rows_s']:.0f} rows/s")
     m = results["mirror"]
-    print(
-        f"mirror: {m['rows']} rows, {m['bytes'] / 1e6:.1f} MB in {m['seconds']} s"
-        f" ({m['rows_s']} rows/s, {m['MB_s']} MB/s)"
-    )
-    out_path = ROOT / "benchmarks" / "results" / "bench_export.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2))
+    if m:
+        print(f"mirror: {m['rows']} rows, {m['bytes'] / 1e6:.1f} MB; load {m['load_s']:.1f} s"
+              f" ({m['load_rows_s']:.0f} rows/s, {m['vs_publish']:.2f}x publish), index"
+              f" {m['index_s']:.1f} s, peak RSS {m['rss_mb']:.0f} MB")  # fmt: skip
 
 
 if __name__ == "__main__":
