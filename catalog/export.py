@@ -855,6 +855,10 @@ class _Sink:
     def close(self) -> None:
         self.closed = True
 
+    def take_chunks(self) -> list[bytes]:
+        out, self.chunks = self.chunks, []
+        return out
+
     def take(self) -> bytes:
         out = b"".join(self.chunks)
         self.chunks.clear()
@@ -1014,10 +1018,10 @@ def stream_export(
                 size += batch.nbytes
                 last = last_id
                 if size >= req.row_group_bytes:
-                    yield _flush(writer, sink, group, last, on_batch)
+                    yield from _flush(writer, sink, group, last, on_batch)
                     group, size = [], 0
             if group:
-                yield _flush(writer, sink, group, last, on_batch)
+                yield from _flush(writer, sink, group, last, on_batch)
             reader.join()
             writer.close()
             tail = sink.take()
@@ -1035,14 +1039,17 @@ def _flush(
     group: list[pa.RecordBatch],
     last_id: str,
     on_batch: Callable[[int, int, str], None] | None,
-) -> bytes:
-    """Write ``group`` as one row group; its bytes."""
+) -> list[bytes]:
+    """Write ``group`` as one row group; its bytes (as the writer wrote them)."""
     table = pa.Table.from_batches(group)
-    writer.write_table(table, row_group_size=max(table.num_rows, 1))
-    data = sink.take()
+    rows = table.num_rows
+    group.clear()  # the batches go with the table once it is written
+    writer.write_table(table, row_group_size=max(rows, 1))
+    del table
+    chunks = sink.take_chunks()  # as written: no second copy of the row group
     if on_batch is not None:
-        on_batch(table.num_rows, len(data), last_id)
-    return data
+        on_batch(rows, sum(map(len, chunks)), last_id)
+    return chunks
 
 
 def export_to_file(
