@@ -922,13 +922,16 @@ _DONE = object()
 
 
 class _Reader(threading.Thread):
-    """Reads the export's binary COPY and builds Arrow record batches, ahead of the writer.
+    """Reads the export's binary COPY and builds Arrow record batches (``batch_size`` rows)
+    gathered into row groups of about ``row_group_bytes``, ahead of the writer.
 
-    Runs while the caller's thread encodes Parquet (pyarrow and the socket reads release
-    the GIL); at most ``depth`` batches wait in the queue, so memory stays bounded.
+    It reads row group k+1 while the caller's thread encodes row group k as Parquet
+    (pyarrow and the socket reads release the GIL). One finished group waits in the queue
+    at most, so memory stays bounded by a few row groups, whatever the result size.
+    ``groups()`` yields ``(batches, last id)``.
     """
 
-    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 2) -> None:
+    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 1) -> None:
         super().__init__(name="embcat-export-reader", daemon=True)
         self.conn, self.plan = conn, plan
         self.out: queue.Queue[Any] = queue.Queue(maxsize=depth)
@@ -946,7 +949,10 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         size = self.plan.request.batch_size
+        limit = self.plan.request.row_group_bytes
         query, types = _copy_query(self.plan)
+        group: list[pa.RecordBatch] = []
+        nbytes = 0
         try:
             with self.conn.cursor().copy(query) as copy:
                 copy.set_types(types)
@@ -958,10 +964,19 @@ class _Reader(threading.Thread):
                         continue
                     rows.append(row)
                     if len(rows) >= size:
-                        self._put((_batch_table(self.plan, rows), rows[-1][0]))
+                        batch = _batch_table(self.plan, rows)
+                        group.append(batch)
+                        nbytes += batch.nbytes
+                        last = rows[-1][0]
                         rows = []
+                        if nbytes >= limit:
+                            self._put((group, last))
+                            group, nbytes = [], 0
                 if rows:
-                    self._put((_batch_table(self.plan, rows), rows[-1][0]))
+                    group.append(_batch_table(self.plan, rows))
+                    last = rows[-1][0]
+                if group:
+                    self._put((group, last))
         except BaseException as exc:  # handed to the consuming thread
             if not self.stop.is_set():
                 self.error = exc
@@ -969,7 +984,7 @@ class _Reader(threading.Thread):
             if not self.stop.is_set():
                 self._put(_DONE)
 
-    def batches(self) -> Iterator[tuple[pa.RecordBatch, str]]:
+    def groups(self) -> Iterator[tuple[list[pa.RecordBatch], str]]:
         while True:
             item = self.out.get()
             if item is _DONE:
@@ -999,7 +1014,6 @@ def stream_export(
     batches of ``batch_size`` rows are gathered into row groups of about
     ``row_group_bytes`` (Arrow in-memory size: the vectors' size in the file).
     """
-    req = plan.request
     sink = _Sink()
     writer = _writer(sink, plan.schema)
     with translated():
@@ -1010,18 +1024,8 @@ def stream_export(
         reader = _Reader(conn, plan)
         reader.start()
         try:
-            group: list[pa.RecordBatch] = []
-            size = 0
-            last = ""
-            for batch, last_id in reader.batches():
-                group.append(batch)
-                size += batch.nbytes
-                last = last_id
-                if size >= req.row_group_bytes:
-                    yield from _flush(writer, sink, group, last, on_batch)
-                    group, size = [], 0
-            if group:
-                yield from _flush(writer, sink, group, last, on_batch)
+            for group, last_id in reader.groups():
+                yield from _flush(writer, sink, group, last_id, on_batch)
             reader.join()
             writer.close()
             tail = sink.take()
@@ -1135,7 +1139,7 @@ def csv_request(req: ExportRequest) -> ExportRequest:
         base_url=req.base_url,
         columns="minimal",
         order="id",
-        row_group_bytes=req.row_group_bytes,
+        row_group_bytes=min(req.row_group_bytes, 16 * 2**20),  # CSV has no row groups
     )
 
 
@@ -1156,7 +1160,7 @@ def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
         reader = _Reader(conn, plan)
         reader.start()
         try:
-            for batch, _last in reader.batches():
+            for batch in (b for group, _last in reader.groups() for b in group):
                 emb = batch.column("embedding")
                 values = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dims)
                 table = pa.Table.from_arrays(
