@@ -52,6 +52,11 @@ PROFILES = [
 
 
 def rss_mb() -> float:
+    """This process's peak RSS (VmHWM: per address space; ru_maxrss would carry the peak of
+    the parent a spawned child was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
