@@ -168,6 +168,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dims", type=int, default=768)
     ap.add_argument("--skip-mirror", action="store_true")
+    ap.add_argument("--skip-csv", action="store_true")
+    ap.add_argument(
+        "--profiles",
+        default=",".join(f"{c}:{d}" for c, d in PROFILES),
+        help="comma-separated columns:dtype pairs (default: all eight)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_export.json")
     args = ap.parse_args()
     n, dims = args.n, args.dims
@@ -194,12 +200,14 @@ def main() -> None:
                           ("float16 .npy (limit)", "npy_float16")):  # fmt: skip
             results["exports"].append({"what": what, **lim[key], "rss_mb": None})
         save()
-        for columns, dtype in PROFILES:
+        for pair in args.profiles.split(","):
+            columns, dtype = pair.split(":")
             e = in_child(_child_export, a_url, columns, dtype, str(work / "x.parquet"))
             results["exports"].append({"what": f"export {columns} {dtype}", **e})
             save()
-        e = in_child(_child_csv, a_url, str(work / "x.csv"))
-        results["exports"].append({"what": "export NeuCo-Bench CSV", **e})
+        if not args.skip_csv:
+            e = in_child(_child_csv, a_url, str(work / "x.csv"))
+            results["exports"].append({"what": "export NeuCo-Bench CSV", **e})
         copy_rate = n / lim["copy"]["seconds"]
         for e in results["exports"]:
             e["emb_s"] = round(n / e["seconds"])
