@@ -49,7 +49,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
-from psycopg.adapt import Loader
 from psycopg.types.json import Jsonb
 
 from catalog.changes import safe_high_water
@@ -363,16 +362,27 @@ def _resolve_as_of(conn: psycopg.Connection, requested: int | None) -> int:
 def _vector_batches(
     conn: psycopg.Connection, space: Space, where: sql.Composable, batch_size: int
 ) -> Iterator[np.ndarray]:
-    """Only the vectors (for the int8 statistics pass), through a server-side cursor."""
-    query = sql.SQL("SELECT e.{col} FROM {src} WHERE {w}").format(
-        col=sql.Identifier(space.column), src=_from(space), w=where
+    """Only the vectors (for the int8 statistics pass), through one binary COPY; the rows
+    come one bytea each and are decoded ``batch_size`` at a time."""
+    template = sql.SQL(
+        "COPY (SELECT {send}(e.{col}) FROM {src} WHERE {w}) TO STDOUT (FORMAT BINARY)"
     )
-    with conn.cursor(name="embcat_export_stats", binary=True) as cur:
-        _raw_vectors(cur, space)
-        cur.itersize = batch_size
-        cur.execute(query)
-        while rows := cur.fetchmany(batch_size):
-            yield _decode_vectors([r[0] for r in rows], space)
+    query = template.format(
+        send=sql.SQL(f"{space.storage}_send"),
+        col=sql.Identifier(space.column),
+        src=_from(space),
+        w=where,
+    )
+    with conn.cursor().copy(query) as copy:
+        copy.set_types(["bytea"])
+        raw: list[bytes] = []
+        for (value,) in copy.rows():
+            raw.append(value)
+            if len(raw) >= batch_size:
+                yield _decode_vectors(raw, space)
+                raw = []
+        if raw:
+            yield _decode_vectors(raw, space)
 
 
 def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
@@ -602,22 +612,6 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
 
 
 # --------------------------------------------------------------------------- streaming
-
-
-class _RawLoader(Loader):
-    """Keeps pgvector's binary wire format (uint16 dim, uint16 unused, big-endian values)."""
-
-    format = psycopg.pq.Format.BINARY
-
-    def load(self, data: Any) -> bytes:
-        return bytes(data)
-
-
-def _raw_vectors(cur: psycopg.Cursor[Any], space: Space) -> None:
-    info = psycopg.types.TypeInfo.fetch(cur.connection, space.storage)
-    if info is None:
-        raise NotFound(f"type {space.storage} is missing (is pgvector installed?)")
-    cur.adapters.register_loader(info.oid, _RawLoader)
 
 
 def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
