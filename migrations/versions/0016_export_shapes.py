@@ -9,14 +9,14 @@ inserted or updated since; deletes only drop keys) the shape is reused and the p
 skipped (catalog/export.py).
 
 Revision ID: 0016
-Revises: 0008
+Revises: 0014
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0016"
-down_revision = "0008"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
