@@ -58,6 +58,7 @@ from api.errors import add_exception_handlers, error_body
 from api.exchange import router as exchange_router
 from api.explorer import router as explorer_router
 from api.limits import ClientConcurrencyLimit, TrustedProxyHeaders, parse_networks
+from api.score import SCORE_PATH, score_router
 from api.settings import ApiSettings
 from api.similarity import SimilarityExtension
 from api.transactions import transaction_extensions
@@ -241,7 +242,7 @@ OPEN_ROUTES = frozenset(
     {"/explorer", "/explorer/static/{name}", "/explorer/vendor/leaflet/{path:path}"}
 )
 # POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
-READ_ONLY_POSTS = frozenset({"/search", "/collections/{collection_id}/export"})
+READ_ONLY_POSTS = frozenset({"/search", "/collections/{collection_id}/export", SCORE_PATH})
 # Reads without a collection in the path that a key limited to one collection may make:
 # their handlers narrow them to the key's collection (api.auth.scoped_collections).
 SCOPED_READS = frozenset({"/", "/search", "/collections"})
@@ -425,5 +426,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     _add_api_docs(app, settings)
     for router in EXTRA_ROUTERS:
         app.include_router(router)
+    app.include_router(score_router())  # built per app (catalog.score)
     _protect_routes(app, tuple(EXTRA_ROUTERS))
     return app
