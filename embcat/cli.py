@@ -26,6 +26,7 @@ from embcat.commands import db as db_commands
 from embcat.commands import encode as encode_commands
 from embcat.commands import exchange as exchange_commands
 from embcat.commands import publish as publish_commands
+from embcat.commands import score as score_commands
 from embcat.commands import serve as serve_commands
 
 log = logging.getLogger("embcat.cli")
@@ -115,6 +116,7 @@ main.add_command(exchange_commands.export_command)
 main.add_command(exchange_commands.mirror_command)
 main.add_command(exchange_commands.stats_command)
 main.add_command(collections_commands.collections)
+main.add_command(score_commands.score_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
