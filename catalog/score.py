@@ -48,12 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from catalog.errors import InvalidInput, translated
 from catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
 from catalog.similarity import (
+    _SPACES_SQL,
     ItemRef,
     SimilaritySettings,
     SimilaritySpec,
     _fetch_vectors,
     _space_of,
-    _SPACES_SQL,
     _unit,
     _vector_adapters,
     query_vector,
@@ -113,9 +113,7 @@ class ScoreRequest(BaseModel):
     intersects: dict[str, Any] | None = Field(default=None, description="GeoJSON geometry.")
     datetime: str | None = Field(default=None, description="RFC 3339 instant or interval.")
     filter: dict[str, Any] | str | None = Field(default=None, description="CQL2 filter.")
-    filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(
-        default=None, alias="filter-lang"
-    )
+    filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(default=None, alias="filter-lang")
     format: Format = Field("geojson", description="geojson, parquet or png (a heat map).")
     width: int | None = Field(default=None, ge=1, le=MAX_PNG_SIDE, description="PNG width.")
     height: int | None = Field(default=None, ge=1, le=MAX_PNG_SIDE, description="PNG height.")
@@ -263,7 +261,11 @@ def fit(
         _vector_adapters(conn)
         space = _space_of([collection_id], conn.execute(_SPACES_SQL, ([collection_id],)).fetchall())
         background = _background_refs(
-            conn, space, collection_id, settings.background_sample, {r.id for r in [*positive, *negative]}
+            conn,
+            space,
+            collection_id,
+            settings.background_sample,
+            {r.id for r in [*positive, *negative]},
         )
         if not background and not negative:
             raise InvalidInput("the collection holds no other chips to contrast the examples with")
@@ -273,9 +275,7 @@ def fit(
         repeat = max(1, len(background) // len(negative)) if negative else 0
         contrast = [*(negative * repeat), *background]
         spec = SimilaritySpec(positive=positive, negative=contrast, method=req.method, exact=True)
-        fit_settings = settings.model_copy(
-            update={"max_examples": len(positive) + len(contrast)}
-        )
+        fit_settings = settings.model_copy(update={"max_examples": len(positive) + len(contrast)})
         q, op, _indexable = query_vector(conn, spec, space, fit_settings)
         if op == "<->":  # an L2 space ranked by a prototype: compare by inner product
             op = "<#>"
@@ -342,11 +342,11 @@ def _threshold(req: ScoreRequest) -> float:
 
 def score_query(
     conn: psycopg.Connection, model: ScoreModel, req: ScoreRequest
-) -> tuple[sql.Composed, dict[str, Any]]:
+) -> tuple[sql.SQL, dict[str, Any]]:
     """SELECT item_id, geometry (WKB), score over the filtered chips, cut and ordered."""
     space = model.space
     vec = sql.SQL(space.vector_sql("e"))
-    qv = sql.SQL("%(q)s::{}").format(sql.SQL(space.sql_type))
+    qv = sql.SQL("{}::{}").format(sql.Literal("__q__"), sql.SQL(space.sql_type))
     if model.operator == "<=>":
         raw = sql.SQL("(1 - ({} <=> {}))").format(vec, qv)
     else:
@@ -386,7 +386,10 @@ def score_query(
             "select item_id, ST_AsBinary(geometry), score from ({inner} offset 0) s"
             " where score >= {t}"
         ).format(inner=inner, t=sql.Literal(model.threshold))
-    return query, {"q": _param(model)}
+    # Literals of the filters may hold '%' (a CQL2 like pattern), which psycopg would read
+    # as a placeholder next to the query vector's: render them, escape, then place q.
+    text = query.as_string(conn).replace("%", "%%").replace("'__q__'", "%(q)s")
+    return sql.SQL(text), {"q": _param(model)}
 
 
 def _param(model: ScoreModel) -> Any:
@@ -580,7 +583,9 @@ def render_png(
     transform = Affine((east - west) / w, 0.0, west, 0.0, -(north - south) / h, north)
     best = np.full((h, w), -np.inf, dtype=np.float64)
     for batch in batches:
-        shapes = list(zip(from_wkb([g for _, g, _ in batch]), [s for _, _, s in batch], strict=True))
+        shapes = list(
+            zip(from_wkb([g for _, g, _ in batch]), [s for _, _, s in batch], strict=True)
+        )
         # Burn in order of score so that the highest wins where footprints share a pixel.
         shapes.sort(key=lambda t: t[1])
         layer = rio_features.rasterize(
@@ -593,8 +598,10 @@ def render_png(
         )
         np.fmax(best, layer, out=best)
     covered = np.isfinite(best)
-    low = model.threshold if model.threshold is not None else (
-        float(best[covered].min()) if covered.any() else 0.0
+    low = (
+        model.threshold
+        if model.threshold is not None
+        else (float(best[covered].min()) if covered.any() else 0.0)
     )
     span = max(1.0 - low, 1e-9)
     rgb = colour((np.where(covered, best, low) - low) / span)

@@ -1,9 +1,10 @@
 """A generated scene with planted land-cover blocks, encoded and published (scoring tests).
 
 ``make_block_scene`` writes a 13-band Sentinel-2-like GeoTIFF (EPSG:32633, 10 m pixels)
-made of square blocks, each of one land-cover class of the demo scene (water, forest, crops,
-bare field, town: ``catalog.demo.SIGNATURES``) with that class's spectrum, texture and sensor noise. Chips aligned on the
-blocks are pure, so each chip has one true class: the truth scoring is measured against.
+made of square blocks, each of one land-cover class of the demo scene (water, forest,
+crops, bare field, town: ``catalog.demo.SIGNATURES``) with that class's spectrum, texture
+and sensor noise. Chips aligned on the blocks are pure, so each chip has one true class:
+the truth scoring is measured against.
 
 ``publish_block_scene`` encodes it with the real encode job (``mosaiks``) and publishes it
 with the real publish job; it returns the collection id and the true class of each item.

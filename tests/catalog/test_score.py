@@ -215,3 +215,16 @@ def test_same_example_as_positive_and_negative_is_refused(db, planted):
     one = sorted(truth)[0]
     with pytest.raises(InvalidInput):
         score.fit(db, cid, score.parse_request({"positive": [one], "negative": [one]}))
+
+
+def test_like_filter_with_percent_signs_applies(db, planted):
+    cid, truth = planted
+    pos, neg = examples(truth, TOWN, BARE)
+    body = {
+        "positive": pos,
+        "negative": neg,
+        "threshold": -1e9,
+        "filter": {"op": "like", "args": [{"property": "id"}, "blocks_0_%"]},
+    }
+    _m, kept = _kept(db, cid, body)
+    assert kept and set(kept) == {i for i in truth if i.startswith("blocks_0_")}

@@ -16,7 +16,11 @@ from helpers_server import start_server
 from relhelpers import api_settings_for, point_item
 
 # POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
-READ_ONLY_POSTS = {"/search", "/collections/{collection_id}/export", "/collections/{collection_id}/score"}
+READ_ONLY_POSTS = {
+    "/search",
+    "/collections/{collection_id}/export",
+    "/collections/{collection_id}/score",
+}
 OPEN_PREFIXES = ("/health", "/_mgmt", "/api", "/docs")
 WRITE_METHODS = ("post", "put", "patch", "delete")
 
