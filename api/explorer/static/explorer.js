@@ -12,16 +12,23 @@
     positive: new Set(),
     negative: new Set(),
     viewRequest: null, // AbortController of the footprint request for the current view
+    scored: null, // the last "score this view" answer: {doc, scores: Map id -> score}
   };
   // Timings read by the benchmark and the browser test (milliseconds since navigation).
   const timings = (window.explorerTimings = { mapRendered: null, lastSearchMs: null });
   window.explorerLastSearch = null; // {body, count} of the last similarity search
+  window.explorerLastScore = null; // {body, count} of the last score request
+  window.explorerLastExport = null; // the last exported detections (GeoJSON object)
 
   // Footprints per request (?limit= in the page URL; the server allows up to 100000).
   const footprintLimit = parseInt(new URLSearchParams(location.search).get("limit"), 10) || 10000;
 
   const map = L.map("map", { preferCanvas: true, attributionControl: false });
   map.setView([20, 0], 2);
+  L.control.scale({ imperial: false }).addTo(map);
+  map.on("mousemove", (e) => {
+    $("coords").textContent = `${e.latlng.lat.toFixed(5)}, ${e.latlng.lng.toFixed(5)}`;
+  });
   const examplesLayer = L.layerGroup().addTo(map);
   const resultsLayer = L.layerGroup().addTo(map);
 
@@ -46,7 +53,15 @@
   async function loadCollections() {
     const body = await getJSON("collections?limit=1000");
     const select = $("collection");
-    for (const c of body.collections) select.add(new Option(c.title || c.id, c.id));
+    const titles = new Map();
+    for (const c of body.collections) {
+      const t = c.title || c.id;
+      titles.set(t, (titles.get(t) || 0) + 1);
+    }
+    for (const c of body.collections) {
+      const t = c.title || c.id;
+      select.add(new Option(titles.get(t) > 1 && t !== c.id ? `${t} (${c.id})` : t, c.id));
+    }
     const wanted = new URLSearchParams(location.search).get("collection");
     if (wanted) select.value = wanted;
     if (select.value) await showCollection(select.value);
@@ -59,6 +74,10 @@
     clearResults();
     state.positive.clear();
     state.negative.clear();
+    state.scored = null;
+    $("score-summary").textContent = "";
+    $("export-detections").disabled = true;
+    $("clear-score").disabled = true;
     showExamples();
     $("item").hidden = true;
     const [collection, fc] = await Promise.all([
@@ -75,20 +94,34 @@
     document.body.dataset.collection = cid;
   }
 
+  // A colour that shows on the dark map: very dark false colours are lifted towards grey
+  // (the hue is kept), so that no cluster is drawn black on black.
+  function visible(hex) {
+    const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex || "");
+    if (!m) return "#888";
+    const rgb = m.slice(1).map((v) => parseInt(v, 16));
+    const luma = (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255;
+    if (luma >= 0.25) return hex.toLowerCase();
+    const lift = (0.25 - luma) / 0.25 * 0.45;
+    const out = rgb.map((v) => Math.round(v + (200 - v) * lift));
+    return "#" + out.map((v) => v.toString(16).padStart(2, "0")).join("");
+  }
+
   function drawFootprints(fc) {
     if (state.footprints) state.footprints.remove();
     state.byId.clear();
     state.footprints = L.geoJSON(fc, {
-      style: (f) => ({ stroke: false, fillOpacity: 0.9, fillColor: f.properties.color || "#888" }),
+      style: (f) => ({ stroke: false, fillOpacity: 0.9, fillColor: visible(f.properties.color) }),
       pointToLayer: (f, latlng) => L.circleMarker(latlng, { radius: 5 }),
       onEachFeature: (f, layer) => {
-        state.byId.set(f.id, { layer, color: f.properties.color || "#888" });
+        state.byId.set(f.id, { layer, color: visible(f.properties.color) });
         layer.on("click", (e) => onChipClick(f.id, e.originalEvent));
       },
     }).addTo(map);
     state.footprints.bringToBack();
     const more = fc.truncated ? ` (the first ${fc.numberReturned} here: zoom in for all)` : "";
     status(`${fc.numberReturned} chips${more}`);
+    if (state.scored) recolour();
   }
 
   // A collection larger than one response is re-fetched for the view after each move.
@@ -166,6 +199,102 @@
       }),
     );
     $("run-fewshot").disabled = state.positive.size === 0;
+    $("run-score").disabled = state.positive.size === 0;
+  }
+
+  // --- scoring the view ------------------------------------------------------------------
+
+  // Scores from the threshold (dark blue) to 1 and above (yellow); chips below it are dimmed.
+  const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  function ramp(t) {
+    const x = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+    const i = Math.min(Math.floor(x), RAMP.length - 2);
+    const f = x - i;
+    const c = RAMP[i].map((v, k) => Math.round(v + (RAMP[i + 1][k] - v) * f));
+    return "#" + c.map((v) => v.toString(16).padStart(2, "0")).join("");
+  }
+
+  function threshold() {
+    return parseFloat($("threshold").value);
+  }
+
+  function recolour() {
+    const t = threshold();
+    $("threshold-value").textContent = t.toFixed(2);
+    let kept = 0;
+    for (const [id, chip] of state.byId) {
+      if (!state.scored) {
+        chip.layer.setStyle({ fillColor: chip.color, fillOpacity: 0.9 });
+        continue;
+      }
+      const s = state.scored.scores.get(id);
+      if (s !== undefined && s >= t) {
+        kept += 1;
+        chip.layer.setStyle({ fillColor: ramp((s - t) / Math.max(1 - t, 1e-6)), fillOpacity: 0.95 });
+      } else {
+        chip.layer.setStyle({ fillColor: "#555", fillOpacity: s === undefined ? 0.15 : 0.35 });
+      }
+    }
+    if (state.scored) {
+      const total = state.scored.scores.size;
+      $("score-summary").textContent =
+        `${kept} of ${total} scored chips at score ≥ ${t.toFixed(2)} (positives average 1).`;
+      document.body.dataset.detections = String(kept);
+    }
+  }
+
+  async function scoreView() {
+    const ref = (id) => ({ collection: state.collection.id, id });
+    const f = filters();
+    const body = {
+      positive: [...state.positive].map(ref),
+      negative: [...state.negative].map(ref),
+      method: "linear",
+      bbox: viewBbox(),
+      threshold: parseFloat($("threshold").min),
+    };
+    if (f.datetime) body.datetime = f.datetime;
+    status("scoring the view…");
+    const started = performance.now();
+    try {
+      const doc = await getJSON(`collections/${enc(state.collection.id)}/score`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const scores = new Map(doc.features.map((x) => [x.id, x.properties.score]));
+      state.scored = { doc, scores, body };
+      recolour();
+      $("export-detections").disabled = false;
+      $("clear-score").disabled = false;
+      await afterPaint();
+      window.explorerLastScore = { body, count: doc.features.length };
+      status(`scored ${doc.features.length} chips in ${(performance.now() - started).toFixed(0)} ms`);
+    } catch (err) {
+      status(`scoring failed: ${err.message}`, true);
+    }
+  }
+
+  function exportDetections() {
+    if (!state.scored) return;
+    const t = threshold();
+    const { doc } = state.scored;
+    const model = { ...doc["embcat:score"], threshold: t };
+    const out = {
+      type: "FeatureCollection",
+      "embcat:score": model,
+      features: doc.features.filter((x) => x.properties.score >= t),
+    };
+    window.explorerLastExport = out;
+    const blob = new Blob([JSON.stringify(out)], { type: "application/geo+json" });
+    const a = Object.assign(document.createElement("a"), {
+      href: URL.createObjectURL(blob),
+      download: `${state.collection.id}-detections.geojson`,
+    });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
   }
 
   function viewBbox() {
@@ -252,7 +381,8 @@
       swatch.style.background = chip ? chip.color : "#888";
       const distance = document.createElement("span");
       distance.className = "distance";
-      distance.textContent = Number(item.properties["similarity:distance"]).toFixed(4);
+      // Six decimals: halfvec distances of near neighbours differ past the fourth.
+      distance.textContent = Number(item.properties["similarity:distance"]).toFixed(6);
       li.append(swatch, item.id, distance);
       li.addEventListener("click", () => showItem(item.id, item));
       list.append(li);
@@ -327,6 +457,16 @@
       method: "prototype",
     }, [...state.positive]);
   });
+  $("run-score").addEventListener("click", () => scoreView());
+  $("threshold").addEventListener("input", () => recolour());
+  $("export-detections").addEventListener("click", () => exportDetections());
+  $("clear-score").addEventListener("click", () => {
+    state.scored = null;
+    recolour();
+    $("score-summary").textContent = "";
+    $("export-detections").disabled = true;
+    $("clear-score").disabled = true;
+  });
   $("clear-examples").addEventListener("click", () => {
     state.positive.clear();
     state.negative.clear();
@@ -342,6 +482,11 @@
     return { x: p.x, y: p.y };
   };
   window.explorerChipIds = () => [...state.byId.keys()];
+  window.explorerChipFill = (itemId) => {
+    const chip = state.byId.get(itemId);
+    return chip ? chip.layer.options.fillColor : null;
+  };
+  window.explorerVisibleColour = visible;
   window.explorerMap = map;
 
   loadCollections().catch((err) => status(err.message, true));
