@@ -94,9 +94,7 @@ def test_score_this_view_recolours_and_exports_the_apis_detections(
     assert [r["id"] for r in body["positive"]] == pos
     assert [r["id"] for r in body["negative"]] == neg
     at_default = _api(server, cid, body, 0.5)
-    assert browser.execute_script("return document.body.dataset.detections") == str(
-        len(at_default)
-    )
+    assert browser.execute_script("return document.body.dataset.detections") == str(len(at_default))
     after = {i: browser.execute_script("return window.explorerChipFill(arguments[0])", i)
              for i in truth}  # fmt: skip
     kept = {f["id"] for f in at_default}
