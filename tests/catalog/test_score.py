@@ -228,3 +228,15 @@ def test_like_filter_with_percent_signs_applies(db, planted):
     }
     _m, kept = _kept(db, cid, body)
     assert kept and set(kept) == {i for i in truth if i.startswith("blocks_0_")}
+
+
+def test_parquet_result_reads_as_a_geodataframe(db, planted):
+    import geopandas
+
+    cid, truth = planted
+    pos, neg = examples(truth, TOWN, BARE)
+    req = score.parse_request({"positive": pos, "negative": neg, "format": "parquet"})
+    model = score.fit(db, cid, req)
+    frame = geopandas.read_parquet(io.BytesIO(b"".join(score.stream(db, model, req))))
+    assert frame.crs.equals("OGC:CRS84") and set(frame.geom_type) == {"Polygon"}
+    assert frame.score.min() >= 0.5
