@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -59,6 +58,7 @@ from catalog.similarity import (
     query_vector,
 )
 from catalog.spaces import Space
+from encoders.thumbnails import png_bytes
 
 MODEL_TYPE = "embcat:score-model"
 MODEL_VERSION = 1
@@ -627,25 +627,6 @@ def render_png(
     image[..., :3] = np.where(covered[..., None], rgb, 0)
     image[..., 3] = np.where(covered, 255, 0)
     return png_bytes(image, {META_KEY: json.dumps(model.as_json())})
-
-
-def png_bytes(rgba: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """An RGBA (h, w, 4) uint8 image as PNG bytes, with optional tEXt chunks."""
-    h, w = rgba.shape[:2]
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )  # fmt: skip
-
-    raw = b"".join(b"\x00" + rgba[r].tobytes() for r in range(h))
-    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))]
-    for key, value in (text or {}).items():
-        out.append(chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
-    out.append(chunk(b"IDAT", zlib.compress(raw, 6)))
-    out.append(chunk(b"IEND", b""))
-    return b"".join(out)
 
 
 def png_text(data: bytes) -> dict[str, str]:

@@ -56,11 +56,13 @@ from encoders.manifest import (
 )
 from encoders.registry import get_encoder
 from encoders.sources import ChipReader, Source, first_raster_bands, resolve_inputs
+from encoders.thumbnails import render as render_thumbnails
 
 log = logging.getLogger("embcat.encode")
 
 SHARD_META_KEY = "embcat:shard"
 ROW_GROUP_ROWS = 4096
+THUMBNAIL_COLUMN = "thumbnail"  # PNG quicklook of each chip (optional shard column)
 DEFAULT_DIST_TIMEOUT_S = 48 * 3600  # ranks wait for the slowest one before the manifest
 
 
@@ -489,7 +491,8 @@ def _encode_shard(
                 if batch["x"] is not None:
                     vectors = encoder.encode(batch["x"].to(device, non_blocking=True))
                     batch_chips = [chips[i] for i in batch["index"]]
-                    _add_rows(writer, sources, batch_chips, batch["fraction"], vectors)
+                    thumbs = render_thumbnails(batch["x"].numpy(), encoder.input_spec.bands)
+                    _add_rows(writer, sources, batch_chips, batch["fraction"], vectors, thumbs)
                     for chip in batch_chips:
                         itemsize = sum(sources[chip.source].itemsize)
                         source_bytes += itemsize * chip.size * chip.size
@@ -508,6 +511,7 @@ def _add_rows(
     chips: Sequence[Chip],
     fractions: Sequence[float],
     vectors: torch.Tensor,
+    thumbnails: Sequence[bytes] | None = None,
 ) -> None:
     emb = vectors.detach().cpu().numpy()
     # Footprints per source (vectorised), in batch order.
@@ -536,6 +540,7 @@ def _add_rows(
             "window_width": [c.size for c in chips],
             "window_height": [c.size for c in chips],
             "nodata_fraction": list(fractions),
+            **({THUMBNAIL_COLUMN: list(thumbnails)} if thumbnails is not None else {}),
         },
         emb,
         bboxes,
@@ -746,9 +751,10 @@ def _run(
             log.info("rank %d: %s is complete, reusing it", rank, shard_path.name)
         else:
             shard_path.unlink(missing_ok=True)
-            writer = _ShardWriter(
-                shard_path, shard_schema(enc.output_spec.dimensions, enc.output_spec.dtype)
-            )
+            schema = shard_schema(enc.output_spec.dimensions, enc.output_spec.dtype)
+            # Optional column past the contract's: each chip's quicklook (encoders.thumbnails).
+            schema = schema.append(pa.field(THUMBNAIL_COLUMN, pa.binary(), nullable=True))
+            writer = _ShardWriter(shard_path, schema)
             try:
                 counts = _encode_shard(
                     encoder=enc,
