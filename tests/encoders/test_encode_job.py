@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
@@ -44,7 +45,9 @@ def test_run_writes_a_verified_shard_and_manifest(encoded) -> None:
     assert shard.sha256 == sha256_file(out / shard.path)
     assert shard.bytes == (out / shard.path).stat().st_size
     table = _table(out)
-    assert table.schema.remove_metadata() == shard_schema(16)
+    # The contract's columns, then the optional quicklook (encoders.thumbnails).
+    expected = shard_schema(16).append(pa.field("thumbnail", pa.binary(), nullable=True))
+    assert table.schema.remove_metadata() == expected
     assert table.num_rows == 10
     assert manifest.encoder.name == "mosaiks" and manifest.encoder.dimensions == 16
     assert manifest.encoder.mlm["mlm:output"][0]["result"]["shape"] == [-1, 16]
