@@ -400,7 +400,7 @@ def score_query(
     else:
         # Flattened by the planner: the cut is a filter of the (parallel) scan, the score
         # computed again only for the rows that pass it. (An ``offset 0`` fence would
-        # compute it once, but keeps the scan serial: 1.6x slower at 1M rows.)
+        # compute it once, but keeps the scan serial: 4.4 s against 1.4 s at 1M rows.)
         query = sql.SQL(
             "select item_id, ST_AsBinary(geometry), score from ({inner}) s where score >= {t}"
         ).format(inner=inner, t=sql.Literal(model.threshold))
