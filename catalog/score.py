@@ -55,6 +55,7 @@ from catalog.similarity import (
     _space_of,
     _unit,
     _vector_adapters,
+    linear_direction,
     query_vector,
 )
 from catalog.spaces import Space
@@ -272,15 +273,28 @@ def fit(
         # The model's negatives: the explicit ones, repeated so that they weigh as much as
         # the whole background sample, plus the background (what "everything else" looks
         # like). One negative alone only says "far from this chip" (issue 14, D2).
-        repeat = max(1, len(background) // len(negative)) if negative else 0
-        contrast = [*(negative * repeat), *background]
-        spec = SimilaritySpec(positive=positive, negative=contrast, method=req.method, exact=True)
-        fit_settings = settings.model_copy(update={"max_examples": len(positive) + len(contrast)})
-        q, op, _indexable = query_vector(conn, spec, space, fit_settings)
-        if op == "<->":  # an L2 space ranked by a prototype: compare by inner product
-            op = "<#>"
         pos = _fetch_vectors(conn, space, positive)
         neg = _fetch_vectors(conn, space, [*negative, *background])
+        if req.method == "linear":
+            # The classifier's own direction (the decision value is what a threshold
+            # cuts), trained by the similarity clause's one implementation: explicit
+            # negatives and the background share the negatives' weight. (A similarity
+            # search ranks by p̂ + ŵ instead: a top k must stay like the positives; a
+            # threshold over the whole area needs the calibrated decision direction.)
+            q, op = _linear_model(space, pos, neg[: len(negative)], neg[len(negative) :],
+                                  settings)  # fmt: skip
+        else:
+            repeat = max(1, len(background) // len(negative)) if negative else 0
+            contrast = [*(negative * repeat), *background]
+            spec = SimilaritySpec(
+                positive=positive, negative=contrast, method=req.method, exact=True
+            )
+            fit_settings = settings.model_copy(
+                update={"max_examples": len(positive) + len(contrast)}
+            )
+            q, op, _indexable = query_vector(conn, spec, space, fit_settings)
+            if op == "<->":  # an L2 space ranked by a prototype: compare by inner product
+                op = "<#>"
         source = "examples+background" if negative else "background"
     model = ScoreModel(
         collection_id=collection_id,
@@ -317,6 +331,29 @@ def fit(
             " choose examples that differ (or more of them)"
         )
     return replace(model, level_positive=p_level, level_negative=n_level)
+
+
+def _linear_model(
+    space: Space,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    background: np.ndarray,
+    settings: SimilaritySettings,
+) -> tuple[np.ndarray, str]:
+    """The unit direction ``w`` of the linear few-shot classifier and the operator that
+    compares chips with it (cosine spaces: cosine, on unit features; others: inner product)."""
+    cosine = space.metric == "cosine"
+    if cosine:
+        positives, background = _unit(positives), _unit(background)
+        negatives = _unit(negatives) if len(negatives) else negatives
+    w = linear_direction(
+        positives, negatives, background=background,
+        iterations=settings.linear_iterations, l2=settings.linear_l2,
+    )  # fmt: skip
+    norm = float(np.linalg.norm(w))
+    if not np.isfinite(norm) or norm == 0:
+        raise InvalidInput("the examples give the classifier no direction to rank by")
+    return w / norm, "<=>" if cosine else "<#>"
 
 
 def _background_refs(
