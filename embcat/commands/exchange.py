@@ -233,3 +233,13 @@ def stats_command(collection_id: str, sample: int, queries: int, as_json: bool) 
             f"{d.dtype:<8} {d.bytes_per_embedding:>10} {ratio:>10} {d.recall_at_10:>10.3f}"
             f" {1 - d.recall_at_10:>7.3f}"
         )
+    if stats.index is not None:
+        advice = stats.index
+        click.echo(
+            f"index: {advice.current} now; recommended {advice.recommended}: {advice.reason}"
+            + (
+                ""
+                if advice.recommended == advice.current
+                else f" (embcat index build {stats.collection_id} --kind {advice.recommended})"
+            )
+        )

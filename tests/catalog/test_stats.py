@@ -109,3 +109,26 @@ def test_a_run_of_new_chips_adds_its_source_bytes(tmp_path, db_settings):
     publish(more, collection_id=enc, settings=db_settings, progress=False)
     expected = Manifest.load(first).source_bytes + Manifest.load(more).source_bytes
     assert _stats_source_bytes(db_settings, enc) == expected
+
+
+def _advice(conn: psycopg.Connection, cid: str, vectors: np.ndarray):
+    load_collection(conn, cid, vectors, encoder_name=f"advice-{cid}", build_index=False)
+    stats = collection_stats(conn, cid, sample=len(vectors), queries=40, rerank_candidates=30)
+    assert stats.index is not None
+    return stats.index
+
+
+def test_index_advice_recommends_binary_codes_for_manifold_data(conn: psycopg.Connection) -> None:
+    from vectorgen import manifold_vectors
+
+    advice = _advice(conn, "advice-manifold", manifold_vectors(3000, 256, seed=3))
+    assert advice.binary_recall_at_10 >= 0.95
+    assert advice.recommended == "ivfflat-bit"
+
+
+def test_index_advice_recommends_halfvec_hnsw_for_isotropic_data(conn: psycopg.Connection) -> None:
+    isotropic = np.random.default_rng(5).standard_normal((3000, 256)).astype(np.float32)
+    advice = _advice(conn, "advice-isotropic", isotropic)
+    assert advice.binary_recall_at_10 < 0.95
+    assert advice.recommended == "hnsw-halfvec"
+    assert "halfvec" in advice.reason
