@@ -129,9 +129,11 @@ BEGIN
     IF sp.index_kind = 'hnsw-halfvec' OR sp.index_center IS NULL THEN
         -- (a binary kind without a centre has no index yet: the same query, exact)
         PERFORM set_config('hnsw.ef_search', least(greatest(2 * k, 60), 1000)::text, true);
+        -- (the outer sort of k rows: an HNSW scan's order is approximate)
         RETURN QUERY EXECUTE format(
-            'SELECT e.item_id, (%1$s)::double precision FROM public.embeddings e'
-            ' WHERE e.space_id = %2$s AND e.collection_id = $2%3$s ORDER BY %1$s LIMIT $3',
+            'SELECT c.item_id, c.d FROM (SELECT e.item_id, (%1$s)::double precision AS d'
+            ' FROM public.embeddings e WHERE e.space_id = %2$s AND e.collection_id = $2%3$s'
+            ' ORDER BY %1$s LIMIT $3) c ORDER BY c.d, c.item_id',
             dist, sp.id, area)
         USING v, collection, k, within;
         RETURN;

@@ -134,7 +134,9 @@ def test_the_collection_still_says_seed_0(
     sha = Manifest.load(runs["a0"]).encoder.space_sha256
     assert stac["embcat:space"]["options_sha256"] == space["options_sha256"] == sha
     assert stac["embcat:space"]["options"]["options"]["seed"] == 0
-    assert stac["mlm:hyperparameters"]["seed"] == 0
+    # MLM fields live on the model item (issue 19), not on the collection
+    model = httpx.get(f"{live_server}/collections/{collection}/model", timeout=10).json()
+    assert model["properties"]["mlm:hyperparameters"]["seed"] == 0
 
 
 def _neighbour_purity(found: dict[str, list[str]], classes: dict[str, int]) -> float:
