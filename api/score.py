@@ -20,21 +20,12 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.similarity import similarity_settings
 from catalog.db import connect
 from catalog.score import MEDIA_TYPES, ScoreModel, ScoreRequest, fit, parse_request, stream
-from catalog.similarity import SimilaritySettings
 
 SCORE_PATH = "/collections/{collection_id}/score"
 EXTENSIONS = {"geojson": "geojson", "parquet": "parquet", "png": "png"}
-
-
-def _settings(request: Request) -> SimilaritySettings:
-    state = request.app.state
-    found = getattr(state, "similarity_settings", None)
-    if found is None:
-        found = SimilaritySettings()
-        state.similarity_settings = found
-    return found
 
 
 def _start(request: Request, collection_id: str, req: ScoreRequest) -> StreamingResponse:
@@ -44,7 +35,7 @@ def _start(request: Request, collection_id: str, req: ScoreRequest) -> Streaming
         timeout = int(getattr(request.app.state.settings, "statement_timeout_ms", 0) or 0)
         if timeout:
             conn.execute("select set_config('statement_timeout', %s, false)", (str(timeout),))
-        model: ScoreModel = fit(conn, collection_id, req, _settings(request))
+        model: ScoreModel = fit(conn, collection_id, req, similarity_settings(request))
         conn.rollback()
     except BaseException as exc:
         holder.__exit__(type(exc), exc, exc.__traceback__)

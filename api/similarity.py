@@ -100,7 +100,8 @@ class SimilaritySearchPostRequest(BaseModel):
     )
 
 
-def _settings(request: Request) -> SimilaritySettings:
+def similarity_settings(request: Request) -> SimilaritySettings:
+    """The app's similarity settings (built once per app; shared with scoring)."""
     state = request.app.state
     found = getattr(state, "similarity_settings", None)
     if found is None:
@@ -149,7 +150,7 @@ def _search(
             search.limit,
             offset,
             collections=search.collections,
-            settings=_settings(request),
+            settings=similarity_settings(request),
             item_columns=stacrows.ITEM_COLUMNS,
             area=area,
         )
@@ -174,7 +175,7 @@ async def similarity_search(
     offset = _offset(search.token)
 
     features = await run_in_threadpool(_search, request, search, spec, offset, base)
-    settings = _settings(request)
+    settings = similarity_settings(request)
     more = len(features) == search.limit and offset + 2 * search.limit <= settings.max_k
     pages = []
     if more:

@@ -1060,9 +1060,6 @@ def export_to_file(
     its SHA-256 beside it in ``<path>.sha256`` (``sha256sum -c`` format)."""
     started = time.perf_counter()
     plan = plan_export(conn, req)
-    tmp = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    total = 0
     last: list[str] = []
 
     def seen(rows: int, nbytes: int, last_id: str) -> None:
@@ -1071,16 +1068,7 @@ def export_to_file(
         if progress is not None:
             progress(rows, nbytes)
 
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in stream_export(conn, plan, seen):
-                fh.write(chunk)
-                digest.update(chunk)
-                total += len(chunk)
-        write_checksum(path, digest.hexdigest())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    total, hexdigest = _write_with_checksum(path, stream_export(conn, plan, seen))
     return ExportSummary(
         rows=plan.rows,
         bytes=total,
@@ -1088,8 +1076,27 @@ def export_to_file(
         as_of=plan.as_of,
         more=plan.more,
         last_id=last[0] if last else None,
-        sha256=digest.hexdigest(),
+        sha256=hexdigest,
     )
+
+
+def _write_with_checksum(path: Path, chunks: Iterator[bytes]) -> tuple[int, str]:
+    """Write ``chunks`` to ``path`` atomically (a ``.part`` file renamed when complete) and
+    the SHA-256 beside it; returns the bytes written and the hex digest."""
+    tmp = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                digest.update(chunk)
+                total += len(chunk)
+        write_checksum(path, digest.hexdigest())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return total, digest.hexdigest()
 
 
 def checksum_path(path: Path) -> Path:
@@ -1174,19 +1181,7 @@ def export_csv_to_file(conn: psycopg.Connection, req: ExportRequest, path: Path)
     """Write the NeuCo-Bench CSV to ``path`` (atomically) with ``<path>.sha256`` beside it."""
     started = time.perf_counter()
     plan = plan_export(conn, csv_request(req))
-    tmp = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    total = 0
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in stream_csv(conn, plan):
-                fh.write(chunk)
-                digest.update(chunk)
-                total += len(chunk)
-        write_checksum(path, digest.hexdigest())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    total, hexdigest = _write_with_checksum(path, stream_csv(conn, plan))
     return ExportSummary(
         rows=plan.rows,
         bytes=total,
@@ -1194,5 +1189,5 @@ def export_csv_to_file(conn: psycopg.Connection, req: ExportRequest, path: Path)
         as_of=plan.as_of,
         more=plan.more,
         last_id=None,
-        sha256=digest.hexdigest(),
+        sha256=hexdigest,
     )
