@@ -57,6 +57,7 @@ from api.db import connection, create_pool
 from api.errors import add_exception_handlers, error_body
 from api.exchange import router as exchange_router
 from api.explorer import router as explorer_router
+from api.imagery import router as imagery_router
 from api.limits import ClientConcurrencyLimit, TrustedProxyHeaders, parse_networks
 from api.score import SCORE_PATH, score_router
 from api.settings import ApiSettings
@@ -66,7 +67,12 @@ from api.uploads import router as uploads_router
 from catalog.stac import STAC_VERSION
 
 # Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
-EXTRA_ROUTERS: list[APIRouter] = [explorer_router, exchange_router, uploads_router]
+EXTRA_ROUTERS: list[APIRouter] = [
+    explorer_router,
+    exchange_router,
+    uploads_router,
+    imagery_router,
+]
 
 FILTER_CLASSES = [
     FilterConformanceClasses.FILTER,

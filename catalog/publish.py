@@ -60,7 +60,7 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from catalog import metrics
+from catalog import imagery, metrics
 from catalog import spaces as spaces_mod
 from catalog.collections import validate_collection_id
 from catalog.db import connect
@@ -79,6 +79,7 @@ from catalog.stacgen import (
 )
 from encoders.manifest import (
     MANIFEST_NAME,
+    THUMBNAIL_COLUMN,
     Manifest,
     make_space_options,
     options_sha256,
@@ -103,7 +104,7 @@ _URL_SAFE = r"^[A-Za-z0-9._~-]+$"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _NULL = struct.pack(">i", -1)
-_STAGE_FIELDS = 7
+_STAGE_FIELDS = 8
 # The staging table's rows (a vector plus three item documents, 3-5 kB) stay inline and
 # uncompressed: TOAST would compress or move them out of line on the way in, only to
 # decompress them again for the merge.
@@ -235,6 +236,7 @@ def verify_shards(manifest: Manifest, folder: Path) -> list[Path]:
             problems.extend(
                 _schema_problems(rec.path, meta.schema_arrow, enc.dimensions, enc.dtype)
             )
+            problems.extend(imagery.thumbnail_schema_problems(rec.path, meta.schema_arrow))
             if meta.metadata.num_rows != rec.rows:
                 problems.append(
                     f"{rec.path}: {meta.metadata.num_rows} rows, the manifest says {rec.rows}"
@@ -391,6 +393,8 @@ def _validate_batch(
             else ""
         )
         problems.add(shard, offset, ids, _where(~finite), what)
+    for rows, what in imagery.thumbnail_problems(batch):
+        problems.add(shard, offset, ids, rows, what)
     if problems.count > before:
         return None
     extent = [
@@ -511,6 +515,7 @@ class _Encoder:
         self._href_prefix = _const(b'"href":' + orjson.dumps(template.href_prefix)[:-1])
         self._href_suffix = _const(orjson.dumps(template.href_suffix)[1:])
         self._src_type = _const(b',"type":' + orjson.dumps(SOURCE_MEDIA_TYPE) + b',"title":')
+        self._thumbs = imagery.ThumbnailEncoder(template.href_prefix)
 
     def _digests(self, stored: np.ndarray) -> np.ndarray:
         """sha256 of each vector's canonical .npy bytes (header + little-endian float32)."""
@@ -562,8 +567,8 @@ class _Encoder:
         hexed[:, 1::2] = _HEX[digests & 15]
         assets = join(
             self._asset_open, self._href_prefix, href_ids, self._href_suffix,
-            _const(b',"file:checksum":"1220'), _fixed(hexed.tobytes(), 64, n), _const(b'"}}'),
-            b"",
+            _const(b',"file:checksum":"1220'), _fixed(hexed.tobytes(), 64, n), _const(b'"}'),
+            self._thumbs.asset_json(batch, href_ids), _const(b"}"), b"",
         )  # fmt: skip
         links = join(
             _const(b'[{"rel":"derived_from","href":'),
@@ -594,6 +599,7 @@ class _Encoder:
             _field_lengths(wkbs), wkbs,
             *self._documents(batch, us, self._digests(stored)),
             _fixed(tail.tobytes(), self.dtype.itemsize, n),
+            *self._thumbs.copy_field(batch),
             b"",
         )  # fmt: skip
         offsets = np.frombuffer(
@@ -612,7 +618,8 @@ def _source_uris(col: pa.Array) -> pa.Array:
 
 def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     with pq.ParquetFile(path) as f:
-        yield from f.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS))
+        extra = [THUMBNAIL_COLUMN] if imagery.shard_has_thumbnails(f.schema_arrow) else []
+        yield from f.iter_batches(batch_size=batch_rows, columns=[*REQUIRED_COLUMNS, *extra])
 
 
 # -- the database side -------------------------------------------------------------------------
@@ -622,8 +629,9 @@ def _stage_sql(space: Space) -> str:
     return f"""
 CREATE TEMP TABLE publish_staging (
     id text, wkb bytea, properties jsonb, assets jsonb, links jsonb, datetime timestamptz,
-    embedding {space.storage}
-) WITH (toast_tuple_target = {_TOAST_TARGET_MAX}) ON COMMIT DROP"""
+    embedding {space.storage}, thumbnail bytea
+) WITH (toast_tuple_target = {_TOAST_TARGET_MAX}) ON COMMIT DROP;
+ALTER TABLE publish_staging ALTER COLUMN thumbnail SET STORAGE EXTERNAL"""
 
 
 def _existing_collection(
@@ -823,6 +831,7 @@ def _publish(
         default_collection_id(manifest) if collection_id is None else collection_id
     )
     shard_paths = verify_shards(manifest, folder)
+    quicklooks = imagery.verify_quicklooks(manifest, folder)
     total_bytes = sum(s.bytes for s in manifest.shards)
     timings: dict[str, float] = {"verify_s": time.perf_counter() - t0}
 
@@ -834,7 +843,7 @@ def _publish(
         with translated(), conn.transaction():
             result = _publish_tx(
                 conn, manifest, shard_paths, cid, mode, storage, defer_index, progress,
-                started_wall, origin, total_bytes, timings, t0,
+                started_wall, origin, total_bytes, timings, t0, quicklooks,
             )  # fmt: skip
     result.elapsed_s = time.perf_counter() - t0
     log.info(result.summary())
@@ -855,6 +864,7 @@ def _publish_tx(
     total_bytes: int,
     timings: dict[str, float],
     t0: float,
+    quicklooks: list[imagery.Quicklook],
 ) -> PublishResult:
     enc = manifest.encoder
     conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish:' || %s))", (cid,))
@@ -882,6 +892,7 @@ def _publish_tx(
         cid=cid, mode=mode, storage=storage, defer_index=defer_index,
         existing_stac=existing_stac, created=existing is None, manifest=manifest,
         timings=timings, known_space=old_space,
+        thumbnails=any(imagery.shard_has_thumbnails(pq.read_schema(p)) for p in shard_paths),
     )  # fmt: skip
     for key in ("stage_s", "merge_items_s", "merge_embeddings_s"):
         timings[key] = 0.0
@@ -899,6 +910,10 @@ def _publish_tx(
         manifest, cid, space, bbox=state.extent[:4], interval=(state.extent[4], state.extent[5]),
         existing=existing_stac,
     )  # fmt: skip
+    stac = imagery.collection_imagery(
+        stac, cid, quicklooks, existing_stac, thumbnails=state.thumbnails
+    )
+    imagery.store_quicklooks(conn, cid, quicklooks)
     conn.execute(
         "update collections set stac = %s, space_id = %s,"
         " updated_at = case when %s then updated_at else now() end"
@@ -984,6 +999,7 @@ class _MergeState:
     updated: int = 0
     extent: list[Any] | None = None
     chunks: int = 0
+    thumbnails: bool = False  # some shard has the thumbnail column
 
 
 _DONE = object()
@@ -1204,6 +1220,8 @@ def _merge_chunk(
     state.inserted += int(counts[0])
     state.updated += int(counts[1])
     timings["merge_items_s"] += time.perf_counter() - t
+    if state.thumbnails or mode == "upsert":
+        imagery.merge_thumbnails(conn, cid, mode)
     t = time.perf_counter()
     conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
     timings["merge_embeddings_s"] += time.perf_counter() - t

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,11 @@ from encoders.errors import EncodeError, InputError, OutputError
 from encoders.grid import Chip, footprints, grid_id, plan_chips, split_for_rank
 from encoders.manifest import (
     MANIFEST_NAME,
+    QUICKLOOK_DIR,
+    QUICKLOOKS_KEY,
+    THUMBNAIL_COLUMN,
     Manifest,
+    QuicklookRecord,
     RunParameters,
     ShardRecord,
     geo_metadata,
@@ -57,12 +62,12 @@ from encoders.manifest import (
 from encoders.registry import get_encoder
 from encoders.sources import ChipReader, Source, first_raster_bands, resolve_inputs
 from encoders.thumbnails import render as render_thumbnails
+from encoders.thumbnails import scene_quicklook
 
 log = logging.getLogger("embcat.encode")
 
 SHARD_META_KEY = "embcat:shard"
 ROW_GROUP_ROWS = 4096
-THUMBNAIL_COLUMN = "thumbnail"  # PNG quicklook of each chip (optional shard column)
 DEFAULT_DIST_TIMEOUT_S = 48 * 3600  # ranks wait for the slowest one before the manifest
 
 
@@ -575,6 +580,7 @@ def run_encode(
     resume: bool = True,
     progress: bool = True,
     dist_timeout_s: float = DEFAULT_DIST_TIMEOUT_S,
+    quicklooks: bool = True,
 ) -> EncodeResult:
     """Encode ``inputs`` into GeoParquet shards and a manifest under ``out_dir``.
 
@@ -585,9 +591,10 @@ def run_encode(
     with a larger share of nodata pixels are skipped and counted. ``datetime``: used for
     sources with neither STAC datetime nor TIFFTAG_DATETIME. ``band_map``: encoder band
     -> source band name or 1-based index. ``workers``: DataLoader reader processes (0:
-    read in the main process). Under torchrun every rank calls this with the same
-    arguments. Raises :class:`encoders.errors.EncodeError` subclasses on bad input or
-    output; rank 0's result carries the manifest.
+    read in the main process). ``quicklooks``: rank 0 renders a quicklook PNG of each
+    source scene into ``quicklooks/`` (recorded in the manifest). Under torchrun every rank
+    calls this with the same arguments. Raises :class:`encoders.errors.EncodeError`
+    subclasses on bad input or output; rank 0's result carries the manifest.
     """
     started = time.perf_counter()
     started_at = datetime_now()
@@ -615,6 +622,7 @@ def run_encode(
             asset=asset,
             resume=resume,
             progress=progress,
+            quicklooks=quicklooks,
             started=started,
             started_at=started_at,
         )
@@ -678,6 +686,7 @@ def _run(
     asset: str | None,
     resume: bool,
     progress: bool,
+    quicklooks: bool,
     started: float,
     started_at: datetime,
 ) -> EncodeResult:
@@ -809,10 +818,12 @@ def _run(
     error = None
     if rank == 0:
         try:
+            scenes = _write_quicklooks(out, sources, enc.input_spec.bands) if quicklooks else []
             result.manifest = _write_manifest(
                 out=out,
                 encoder=enc,
                 sources=sources,
+                quicklooks=scenes,
                 inputs=inputs,
                 digests=digests,
                 params=dict(
@@ -841,11 +852,63 @@ def _run(
     return result
 
 
+def _quicklook_key(item_id: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", item_id).strip("-.")[:180] or "scene"
+    key, n = base, 1
+    while key in taken:
+        n += 1
+        key = f"{base}-{n}"
+    taken.add(key)
+    return key
+
+
+def _write_quicklooks(
+    out: Path, sources: Sequence[Source], bands: Sequence[str]
+) -> list[QuicklookRecord]:
+    """A quicklook PNG of each source scene under ``out/quicklooks/`` (atomic writes). A
+    scene that cannot be rendered is skipped with a warning: quicklooks are for looking,
+    the vectors do not depend on them."""
+    folder = out / QUICKLOOK_DIR
+    records: list[QuicklookRecord] = []
+    taken: set[str] = set()
+    for src in sources:
+        key = _quicklook_key(src.item_id, taken)
+        try:
+            look = scene_quicklook(src, bands)
+        except Exception as exc:  # noqa: BLE001 - a quicklook never fails the run
+            log.warning("%s: no quicklook (%s)", src.href, exc)
+            continue
+        try:
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{key}.png"
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(look.png)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _output_error(folder, exc) from exc
+        records.append(
+            QuicklookRecord(
+                key=key,
+                source_item=src.item_id,
+                path=f"{QUICKLOOK_DIR}/{key}.png",
+                bbox=list(look.bbox),
+                crs=look.crs,
+                width=look.width,
+                height=look.height,
+                bytes=len(look.png),
+                sha256=hashlib.sha256(look.png).hexdigest(),
+                acquired=src.datetime,
+            )
+        )
+    return records
+
+
 def _write_manifest(
     *,
     out: Path,
     encoder: Encoder,
     sources: Sequence[Source],
+    quicklooks: Sequence[QuicklookRecord] = (),
     inputs: Sequence[Any],
     digests: Sequence[str],
     params: dict[str, Any],
@@ -893,6 +956,8 @@ def _write_manifest(
         rows=rows,
         skipped_nodata=skipped,
         source_bytes=source_bytes,
+        # optional key: absent when there are none (older manifests keep their checksum)
+        **({QUICKLOOKS_KEY: [q.model_dump(mode="json") for q in quicklooks]} if quicklooks else {}),
     )
     try:
         manifest.dump(out)

@@ -28,6 +28,14 @@ nodata_fraction      float32                                     share of nodata
 embedding            fixed_size_list<float32 or float16>[D]      the vector
 ===================  ==========================================  ==============================
 
+Optional column past these: ``thumbnail`` (binary, nullable), a PNG quicklook of the chip
+(encoders.thumbnails); the publish job stores it as the item's ``thumbnail`` asset.
+
+Optional manifest key ``quicklooks``: one record per source scene (``QuicklookRecord``:
+a PNG under ``quicklooks/`` in the run folder, in Web Mercator, with its WGS84 bounds); the
+publish job stores them as the collection's ``quicklook-*`` assets. Manifests without it
+(older runs, other tools) keep their checksum.
+
 The file-level ``geo`` metadata follows GeoParquet 1.1 (primary column ``geometry``,
 WKB encoding, CRS OGC:CRS84). This module is dependency-light on purpose: both the
 encode job (encoders/) and the publish job (catalog/) import it.
@@ -45,6 +53,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
+THUMBNAIL_COLUMN = "thumbnail"  # optional shard column: each chip's PNG quicklook
+QUICKLOOKS_KEY = "quicklooks"  # optional manifest key: the scenes' quicklooks
+QUICKLOOK_DIR = "quicklooks"  # their folder in the run directory
+QUICKLOOK_KEY_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 MANIFEST_VERSION = 1
 SHARD_PATTERN = "shard-{rank:05d}-of-{world:05d}.parquet"
 
@@ -113,6 +125,29 @@ class ShardRecord(BaseModel):
     rows: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class QuicklookRecord(BaseModel):
+    """A quicklook of one source scene (PNG, Web Mercator grid, at most 512 px a side)."""
+
+    key: str = Field(pattern=QUICKLOOK_KEY_PATTERN, description="unique in the run")
+    source_item: str
+    path: str = Field(description="file name relative to the manifest")
+    bbox: list[float] = Field(min_length=4, max_length=4, description="WGS84 w, s, e, n")
+    crs: str = "EPSG:3857"
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    bytes: int = Field(gt=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    acquired: datetime | None = Field(None, description="the scene's datetime")
+
+
+def quicklook_records(manifest: Manifest) -> list[QuicklookRecord]:
+    """The run's scene quicklooks (the optional manifest key; [] when absent)."""
+    raw = (manifest.model_extra or {}).get(QUICKLOOKS_KEY) or []
+    if not isinstance(raw, list):
+        raise ValueError(f"manifest key {QUICKLOOKS_KEY!r} must be a list")
+    return [QuicklookRecord.model_validate(r) for r in raw]
 
 
 class RunParameters(BaseModel):
