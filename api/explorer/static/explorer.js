@@ -13,7 +13,11 @@
     negative: new Set(),
     viewRequest: null, // AbortController of the footprint request for the current view
     scored: null, // the last "score this view" answer: {doc, scores: Map id -> score}
+    view: "embedding", // "embedding" (false colours) or "imagery" (imagery under outlines)
+    quicklooks: [], // the collection's scene quicklooks: {href, bounds: [[s, w], [n, e]]}
   };
+  // Chip thumbnails drawn at once when a collection has no scene quicklooks.
+  const CHIP_IMAGE_LIMIT = 600;
   // Timings read by the benchmark and the browser test (milliseconds since navigation).
   const timings = (window.explorerTimings = { mapRendered: null, lastSearchMs: null });
   window.explorerLastSearch = null; // {body, count} of the last similarity search
@@ -29,6 +33,9 @@
   map.on("mousemove", (e) => {
     $("coords").textContent = `${e.latlng.lat.toFixed(5)}, ${e.latlng.lng.toFixed(5)}`;
   });
+  // The imagery lies under the footprints (the overlay pane is at z-index 400).
+  map.createPane("imagery").style.zIndex = 350;
+  const imageryLayer = L.layerGroup();
   const examplesLayer = L.layerGroup().addTo(map);
   const resultsLayer = L.layerGroup().addTo(map);
 
@@ -86,8 +93,11 @@
     ]);
     state.collection = collection;
     state.large = fc.truncated;
+    state.quicklooks = quicklookAssets(collection);
+    imageryLayer.clearLayers();
     drawFootprints(fc);
     if (fc.features.length) map.fitBounds(state.footprints.getBounds(), { padding: [20, 20] });
+    drawImagery();
     showLegend(fc.legend);
     await afterPaint();
     if (timings.mapRendered === null) timings.mapRendered = performance.now();
@@ -107,11 +117,101 @@
     return "#" + out.map((v) => v.toString(16).padStart(2, "0")).join("");
   }
 
+  // --- imagery -----------------------------------------------------------------------------
+
+  // Scene quicklooks: the collection's assets with the "overview" role and their bounds.
+  function quicklookAssets(collection) {
+    const out = [];
+    for (const asset of Object.values(collection.assets || {})) {
+      const b = asset["embcat:bbox"];
+      if ((asset.roles || []).includes("overview") && Array.isArray(b) && b.length === 4) {
+        out.push({ href: asset.href, title: asset.title, bounds: [[b[1], b[0]], [b[3], b[2]]] });
+      }
+    }
+    return out;
+  }
+
+  function thumbnailUrl(itemId) {
+    return `collections/${enc(state.collection.id)}/items/${enc(itemId)}/thumbnail.png`;
+  }
+
+  function thumbnailImg(itemId, href, className) {
+    const img = Object.assign(document.createElement("img"), {
+      className: `thumb ${className || ""}`.trim(), alt: "", title: itemId, loading: "lazy",
+      src: href || thumbnailUrl(itemId),
+    });
+    img.addEventListener("error", () => img.classList.add("missing"));
+    return img;
+  }
+
+  // The imagery layer: scene quicklooks as image overlays at their bounds, or (collections
+  // without quicklooks) the thumbnails of the chips in view, up to CHIP_IMAGE_LIMIT.
+  function drawImagery() {
+    imageryLayer.clearLayers();
+    if (state.view !== "imagery" || !state.collection) return;
+    const note = $("imagery-note");
+    if (state.quicklooks.length) {
+      for (const q of state.quicklooks) {
+        L.imageOverlay(q.href, q.bounds, { pane: "imagery", alt: q.title || "" })
+          .addTo(imageryLayer);
+      }
+      note.textContent = `${state.quicklooks.length} scene quicklook(s).`;
+      return;
+    }
+    const view = map.getBounds();
+    let drawn = 0;
+    let inView = 0;
+    for (const [id, chip] of state.byId) {
+      const bounds = chip.layer.getBounds ? chip.layer.getBounds() : null;
+      if (!bounds || !view.intersects(bounds)) continue;
+      inView += 1;
+      if (drawn >= CHIP_IMAGE_LIMIT) continue;
+      const overlay = L.imageOverlay(thumbnailUrl(id), bounds, { pane: "imagery" });
+      overlay.on("error", () => overlay.remove());
+      overlay.addTo(imageryLayer);
+      drawn += 1;
+    }
+    note.textContent = inView > drawn
+      ? `chip thumbnails: ${drawn} of the ${inView} chips in view (zoom in for all).`
+      : `chip thumbnails of the ${drawn} chips in view.`;
+  }
+
+  function setView(view) {
+    state.view = view;
+    document.body.dataset.view = view;
+    if (view === "imagery") imageryLayer.addTo(map);
+    else imageryLayer.remove();
+    $("imagery-note").textContent = "";
+    drawImagery();
+    recolour();
+  }
+
+  // A chip's style: its false colour (or score) filled, or in imagery view an outline only
+  // (detections of a score stay tinted), so that the imagery shows through.
+  function chipStyle(chip, score) {
+    const t = threshold();
+    const imagery = state.view === "imagery";
+    if (state.scored) {
+      if (score !== undefined && score >= t) {
+        return { fillColor: ramp((score - t) / Math.max(1 - t, 1e-6)),
+          fillOpacity: imagery ? 0.5 : 0.95, stroke: imagery, color: "#fff", weight: 0.5,
+          opacity: 0.5 };
+      }
+      return { fillColor: "#555", fillOpacity: imagery ? 0 : score === undefined ? 0.15 : 0.35,
+        stroke: imagery, color: "#fff", weight: 0.5, opacity: 0.35 };
+    }
+    if (imagery) {
+      return { fillColor: chip.color, fillOpacity: 0, stroke: true, color: "#ffffff",
+        weight: 0.5, opacity: 0.35 };
+    }
+    return { fillColor: chip.color, fillOpacity: 0.9, stroke: false };
+  }
+
   function drawFootprints(fc) {
     if (state.footprints) state.footprints.remove();
     state.byId.clear();
     state.footprints = L.geoJSON(fc, {
-      style: (f) => ({ stroke: false, fillOpacity: 0.9, fillColor: visible(f.properties.color) }),
+      style: (f) => chipStyle({ color: visible(f.properties.color) }, undefined),
       pointToLayer: (f, latlng) => L.circleMarker(latlng, { radius: 5 }),
       onEachFeature: (f, layer) => {
         state.byId.set(f.id, { layer, color: visible(f.properties.color) });
@@ -122,6 +222,7 @@
     const more = fc.truncated ? ` (the first ${fc.numberReturned} here: zoom in for all)` : "";
     status(`${fc.numberReturned} chips${more}`);
     if (state.scored) recolour();
+    if (state.view === "imagery" && !state.quicklooks.length) drawImagery();
   }
 
   // A collection larger than one response is re-fetched for the view after each move.
@@ -198,6 +299,11 @@
         className: "examples-negative", textContent: `${state.negative.size} negative`,
       }),
     );
+    const thumbs = $("example-thumbs");
+    thumbs.replaceChildren();
+    for (const [set, kind] of [[state.positive, "positive"], [state.negative, "negative"]]) {
+      for (const id of set) thumbs.append(thumbnailImg(id, null, kind));
+    }
     $("run-fewshot").disabled = state.positive.size === 0;
     $("run-score").disabled = state.positive.size === 0;
   }
@@ -223,17 +329,9 @@
     $("threshold-value").textContent = t.toFixed(2);
     let kept = 0;
     for (const [id, chip] of state.byId) {
-      if (!state.scored) {
-        chip.layer.setStyle({ fillColor: chip.color, fillOpacity: 0.9 });
-        continue;
-      }
-      const s = state.scored.scores.get(id);
-      if (s !== undefined && s >= t) {
-        kept += 1;
-        chip.layer.setStyle({ fillColor: ramp((s - t) / Math.max(1 - t, 1e-6)), fillOpacity: 0.95 });
-      } else {
-        chip.layer.setStyle({ fillColor: "#555", fillOpacity: s === undefined ? 0.15 : 0.35 });
-      }
+      const s = state.scored ? state.scored.scores.get(id) : undefined;
+      if (s !== undefined && s >= t) kept += 1;
+      chip.layer.setStyle(chipStyle(chip, s));
     }
     if (state.scored) {
       const total = state.scored.scores.size;
@@ -364,6 +462,7 @@
     state.results = features;
     for (const id of queryIds) outline(resultsLayer, id, "#ffffff", 3);
     const list = $("result-list");
+    const shown = distanceTexts(features.map((f) => Number(f.properties["similarity:distance"])));
     features.forEach((item, i) => {
       const chip = state.byId.get(item.id);
       const shape = outline(resultsLayer, item.id, "#e0a800", 2);
@@ -381,9 +480,9 @@
       swatch.style.background = chip ? chip.color : "#888";
       const distance = document.createElement("span");
       distance.className = "distance";
-      // Six decimals: halfvec distances of near neighbours differ past the fourth.
-      distance.textContent = Number(item.properties["similarity:distance"]).toFixed(6);
-      li.append(swatch, item.id, distance);
+      distance.textContent = shown[i];
+      const thumb = item.assets && item.assets.thumbnail;
+      li.append(thumbnailImg(item.id, thumb && thumb.href), swatch, item.id, distance);
       li.addEventListener("click", () => showItem(item.id, item));
       list.append(li);
     });
@@ -392,6 +491,17 @@
       ids.map(enc).join(",");
     $("export-link").hidden = ids.length === 0;
     $("results").hidden = false;
+  }
+
+  // Distances with 4 significant digits, more where neighbours would read the same (up
+  // to 8): halfvec distances of near neighbours often differ past the fourth decimal.
+  function distanceTexts(values) {
+    let digits = 4;
+    const texts = (d) => values.map((v) => (v === 0 ? "0" : v.toPrecision(d)));
+    let out = texts(digits);
+    const clash = (t) => t.some((x, i) => i > 0 && x === t[i - 1] && values[i] !== values[i - 1]);
+    while (digits < 8 && clash(out)) out = texts(++digits);
+    return out;
   }
 
   // --- item panel ----------------------------------------------------------------------
@@ -421,6 +531,12 @@
     ];
     const sources = (item.links || []).filter((l) => l.rel === "derived_from");
     for (const l of sources) rows.push(["source scene", link(l.href, l.title || l.href)]);
+    const thumb = item.assets && item.assets.thumbnail;
+    if (thumb) {
+      const img = thumbnailImg(item.id, thumb.href);
+      img.id = "item-thumb";
+      rows.splice(1, 0, ["thumbnail", img]);
+    }
     const vector = item.assets && item.assets.embeddings;
     if (vector) rows.push(["vector", link(vector.href, "download (.npy)")]);
     const dl = $("item-details");
@@ -445,7 +561,13 @@
     history.replaceState(null, "", url);
     showCollection(e.target.value).catch((err) => status(err.message, true));
   });
-  map.on("moveend", () => refreshView().catch((err) => status(err.message, true)));
+  map.on("moveend", () => {
+    if (state.view === "imagery" && !state.quicklooks.length && !state.large) drawImagery();
+    refreshView().catch((err) => status(err.message, true));
+  });
+  for (const radio of document.querySelectorAll('input[name="view"]')) {
+    radio.addEventListener("change", (e) => setView(e.target.value));
+  }
   $("fewshot").addEventListener("change", (e) => {
     $("fewshot-controls").hidden = !e.target.checked;
   });
@@ -486,8 +608,17 @@
     const chip = state.byId.get(itemId);
     return chip ? chip.layer.options.fillColor : null;
   };
+  window.explorerChipOpacity = (itemId) => {
+    const chip = state.byId.get(itemId);
+    return chip ? chip.layer.options.fillOpacity : null;
+  };
   window.explorerVisibleColour = visible;
+  window.explorerDistanceTexts = distanceTexts;
+  // The imagery layer's images: [{src, complete (loaded), width}] (for tests).
+  window.explorerImagery = () => [...document.querySelectorAll(".leaflet-imagery-pane img")]
+    .map((img) => ({ src: img.src, complete: img.complete && img.naturalWidth > 0 }));
   window.explorerMap = map;
 
-  loadCollections().catch((err) => status(err.message, true));
+  document.body.dataset.view = state.view;
+    loadCollections().catch((err) => status(err.message, true));
 })();
