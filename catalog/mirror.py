@@ -46,6 +46,7 @@ from tqdm import tqdm
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
+from catalog.imagery import THUMBNAIL_ASSET
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
 from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space, get_space
@@ -430,7 +431,8 @@ def rows_from_table(
                 if v is None:
                     continue
                 out[f] = json.loads(v) if kind == "json" else v
-            if "href" in out:
+            if "href" in out and key != THUMBNAIL_ASSET:
+                # a mirror holds no thumbnail PNGs: that asset keeps the origin's URL
                 out["href"] = _local_href(out["href"], remote_base)
             if key == EMBEDDINGS_ASSET:
                 out["href"] = href_of(rec["id"])

@@ -130,3 +130,20 @@ def test_read_keys_and_collection_scopes_apply_as_for_the_item(
     own = httpx.get(url, headers={"Authorization": f"Bearer {keys['own']}"})
     assert own.status_code == 200 and own.content.startswith(PNG_MAGIC)
     assert own.headers["cache-control"].startswith("private")
+
+
+def test_a_mirror_keeps_the_origins_thumbnail_url(live_server, published, make_database) -> None:
+    from catalog.mirror import MirrorOptions, mirror
+
+    cid, made = published
+    b_url = make_database()
+    mirror(MirrorOptions(live_server, cid, progress=False), DatabaseSettings(database_url=b_url))
+    iid = sorted(made)[0]
+    with psycopg.connect(b_url) as c:
+        assets = c.execute(
+            "select assets from items where collection_id = %s and id = %s", (cid, iid)
+        ).fetchone()[0]  # type: ignore[index]
+    href = assets["thumbnail"]["href"]
+    assert href == f"{live_server}/collections/{cid}/items/{iid}/thumbnail.png"
+    assert httpx.get(href).content == made[iid]
+    assert assets["embeddings"]["href"].startswith("/collections/")  # served by the mirror
