@@ -46,7 +46,7 @@ from tqdm import tqdm
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
-from catalog.imagery import THUMBNAIL_ASSET
+from catalog.imagery import QUICKLOOK_ASSET_PREFIX, THUMBNAIL_ASSET
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
 from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space, get_space
@@ -209,8 +209,10 @@ def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
         {"rel": "via", "href": origin, "type": "application/json", "title": "Origin of this mirror"}
     )
     if isinstance(out.get("assets"), dict):
-        out["assets"] = {
-            k: {**a, "href": _local_href(a.get("href"), remote_base)}
+        out["assets"] = {  # scene quicklooks stay on the origin (a mirror holds no PNGs)
+            k: a
+            if k.startswith(QUICKLOOK_ASSET_PREFIX)
+            else {**a, "href": _local_href(a.get("href"), remote_base)}
             for k, a in out["assets"].items()
         }
     return out

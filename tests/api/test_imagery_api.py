@@ -147,3 +147,7 @@ def test_a_mirror_keeps_the_origins_thumbnail_url(live_server, published, make_d
     assert href == f"{live_server}/collections/{cid}/items/{iid}/thumbnail.png"
     assert httpx.get(href).content == made[iid]
     assert assets["embeddings"]["href"].startswith("/collections/")  # served by the mirror
+    with psycopg.connect(b_url) as c:
+        stac = c.execute("select stac from collections where id = %s", (cid,)).fetchone()[0]  # type: ignore[index]
+    look = stac["assets"]["quicklook-scene-000"]["href"]
+    assert look == f"{live_server}/collections/{cid}/quicklooks/scene-000.png"
