@@ -467,6 +467,7 @@ def _encode_shard(
     device: torch.device,
     progress: bool,
     desc: str,
+    thumbnails: bool = True,
 ) -> dict[str, int]:
     from tqdm import tqdm
 
@@ -496,7 +497,11 @@ def _encode_shard(
                 if batch["x"] is not None:
                     vectors = encoder.encode(batch["x"].to(device, non_blocking=True))
                     batch_chips = [chips[i] for i in batch["index"]]
-                    thumbs = render_thumbnails(batch["x"].numpy(), encoder.input_spec.bands)
+                    thumbs = (
+                        render_thumbnails(batch["x"].numpy(), encoder.input_spec.bands)
+                        if thumbnails
+                        else None
+                    )
                     _add_rows(writer, sources, batch_chips, batch["fraction"], vectors, thumbs)
                     for chip in batch_chips:
                         itemsize = sum(sources[chip.source].itemsize)
@@ -581,6 +586,7 @@ def run_encode(
     progress: bool = True,
     dist_timeout_s: float = DEFAULT_DIST_TIMEOUT_S,
     quicklooks: bool = True,
+    thumbnails: bool = True,
 ) -> EncodeResult:
     """Encode ``inputs`` into GeoParquet shards and a manifest under ``out_dir``.
 
@@ -593,8 +599,10 @@ def run_encode(
     -> source band name or 1-based index. ``workers``: DataLoader reader processes (0:
     read in the main process). ``quicklooks``: rank 0 renders a quicklook PNG of each
     source scene into ``quicklooks/`` (recorded in the manifest). Under torchrun every rank
-    calls this with the same arguments. Raises :class:`encoders.errors.EncodeError`
-    subclasses on bad input or output; rank 0's result carries the manifest.
+    calls this with the same arguments. ``thumbnails``: a PNG per chip in the shards'
+    ``thumbnail`` column (off: smaller shards, faster publishes). Raises
+    :class:`encoders.errors.EncodeError` subclasses on bad input or output; rank 0's
+    result carries the manifest.
     """
     started = time.perf_counter()
     started_at = datetime_now()
@@ -623,6 +631,7 @@ def run_encode(
             resume=resume,
             progress=progress,
             quicklooks=quicklooks,
+            thumbnails=thumbnails,
             started=started,
             started_at=started_at,
         )
@@ -687,6 +696,7 @@ def _run(
     resume: bool,
     progress: bool,
     quicklooks: bool,
+    thumbnails: bool,
     started: float,
     started_at: datetime,
 ) -> EncodeResult:
@@ -762,7 +772,8 @@ def _run(
             shard_path.unlink(missing_ok=True)
             schema = shard_schema(enc.output_spec.dimensions, enc.output_spec.dtype)
             # Optional column past the contract's: each chip's quicklook (encoders.thumbnails).
-            schema = schema.append(pa.field(THUMBNAIL_COLUMN, pa.binary(), nullable=True))
+            if thumbnails:
+                schema = schema.append(pa.field(THUMBNAIL_COLUMN, pa.binary(), nullable=True))
             writer = _ShardWriter(shard_path, schema)
             try:
                 counts = _encode_shard(
@@ -776,6 +787,7 @@ def _run(
                     device=ctx.device,
                     progress=progress and rank == 0,
                     desc=f"encode {enc.name}" + (f" rank 0/{world}" if world > 1 else ""),
+                    thumbnails=thumbnails,
                 )
                 meta = {
                     "rank": rank,

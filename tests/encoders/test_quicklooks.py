@@ -93,12 +93,15 @@ def test_nodata_is_transparent(tmp_path: Path) -> None:
     assert (alpha[:, 2 * w // 3 :] == 255).mean() > 0.95
 
 
-def test_quicklooks_can_be_turned_off(tmp_path: Path) -> None:
+def test_quicklooks_and_thumbnails_can_be_turned_off(tmp_path: Path) -> None:
     path = make_scene(tmp_path / "s.tif", bands=13, width=64, height=64)
     run_encode(
         [path], tmp_path / "run", "mosaiks", {"num_features": 8, "chip_size": 32, "seed": 0},
         chip_size=32, device="cpu", workers=0, progress=False, quicklooks=False,
+        thumbnails=False,
     )  # fmt: skip
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert "quicklooks" not in manifest
     assert not (tmp_path / "run" / "quicklooks").exists()
+    shard = pq.read_schema(next((tmp_path / "run").glob("*.parquet")))
+    assert THUMBNAIL_COLUMN not in shard.names
