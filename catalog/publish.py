@@ -12,8 +12,9 @@ it was::
         duplicate ids (a TEMP table of the run's ids, not Python memory)
         first chunk: register the space, create the collection,
                      pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
-        INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); TRUNCATE staging
-      update the collection (extent of every chunk, pystac)
+        INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); chip
+          thumbnails into item_thumbnails (catalog.imagery); TRUNCATE staging
+      update the collection (extent of every chunk, pystac; scene quicklooks)
       build the space's HNSW index if absent (unless defer_index), ANALYZE
       publish record
     COMMIT
