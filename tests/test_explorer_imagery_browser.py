@@ -19,11 +19,15 @@ import psycopg
 import pytest
 from browser.harness import BrowserMissing, click_chip, open_explorer, start_chromium, wait_for
 from helpers_server import start_server
+from imagerydata import add_thumbnails, tiny_png
 from scoredata import examples, publish_block_scene
 from selenium.webdriver.common.by import By
+from shardgen import write_run
 
 from api.explorer import leaflet_installed
 from api.settings import ApiSettings
+from catalog.publish import publish
+from catalog.settings import DatabaseSettings
 
 WATER, TOWN = 0, 4
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
@@ -34,6 +38,20 @@ def planted(tmp_path_factory, database_url: str) -> Iterator[tuple[str, dict[str
     cid = f"imageryui-{uuid.uuid4().hex[:8]}"
     truth = publish_block_scene(tmp_path_factory.mktemp("blocks"), database_url, cid)
     yield cid, truth
+    with psycopg.connect(database_url) as c:
+        c.execute("delete from collections where id = %s", (cid,))
+
+
+@pytest.fixture(scope="module")
+def thumbs_only(tmp_path_factory, database_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Chips with thumbnails and no scene quicklook (a run from another tool)."""
+    run = write_run(tmp_path_factory.mktemp("thumbs") / "run", 12, dims=8, seed=4,
+                    encoder="e" + uuid.uuid4().hex[:8])  # fmt: skip
+    made = add_thumbnails(run, lambda k, _i: tiny_png(k))
+    cid = f"thumbsui-{uuid.uuid4().hex[:8]}"
+    publish(run, collection_id=cid, settings=DatabaseSettings(database_url=database_url),
+            progress=False)  # fmt: skip
+    yield cid, made
     with psycopg.connect(database_url) as c:
         c.execute("delete from collections where id = %s", (cid,))
 
@@ -83,6 +101,23 @@ def test_the_imagery_toggle_shows_the_scene_quicklook_under_the_footprints(
     browser.find_element(By.ID, "view-embedding").click()
     assert browser.execute_script("return window.explorerImagery()") == []
     assert browser.execute_script("return window.explorerChipOpacity(arguments[0])", some) > 0.5
+
+
+def test_without_quicklooks_the_imagery_layer_shows_the_chip_thumbnails(
+    thumbs_only, server: str, browser: Any
+) -> None:
+    cid, made = thumbs_only
+    open_explorer(browser, server, cid)
+    browser.find_element(By.ID, "view-imagery").click()
+    images = wait_for(
+        browser,
+        f"window.explorerImagery().length === {len(made)}"
+        " && window.explorerImagery().every((i) => i.complete) && window.explorerImagery()",
+    )
+    assert {i["src"].rsplit("/items/", 1)[1] for i in images} == {
+        f"{iid}/thumbnail.png" for iid in made
+    }
+    assert "chip thumbnails" in browser.find_element(By.ID, "imagery-note").text
 
 
 def test_ranked_results_and_examples_show_their_thumbnails(
