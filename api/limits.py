@@ -192,7 +192,9 @@ def _over_vertex_cap(body: bytes) -> bool:
 class ExpensiveRequestLimit:
     """A per-process bound on expensive requests in flight (module docstring)."""
 
-    EXEMPT = ("/health",)
+    # Upload chunks are file bytes written to the spool, never parsed, and need a write key
+    # (their sizes and totals have their own caps: api/uploads.py).
+    EXEMPT = ("/health", "/publish/uploads/")
 
     def __init__(
         self,

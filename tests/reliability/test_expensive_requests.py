@@ -169,3 +169,18 @@ def test_exact_similarity_in_a_search_body_counts_as_expensive(
         assert httpx.post(bounded + "/search", json=body, timeout=10).status_code == 503
     finally:
         held.close()
+
+
+def test_upload_chunks_take_no_expensive_slot(bounded: str, rel_collection: str) -> None:
+    """File bytes for the spool (authenticated, never parsed) are not held to the bound."""
+    held = _open(bounded, "POST", "/search", EXPENSIVE_BYTES + 100, b'{"limit": 1')
+    try:
+        _wait_admitted(bounded, rel_collection)
+        r = httpx.put(
+            bounded + "/publish/uploads/u1/shards/s.parquet?offset=0",
+            content=b"x" * (EXPENSIVE_BYTES * 2),
+            timeout=10,
+        )
+        assert r.status_code == 401  # reached the route's key check, not the bound's 503
+    finally:
+        held.close()
