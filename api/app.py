@@ -58,7 +58,12 @@ from api.errors import add_exception_handlers, error_body
 from api.exchange import router as exchange_router
 from api.explorer import router as explorer_router
 from api.imagery import router as imagery_router
-from api.limits import ClientConcurrencyLimit, TrustedProxyHeaders, parse_networks
+from api.limits import (
+    ClientConcurrencyLimit,
+    ExpensiveRequestLimit,
+    TrustedProxyHeaders,
+    parse_networks,
+)
 from api.score import SCORE_PATH, score_router
 from api.settings import ApiSettings
 from api.similarity import SimilarityExtension
@@ -399,6 +404,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         collections_get_request_model=ext["collections"].GET,
         middlewares=[
             Middleware(
+                ExpensiveRequestLimit,
+                max_in_flight=settings.max_expensive_requests,
+                expensive_body_bytes=settings.expensive_body_bytes,
+                max_search_body_bytes=settings.max_search_body_bytes,
+                body_timeout_s=settings.request_body_timeout_s,
+            ),
+            Middleware(
                 ClientConcurrencyLimit,
                 max_in_flight=settings.max_requests_per_client,
                 networks=parse_networks(settings.trusted_proxies),
@@ -414,7 +426,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # stac-fastapi wraps the app in these in reverse order (the last is the
             # outermost): the forwarded headers of untrusted clients are removed before
             # ProxyHeaderMiddleware reads them; the per-client limit sits inside CORS, so
-            # that a browser sees its 429.
+            # that a browser sees its 429, and the expensive-request bound inside it (a
+            # client past its own limit takes no expensive slot).
             Middleware(TrustedProxyHeaders, networks=parse_networks(settings.trusted_proxies)),
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         ],

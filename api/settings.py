@@ -56,6 +56,33 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
             " (0: no limit)."
         ),
     )
+    max_expensive_requests: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Expensive requests (bodies above expensive_body_bytes, exact similarity,"
+            " scoring) in flight at once per process, from all clients together; the next"
+            " is answered 503 with Retry-After (0: no limit)."
+        ),
+    )
+    expensive_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="A request whose body is larger than this counts as expensive.",
+    )
+    max_search_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest body of POST /search, .../export and .../score; larger ones get 413"
+            " before they are read (by Content-Length) or as soon as they pass it."
+        ),
+    )
+    request_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds an expensive or search request's body may take to arrive (408).",
+    )
     export_max_streams: int = Field(
         4,
         ge=1,

@@ -7,7 +7,13 @@ Scenarios, each ``--duration`` seconds:
   round's attack: 11 s each, 4 of 7 probes 503 before the caps; now refused with 400);
 - ``under-caps``: the same with 9,000 vertices, under the vertex cap (still allowed).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_hostile.py --items 20000 --duration 15
+Every simulated client shares 127.0.0.1 and the per-client limit is off, so the attackers
+stand for many addresses. Each server setting of ``--expensive`` (``EMBCAT_MAX_EXPENSIVE_
+REQUESTS``; 0 = no bound, the behaviour before finding 11's fix) runs every scenario on
+the same data, one after the other, so the rows compare under the same machine load.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_hostile.py --items 20000 --duration 15 \
+        --expensive 0 2
 
 Writes ``benchmarks/results/hostile.json`` as it goes; prints a table. Times are measured,
 never asserted; on the shared machine read them side by side with ``baseline``.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -87,62 +94,86 @@ def summary(rows: list[tuple[int, float]]) -> dict[str, Any]:
     }
 
 
+def scenarios(ids: list[str], base: str, duration: float, clients: int, pid: int) -> Any:
+    """Yields ``(label, {probes, attacks, peak_rss_mb})`` for each scenario against ``base``."""
+    item = {"collection": bench_load.COLLECTION, "id": ids[0]}
+    bodies: dict[str, dict | None] = {
+        "baseline": None,
+        "over-caps": {"intersects": circle(20_000), "similarity": {"item": item, "exact": True}},
+        "under-caps": {"intersects": circle(9_000), "similarity": {"item": item, "exact": True}},
+    }
+    for label, body in bodies.items():
+        stop = time.monotonic() + duration
+        attacks: list[tuple[int, float]] = []
+        probes: list[tuple[int, float]] = []
+        threads = [threading.Thread(target=prober, args=(base, ids, stop, probes))]
+        if body is not None:
+            body = {"collections": [bench_load.COLLECTION], "limit": 10, **body}
+            threads += [
+                threading.Thread(target=attacker, args=(base, body, stop, attacks))
+                for _ in range(clients)
+            ]
+        for t in threads:
+            t.start()
+        peak = 0.0
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, bench_load.process_tree_rss_mb(pid))
+            time.sleep(0.5)
+        for t in threads:
+            t.join()
+        yield (
+            label,
+            {
+                "probes": summary(probes),
+                "attacks": summary(attacks),
+                "peak_rss_mb": round(peak),
+            },
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--dims", type=int, default=64)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--clients", type=int, default=12)
+    ap.add_argument("--expensive", type=int, nargs="+", default=[2])
     args = ap.parse_args()
     name = f"embcat_hostile_{uuid.uuid4().hex[:8]}"
     url = bench_load.create_database(name)
-    results: dict[str, Any] = {"items": args.items, "clients": args.clients, "runs": {}}
-    proc = None
+    results: dict[str, Any] = {
+        "items": args.items,
+        "clients": args.clients,
+        "load_average_start": os.getloadavg(),
+        "runs": {},
+    }
     try:
         ids, _ = bench_load.load(url, args.items, args.dims)
-        proc, base = bench_load.start_server(url, workers=1, pool_max=10)
-        item = {"collection": bench_load.COLLECTION, "id": ids[0]}
-        scenarios: dict[str, dict | None] = {
-            "baseline": None,
-            "over-caps": {
-                "intersects": circle(20_000),
-                "similarity": {"item": item, "exact": True},
-            },
-            "under-caps": {
-                "intersects": circle(9_000),
-                "similarity": {"item": item, "exact": True},
-            },
-        }
-        for label, body in scenarios.items():
-            stop = time.monotonic() + args.duration
-            attacks: list[tuple[int, float]] = []
-            probes: list[tuple[int, float]] = []
-            threads = [threading.Thread(target=prober, args=(base, ids, stop, probes))]
-            if body is not None:
-                body = {"collections": [bench_load.COLLECTION], "limit": 10, **body}
-                threads += [
-                    threading.Thread(target=attacker, args=(base, body, stop, attacks))
-                    for _ in range(args.clients)
-                ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            results["runs"][label] = {"probes": summary(probes), "attacks": summary(attacks)}
-            OUT.parent.mkdir(exist_ok=True)
-            OUT.write_text(json.dumps(results, indent=2))
+        for bound in args.expensive:
+            os.environ["EMBCAT_MAX_EXPENSIVE_REQUESTS"] = str(bound)
+            proc, base = bench_load.start_server(url, workers=1, pool_max=10)
+            try:
+                for label, run in scenarios(ids, base, args.duration, args.clients, proc.pid):
+                    results["runs"][f"{label} (expensive bound {bound})"] = run
+                    results["load_average_end"] = os.getloadavg()
+                    OUT.parent.mkdir(exist_ok=True)
+                    OUT.write_text(json.dumps(results, indent=2))
+            finally:
+                proc.terminate()
+                proc.wait(10)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
         bench_load.drop_database(name)
-    print(f"{'scenario':<12} {'probes':>7} {'5xx':>4} {'p50 ms':>8} {'p99 ms':>8}   attacks")
+    print(
+        f"{'scenario':<34} {'probes':>6} {'5xx':>4} {'p50 ms':>8} {'p99 ms':>8} {'RSS':>5}  attacks"
+    )
     for label, run in results["runs"].items():
         p, a = run["probes"], run["attacks"]
         print(
-            f"{label:<12} {p['requests']:>7} {p['server_errors']:>4} {p['p50_ms']:>8}"
-            f" {p['p99_ms']:>8}   {a['requests']} {a['statuses']} p50 {a['p50_ms']} ms"
+            f"{label:<34} {p['requests']:>6} {p['server_errors']:>4} {p['p50_ms']:>8}"
+            f" {p['p99_ms']:>8} {run['peak_rss_mb']:>5}  {a['requests']} {a['statuses']}"
+            f" p50 {a['p50_ms']} ms"
         )
+    print(f"load average {results['load_average_start']} -> {results.get('load_average_end')}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,19 @@ open could skip the writer's lower numbers for ever. So the feed only hands out 
 *safe high-water mark* ``H``: every sequence value ``<= H`` belongs to a transaction that
 has ended (docs/exchange.md, "Cursor semantics").
 
-``H`` is computed without blocking anybody: read the sequence's last value ``L`` first, then
-look for other transactions of this database that hold a write lock on ``items`` (every
-insert, update and delete of an item takes ``RowExclusiveLock`` on the table before it
-draws a number, and keeps it until the transaction ends). If none does, every number up to
-``L`` is settled and ``H = L``. If one does, its numbers are unknown, and the feed does
-not move past the cursor it was given (``pending_writers`` says why) until it has ended.
+``H`` is computed without blocking anybody, per collection: read the sequence's last value
+``L`` first, then look for other transactions of this database that hold a write lock on
+``items`` (every insert, update and delete of an item takes ``RowExclusiveLock`` on the
+table before it draws a number, and keeps it until the transaction ends) *and* may write
+this collection. Since migration 0017 the items triggers make every transaction declare a
+collection before drawing a number for it: a shared transaction-level advisory lock
+``(WRITER_LOCK_CLASS, hashtext(collection_id))``. A writer counts for collection C when it
+declared C, or when it declared nothing (a write that bypassed the triggers: it still holds
+back every collection, as before). A transaction that declares C after the probe draws its
+numbers for C after ``L`` was read, so they are above ``L``. If no writer counts, every
+number up to ``L`` that C will ever hold is settled and ``H = L``. If one does, its numbers
+are unknown, and the feed does not move past the cursor it was given (``pending_writers``
+says why) until it has ended. Writers of other collections no longer hold C's feed back.
 """
 
 from __future__ import annotations
@@ -26,14 +33,32 @@ from catalog.errors import InvalidInput, NotFound, translated
 
 MAX_LIMIT = 10_000
 
-_WRITERS_SQL = """
-select count(distinct l.pid) from pg_locks l
- where l.locktype = 'relation'
-   and l.database = (select oid from pg_database where datname = current_database())
-   and l.relation in ('items'::regclass, 'item_tombstones'::regclass)
-   and l.mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+# The first key of the writers' advisory locks (migrations/versions/0017): b"embc".
+WRITER_LOCK_CLASS = 1701667427
+
+# One read of pg_locks: the other transactions holding a write lock on the items tables
+# (``w``) and the collections they declared (``d``, the second key as pg_locks shows it: an
+# oid, so hashtext's int4 is compared modulo 2^32). ``%(c)s`` null: writers of any collection.
+_WRITERS_SQL = f"""
+with l as materialized (
+  select pid, locktype, relation, mode, classid, objid, objsubid from pg_locks
+   where database = (select oid from pg_database where datname = current_database())
+     and pid <> pg_backend_pid()
+), w as (
+  select distinct pid from l
+   where locktype = 'relation'
+     and relation in ('items'::regclass, 'item_tombstones'::regclass)
+     and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
                   'AccessExclusiveLock')
-   and l.pid <> pg_backend_pid()
+), d as (
+  select pid, objid::bigint as h from l
+   where locktype = 'advisory' and classid = {WRITER_LOCK_CLASS}::oid and objsubid = 2
+)
+select count(*) from w
+ where %(c)s::text is null
+    or not exists (select 1 from d where d.pid = w.pid)
+    or exists (select 1 from d where d.pid = w.pid
+                and d.h = (hashtext(%(c)s::text)::bigint & 4294967295))
 """
 
 
@@ -69,13 +94,16 @@ class ChangePage:
         }
 
 
-def safe_high_water(conn: psycopg.Connection) -> tuple[int | None, int]:
-    """``(H, pending)``: the safe high-water mark (None while writers are open) and how many
-    other transactions hold a write lock on ``items``."""
+def safe_high_water(
+    conn: psycopg.Connection, collection_id: str | None = None
+) -> tuple[int | None, int]:
+    """``(H, pending)``: the collection's safe high-water mark (None while writers of it are
+    open) and how many other open transactions may write it (``collection_id`` None: that
+    may write any collection)."""
     with translated():
         row = conn.execute("select pg_sequence_last_value('item_change_seq')").fetchone()
         last = int(row[0]) if row and row[0] is not None else 0
-        row = conn.execute(_WRITERS_SQL).fetchone()
+        row = conn.execute(_WRITERS_SQL, {"c": collection_id}).fetchone()
         pending = int(row[0]) if row else 0
     return (None if pending else last), pending
 
@@ -101,7 +129,7 @@ def changes_since(
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be in 1..{MAX_LIMIT}, got {limit}")
     _require_collection(conn, collection_id)
-    high, pending = safe_high_water(conn)
+    high, pending = safe_high_water(conn, collection_id)
     if high is None or high <= since:
         return ChangePage(collection_id, since, [], since, max(high or 0, since), False, pending)
     with translated():

@@ -341,10 +341,10 @@ def _shape(
     return (*_discover(conn, space, whole), True)
 
 
-def _resolve_as_of(conn: psycopg.Connection, requested: int | None) -> int:
+def _resolve_as_of(conn: psycopg.Connection, collection_id: str, requested: int | None) -> int:
     deadline = time.monotonic() + MAX_WAIT_FOR_WRITERS_S
     while True:
-        high, pending = safe_high_water(conn)
+        high, pending = safe_high_water(conn, collection_id)
         if high is not None:
             break
         if time.monotonic() > deadline:
@@ -412,7 +412,7 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         if row[1] is None:
             raise NotFound(f"collection {req.collection_id!r} has no embeddings yet")
         collection, space = row[0], get_space(conn, row[1])
-        as_of = _resolve_as_of(conn, req.as_of)
+        as_of = _resolve_as_of(conn, req.collection_id, req.as_of)
         where = _base_where(req, space, as_of)
         part: sql.Composable
         if req.limit is not None:

@@ -11,7 +11,7 @@ it was::
         binary COPY into a TEMP staging table
         duplicate ids (a TEMP table of the run's ids, not Python memory)
         first chunk: register the space, create the collection,
-                     pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
+                     pg_advisory_xact_lock('embcat-publish-merge') if it builds  see below
         INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); chip
           thumbnails into item_thumbnails (catalog.imagery); TRUNCATE staging
       update the collection (extent of every chunk, pystac; scene quicklooks)
@@ -27,10 +27,19 @@ Memory is bounded by the record batch, never by the input size. The reader threa
 each item's JSON documents column-wise (Arrow string kernels) from a constant template
 (catalog.stacgen) plus the row's columns; the merge inserts them as they are.
 
-The merge lock: a publish that builds an HNSW index holds a SHARE lock on ``embeddings``
-until commit, which would deadlock against another publish's ANALYZE or insert; so index
-builders take the merge lock exclusively and every other publish takes it shared. Reading,
-validating and staging of different collections always run in parallel.
+The merge lock: a publish that builds an index waits in its ``CREATE INDEX`` for a SHARE
+lock on ``embeddings`` until every other transaction that inserted embeddings has ended, and
+then holds it until commit. Two builders that both merged rows would wait for each other
+(deadlock), so index builders (also ``build_index`` and the mirror's) take the merge lock
+exclusively before their first merge. A publish that builds nothing takes no merge lock: it
+never waits for a SHARE lock it does not hold, so it cannot close such a cycle (its inserts
+wait for a builder that already holds SHARE, a builder waits for it to commit; its ANALYZE
+goes ahead of a builder's queued request). So publishes into spaces that have their index
+merge in parallel with each other and with a builder's merge; what remains serial is a
+builder's ``CREATE INDEX`` .. COMMIT against every embeddings insert (the SHARE lock of a
+non-concurrent index build). Reading, validating and staging always run in parallel. The
+collection's row is locked ``FOR NO KEY UPDATE``: item writes into the collection (whose
+foreign-key checks take ``FOR KEY SHARE``) do not wait for the publish.
 """
 
 from __future__ import annotations
@@ -639,7 +648,8 @@ def _existing_collection(
     conn: psycopg.Connection, collection_id: str
 ) -> tuple[dict[str, Any], Space | None] | None:
     row = conn.execute(
-        "select stac, space_id from collections where id = %s for update", (collection_id,)
+        "select stac, space_id from collections where id = %s for no key update",
+        (collection_id,),
     ).fetchone()
     if row is None:
         return None
@@ -1196,8 +1206,8 @@ def _merge_chunk(
         state.build = (
             (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
         )
-        lock = "pg_advisory_xact_lock" if state.build else "pg_advisory_xact_lock_shared"
-        conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
+        if state.build:  # builders one at a time (module docstring, "The merge lock")
+            conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
     space = state.space
     # A collection this publish created holds nothing but what it merges, and the run's
     # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative

@@ -13,14 +13,14 @@ PNG bytes are stored uncompressed by PostgreSQL (``STORAGE EXTERNAL``): they are
 compressed already, and pglz would try in vain on every row.
 
 Revision ID: 0020
-Revises: 0016
+Revises: 0017
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0020"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
