@@ -11,7 +11,7 @@ it was::
         binary COPY into a TEMP staging table
         duplicate ids (a TEMP table of the run's ids, not Python memory)
         first chunk: register the space, create the collection,
-                     pg_advisory_xact_lock[_shared]('embcat-publish-merge')  see below
+                     merge locks (global, then the space's; shared or exclusive)  see below
         INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); TRUNCATE staging
       update the collection (extent of every chunk, pystac)
       build the space's HNSW index if absent (unless defer_index), ANALYZE
@@ -26,10 +26,16 @@ Memory is bounded by the record batch, never by the input size. The reader threa
 each item's JSON documents column-wise (Arrow string kernels) from a constant template
 (catalog.stacgen) plus the row's columns; the merge inserts them as they are.
 
-The merge lock: a publish that builds an HNSW index holds a SHARE lock on ``embeddings``
-until commit, which would deadlock against another publish's ANALYZE or insert; so index
-builders take the merge lock exclusively and every other publish takes it shared. Reading,
-validating and staging of different collections always run in parallel.
+The merge locks: ``embeddings`` is partitioned by space (migration 0021). A publish that
+builds a space's index holds a SHARE lock on that space's partition until commit, which
+would deadlock against another publish's ANALYZE or insert into the same space; so index
+builders take the space's merge lock (``spaces.merge_lock_key``) exclusively and every
+other publish of that space takes it shared. Attaching a new space's partition locks
+``items`` and ``embedding_spaces`` against writes until commit: that publish takes the
+global merge lock exclusively (before registering the space), every other publish takes
+it shared. So an index build of one space never waits for, nor blocks, a publish of
+another. Reading, validating and staging of different collections always run in
+parallel.
 """
 
 from __future__ import annotations
@@ -920,7 +926,10 @@ def _publish_tx(
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
         conn.execute(f"analyze items ({_ANALYZE_ITEM_COLUMNS})")
-        conn.execute("analyze embeddings (collection_id, item_id, space_id)")
+        # the space's partition only (migration 0021)
+        conn.execute(
+            f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"
+        )
     timings["analyze_s"] = time.perf_counter() - t
     skipped = rows - inserted - updated
     details = {
@@ -1149,7 +1158,18 @@ def _merge_chunk(
         raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
     state.extent = _union(state.extent, extent)
 
-    if state.space is None:  # first chunk: the space, the collection row, the merge lock
+    if state.space is None:  # first chunk: the merge lock, the space, the collection row
+        # The lock comes first: a new space (or one without its index or partition) takes
+        # it exclusively, before its row is inserted, so that attaching its partition
+        # (which locks embedding_spaces and items against writes) never waits on another
+        # publish's uncommitted space row while that one waits for the lock.
+        known = state.known_space or spaces_mod.find_space(
+            conn, encoder_name=enc.name, encoder_version=enc.version,
+            dimensions=enc.dimensions, storage=state.storage, metric=enc.metric,
+            options=space_options(manifest),
+        )  # fmt: skip
+        new_partition = known is None or not spaces_mod.has_partition(conn, known.id)
+        spaces_mod.merge_lock(conn, exclusive=new_partition)
         if state.known_space is not None:
             space = state.known_space
             if space.options_sha256 is None:  # registered before 0009; the run matched it
@@ -1176,11 +1196,12 @@ def _merge_chunk(
                 "insert into collections (id, stac, space_id) values (%s, %s, %s)",
                 (cid, Jsonb(stac), space.id),
             )
+        if new_partition:
+            spaces_mod.ensure_partition(conn, space.id)
         state.build = (
             (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
         )
-        lock = "pg_advisory_xact_lock" if state.build else "pg_advisory_xact_lock_shared"
-        conn.execute(f"select {lock}(hashtext('embcat-publish-merge'))")
+        spaces_mod.merge_lock(conn, space.id, exclusive=state.build)
     space = state.space
     # A collection this publish created holds nothing but what it merges, and the run's
     # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative
@@ -1229,10 +1250,12 @@ def build_index(
     with connect(settings) as conn, translated():
         with conn.transaction():
             conn.execute("set local statement_timeout = 0")
-            conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
             space = spaces_mod.collection_space(conn, collection_id)
             if space is None:
                 raise NotFound(f"collection {collection_id!r} has no embeddings")
+            # the global lock exclusively only to attach a partition (see the module)
+            spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
+            spaces_mod.merge_lock(conn, space.id, exclusive=True)
             built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
         if built:  # the replaced index goes once the new one is committed, concurrently
             conn.commit()
