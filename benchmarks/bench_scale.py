@@ -314,12 +314,16 @@ def run_queries(
 
 def index_bytes(url: str) -> dict[str, int]:
     with psycopg.connect(url) as c:
+        # embeddings is partitioned by space (migration 0021): its partitions' indexes
+        parts = "(select inhrelid from pg_inherits where inhparent = 'embeddings'::regclass)"
         rows = c.execute(
             "select c.relname, pg_relation_size(c.oid) from pg_index x"
-            " join pg_class c on c.oid = x.indexrelid where x.indrelid = 'embeddings'::regclass"
+            " join pg_class c on c.oid = x.indexrelid"
+            f" where x.indrelid = 'embeddings'::regclass or x.indrelid in {parts}"
         ).fetchall()
         total = c.execute(
-            "select pg_total_relation_size('embeddings') + pg_total_relation_size('items')"
+            f"select (select coalesce(sum(pg_total_relation_size(p)), 0) from {parts} t(p))"
+            " + pg_total_relation_size('items')"
         ).fetchone()
     return {**{r[0]: int(r[1]) for r in rows}, "_tables_total": int(total[0]) if total else 0}
 
