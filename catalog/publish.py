@@ -771,7 +771,7 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
     ).format(conflict=sql.SQL(conflict))
 
 
-def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
+def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") -> sql.Composed:
     col = sql.Identifier(space.column)
     conflict = {
         "insert": sql.SQL(""),
@@ -782,10 +782,10 @@ def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
         ).format(col=col),
     }[mode]
     return sql.SQL(
-        "INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})"
+        "INSERT INTO {table} (collection_id, item_id, space_id, geometry, {col})"
         " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
         " FROM publish_staging s {conflict}"
-    ).format(col=col, conflict=conflict)
+    ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))
 
 
 def publish(
@@ -913,7 +913,11 @@ def _publish_tx(
     )
     created = state.created
 
-    # 4. index, statistics, record
+    # 4. partition, index, statistics, record
+    if state.detached:
+        t = time.perf_counter()
+        spaces_mod.attach_partition(conn, space.id)
+        timings["attach_s"] = time.perf_counter() - t
     index_s = 0.0
     built = False
     if build:
@@ -989,6 +993,7 @@ class _MergeState:
     known_space: Space | None = None  # the existing collection's space (checked)
     space: Space | None = None
     build: bool = False
+    detached: str | None = None  # the new space's partition table, attached at the end
     inserted: int = 0
     updated: int = 0
     extent: list[Any] | None = None
@@ -1196,7 +1201,12 @@ def _merge_chunk(
                 "insert into collections (id, stac, space_id) values (%s, %s, %s)",
                 (cid, Jsonb(stac), space.id),
             )
-        if new_partition:
+        if new_partition and known is None:
+            # a space this publish registers: its partition is filled as a table of its
+            # own and attached after the last chunk (indexes built in bulk, foreign keys
+            # checked by one join; see spaces.create_partition_table)
+            state.detached = spaces_mod.create_partition_table(conn, space.id)
+        elif new_partition:
             spaces_mod.ensure_partition(conn, space.id)
         state.build = (
             (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
@@ -1226,7 +1236,13 @@ def _merge_chunk(
     state.updated += int(counts[1])
     timings["merge_items_s"] += time.perf_counter() - t
     t = time.perf_counter()
-    conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
+    if state.detached:  # nothing there to conflict with (a new space; ids checked above)
+        conn.execute(
+            _merge_embeddings_sql("insert", space, state.detached),
+            {"cid": cid, "space": space.id},
+        )
+    else:
+        conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
     timings["merge_embeddings_s"] += time.perf_counter() - t
     conn.execute("TRUNCATE publish_staging")
 

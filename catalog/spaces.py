@@ -356,8 +356,12 @@ def partition_name(space_id: int) -> str:
 
 
 def has_partition(conn: psycopg.Connection, space_id: int) -> bool:
+    """Whether the space's partition exists and is attached to ``embeddings``."""
+    name = f"public.{partition_name(space_id)}"
     row = conn.execute(
-        "select to_regclass(%s) is not null", (f"public.{partition_name(space_id)}",)
+        "select exists (select 1 from pg_inherits where inhrelid = to_regclass(%s)"
+        " and inhparent = 'public.embeddings'::regclass)",
+        (name,),
     ).fetchone()
     return bool(row and row[0])
 
@@ -378,24 +382,32 @@ def merge_lock(
     conn.execute(f"select {fn}(hashtext('{key}'))")  # (the key in the text: pg_stat_activity)
 
 
-def ensure_partition(conn: psycopg.Connection, space_id: int) -> bool:
-    """Give the space its own partition of ``embeddings`` if it has none (True: created).
-
-    CREATE TABLE (LIKE the parent), then ATTACH PARTITION: ATTACH takes only a SHARE
-    UPDATE EXCLUSIVE lock on ``embeddings`` (readers and writers of the other partitions
-    go on; CREATE TABLE .. PARTITION OF would lock every reader out until commit), and the
-    foreign keys it clones lock ``items`` and ``embedding_spaces`` against writes until the
-    caller commits. Callers hold the publish merge lock exclusively (as an index build
-    does), so that this never deadlocks with a concurrent publish. Rows of the space
-    already in the default partition move into the new one first.
-    """
-    if has_partition(conn, space_id):
-        return False
+def create_partition_table(conn: psycopg.Connection, space_id: int) -> str:
+    """The space's partition as a table of its own, not yet attached (``attach_partition``):
+    the columns, defaults and checks of ``embeddings`` plus ``space_id = <id>`` (so that
+    ATTACH need not scan it); no index, key or trigger until it is attached, so a publish
+    can fill it by plain INSERTs and ATTACH then builds its indexes in bulk and checks its
+    foreign keys with one join. Returns its name."""
     name, sid = partition_name(space_id), int(space_id)
     conn.execute(
         f"create table public.{name}"
         " (like public.embeddings including defaults including constraints)"
     )
+    conn.execute(f"alter table public.{name} add constraint {name}_space check (space_id = {sid})")
+    return name
+
+
+def attach_partition(conn: psycopg.Connection, space_id: int) -> int:
+    """Attach the space's partition table (``create_partition_table``) to ``embeddings``,
+    with the rows of the space the default partition holds moved in first; returns how
+    many moved. ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on ``embeddings``
+    (readers and writers of the other partitions go on; CREATE TABLE .. PARTITION OF would
+    lock every reader out until commit); it builds the parent's indexes (primary key,
+    geometry GiST) on the partition and validates the foreign keys it clones, which locks
+    ``items`` and ``embedding_spaces`` against writes until the caller commits. Callers
+    hold the global publish merge lock exclusively, so that this never deadlocks with a
+    concurrent publish."""
+    name, sid = partition_name(space_id), int(space_id)
     moved = conn.execute(
         f"with moved as (delete from public.{DEFAULT_PARTITION} where space_id = {sid}"
         f" returning *) insert into public.{name} select * from moved"
@@ -403,7 +415,21 @@ def ensure_partition(conn: psycopg.Connection, space_id: int) -> bool:
     conn.execute(
         f"alter table public.embeddings attach partition public.{name} for values in ({sid})"
     )
-    log.info("space %s: partition %s (%d rows moved in)", sid, name, moved.rowcount)
+    log.info("space %s: partition %s attached (%d rows moved in)", sid, name, moved.rowcount)
+    return moved.rowcount
+
+
+def ensure_partition(conn: psycopg.Connection, space_id: int) -> bool:
+    """Give the space its own partition of ``embeddings`` if it has none (True: created
+    and attached; see ``attach_partition`` for the locks)."""
+    if has_partition(conn, space_id):
+        return False
+    row = conn.execute(
+        "select to_regclass(%s) is null", (f"public.{partition_name(space_id)}",)
+    ).fetchone()
+    if row and row[0]:
+        create_partition_table(conn, space_id)
+    attach_partition(conn, space_id)
     return True
 
 
