@@ -1201,13 +1201,16 @@ def _merge_chunk(
                 "insert into collections (id, stac, space_id) values (%s, %s, %s)",
                 (cid, Jsonb(stac), space.id),
             )
-        if new_partition and known is None:
-            # a space this publish registers: its partition is filled as a table of its
-            # own and attached after the last chunk (indexes built in bulk, foreign keys
-            # checked by one join; see spaces.create_partition_table)
-            state.detached = spaces_mod.create_partition_table(conn, space.id)
-        elif new_partition:
-            spaces_mod.ensure_partition(conn, space.id)
+        # (checked again under the lock: a concurrent publish of the same new space may
+        # have attached it while this one waited)
+        if new_partition and not spaces_mod.has_partition(conn, space.id):
+            if spaces_mod.holds_no_rows(conn, space.id):
+                # its partition is filled as a table of its own and attached after the
+                # last chunk (indexes built in bulk, foreign keys checked by one join; see
+                # spaces.create_partition_table)
+                state.detached = spaces_mod.create_partition_table(conn, space.id)
+            else:  # rows in the default partition (a mirror's): move them in now
+                spaces_mod.ensure_partition(conn, space.id)
         state.build = (
             (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
         )

@@ -382,6 +382,17 @@ def merge_lock(
     conn.execute(f"select {fn}(hashtext('{key}'))")  # (the key in the text: pg_stat_activity)
 
 
+def holds_no_rows(conn: psycopg.Connection, space_id: int) -> bool:
+    """Whether the space has neither a partition table (attached or not) nor rows in the
+    default partition."""
+    row = conn.execute(
+        f"select to_regclass(%s) is null and not exists (select 1 from public.{DEFAULT_PARTITION}"
+        " where space_id = %s)",
+        (f"public.{partition_name(space_id)}", int(space_id)),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def create_partition_table(conn: psycopg.Connection, space_id: int) -> str:
     """The space's partition as a table of its own, not yet attached (``attach_partition``):
     the columns, defaults and checks of ``embeddings`` plus ``space_id = <id>`` (so that

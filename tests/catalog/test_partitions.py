@@ -125,3 +125,34 @@ def test_an_index_build_of_one_space_does_not_block_a_publish_of_another(
     assert finished, "the publish of the other space waited for the index build"
     assert "error" not in out
     assert out["result"].inserted == 40
+
+
+def test_two_publishes_of_one_new_space_share_its_partition(
+    tmp_path: Path, db_settings: DatabaseSettings
+) -> None:
+    """Both register the same new space at once: the second waits for the first's
+    partition and then loads into it (neither fails on the other's table)."""
+    encoder = _name()
+    runs = [write_run(tmp_path / f"r{k}", 30, dims=8, seed=k, encoder=encoder) for k in (5, 6)]
+    out: list[dict[str, Any]] = [{}, {}]
+
+    def work(k: int) -> None:
+        try:
+            out[k]["result"] = publish(
+                runs[k], collection_id=_name(), settings=db_settings, progress=False
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            out[k]["error"] = exc
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [o.get("error") for o in out] == [None, None]
+    sid = out[0]["result"].space_id
+    assert out[1]["result"].space_id == sid
+    with psycopg.connect(db_settings.database_url) as c:
+        part = spaces.partition_name(sid)
+        assert c.execute(f"select count(*) from {part}").fetchone() == (60,)
+        assert spaces.has_partition(c, sid)
