@@ -29,7 +29,7 @@ each item's JSON documents column-wise (Arrow string kernels) from a constant te
 The merge locks: ``embeddings`` is partitioned by space (migration 0021). A publish that
 builds a space's index holds a SHARE lock on that space's partition until commit, which
 would deadlock against another publish's ANALYZE or insert into the same space; so index
-builders take the space's merge lock (``spaces.merge_lock_key``) exclusively and every
+builders take the space's merge lock (``spaces.merge_lock``) exclusively and every
 other publish of that space takes it shared. Attaching a new space's partition locks
 ``items`` and ``embedding_spaces`` against writes until commit: that publish takes the
 global merge lock exclusively (before registering the space), every other publish takes
@@ -1164,8 +1164,8 @@ def _merge_chunk(
     state.extent = _union(state.extent, extent)
 
     if state.space is None:  # first chunk: the merge lock, the space, the collection row
-        # The lock comes first: a new space (or one without its index or partition) takes
-        # it exclusively, before its row is inserted, so that attaching its partition
+        # The global lock comes first: a new space (or one without its partition) takes it
+        # exclusively, before its row is inserted, so that attaching its partition
         # (which locks embedding_spaces and items against writes) never waits on another
         # publish's uncommitted space row while that one waits for the lock.
         known = state.known_space or spaces_mod.find_space(
