@@ -97,9 +97,14 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT id FROM embedding_spaces ORDER BY id LOOP
+        -- filled as a table of its own, then attached: its primary key is built in bulk
+        -- and its foreign keys checked by one join (catalog.spaces.create_partition_table)
         EXECUTE format(
-            'CREATE TABLE public.embeddings_space_%s PARTITION OF public.embeddings_partitioned'
-            ' FOR VALUES IN (%s)', r.id, r.id);
+            'CREATE TABLE public.embeddings_space_%s (LIKE public.embeddings_partitioned'
+            ' INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', r.id);
+        EXECUTE format(
+            'ALTER TABLE public.embeddings_space_%s ADD CONSTRAINT embeddings_space_%s_space'
+            ' CHECK (space_id = %s)', r.id, r.id, r.id);
         EXECUTE format(
             'INSERT INTO public.embeddings_space_%s (%s) SELECT %s FROM public.embeddings'
             ' WHERE space_id = %s', r.id, '"""
@@ -107,6 +112,9 @@ BEGIN
     + """', '"""
     + COLUMNS
     + r"""', r.id);
+        EXECUTE format(
+            'ALTER TABLE public.embeddings_partitioned ATTACH PARTITION'
+            ' public.embeddings_space_%s FOR VALUES IN (%s)', r.id, r.id);
     END LOOP;
 END $$;
 
