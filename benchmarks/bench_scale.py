@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
@@ -313,12 +314,16 @@ def run_queries(
 
 def index_bytes(url: str) -> dict[str, int]:
     with psycopg.connect(url) as c:
+        # embeddings is partitioned by space (migration 0021): its partitions' indexes
+        parts = "(select inhrelid from pg_inherits where inhparent = 'embeddings'::regclass)"
         rows = c.execute(
             "select c.relname, pg_relation_size(c.oid) from pg_index x"
-            " join pg_class c on c.oid = x.indexrelid where x.indrelid = 'embeddings'::regclass"
+            " join pg_class c on c.oid = x.indexrelid"
+            f" where x.indrelid = 'embeddings'::regclass or x.indrelid in {parts}"
         ).fetchall()
         total = c.execute(
-            "select pg_total_relation_size('embeddings') + pg_total_relation_size('items')"
+            f"select (select coalesce(sum(pg_total_relation_size(p)), 0) from {parts} t(p))"
+            " + pg_total_relation_size('items')"
         ).fetchone()
     return {**{r[0]: int(r[1]) for r in rows}, "_tables_total": int(total[0]) if total else 0}
 
@@ -335,12 +340,19 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
     p.add_argument("--paths", default="sql,http", help="sql and/or http")
     p.add_argument(
+        "--publish-only", action="store_true", help="stop after the publish (phase timings)"
+    )
+    p.add_argument(
         "--url", default=None, help="a database a --keep run left (skips shards and publish)"
     )
     a = p.parse_args()
-    out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}.json"
+    suffix = "_publish" if a.publish_only else ""
+    out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"n": a.n, "dims": a.dims, "data": a.data, "started": time.time()}
+    result: dict[str, Any] = {
+        "n": a.n, "dims": a.dims, "data": a.data, "started": time.time(),
+        "load_average_at_start": os.getloadavg(),
+    }  # fmt: skip
 
     def save() -> None:
         out_path.write_text(json.dumps(result, indent=2, default=str))
@@ -370,7 +382,11 @@ def main() -> None:
         kinds = a.kinds.split(",")
         result["publish_summary"] = pub["summary"]
         print(pub["summary"], "rss", pub["rss_mb"], flush=True)
+        print("timings", json.dumps(pub.get("timings")), flush=True)
+        result["load_average_after_publish"] = os.getloadavg()
         save()
+        if a.publish_only:
+            return
         rng = np.random.default_rng(a.seed + 1)
         rows = sorted(int(r) for r in rng.choice(a.n, a.queries, replace=False))
         flts = filters(a.n, rng)
@@ -423,6 +439,7 @@ def main() -> None:
         if server is not None:
             server[0].terminate()
         result["finished"] = time.time()
+        result["load_average_at_end"] = os.getloadavg()
         save()
         if not a.keep and a.url is None:
             drop_database(url)

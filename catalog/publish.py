@@ -11,7 +11,7 @@ it was::
         binary COPY into a TEMP staging table
         duplicate ids (a TEMP table of the run's ids, not Python memory)
         first chunk: register the space, create the collection,
-                     pg_advisory_xact_lock('embcat-publish-merge') if it builds  see below
+                     merge locks (global, then the space's; shared or exclusive)  see below
         INSERT .. SELECT into items, then embeddings (insert | upsert | ignore); chip
           thumbnails into item_thumbnails (catalog.imagery); TRUNCATE staging
       update the collection (extent of every chunk, pystac; scene quicklooks)
@@ -27,19 +27,18 @@ Memory is bounded by the record batch, never by the input size. The reader threa
 each item's JSON documents column-wise (Arrow string kernels) from a constant template
 (catalog.stacgen) plus the row's columns; the merge inserts them as they are.
 
-The merge lock: a publish that builds an index waits in its ``CREATE INDEX`` for a SHARE
-lock on ``embeddings`` until every other transaction that inserted embeddings has ended, and
-then holds it until commit. Two builders that both merged rows would wait for each other
-(deadlock), so index builders (also ``build_index`` and the mirror's) take the merge lock
-exclusively before their first merge. A publish that builds nothing takes no merge lock: it
-never waits for a SHARE lock it does not hold, so it cannot close such a cycle (its inserts
-wait for a builder that already holds SHARE, a builder waits for it to commit; its ANALYZE
-goes ahead of a builder's queued request). So publishes into spaces that have their index
-merge in parallel with each other and with a builder's merge; what remains serial is a
-builder's ``CREATE INDEX`` .. COMMIT against every embeddings insert (the SHARE lock of a
-non-concurrent index build). Reading, validating and staging always run in parallel. The
-collection's row is locked ``FOR NO KEY UPDATE``: item writes into the collection (whose
-foreign-key checks take ``FOR KEY SHARE``) do not wait for the publish.
+The merge locks: ``embeddings`` is partitioned by space (migration 0021). A publish that
+builds a space's index holds a SHARE lock on that space's partition until commit, which
+would deadlock against another publish's ANALYZE or insert into the same space; so index
+builders take the space's merge lock (``spaces.merge_lock``) exclusively and every
+other publish of that space takes it shared. Attaching a new space's partition locks
+``items`` and ``embedding_spaces`` against writes until commit: that publish takes the
+global merge lock exclusively (before registering the space), every other publish takes
+it shared. So an index build of one space never waits for, nor blocks, a publish of
+another. Reading, validating and staging of different collections always run in
+parallel.
+The collection's row is locked ``FOR NO KEY UPDATE``: item writes into the collection
+(whose foreign-key checks take ``FOR KEY SHARE``) do not wait for the publish.
 """
 
 from __future__ import annotations
@@ -784,7 +783,7 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
     ).format(conflict=sql.SQL(conflict))
 
 
-def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
+def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") -> sql.Composed:
     col = sql.Identifier(space.column)
     conflict = {
         "insert": sql.SQL(""),
@@ -795,10 +794,10 @@ def _merge_embeddings_sql(mode: str, space: Space) -> sql.Composed:
         ).format(col=col),
     }[mode]
     return sql.SQL(
-        "INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})"
+        "INSERT INTO {table} (collection_id, item_id, space_id, geometry, {col})"
         " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
         " FROM publish_staging s {conflict}"
-    ).format(col=col, conflict=conflict)
+    ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))
 
 
 def publish(
@@ -933,7 +932,11 @@ def _publish_tx(
     )
     created = state.created
 
-    # 4. index, statistics, record
+    # 4. partition, index, statistics, record
+    if state.detached:
+        t = time.perf_counter()
+        spaces_mod.attach_partition(conn, space.id)
+        timings["attach_s"] = time.perf_counter() - t
     index_s = 0.0
     built = False
     if build:
@@ -946,7 +949,10 @@ def _publish_tx(
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
         conn.execute(f"analyze items ({_ANALYZE_ITEM_COLUMNS})")
-        conn.execute("analyze embeddings (collection_id, item_id, space_id)")
+        # the space's partition only (migration 0021)
+        conn.execute(
+            f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"
+        )
     timings["analyze_s"] = time.perf_counter() - t
     skipped = rows - inserted - updated
     details = {
@@ -1006,6 +1012,7 @@ class _MergeState:
     known_space: Space | None = None  # the existing collection's space (checked)
     space: Space | None = None
     build: bool = False
+    detached: str | None = None  # the new space's partition table, attached at the end
     inserted: int = 0
     updated: int = 0
     extent: list[Any] | None = None
@@ -1176,7 +1183,18 @@ def _merge_chunk(
         raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
     state.extent = _union(state.extent, extent)
 
-    if state.space is None:  # first chunk: the space, the collection row, the merge lock
+    if state.space is None:  # first chunk: the merge lock, the space, the collection row
+        # The global lock comes first: a new space (or one without its partition) takes it
+        # exclusively, before its row is inserted, so that attaching its partition
+        # (which locks embedding_spaces and items against writes) never waits on another
+        # publish's uncommitted space row while that one waits for the lock.
+        known = state.known_space or spaces_mod.find_space(
+            conn, encoder_name=enc.name, encoder_version=enc.version,
+            dimensions=enc.dimensions, storage=state.storage, metric=enc.metric,
+            options=space_options(manifest),
+        )  # fmt: skip
+        new_partition = known is None or not spaces_mod.has_partition(conn, known.id)
+        spaces_mod.merge_lock(conn, exclusive=new_partition)
         if state.known_space is not None:
             space = state.known_space
             if space.options_sha256 is None:  # registered before 0009; the run matched it
@@ -1203,11 +1221,20 @@ def _merge_chunk(
                 "insert into collections (id, stac, space_id) values (%s, %s, %s)",
                 (cid, Jsonb(stac), space.id),
             )
+        # (checked again under the lock: a concurrent publish of the same new space may
+        # have attached it while this one waited)
+        if new_partition and not spaces_mod.has_partition(conn, space.id):
+            if spaces_mod.holds_no_rows(conn, space.id):
+                # its partition is filled as a table of its own and attached after the
+                # last chunk (indexes built in bulk, foreign keys checked by one join; see
+                # spaces.create_partition_table)
+                state.detached = spaces_mod.create_partition_table(conn, space.id)
+            else:  # rows in the default partition (a mirror's): move them in now
+                spaces_mod.ensure_partition(conn, space.id)
         state.build = (
             (not state.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
         )
-        if state.build:  # builders one at a time (module docstring, "The merge lock")
-            conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+        spaces_mod.merge_lock(conn, space.id, exclusive=state.build)
     space = state.space
     # A collection this publish created holds nothing but what it merges, and the run's
     # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative
@@ -1234,7 +1261,13 @@ def _merge_chunk(
     if state.thumbnails or mode == "upsert":
         imagery.merge_thumbnails(conn, cid, mode)
     t = time.perf_counter()
-    conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
+    if state.detached:  # nothing there to conflict with (a new space; ids checked above)
+        conn.execute(
+            _merge_embeddings_sql("insert", space, state.detached),
+            {"cid": cid, "space": space.id},
+        )
+    else:
+        conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
     timings["merge_embeddings_s"] += time.perf_counter() - t
     conn.execute("TRUNCATE publish_staging")
 
@@ -1258,10 +1291,12 @@ def build_index(
     with connect(settings) as conn, translated():
         with conn.transaction():
             conn.execute("set local statement_timeout = 0")
-            conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
             space = spaces_mod.collection_space(conn, collection_id)
             if space is None:
                 raise NotFound(f"collection {collection_id!r} has no embeddings")
+            # the global lock exclusively only to attach a partition (see the module)
+            spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
+            spaces_mod.merge_lock(conn, space.id, exclusive=True)
             built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
         if built:  # the replaced index goes once the new one is committed, concurrently
             conn.commit()

@@ -58,7 +58,7 @@ from catalog.similarity import (
     linear_direction,
     query_vector,
 )
-from catalog.spaces import Space
+from catalog.spaces import Space, space_table
 from encoders.thumbnails import png_bytes
 
 MODEL_TYPE = "embcat:score-model"
@@ -370,7 +370,8 @@ def _background_refs(
     is a small part of the table): the collection's rows themselves in hash order.
     """
     row = conn.execute(
-        "select greatest(reltuples, 0) from pg_class where oid = 'embeddings'::regclass"
+        "select greatest(reltuples, 0) from pg_class where oid = %s::regclass",
+        (space_table(conn, space.id),),
     ).fetchone()
     total = float(row[0]) if row else 0.0
     want = size + len(exclude)

@@ -73,7 +73,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog import metrics
 from catalog.errors import InvalidInput, NotFound, translated
-from catalog.spaces import Space
+from catalog.spaces import Space, space_table
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
 
@@ -439,7 +439,8 @@ def background_sample(conn: psycopg.Connection, space: Space, size: int) -> np.n
     """A fixed pseudo-random sample of ``size`` rows of the space (block sample, then a
     hash order; fewer only if the space holds fewer)."""
     row = conn.execute(
-        "select greatest(reltuples, 0) from pg_class where oid = 'embeddings'::regclass"
+        "select greatest(reltuples, 0) from pg_class where oid = %s::regclass",
+        (space_table(conn, space.id),),
     ).fetchone()
     total = float(row[0]) if row else 0.0
     percent = 100.0 if total <= 0 else min(100.0, 100.0 * 20 * size / total)
@@ -549,9 +550,12 @@ def _put_back(conn: psycopg.Connection, old: dict[str, str | None]) -> None:
 
 # The tables' sizes and row counts as the planner sees them, read in the first round trip:
 # the key under which a planner estimate is remembered (see _estimates).
+# (``embeddings`` is partitioned by space: its partitions' sizes and estimates, summed)
 _STATS_SQL = (
-    "select pg_relation_size('embeddings'), pg_relation_size('items'),"
-    " (select reltuples from pg_class where oid = 'embeddings'::regclass),"
+    "select (select coalesce(sum(pg_relation_size(h.inhrelid)), 0) from pg_inherits h"
+    "  where h.inhparent = 'embeddings'::regclass), pg_relation_size('items'),"
+    " (select coalesce(sum(greatest(c.reltuples, 0)), 0) from pg_inherits h"
+    "  join pg_class c on c.oid = h.inhrelid where h.inhparent = 'embeddings'::regclass),"
     " (select reltuples from pg_class where oid = 'items'::regclass)"
 )
 ESTIMATE_CACHE_SIZE = 1024

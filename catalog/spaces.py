@@ -1,8 +1,14 @@
 """Embedding spaces: registration, the per-space similarity index, and the SQL to query it.
 
-Every space shares the ``embeddings`` table. A query must use the same cast and the same
-operator class as the space's partial index to hit it; ``Space.vector_sql``,
-``Space.code_sql`` and ``Space.distance_op`` are the one place that spells them out.
+Storage (migration 0021): ``embeddings`` is partitioned by space (LIST on ``space_id``):
+a space's rows live in ``embeddings_space_<id>`` (``partition_name``), created with
+``ensure_partition`` when the space is first published, and its similarity index is a
+plain index on that partition. Queries read ``embeddings`` with ``space_id = <id>`` (a
+literal), which the planner prunes to the one partition. Rows of a space without a
+partition (a mirror's first pages) sit in ``embeddings_default`` until ``ensure_index``
+moves them. A query must use the same cast and the same operator class as the space's
+index to hit it; ``Space.vector_sql``, ``Space.code_sql`` and ``Space.distance_op`` are
+the one place that spells them out.
 
 Index kinds (``Space.index_kind``, recorded in ``embedding_spaces``, migration 0014):
 
@@ -300,6 +306,27 @@ def get_or_create_space(
     return space
 
 
+def find_space(
+    conn: psycopg.Connection,
+    *,
+    encoder_name: str,
+    encoder_version: str,
+    dimensions: int,
+    storage: str,
+    metric: str,
+    options: dict[str, Any] | None,
+) -> Space | None:
+    """The registered space of this identity (as ``get_or_create_space`` keys it), if any."""
+    sha = options_sha256(options) if options is not None else None
+    row = conn.execute(
+        f"select {_COLUMNS} from embedding_spaces where encoder_name = %s"
+        " and encoder_version = %s and dimensions = %s and storage = %s and metric = %s"
+        " and options_sha256 is not distinct from %s",
+        (encoder_name, encoder_version, dimensions, storage, metric, sha),
+    ).fetchone()
+    return _row_to_space(row) if row is not None else None
+
+
 def adopt_options(conn: psycopg.Connection, space: Space, options: dict[str, Any]) -> Space:
     """Record ``options`` on a space registered before they were recorded (migration 0009).
 
@@ -318,6 +345,103 @@ def adopt_options(conn: psycopg.Connection, space: Space, options: dict[str, Any
         (sha, Jsonb(options), space.id, sha),
     ).fetchone()
     return _row_to_space(row) if row is not None else space
+
+
+DEFAULT_PARTITION = "embeddings_default"
+
+
+def partition_name(space_id: int) -> str:
+    """The partition of ``embeddings`` that holds the space's rows."""
+    return f"embeddings_space_{int(space_id)}"
+
+
+def has_partition(conn: psycopg.Connection, space_id: int) -> bool:
+    """Whether the space's partition exists and is attached to ``embeddings``."""
+    name = f"public.{partition_name(space_id)}"
+    row = conn.execute(
+        "select exists (select 1 from pg_inherits where inhrelid = to_regclass(%s)"
+        " and inhparent = 'public.embeddings'::regclass)",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def space_table(conn: psycopg.Connection, space_id: int) -> str:
+    """The table that holds the space's rows: its partition, or the default partition."""
+    return partition_name(space_id) if has_partition(conn, space_id) else DEFAULT_PARTITION
+
+
+def merge_lock(
+    conn: psycopg.Connection, space_id: int | None = None, *, exclusive: bool = False
+) -> None:
+    """Take a publish merge lock until the transaction ends (catalog.publish explains
+    them): the global one (``space_id`` None; exclusively to attach a partition) or the
+    space's (exclusively to build the space's index). Take the global one first."""
+    key = "embcat-publish-merge" if space_id is None else f"embcat-publish-merge:{int(space_id)}"
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"select {fn}(hashtext('{key}'))")  # (the key in the text: pg_stat_activity)
+
+
+def holds_no_rows(conn: psycopg.Connection, space_id: int) -> bool:
+    """Whether the space has neither a partition table (attached or not) nor rows in the
+    default partition."""
+    row = conn.execute(
+        f"select to_regclass(%s) is null and not exists (select 1 from public.{DEFAULT_PARTITION}"
+        " where space_id = %s)",
+        (f"public.{partition_name(space_id)}", int(space_id)),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def create_partition_table(conn: psycopg.Connection, space_id: int) -> str:
+    """The space's partition as a table of its own, not yet attached (``attach_partition``):
+    the columns, defaults and checks of ``embeddings`` plus ``space_id = <id>`` (so that
+    ATTACH need not scan it); no index, key or trigger until it is attached, so a publish
+    can fill it by plain INSERTs and ATTACH then builds its indexes in bulk and checks its
+    foreign keys with one join. Returns its name."""
+    name, sid = partition_name(space_id), int(space_id)
+    conn.execute(
+        f"create table public.{name}"
+        " (like public.embeddings including defaults including constraints)"
+    )
+    conn.execute(f"alter table public.{name} add constraint {name}_space check (space_id = {sid})")
+    return name
+
+
+def attach_partition(conn: psycopg.Connection, space_id: int) -> int:
+    """Attach the space's partition table (``create_partition_table``) to ``embeddings``,
+    with the rows of the space the default partition holds moved in first; returns how
+    many moved. ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on ``embeddings``
+    (readers and writers of the other partitions go on; CREATE TABLE .. PARTITION OF would
+    lock every reader out until commit); it builds the parent's indexes (primary key,
+    geometry GiST) on the partition and validates the foreign keys it clones, which locks
+    ``items`` and ``embedding_spaces`` against writes until the caller commits. Callers
+    hold the global publish merge lock exclusively, so that this never deadlocks with a
+    concurrent publish."""
+    name, sid = partition_name(space_id), int(space_id)
+    moved = conn.execute(
+        f"with moved as (delete from public.{DEFAULT_PARTITION} where space_id = {sid}"
+        f" returning *) insert into public.{name} select * from moved"
+    )
+    conn.execute(
+        f"alter table public.embeddings attach partition public.{name} for values in ({sid})"
+    )
+    log.info("space %s: partition %s attached (%d rows moved in)", sid, name, moved.rowcount)
+    return moved.rowcount
+
+
+def ensure_partition(conn: psycopg.Connection, space_id: int) -> bool:
+    """Give the space its own partition of ``embeddings`` if it has none (True: created
+    and attached; see ``attach_partition`` for the locks)."""
+    if has_partition(conn, space_id):
+        return False
+    row = conn.execute(
+        "select to_regclass(%s) is null", (f"public.{partition_name(space_id)}",)
+    ).fetchone()
+    if row and row[0]:
+        create_partition_table(conn, space_id)
+    attach_partition(conn, space_id)
+    return True
 
 
 def has_index(conn: psycopg.Connection, space: Space) -> bool:
@@ -408,6 +532,8 @@ def ensure_index(
         return False
     if kind == space.index_kind and not rebuild and has_index(conn, space):
         return False
+    ensure_partition(conn, space.id)
+    table = partition_name(space.id)
     row = conn.execute(
         "select count(*) from embeddings where space_id = %s", (space.id,)
     ).fetchone()
@@ -433,7 +559,7 @@ def ensure_index(
     if kind == "hnsw-halfvec":
         params = {"m": int(m), "ef_construction": int(ef_construction)}
         definition = (
-            f"using hnsw ({built_space.vector_sql('embeddings')} {space.opclass})"
+            f"using hnsw ({built_space.vector_sql(table)} {space.opclass})"
             f" with (m = {int(m)}, ef_construction = {int(ef_construction)})"
         )
     else:
@@ -441,7 +567,7 @@ def ensure_index(
         # the literal's values as real[] (float32) holds them
         center = tuple(float(v) for v in np.asarray(center, np.float32))
         built_space = replace(built_space, center=center)
-        code = built_space.code_sql("embeddings")
+        code = built_space.code_sql(table)
         if kind == "ivfflat-bit":
             lists = ivfflat_lists(rows)
             params = {"lists": lists}
@@ -452,9 +578,7 @@ def ensure_index(
                 f"using hnsw ({code} bit_hamming_ops)"
                 f" with (m = {int(m)}, ef_construction = {int(ef_construction)})"
             )
-    conn.execute(
-        f"create index {building} on embeddings {definition} where space_id = {int(space.id)}"
-    )
+    conn.execute(f"create index {building} on public.{table} {definition}")
     params["rows"] = rows
     params["build_s"] = round(time.perf_counter() - started, 3)
     conn.execute(
@@ -511,11 +635,16 @@ def finish_swap(conn: psycopg.Connection, space_id: int) -> list[str]:
 
 
 def _index_names(conn: psycopg.Connection, space_id: int) -> list[str]:
-    """The similarity indexes of a space on ``embeddings`` (any kind, valid or not)."""
+    """The similarity indexes of a space (on its partition, or partial ones on the default
+    partition; any kind, valid or not)."""
     names = [index_name(space_id, k) for k in INDEX_KINDS]
     rows = conn.execute(
         "select c.relname from pg_class c join pg_index i on i.indexrelid = c.oid"
-        " where i.indrelid = 'embeddings'::regclass and c.relname = any(%s)",
-        (names + [f"{n}_new" for n in names],),
+        " where i.indrelid in (to_regclass(%s), to_regclass(%s)) and c.relname = any(%s)",
+        (
+            f"public.{partition_name(space_id)}",
+            f"public.{DEFAULT_PARTITION}",
+            names + [f"{n}_new" for n in names],
+        ),
     ).fetchall()
     return [r[0] for r in rows]

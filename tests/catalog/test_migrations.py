@@ -93,7 +93,7 @@ def test_upgrade_gives_existing_embeddings_their_geometry_and_rebuilds_the_index
     geometry, and the space's HNSW index (dropped for the rewrite) is back, valid."""
     url = make_database(migrated=False)
     space = _catalogue_at_0006(url)
-    migrate.upgrade(DatabaseSettings(database_url=url))
+    migrate.upgrade(DatabaseSettings(database_url=url), "0016")  # 0021: partitions
     with psycopg.connect(url) as c:
         differing = c.execute(
             "select count(*) from embeddings e join items i"
@@ -120,7 +120,7 @@ def test_upgrade_interrupted_before_the_index_build_builds_it_when_run_again(
         c.execute(module.UPGRADE)
     assert _hnsw_indexes(url) == []
     assert migrate.current(DatabaseSettings(database_url=url)) == "0006"
-    migrate.upgrade(DatabaseSettings(database_url=url))
+    migrate.upgrade(DatabaseSettings(database_url=url), "0016")
     assert _hnsw_indexes(url) == [(HNSW_DEF.format(space, space), True)]
     with psycopg.connect(url) as c:
         assert c.execute("select to_regclass('embcat_0007_hnsw')").fetchone() == (None,)
@@ -233,3 +233,59 @@ def test_upgrade_to_0009_keeps_spaces_with_unknown_options(
         c.execute("delete from embedding_spaces where options_sha256 is not null")
     migrate.downgrade(settings, "0008")
     assert migrate.current(settings) == "0008"
+
+
+def _partitions(url: str) -> dict[str, int]:
+    """The partitions of ``embeddings`` and their row counts."""
+    with psycopg.connect(url) as c:
+        names = [
+            r[0]
+            for r in c.execute(
+                "select c.relname from pg_inherits h join pg_class c on c.oid = h.inhrelid"
+                " where h.inhparent = 'embeddings'::regclass order by 1"
+            ).fetchall()
+        ]
+        return {n: c.execute(f"select count(*) from {n}").fetchone()[0] for n in names}
+
+
+def test_upgrade_to_0021_moves_each_space_into_its_partition_with_its_index(
+    make_database: Callable[..., str],
+) -> None:
+    """0021 on a catalogue with vectors: the rows in the space's own partition, the
+    space's index rebuilt there without the WHERE clause, and the SQL search still
+    answers through it."""
+    url = make_database(migrated=False)
+    space = _catalogue_at_0006(url)
+    settings = DatabaseSettings(database_url=url)
+    migrate.upgrade(settings, "0016")
+    with psycopg.connect(url) as c:
+        before = c.execute("select * from embcat.similar('m', 'i3', 5)").fetchall()
+    migrate.upgrade(settings)
+    assert _partitions(url) == {"embeddings_default": 0, f"embeddings_space_{space}": 20}
+    partition_def = (
+        HNSW_DEF.format(space, space)
+        .replace("ON public.embeddings ", f"ON public.embeddings_space_{space} ")
+        .replace(f" WHERE (space_id = {space})", "")
+    )
+    assert _hnsw_indexes(url) == [(partition_def, True)]
+    with psycopg.connect(url) as c:
+        assert c.execute("select * from embcat.similar('m', 'i3', 5)").fetchall() == before
+        assert c.execute("select count(*) from embcat.item_embeddings").fetchone() == (20,)
+
+
+def test_downgrade_from_0021_restores_one_table_and_the_partial_index(
+    make_database: Callable[..., str],
+) -> None:
+    url = make_database(migrated=False)
+    space = _catalogue_at_0006(url)
+    settings = DatabaseSettings(database_url=url)
+    migrate.upgrade(settings)
+    migrate.downgrade(settings, "0016")
+    assert _partitions(url) == {}
+    assert _hnsw_indexes(url) == [(HNSW_DEF.format(space, space), True)]
+    with psycopg.connect(url) as c:
+        assert c.execute("select count(*) from embeddings").fetchone() == (20,)
+        assert c.execute("select count(*) from embcat.item_embeddings").fetchone() == (20,)
+        assert len(c.execute("select * from embcat.similar('m', 'i3', 5)").fetchall()) == 5
+    migrate.upgrade(settings)
+    assert _partitions(url) == {"embeddings_default": 0, f"embeddings_space_{space}": 20}

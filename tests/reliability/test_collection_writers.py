@@ -27,6 +27,7 @@ from catalog.changes import changes_since, safe_high_water
 from catalog.db import connect
 from catalog.publish import PublishResult, publish
 from catalog.settings import DatabaseSettings
+from catalog.spaces import merge_lock
 
 _NEW_ITEM = (
     "insert into items (collection_id, id, geometry, bbox, datetime)"
@@ -231,12 +232,16 @@ def test_item_writes_into_the_collection_do_not_wait_for_its_publish(
 def test_publish_into_an_indexed_space_does_not_wait_for_an_index_builder(
     indexed_space: tuple[Path, str], db_settings: DatabaseSettings
 ) -> None:
-    """A builder holds the merge lock exclusively from its first merge to its commit; a
-    publish that builds nothing takes no merge lock and finishes meanwhile."""
-    run, _ = indexed_space
+    """A builder of another space holds that space's merge lock exclusively from its first
+    merge to its commit (catalog.publish, "The merge locks"); a publish into an indexed
+    space builds nothing and finishes meanwhile."""
+    run, cid = indexed_space
     url = db_settings.database_url
+    with psycopg.connect(url) as c:
+        row = c.execute("select space_id from collections where id = %s", (cid,)).fetchone()
+    assert row is not None
     with psycopg.connect(url) as builder:
-        builder.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+        merge_lock(builder, int(row[0]) + 1, exclusive=True)  # the next space's builder
         out: dict[str, Any] = {}
         thread = _in_thread(run, "pw-b-" + uuid.uuid4().hex[:6], db_settings, out)
         thread.join(30)
