@@ -200,7 +200,7 @@ def paused_publish(
             url,
             "select 1 from pg_stat_activity where datname = current_database()"
             " and wait_event_type = 'Lock' and wait_event = 'relation'"
-            " and query ilike 'insert into embeddings%'",
+            " and query ilike 'insert into %embeddings%'",
         )
         try:
             yield cid
