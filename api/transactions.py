@@ -5,14 +5,22 @@ gone; 404 only for an unknown collection), as stac-api-validator expects. The sc
 check is a route dependency added in api/app.py (``_protect_routes``); a key limited to
 one collection may only change that collection's items. Every body is validated
 (catalog.stac checks) before anything is written; each request is one transaction.
+
+PATCH takes a JSON Patch (RFC 6902, a list body; applied by ``jsonpatch``) or a JSON
+Merge Patch (RFC 7386, an object body; ``json-merge-patch``). A patch that cannot be
+applied is a 400 naming the op; a failed ``test`` op is a 409; nothing is written then.
 """
 
 from __future__ import annotations
 
 import copy
+import textwrap
 from typing import Annotated, Any
 
 import attr
+import json_merge_patch
+import jsonpatch
+import jsonpointer
 from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from stac_fastapi.api.models import CollectionUri, GeoJSONResponse, ItemUri
@@ -44,80 +52,39 @@ def _as_dict(model: Any, what: str = "the body") -> dict[str, Any]:
     return dumped
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge_patch(out.get(key), value)
-    return out
-
-
-def _pointer(path: str) -> list[str]:
-    if not path.startswith("/"):
-        raise InvalidInput(f"invalid JSON pointer {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+def _failed_op(exc: Exception) -> dict[str, Any]:
+    """The operation jsonpatch tied to its error (empty when it names none)."""
+    op = getattr(exc, "op", None)
+    op = getattr(op, "operation", op)
+    return op if isinstance(op, dict) else {}
 
 
 def _json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    """RFC 6902 JSON Patch (add, remove, replace, move, copy, test) on objects and lists."""
-    doc = copy.deepcopy(doc)
+    """RFC 6902 JSON Patch on a copy of ``doc`` (jsonpatch validates every op first).
 
-    def parent(parts: list[str]) -> tuple[Any, str]:
-        node: Any = doc
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        return node, parts[-1]
-
-    def get(path: str) -> Any:
-        node: Any = doc
-        for part in _pointer(path):
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        return node
-
-    def remove(path: str) -> Any:
-        node, key = parent(_pointer(path))
-        return node.pop(int(key)) if isinstance(node, list) else node.pop(key)
-
-    def add(path: str, value: Any) -> None:
-        node, key = parent(_pointer(path))
-        if isinstance(node, list):
-            node.insert(len(node) if key == "-" else int(key), value)
-        else:
-            node[key] = value
-
+    A failed ``test`` op is a :class:`Conflict` (the document is not in the state the
+    client expected, RFC 5789's 409); any other patch that cannot be applied (unknown op,
+    missing member or index, malformed pointer) is :class:`InvalidInput`.
+    """
     try:
-        for op in ops:
-            kind, path = op["op"], op["path"]
-            if kind == "add":
-                add(path, op["value"])
-            elif kind == "remove":
-                remove(path)
-            elif kind == "replace":
-                remove(path)
-                add(path, op["value"])
-            elif kind == "move":
-                add(path, remove(op["from"]))
-            elif kind == "copy":
-                add(path, copy.deepcopy(get(op["from"])))
-            elif kind == "test":
-                if get(path) != op["value"]:
-                    raise Conflict(f"JSON Patch test failed at {path}")
-            else:
-                raise InvalidInput(f"unknown JSON Patch op {kind!r}")
-    except (KeyError, IndexError, ValueError, TypeError) as exc:
-        raise InvalidInput(f"JSON Patch cannot be applied: {exc!r}") from None
-    return doc
+        patched: dict[str, Any] = jsonpatch.JsonPatch(ops).apply(doc)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise Conflict(f"JSON Patch test failed at {_failed_op(exc).get('path')}") from None
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        op = _failed_op(exc)
+        source = f"{op['from']} -> " if "from" in op else ""
+        where = f" ({op.get('op')} {source}{op.get('path')})" if op else ""
+        # jsonpointer's messages can quote the whole member they searched: keep them short
+        cause = textwrap.shorten(str(exc), 200)
+        raise InvalidInput(f"JSON Patch cannot be applied{where}: {cause}") from None
+    return patched
 
 
 def _patch(doc: dict[str, Any], patch: Any) -> dict[str, Any]:
     if isinstance(patch, list):
         return _json_patch(doc, [_as_dict(p) for p in patch])
-    result: dict[str, Any] = _merge_patch(doc, _as_dict(patch))
+    # RFC 7386 merge patch; json_merge_patch.merge changes its first argument in place.
+    result: dict[str, Any] = json_merge_patch.merge(copy.deepcopy(doc), _as_dict(patch))
     return result
 
 
