@@ -24,7 +24,6 @@ from catalog.errors import (
     Conflict,
     DatabaseTooOld,
     DatabaseUnavailable,
-    EmbcatError,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -35,6 +34,7 @@ from catalog.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from embcat.errors import EmbcatError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ STATUS: dict[type[Exception], int] = {
     TooManyRequests: 429,
     StorageFull: 507,
     StorageUnavailable: 503,
+    # the root (embcat.errors): any other embcat error (encoder, mirror...) is the user's
     EmbcatError: 400,
     # stac-fastapi's own errors (raised by its request models and helpers)
     NotFoundError: 404,

@@ -1,7 +1,9 @@
 """Domain errors, and the one place where database errors are translated into them.
 
-The API maps these classes to HTTP statuses in one dict (api/errors.py); the CLI prints
-their message and exits non-zero. Nothing above catalog/ inspects psycopg exceptions.
+Every class here subclasses the one root :class:`embcat.errors.EmbcatError` (re-exported
+here). The API maps these classes to HTTP statuses in one dict (api/errors.py); the CLI
+prints their message and exits non-zero. Nothing above catalog/ inspects psycopg
+exceptions.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from contextlib import contextmanager
 import psycopg
 import sqlalchemy.exc
 
-
-class EmbcatError(Exception):
-    """Base class of every error embcat reports to a user."""
+from embcat.errors import EmbcatError
 
 
 class InvalidInput(EmbcatError):

@@ -5,9 +5,10 @@ modules import their heavy dependencies (torch, FastAPI) inside the commands, so
 ``embcat --help`` stays fast and HPC nodes never import the web stack.
 
 Every failure ends as one line on stderr, ``error: <cause and fix>``, and a non-zero exit
-status (2 for bad usage, 1 otherwise): domain errors (:class:`catalog.errors.EmbcatError`,
-:class:`encoders.errors.EncodeError`), click's usage errors and, as a last resort, any
-unexpected exception (its traceback only with ``-v``).
+status (2 for bad usage, 1 otherwise): embcat's errors (the one root
+:class:`embcat.errors.EmbcatError`: catalogue, encoder, mirror and client errors), click's
+usage errors and, as a last resort, any unexpected exception (its traceback only with
+``-v``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, NoReturn
 
 import click
 
-from catalog.errors import EmbcatError
 from embcat import __version__
 from embcat.commands import collections as collections_commands
 from embcat.commands import db as db_commands
@@ -28,6 +28,7 @@ from embcat.commands import exchange as exchange_commands
 from embcat.commands import publish as publish_commands
 from embcat.commands import score as score_commands
 from embcat.commands import serve as serve_commands
+from embcat.errors import EmbcatError
 
 log = logging.getLogger("embcat.cli")
 
@@ -44,12 +45,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _encode_error_types() -> tuple[type[BaseException], ...]:
-    from encoders.errors import EncodeError
-
-    return (EncodeError,)
-
-
 class EmbcatGroup(click.Group):
     """Turns every error into one line on stderr and a non-zero exit status (no traceback)."""
 
@@ -60,8 +55,6 @@ class EmbcatGroup(click.Group):
             raise
         except EmbcatError as exc:
             fail(getattr(exc, "detail", None) or str(exc))
-        except _encode_error_types() as exc:
-            fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a trace
             if (ctx.obj or {}).get("verbose"):
                 log.exception("unexpected error")

@@ -28,10 +28,12 @@ import httpx
 import numpy as np
 import pystac
 
+from embcat.errors import EmbcatError
+
 Ref = str | dict[str, str]
 
 
-class ClientError(Exception):
+class ClientError(EmbcatError):
     """An error answer of the server (``status``: HTTP status, message from its body)."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -1,14 +1,17 @@
-"""Errors of the encode side. ``encoders/`` never imports the database, so it has its own.
+"""Errors of the encode side, under the one root :class:`embcat.errors.EmbcatError`
+(a module without imports: ``encoders/`` never imports the database).
 
-The CLI turns :class:`EncodeError` into a one-line message and exit status 1. Every
+The CLI turns every ``EmbcatError`` into a one-line message and exit status 1. Every
 message names the file (or encoder) and the cause, so that a failed HPC job log says
 what to fix.
 """
 
 from __future__ import annotations
 
+from embcat.errors import EmbcatError
 
-class EncodeError(Exception):
+
+class EncodeError(EmbcatError):
     """Base class of every error the encoders package reports to a user.
 
     Takes exactly one message argument, so that torch's DataLoader can re-raise it from
