@@ -10,14 +10,17 @@ from pathlib import Path
 import yaml
 from pydantic_settings import BaseSettings
 
+import api
+import catalog
+import encoders
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
     found: set[type[BaseSettings]] = set()
-    for package in ("catalog", "api", "encoders"):
-        pkg = importlib.import_module(package)
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
+    for pkg in (catalog, api, encoders):
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
             module = importlib.import_module(info.name)
             for value in vars(module).values():
                 if (
