@@ -67,3 +67,11 @@ def test_entry_points_in_pyproject_are_renamed() -> None:
     text = 'mosaiks = "encoders.mosaiks:MosaiksEncoder"\n[project.entry-points."embcat.encoders"]\n'
     want = 'mosaiks = "embcat.encoders.mosaiks:MosaiksEncoder"\n'
     assert _script().rename_strings(text) == want + '[project.entry-points."embcat.encoders"]\n'
+
+
+def test_the_script_leaves_itself_and_this_test_alone() -> None:
+    root = SCRIPT.parent.parent.parent
+    files = {p.relative_to(root).as_posix() for p in _script().python_files(root)}
+    assert "tests/test_rename_imports.py" not in files
+    assert "scripts/dev/rename_imports.py" not in files
+    assert "catalog/stac.py" in files and "tests/conftest.py" in files
