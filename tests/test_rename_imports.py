@@ -41,8 +41,8 @@ from embcat.catalog import stac as stacrows
 from embcat import api
 from embcat import catalog as c
 import embcat.catalog.publish as publish_mod
-    import embcat.api.db
     from embcat import api
+    import embcat.api.db  # noqa: F401 - loads api.db
         import embcat.api.app  # noqa: F401
 app = "embcat.api.app:create_app"
 target = 'embcat.encoders.mosaiks._RESPONSE_BUDGET'

@@ -9,8 +9,8 @@ script rewrites the references in the Python files of the tree:
 - ``from catalog.x import y`` / ``from catalog import y`` -> ``from embcat.catalog.x import y``
 - ``import catalog.x as m``                          -> ``import embcat.catalog.x as m``
 - ``import catalog`` / ``import catalog as c``       -> ``from embcat import catalog [as c]``
-- ``import catalog.x`` (binds ``catalog``)           -> ``import embcat.catalog.x`` and
-  ``from embcat import catalog`` (only the first with ``# noqa: F401``)
+- ``import catalog.x`` (binds ``catalog``)           -> ``from embcat import catalog`` and
+  ``import embcat.catalog.x  # noqa: F401`` (only the latter when it had ``# noqa: F401``)
 - a string that starts with a dotted module path, ``"catalog.x"`` / ``"api.app:create_app"``
   -> ``"embcat.catalog.x"`` / ``"embcat.api.app:create_app"`` (entry points, uvicorn
   factories, monkeypatch targets); also in pyproject.toml.
@@ -53,8 +53,11 @@ def _import(m: re.Match[str]) -> str:
         return f"{indent}import embcat.{pkg}{rest}{alias}{tail}"
     if "noqa: F401" in tail:  # imported for its side effects only
         return f"{indent}import embcat.{pkg}{rest}{tail}"
-    # import catalog.x binds ``catalog``: load the submodule and bind the package
-    return f"{indent}import embcat.{pkg}{rest}{tail}\n{indent}from embcat import {pkg}"
+    # import catalog.x binds ``catalog``: bind the package, load the submodule
+    return (
+        f"{indent}from embcat import {pkg}{tail}\n"
+        f"{indent}import embcat.{pkg}{rest}  # noqa: F401 - loads {pkg}{rest}"
+    )
 
 
 def rename_python(text: str) -> str:
