@@ -26,7 +26,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,14 +42,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
-from tqdm import tqdm
 
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
+from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
+from catalog.publish import ANALYZE_ITEM_COLUMNS
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
-from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space, get_space
+from catalog.spaces import Space, ensure_index, get_or_create_space, get_space
 from catalog.stac import GENERATED_RELS
 from catalog.vectors import (
     EMBEDDINGS_ASSET,
@@ -62,10 +64,6 @@ from catalog.vectors import (
 log = logging.getLogger(__name__)
 
 
-class RemoteError(EmbcatError):
-    """The remote server answered with an error or something that is not what we expect."""
-
-
 @dataclass
 class MirrorOptions:
     remote_url: str
@@ -77,7 +75,6 @@ class MirrorOptions:
     page_rows: int = 5000
     change_limit: int = 1000
     headers: dict[str, str] = field(default_factory=dict)
-    progress: bool = True
     timeout_s: float = 120.0
     # Bounds against hostile or broken sources (catalog.settings.MirrorSettings): bytes of
     # one export page and of one JSON answer, seconds per request in total (a body that
@@ -86,6 +83,14 @@ class MirrorOptions:
     max_json_bytes: int = 64 << 20
     request_deadline_s: float = 600.0
     max_pages: int = 100_000
+    # Retries of connection failures and 429/502/503/504 answers (catalog.http): attempts
+    # per request, seconds they may take in all, exponential backoff from wait_initial_s
+    # up to wait_max_s (plus up to wait_jitter_s of jitter); Retry-After is honoured.
+    retry_attempts: int = 5
+    retry_timeout_s: float = 120.0
+    retry_wait_initial_s: float = 0.5
+    retry_wait_max_s: float = 30.0
+    retry_wait_jitter_s: float = 1.0
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -109,13 +114,17 @@ class MirrorResult:
     seconds: float = 0.0
     cursor: int | None = None
     pages: int = 0
+    load_s: float = 0.0
+    index_s: float = 0.0
 
     def summary(self) -> str:
+        """One line: rows, rows/s, the load and index phases, bytes, the cursor."""
         rate = self.upserted / self.seconds if self.seconds else 0.0
         return (
-            f"mirror ({self.mode}): {self.upserted} upserted, {self.deleted} deleted,"
+            f"mirror ({self.mode}): {self.upserted} rows upserted, {self.deleted} deleted,"
             f" {self.verified} checksums verified, {self.bytes / 1e6:.1f} MB in"
-            f" {self.seconds:.1f} s ({rate:.0f} items/s); cursor {self.cursor}"
+            f" {self.seconds:.1f} s ({rate:.0f} rows/s; load {self.load_s:.1f} s, index"
+            f" {self.index_s:.1f} s); cursor {self.cursor}"
         )
 
 
@@ -147,46 +156,6 @@ def _local_href(href: Any, remote_base: str) -> Any:
     if isinstance(href, str) and href.startswith(remote_base + "/"):
         return href[len(remote_base) :]
     return href
-
-
-def origin_of(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port made explicit."""
-    u = httpx.URL(str(url))
-    port = u.port or {"http": 80, "https": 443}.get(u.scheme)
-    return u.scheme, u.host.lower(), port
-
-
-class OriginAuth(httpx.Auth):
-    """Credentials for one origin only: requests to any other host (asset hrefs, links)
-    go without them. httpx drops ``Authorization`` itself on a redirect to another origin;
-    the API calls do not follow redirects at all (``_check``)."""
-
-    def __init__(self, origin_url: str, headers: dict[str, str]) -> None:
-        self.origin = origin_of(origin_url)
-        self.headers = dict(headers)
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self.headers and origin_of(request.url) == self.origin:
-            request.headers.update(self.headers)
-        yield request
-
-
-def _check(r: httpx.Response, what: str) -> httpx.Response:
-    if 300 <= r.status_code < 400:
-        where = r.headers.get("location", "?")
-        raise RemoteError(
-            f"{what}: the remote redirects (HTTP {r.status_code}) to {where}; a mirror follows"
-            " no redirects: give the URL of the embcat or STAC API itself"
-        )
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("description") or r.text[:200]
-        except ValueError:
-            detail = r.text[:200]
-        if r.status_code == 404:
-            raise NotFound(f"{what}: {detail}")
-        raise RemoteError(f"{what}: HTTP {r.status_code}: {detail}")
-    return r
 
 
 def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
@@ -256,7 +225,7 @@ def _prepare_local(
     cid = opts.collection_id
     remote = opts.remote_url
     state = conn.execute(
-        "SELECT phase, as_of, after_id, cursor, dtype, filters FROM mirror_state"
+        "SELECT phase, as_of, after_id, cursor, dtype, filters, rows_total FROM mirror_state"
         " WHERE remote_url = %s AND remote_collection = %s",
         (remote, cid),
     ).fetchone()
@@ -299,7 +268,7 @@ def _prepare_local(
             (remote, cid, cid, opts.dtype, Jsonb(opts.filters())),
         )
         return space, None
-    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters")
+    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters", "rows_total")
     return space, dict(zip(keys, state, strict=True))
 
 
@@ -497,108 +466,128 @@ def verify(rows: list[_Row], dtype: str, storage: str) -> int:
     return checked
 
 
-# --------------------------------------------------------------------------- bulk path
+# --------------------------------------------------------------------------- progress
 
 
-class _Progress:
-    def __init__(self, enabled: bool, total: int | None = None) -> None:
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, disable=not enabled, desc="mirror")
-        self.rows = 0
+@dataclass
+class MirrorProgress:
+    """What a mirror reports after each committed page (``on_progress``): rows done so far
+    (``rows``, including rows of earlier runs of an interrupted mirror), the rows expected
+    in all (``total``: the remote's ``numberMatched``, None if it does not say), bytes
+    received in this run and seconds since this run started. The CLI draws the bar."""
 
-    def add(self, nbytes: int, rows: int = 0) -> None:
-        self.rows += rows
-        self.bar.update(nbytes)
-        if rows:
-            self.bar.set_postfix(rows=self.rows, refresh=False)
+    phase: str  # "initial", "incremental" or "items"
+    rows: int
+    total: int | None
+    bytes: int
+    elapsed_s: float
+    run_rows: int = 0  # rows of this run (what the rate is made of)
 
-    def close(self) -> None:
-        self.bar.close()
+    @property
+    def rate(self) -> float:
+        return self.run_rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.total is None or not self.rate:
+            return None
+        return max(0, self.total - self.rows) / self.rate
 
 
-def _fetch(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    method: str,
-    url: str,
-    what: str,
-    *,
-    limit: int,
-    progress: _Progress | None = None,
-    check: bool = True,
-    **kwargs: Any,
-) -> tuple[int, bytes, httpx.Headers]:
-    """One request, its body read as a stream within ``limit`` bytes and within
-    ``opts.request_deadline_s`` seconds in total (a body trickling one byte at a time ends
-    at the deadline, give or take one read timeout). Error answers raise (``_check``)
-    unless ``check`` is false."""
-    started = time.monotonic()
-    buf = io.BytesIO()
-    with client.stream(method, url, **kwargs) as r:
-        if r.status_code >= 300:  # an error message, not a payload: its start is enough
-            for chunk in r.iter_bytes():
-                buf.write(chunk)
-                if buf.tell() >= 64 << 10 or time.monotonic() - started > opts.request_deadline_s:
-                    break
-            status, headers = r.status_code, r.headers
-            if check:
-                _check(httpx.Response(status, headers=headers, content=buf.getvalue()), what)
-            return status, buf.getvalue(), headers
-        declared = r.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RemoteError(
-                f"{what}: the remote announces {int(declared):,} bytes, more than the"
-                f" {limit:,} a mirror accepts per answer (EMBCAT_MIRROR_MAX_PAGE_BYTES /"
-                " _MAX_JSON_BYTES; --page-rows makes export pages smaller)"
-            )
-        total = 0
-        for chunk in r.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise RemoteError(
-                    f"{what}: the answer exceeds the {limit:,} bytes a mirror accepts per"
-                    " answer (EMBCAT_MIRROR_MAX_PAGE_BYTES / _MAX_JSON_BYTES; --page-rows"
-                    " makes export pages smaller)"
+ProgressHook = Callable[[MirrorProgress], None]
+
+
+class _Reporter:
+    def __init__(self, hook: ProgressHook | None, phase: str, done: int, total: int | None):
+        self.hook, self.phase, self.done, self.total = hook, phase, done, total
+        self.started = time.perf_counter()
+        self.run_rows = 0
+        self.bytes = 0
+
+    def received(self, nbytes: int) -> None:
+        self.bytes += nbytes
+
+    def rows(self, n: int) -> None:
+        self.done += n
+        self.run_rows += n
+        if self.hook is not None:
+            self.hook(
+                MirrorProgress(
+                    phase=self.phase, rows=self.done, total=self.total, bytes=self.bytes,
+                    elapsed_s=time.perf_counter() - self.started, run_rows=self.run_rows,
                 )
-            if time.monotonic() - started > opts.request_deadline_s:
-                raise RemoteError(
-                    f"{what}: the answer took more than {opts.request_deadline_s:g} s"
-                    f" ({total:,} bytes so far); refused (EMBCAT_MIRROR_REQUEST_DEADLINE_S)"
-                )
-            buf.write(chunk)
-            if progress is not None:
-                progress.add(len(chunk))
-        status, headers = r.status_code, r.headers
-    data = buf.getvalue()
-    if check:
-        _check(httpx.Response(status, headers=headers, content=data), what)
-    return status, data, headers
+            )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _client(opts: MirrorOptions) -> HttpClient:
+    retry = RetryPolicy(
+        attempts=opts.retry_attempts,
+        retry_timeout_s=opts.retry_timeout_s,
+        wait_initial_s=opts.retry_wait_initial_s,
+        wait_max_s=opts.retry_wait_max_s,
+        wait_jitter_s=opts.retry_wait_jitter_s,
+    )
+    return HttpClient(
+        opts.remote_url,
+        opts.headers,
+        timeout_s=opts.timeout_s,
+        deadline_s=opts.request_deadline_s,
+        retry=retry,
+    )
 
 
 def _get_json(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    url: str,
-    what: str,
-    progress: _Progress | None = None,
-    **kwargs: Any,
-) -> Any:
-    _, data, _ = _fetch(
-        client, opts, "GET", url, what, limit=opts.max_json_bytes, progress=progress, **kwargs
-    )
+    http: HttpClient, opts: MirrorOptions, url: str, what: str,
+    reporter: _Reporter | None = None, **kwargs: Any,
+) -> Any:  # fmt: skip
+    on_bytes = reporter.received if reporter is not None else None
+    return http.get_json(url, what, limit=opts.max_json_bytes, on_bytes=on_bytes, **kwargs)
+
+
+def _number_matched(http: HttpClient, opts: MirrorOptions) -> int | None:
+    """How many items the mirror will bring (``numberMatched`` of a one-item search with
+    the mirror's filters), for the progress's total and ETA; None if the remote says not."""
+    params: dict[str, Any] = {"collections": opts.collection_id, "limit": 1}
+    for key, value in opts.filters().items():
+        if key == "bbox":
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        params[key] = value
     try:
-        return json.loads(data)
-    except ValueError:
-        raise RemoteError(f"{what}: the remote's answer is not JSON") from None
+        page = _get_json(http, opts, "/search", "item count", params=params)
+    except (EmbcatError, httpx.HTTPError):
+        return None
+    n = page.get("numberMatched") if isinstance(page, dict) else None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+@dataclass
+class _Page:
+    """One export page, fetched, decoded and verified (nothing written yet)."""
+
+    rows: list[_Row]
+    as_of: int
+    more: bool
+    nbytes: int
+    verified: int
+
+    @property
+    def last_id(self) -> str | None:
+        return self.rows[-1].id if self.rows else None
 
 
 def _export_page(
-    client: httpx.Client, opts: MirrorOptions, progress: _Progress, body: dict[str, Any]
-) -> tuple[pa.Table, dict[str, Any], httpx.Headers, int]:
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, body: dict[str, Any]
+) -> tuple[pa.Table, dict[str, Any], int]:
     url = f"/collections/{quote(opts.collection_id, safe='')}/export"
     what = f"export of {opts.collection_id!r}"
-    _, data, headers = _fetch(
-        client, opts, "POST", url, what, limit=opts.max_page_bytes, progress=progress, json=body
-    )
+    data = http.fetch(
+        "POST", url, what, limit=opts.max_page_bytes, on_bytes=reporter.received, json=body
+    ).content
     try:
         table = pq.read_table(io.BytesIO(data))
         meta = read_metadata(io.BytesIO(data))
@@ -609,7 +598,7 @@ def _export_page(
             f" (truncated or foreign): {str(exc).splitlines()[0] if str(exc) else exc!r};"
             " nothing of it was written"
         ) from None
-    return table, meta, headers, len(data)
+    return table, meta, len(data)
 
 
 def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarray) -> None:
@@ -620,110 +609,6 @@ def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarr
             f"{what}: the remote's space has {space.dimensions} dimensions but its vectors"
             f" carry {sorted(got - {space.dimensions})}; refused, nothing of the page was"
             " written"
-        )
-
-
-def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
-    """Build the space's HNSW index if it is absent or invalid (also on a rerun after a
-    mirror killed between its last page and the build), under the publish merge lock."""
-    conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
-    built = ensure_hnsw_index(conn, space)
-    if built or analyze:
-        conn.execute("ANALYZE items")
-    conn.commit()
-
-
-def _bulk(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    settings: DatabaseSettings,
-    stac: dict[str, Any],
-    result: MirrorResult,
-    on_page: Callable[[MirrorResult], None] | None,
-) -> None:
-    cid = opts.collection_id
-    space_json = _get_json(client, opts, f"/collections/{quote(cid, safe='')}/space",
-                           f"space of {cid!r}")  # fmt: skip
-    base = str(client.base_url).rstrip("/")
-    progress = _Progress(opts.progress)
-    try:
-        with connect(settings) as conn:
-            try:
-                space, state = _prepare_local(conn, opts, stac, space_json)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
-            if state is not None and (state["dtype"], state["filters"]) != (
-                opts.dtype,
-                opts.filters(),
-            ):
-                raise Conflict(
-                    f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
-                    f" {state['filters']}; remove it to mirror with other options"
-                )
-            if state is not None:
-                conn.commit()
-            # else: the new collection and its state row commit with the first page, so a
-            # source refused on its first page leaves nothing behind.
-            phase = state["phase"] if state else "initial"
-            as_of = state["as_of"] if state else None
-            after = state["after_id"] if state else None
-            cursor = int(state["cursor"]) if state else 0
-            initial = phase == "initial"
-            pages = 0
-            while phase == "initial":
-                pages += 1
-                _page_budget(opts, pages, "export")
-                body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
-                if after is not None:
-                    body["after"] = after
-                if as_of is not None:
-                    body["as_of"] = as_of
-                table, meta, headers, nbytes = _export_page(client, opts, progress, body)
-                as_of = int(meta["as_of"])
-                rows, vectors = _rows(table, meta, cid, base, space)
-                result.verified += verify(rows, opts.dtype, space.storage)
-                _write_rows(conn, cid, space, rows)
-                done = not meta["more"]
-                if not done and not rows:
-                    raise RemoteError(
-                        f"export of {cid!r}: the remote says more rows follow but sent none"
-                    )
-                after = rows[-1].id if rows else after
-                conn.execute(
-                    "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
-                    " cursor = %s, rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
-                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
-                    (
-                        "incremental" if done else "initial",
-                        as_of,
-                        after,
-                        as_of if done else 0,
-                        len(rows),
-                        nbytes,
-                        opts.remote_url,
-                        cid,
-                    ),
-                )
-                conn.commit()
-                result.upserted += len(rows)
-                result.bytes += nbytes
-                result.pages += 1
-                progress.add(0, len(rows))
-                if on_page is not None:
-                    on_page(result)
-                if done:
-                    phase, cursor = "incremental", as_of
-            _ensure_index(conn, space, analyze=initial)
-            _incremental(client, opts, conn, space, cursor, base, progress, result, on_page)
-    finally:
-        progress.close()
-
-
-def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
-    if pages > opts.max_pages:
-        raise RemoteError(
-            f"the remote's {what} did not end within {opts.max_pages} pages in one run;"
-            " stopped (what was committed stays; EMBCAT_MIRROR_MAX_PAGES raises the bound)"
         )
 
 
@@ -749,14 +634,166 @@ def _rows(
     return rows, vectors
 
 
+def _load_page(
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, space: Space, base: str,
+    body: dict[str, Any],
+) -> _Page:  # fmt: skip
+    """Fetch, decode and verify one export page (runs ahead of the writer, in a thread)."""
+    table, meta, nbytes = _export_page(http, opts, reporter, body)
+    rows, _ = _rows(table, meta, opts.collection_id, base, space)
+    verified = verify(rows, opts.dtype, space.storage)
+    more = bool(meta["more"])
+    if more and not rows:
+        raise RemoteError(
+            f"export of {opts.collection_id!r}: the remote says more rows follow but sent none"
+        )
+    return _Page(rows=rows, as_of=int(meta["as_of"]), more=more, nbytes=nbytes, verified=verified)
+
+
+def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
+    if pages > opts.max_pages:
+        raise RemoteError(
+            f"the remote's {what} did not end within {opts.max_pages} pages in one run;"
+            " stopped (what was committed stays; EMBCAT_MIRROR_MAX_PAGES raises the bound)"
+        )
+
+
+# --------------------------------------------------------------------------- bulk path
+
+
+def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
+    """Build the space's index if it is absent or invalid (also on a rerun after a mirror
+    killed between its last page and the build), under the publish merge lock, once for
+    the whole initial phase."""
+    conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
+    built = ensure_index(conn, space)
+    if built or analyze:
+        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
+        conn.execute("analyze embeddings (collection_id, item_id, space_id)")
+    conn.commit()
+
+
+def _initial(
+    http: HttpClient,
+    opts: MirrorOptions,
+    conn: psycopg.Connection,
+    space: Space,
+    state: dict[str, Any] | None,
+    base: str,
+    reporter: _Reporter,
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+) -> int:
+    """The initial phase: export pages in id order after the last committed id, each
+    written in one transaction with ``mirror_state.after_id``. The next page is fetched
+    and decoded in a thread while this one is written. Returns the change cursor."""
+    cid = opts.collection_id
+    as_of = state["as_of"] if state else None
+    after = state["after_id"] if state else None
+
+    def body_for(after: str | None, as_of: int | None) -> dict[str, Any]:
+        body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
+        if after is not None:
+            body["after"] = after
+        if as_of is not None:
+            body["as_of"] = as_of
+        return body
+
+    pages = 1
+    _page_budget(opts, pages, "export")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-fetch") as pool:
+        ahead = pool.submit(_load_page, http, opts, reporter, space, base, body_for(after, as_of))
+        try:
+            while True:
+                page = ahead.result()
+                as_of = page.as_of
+                if page.more:  # fetch the next page while this one is written
+                    pages += 1
+                    _page_budget(opts, pages, "export")
+                    ahead = pool.submit(
+                        _load_page, http, opts, reporter, space, base,
+                        body_for(page.last_id, as_of),
+                    )  # fmt: skip
+                _write_rows(conn, cid, space, page.rows)
+                after = page.last_id or after
+                done = not page.more
+                conn.execute(
+                    "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
+                    " cursor = %s, rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
+                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
+                    ("incremental" if done else "initial", as_of, after, as_of if done else 0,
+                     len(page.rows), page.nbytes, opts.remote_url, cid),
+                )  # fmt: skip
+                conn.commit()
+                result.verified += page.verified
+                result.upserted += len(page.rows)
+                result.bytes += page.nbytes
+                result.pages += 1
+                reporter.rows(len(page.rows))
+                if on_page is not None:
+                    on_page(result)
+                if done:
+                    return as_of
+        finally:
+            ahead.cancel()
+
+
+def _bulk(
+    http: HttpClient,
+    opts: MirrorOptions,
+    settings: DatabaseSettings,
+    stac: dict[str, Any],
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+    on_progress: ProgressHook | None,
+) -> None:
+    cid = opts.collection_id
+    space_json = _get_json(http, opts, f"/collections/{quote(cid, safe='')}/space",
+                           f"space of {cid!r}")  # fmt: skip
+    base = opts.remote_url
+    started = time.perf_counter()
+    with connect(settings) as conn:
+        try:
+            space, state = _prepare_local(conn, opts, stac, space_json)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
+        if state is not None and (state["dtype"], state["filters"]) != (
+            opts.dtype,
+            opts.filters(),
+        ):
+            raise Conflict(
+                f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
+                f" {state['filters']}; remove it to mirror with other options"
+            )
+        if state is not None:
+            conn.commit()
+        # else: the new collection and its state row commit with the first page, so a
+        # source refused on its first page leaves nothing behind.
+        initial = state is None or state["phase"] == "initial"
+        if initial:
+            done = int(state["rows_total"]) if state else 0
+            total = _number_matched(http, opts) if on_progress is not None else None
+            reporter = _Reporter(on_progress, "initial", done, total)
+            cursor = _initial(http, opts, conn, space, state, base, reporter, result, on_page)
+        else:
+            assert state is not None
+            cursor = int(state["cursor"])
+        result.load_s = time.perf_counter() - started
+        t = time.perf_counter()
+        _ensure_index(conn, space, analyze=initial)
+        result.index_s = time.perf_counter() - t
+        reporter = _Reporter(on_progress, "incremental", 0, None)
+        _incremental(http, opts, conn, space, cursor, base, reporter, result, on_page)
+
+
 def _incremental(
-    client: httpx.Client,
+    http: HttpClient,
     opts: MirrorOptions,
     conn: psycopg.Connection,
     space: Space,
     cursor: int,
     base: str,
-    progress: _Progress,
+    reporter: _Reporter,
     result: MirrorResult,
     on_page: Callable[[MirrorResult], None] | None,
 ) -> None:
@@ -767,7 +804,7 @@ def _incremental(
         pages += 1
         _page_budget(opts, pages, "change feed")
         page = _get_json(
-            client, opts, f"/collections/{quote(cid, safe='')}/changes", what, progress,
+            http, opts, f"/collections/{quote(cid, safe='')}/changes", what, reporter,
             params={"since": cursor, "limit": opts.change_limit},
         )  # fmt: skip
         try:
@@ -786,7 +823,7 @@ def _incremental(
         nbytes = 0
         if upserts:
             body = {**opts.filters(), "dtype": opts.dtype, "ids": upserts}
-            table, meta, _, nbytes = _export_page(client, opts, progress, body)
+            table, meta, nbytes = _export_page(http, opts, reporter, body)
             rows, _ = _rows(table, meta, cid, base, space)
             result.verified += verify(rows, opts.dtype, space.storage)
             got = {row.id for row in rows}
@@ -802,8 +839,8 @@ def _incremental(
         conn.commit()
         result.upserted += len(rows)
         result.bytes += nbytes
-        progress.add(0, len(rows))
         if changes:
+            reporter.rows(len(rows))
             result.pages += 1
             if on_page is not None:
                 on_page(result)
@@ -821,43 +858,62 @@ def _incremental(
 # --------------------------------------------------------------------------- fallback
 
 
-def _fallback_rows(
-    client: httpx.Client, opts: MirrorOptions, progress: _Progress
+def _search_params(opts: MirrorOptions) -> dict[str, Any]:
+    """The item search of a plain STAC API (GET /search) for the mirror's filters."""
+    params: dict[str, Any] = {
+        "collections": opts.collection_id,
+        "limit": min(opts.page_rows, 1000),
+    }
+    for key, value in opts.filters().items():
+        if key == "bbox":
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        params[key] = value
+    return params
+
+
+def _fallback_pages(
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of STAC items (dicts) from the remote's item search (pystac-client)."""
-    from pystac_client import Client
-
-    origin = origin_of(str(client.base_url))
-
-    def credentials_for_the_origin_only(request: Any) -> Any:
-        # pystac-client follows the API's links, which may name other hosts: the key goes
-        # to the origin named on the command line only (requests drops it on redirects).
-        if opts.headers and origin_of(request.url) == origin:
-            request.headers.update(opts.headers)
-        return request
-
-    stac_client = Client.open(
-        str(client.base_url),
-        request_modifier=credentials_for_the_origin_only,
-        timeout=opts.timeout_s,
-    )
-    search = stac_client.search(
-        collections=[opts.collection_id],
-        bbox=opts.bbox,
-        datetime=opts.datetime,
-        filter=opts.filter,
-        filter_lang=opts.filters().get("filter-lang"),
-        limit=min(opts.page_rows, 1000),
-    )
-    import requests
-    from pystac_client.exceptions import APIError
-
-    try:
-        for page in search.pages_as_dicts():
-            progress.add(len(json.dumps(page)))
-            yield list(page.get("features", []))
-    except (APIError, requests.RequestException) as exc:
-        raise RemoteError(f"item search of {opts.collection_id!r} failed: {exc}") from None
+    """Pages of STAC items (dicts) from the remote's item search, following its ``next``
+    links (GET, or POST with the link's body). Every page goes through the one client:
+    at most ``max_json_bytes``, ``request_deadline_s`` seconds, ``max_pages`` pages per
+    run; credentials only to the origin (a next link may name another host)."""
+    what = f"item search of {opts.collection_id!r}"
+    request: dict[str, Any] = {"method": "GET", "url": "/search", "params": _search_params(opts)}
+    pages = 0
+    while True:
+        pages += 1
+        _page_budget(opts, pages, "item search")
+        answer = http.fetch(
+            request.pop("method"), request.pop("url"), what, limit=opts.max_json_bytes,
+            on_bytes=reporter.received, **request,
+        )  # fmt: skip
+        try:
+            page = answer.json()
+            features = page["features"]
+            if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(f"{what}: the remote's answer is not an item page") from None
+        yield features
+        link = next(
+            (lk for lk in page.get("links") or [] if isinstance(lk, dict)
+             and lk.get("rel") == "next" and isinstance(lk.get("href"), str)),
+            None,
+        )  # fmt: skip
+        if link is None or not features:
+            return
+        method = str(link.get("method") or "GET").upper()
+        if method == "POST":
+            given = link.get("body")
+            body: dict[str, Any] = given if isinstance(given, dict) else {}
+            if link.get("merge"):
+                body = {**_search_params(opts), **body}
+            request = {"method": "POST", "url": link["href"], "json": body}
+        else:
+            request = {"method": "GET", "url": link["href"]}
 
 
 def _item_to_row(item: dict[str, Any], vector: np.ndarray, cid: str, base: str) -> _Row:
@@ -896,101 +952,107 @@ def _item_to_row(item: dict[str, Any], vector: np.ndarray, cid: str, base: str) 
     )
 
 
+def _fallback_vector(
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, space: Space,
+    item: dict[str, Any], asset: dict[str, Any], result: MirrorResult,
+) -> np.ndarray:  # fmt: skip
+    what = f"vector of {item['id']!r}"
+    checksum = asset.get("file:checksum")
+    content = http.fetch(
+        "GET", str(asset["href"]), what, limit=opts.max_json_bytes, on_bytes=reporter.received,
+        follow_redirects=True,  # Authorization stays with the origin (OriginAuth, httpx)
+    ).content  # fmt: skip
+    result.bytes += len(content)
+    if checksum and multihash_sha256(content) != checksum:
+        raise Conflict(f"checksum mismatch for item {item['id']!r}")
+    try:
+        vector = np.load(io.BytesIO(content)).astype(np.float32)
+    except (ValueError, OSError, EOFError):
+        raise RemoteError(f"{what}: not a .npy array") from None
+    if vector.shape != (space.dimensions,):
+        raise RemoteError(
+            f"{what}: {vector.shape} values, the collection's space has {space.dimensions}"
+            " dimensions; nothing of the page was written"
+        )
+    result.verified += 1 if checksum else 0
+    return vector
+
+
 def _fallback(
-    client: httpx.Client,
+    http: HttpClient,
     opts: MirrorOptions,
     settings: DatabaseSettings,
     stac: dict[str, Any],
     result: MirrorResult,
     on_page: Callable[[MirrorResult], None] | None,
+    on_progress: ProgressHook | None,
 ) -> None:
     if opts.dtype not in ("float32",):
         raise InvalidInput("a plain STAC API serves float32 .npy vectors only; use --dtype float32")
     cid = opts.collection_id
-    base = str(client.base_url).rstrip("/")
+    base = opts.remote_url
     space_json = space_from_collection(stac)
-    progress = _Progress(opts.progress)
-    try:
-        with connect(settings) as conn:
-            space, state = _prepare_local(conn, opts, stac, space_json)
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
-            conn.execute("TRUNCATE mirror_seen")
-            if state is not None:
-                conn.commit()  # a new mirror commits with its first page (nothing on refusal)
-            pages = 0
-            for features in _fallback_rows(client, opts, progress):
-                pages += 1
-                _page_budget(opts, pages, "item search")
-                ids = [f["id"] for f in features]
-                local = dict(
-                    conn.execute(
-                        "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
-                        " WHERE i.collection_id = %s AND i.id = ANY(%s)",
-                        (cid, ids),
-                    ).fetchall()
-                )
-                rows = []
-                for item in features:
-                    asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
-                    if asset is None:
-                        continue
-                    checksum = asset.get("file:checksum")
-                    if checksum and local.get(item["id"]) == checksum:
-                        stored = conn.execute(
-                            f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-                            " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
-                            (cid, item["id"], space.id),
-                        ).fetchone()
-                        vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
-                    else:
-                        vector = None
-                    if vector is None:
-                        what = f"vector of {item['id']!r}"
-                        _, content, _ = _fetch(
-                            client, opts, "GET", str(asset["href"]), what,
-                            limit=opts.max_json_bytes, progress=progress,
-                            follow_redirects=True,  # Authorization stays with the origin
-                        )  # fmt: skip
-                        result.bytes += len(content)
-                        if checksum and multihash_sha256(content) != checksum:
-                            raise Conflict(f"checksum mismatch for item {item['id']!r}")
-                        try:
-                            vector = np.load(io.BytesIO(content)).astype(np.float32)
-                        except (ValueError, OSError, EOFError):
-                            raise RemoteError(f"{what}: not a .npy array") from None
-                        if vector.shape != (space.dimensions,):
-                            raise RemoteError(
-                                f"{what}: {vector.shape} values, the collection's space has"
-                                f" {space.dimensions} dimensions; nothing of the page was"
-                                " written"
-                            )
-                        result.verified += 1 if checksum else 0
-                    rows.append(_item_to_row(item, vector, cid, base))
-                _write_rows(conn, cid, space, rows)
-                with conn.cursor().copy("COPY mirror_seen (id) FROM STDIN") as copy:
-                    for i in ids:
-                        copy.write_row((i,))
-                conn.commit()
-                result.upserted += len(rows)
-                result.pages += 1
-                progress.add(0, len(rows))
-                if on_page is not None:
-                    on_page(result)
-            cur = conn.execute(
-                "DELETE FROM items i WHERE i.collection_id = %s"
-                " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
-                (cid,),
+    started = time.perf_counter()
+    with connect(settings) as conn:
+        space, state = _prepare_local(conn, opts, stac, space_json)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
+        conn.execute("TRUNCATE mirror_seen")
+        if state is not None:
+            conn.commit()  # a new mirror commits with its first page (nothing on refusal)
+        total = _number_matched(http, opts) if on_progress is not None else None
+        reporter = _Reporter(on_progress, "items", 0, total)
+        for features in _fallback_pages(http, opts, reporter):
+            ids = [str(f.get("id")) for f in features]
+            local = dict(
+                conn.execute(
+                    "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
+                    " WHERE i.collection_id = %s AND i.id = ANY(%s)",
+                    (cid, ids),
+                ).fetchall()
             )
-            result.deleted += cur.rowcount
-            conn.execute(
-                "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
-                " WHERE remote_url = %s AND remote_collection = %s",
-                (opts.remote_url, cid),
-            )
-            ensure_hnsw_index(conn, space)
+            rows = []
+            for item in features:
+                asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
+                if asset is None:
+                    continue
+                checksum = asset.get("file:checksum")
+                vector = None
+                if checksum and local.get(item["id"]) == checksum:
+                    stored = conn.execute(
+                        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
+                        " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
+                        (cid, item["id"], space.id),
+                    ).fetchone()
+                    vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
+                if vector is None:
+                    vector = _fallback_vector(http, opts, reporter, space, item, asset, result)
+                rows.append(_item_to_row(item, vector, cid, base))
+            _write_rows(conn, cid, space, rows)
+            with conn.cursor().copy("COPY mirror_seen (id) FROM STDIN") as copy:
+                for i in ids:
+                    copy.write_row((i,))
             conn.commit()
-    finally:
-        progress.close()
+            result.upserted += len(rows)
+            result.pages += 1
+            reporter.rows(len(rows))
+            if on_page is not None:
+                on_page(result)
+        cur = conn.execute(
+            "DELETE FROM items i WHERE i.collection_id = %s"
+            " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
+            (cid,),
+        )
+        result.deleted += cur.rowcount
+        conn.execute(
+            "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
+            " WHERE remote_url = %s AND remote_collection = %s",
+            (opts.remote_url, cid),
+        )
+        conn.commit()
+        result.load_s = time.perf_counter() - started
+        t = time.perf_counter()
+        _ensure_index(conn, space, analyze=True)
+        result.index_s = time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1000,8 +1062,13 @@ def mirror(
     opts: MirrorOptions,
     settings: DatabaseSettings | None = None,
     on_page: Callable[[MirrorResult], None] | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> MirrorResult:
-    """Bring the local copy of ``opts.collection_id`` up to date with the remote."""
+    """Bring the local copy of ``opts.collection_id`` up to date with the remote.
+
+    ``on_progress`` is called after each committed page with a ``MirrorProgress`` (rows,
+    total, bytes, rate, ETA); ``on_page`` with the running ``MirrorResult``.
+    """
     settings = settings or DatabaseSettings()
     check_dtype(opts.dtype)
     if opts.dtype == "binary":
@@ -1011,10 +1078,10 @@ def mirror(
         )
     if opts.page_rows < 1 or opts.change_limit < 1:
         raise InvalidInput("page_rows and change_limit must be >= 1")
-    if min(opts.max_page_bytes, opts.max_json_bytes, opts.max_pages) < 1 or (
+    if min(opts.max_page_bytes, opts.max_json_bytes, opts.max_pages, opts.retry_attempts) < 1 or (
         opts.request_deadline_s <= 0
     ):
-        raise InvalidInput("the mirror's size, time and page bounds must be positive")
+        raise InvalidInput("the mirror's size, time, page and retry bounds must be positive")
     opts.remote_url = opts.remote_url.rstrip("/")
     try:
         origin_of(opts.remote_url)
@@ -1022,33 +1089,28 @@ def mirror(
         raise InvalidInput(f"not an http(s) URL: {opts.remote_url!r}") from None
     started = time.perf_counter()
     # Credentials go to the origin on the command line only (asset hrefs and links may
-    # name other hosts), and the API calls follow no redirects (_check refuses them).
-    with httpx.Client(
-        base_url=opts.remote_url,
-        auth=OriginAuth(opts.remote_url, opts.headers),
-        timeout=opts.timeout_s,
-        follow_redirects=False,
-    ) as client:
+    # name other hosts), and the API calls follow no redirects.
+    with _client(opts) as http:
         try:
             stac = _get_json(
-                client, opts, f"/collections/{quote(opts.collection_id, safe='')}",
+                http, opts, f"/collections/{quote(opts.collection_id, safe='')}",
                 f"remote collection {opts.collection_id!r}",
             )  # fmt: skip
             if not isinstance(stac, dict):
                 raise RemoteError(f"remote collection {opts.collection_id!r}: not a JSON object")
-            status, _, _ = _fetch(
-                client, opts, "GET", "/exchange", "exchange capabilities",
-                limit=opts.max_json_bytes, check=False,
-            )  # fmt: skip
+            status = http.fetch(
+                "GET", "/exchange", "exchange capabilities", limit=opts.max_json_bytes,
+                check=False,
+            ).status  # fmt: skip
             bulk = status == 200
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot reach {opts.remote_url}: {exc}") from exc
         result = MirrorResult(mode="bulk" if bulk else "items")
         try:
             if bulk:
-                _bulk(client, opts, settings, stac, result, on_page)
+                _bulk(http, opts, settings, stac, result, on_page, on_progress)
             else:
-                _fallback(client, opts, settings, stac, result, on_page)
+                _fallback(http, opts, settings, stac, result, on_page, on_progress)
         except httpx.HTTPError as exc:
             raise RemoteError(f"transfer from {opts.remote_url} failed: {exc}") from exc
     result.seconds = time.perf_counter() - started

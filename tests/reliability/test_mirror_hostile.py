@@ -63,7 +63,7 @@ def _local_counts(settings: DatabaseSettings) -> tuple[int, int, int, int]:
 
 
 def _opts(base: str, cid: str, **kw: object) -> MirrorOptions:
-    values: dict[str, object] = {"page_rows": 15, "progress": False}
+    values: dict[str, object] = {"page_rows": 15}
     values.update(kw)
     return MirrorOptions(base, cid, **values)  # type: ignore[arg-type]
 
