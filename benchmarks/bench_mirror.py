@@ -1,5 +1,6 @@
 """Mirror benchmark (issue 18 item 4): ``embcat mirror`` between two catalogues over a
-loopback API server, next to ``embcat publish`` of the same rows in the same run.
+loopback API server (``embcat serve`` in its own process), next to ``embcat publish`` of
+the same rows in the same run.
 
     nice -n 10 .venv/bin/python benchmarks/bench_mirror.py [--n 100000] [--dims 768]
         [--page-rows 5000] [--dtype float32] [--profile FILE]
@@ -21,11 +22,15 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,22 +70,41 @@ def _child_publish(url: str, run: str, queue: Any) -> None:
     queue.put({"seconds": res.elapsed_s, "rows": res.rows, "rss_mb": rss_mb()})
 
 
+def _serve(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``embcat serve`` of catalogue A in a process of its own (the source server must not
+    share the mirror's interpreter: both are Python-bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EMBCAT_DATABASE_URL": db_url}
+    cmd = [sys.executable, "-m", "embcat.cli", "serve", "--host", "127.0.0.1", "--port",
+           str(port), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/exchange", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("embcat serve did not start")
+
+
 def _child_mirror(
     a_url: str, b_url: str, page_rows: int, dtype: str, profile: str | None, queue: Any
 ) -> None:
-    from helpers_server import start_server
-
-    from api.settings import ApiSettings
     from catalog.mirror import MirrorOptions, mirror
 
-    handle = start_server(ApiSettings(database_url=a_url, db_pool_max=4))
+    server, base_url = _serve(a_url)
     prof = None
     if profile:
         import cProfile
 
         prof = cProfile.Profile()
     try:
-        opts = MirrorOptions(handle.base_url, CID, page_rows=page_rows, dtype=dtype)
+        opts = MirrorOptions(base_url, CID, page_rows=page_rows, dtype=dtype)
         if prof is not None:
             prof.enable()
         t = time.perf_counter()
@@ -90,7 +114,8 @@ def _child_mirror(
             prof.disable()
             prof.dump_stats(profile)
     finally:
-        handle.stop()
+        server.terminate()
+        server.wait(timeout=30)
     queue.put({"rows": r.upserted, "bytes": r.bytes, "pages": r.pages, "seconds": total,
                "load_s": r.load_s, "index_s": r.index_s, "summary": r.summary(),
                "rss_mb": rss_mb()})  # fmt: skip

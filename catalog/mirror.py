@@ -19,12 +19,13 @@ and deletes local items the remote no longer lists once a full pass has complete
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +41,14 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
 
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
 from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
+from catalog.mirror_write import Row as _Row
+from catalog.mirror_write import encode_rows, write_page
 from catalog.publish import ANALYZE_ITEM_COLUMNS
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
@@ -128,20 +130,6 @@ class MirrorResult:
         )
 
 
-@dataclass
-class _Row:
-    id: str
-    geometry: bytes
-    bbox: list[float]
-    datetime: dt.datetime | None
-    start_datetime: dt.datetime | None
-    end_datetime: dt.datetime | None
-    properties: dict[str, Any]
-    assets: dict[str, Any]
-    links: list[dict[str, Any]]
-    vector: np.ndarray
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -153,7 +141,11 @@ def iso(value: datetime) -> str:
 
 
 def _local_href(href: Any, remote_base: str) -> Any:
-    if isinstance(href, str) and href.startswith(remote_base + "/"):
+    if (
+        isinstance(href, str)
+        and href.startswith(remote_base)
+        and href[len(remote_base) : len(remote_base) + 1] == "/"
+    ):
         return href[len(remote_base) :]
     return href
 
@@ -278,54 +270,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Row]) -> None:
-    """Upsert items + embeddings through a staging table (binary COPY), in the caller's tx."""
-    if not rows:
-        return
-    conn.execute(
-        f"CREATE TEMP TABLE mirror_stage (id text, geom bytea, bbox float8[], dt timestamptz,"
-        f" sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb, links jsonb,"
-        f" vec {space.storage}) ON COMMIT DROP"
-    )
-    wrap = HalfVector if space.storage == "halfvec" else Vector
-    with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(
-            ["text", "bytea", "float8[]", "timestamptz", "timestamptz", "timestamptz"]
-            + ["jsonb", "jsonb", "jsonb", space.storage]
-        )
-        for r in rows:
-            copy.write_row(
-                (
-                    r.id,
-                    r.geometry,
-                    r.bbox,
-                    r.datetime,
-                    r.start_datetime,
-                    r.end_datetime,
-                    Jsonb(r.properties, _dumps),
-                    Jsonb(r.assets, _dumps),
-                    Jsonb(r.links, _dumps),
-                    wrap(r.vector),
-                )
-            )
-    conn.execute(
-        """INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
-                              end_datetime, properties, assets, links)
-           SELECT %s, id, ST_GeomFromWKB(geom, 4326), bbox, dt, sdt, edt, properties,
-                  assets, links FROM mirror_stage
-           ON CONFLICT (collection_id, id) DO UPDATE SET
-             geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
-             start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
-             properties = excluded.properties, assets = excluded.assets, links = excluded.links""",
-        (cid,),
-    )
-    col = space.column
-    conn.execute(
-        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
-            SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage
-            ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}""",
-        (cid, space.id),
-    )
-    conn.execute("DROP TABLE mirror_stage")
+    """Upsert items + embeddings (binary COPY into staging, then merge), in the caller's tx."""
+    write_page(conn, cid, space, rows)
 
 
 def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
@@ -387,7 +333,7 @@ def rows_from_table(
             value = rec.get(p["column"])
             if value is None:
                 continue
-            props[p["name"]] = json.loads(value) if p["kind"] == "json" else value
+            props[p["name"]] = orjson.loads(value) if p["kind"] == "json" else value
         assets: dict[str, Any] = {}
         for key, fields in (meta.get("assets") or {}).items():
             asset = (rec.get("assets") or {}).get(key)
@@ -398,7 +344,7 @@ def rows_from_table(
                 v = asset.get(f)
                 if v is None:
                     continue
-                out[f] = json.loads(v) if kind == "json" else v
+                out[f] = orjson.loads(v) if kind == "json" else v
             if "href" in out:
                 out["href"] = _local_href(out["href"], remote_base)
             if key == EMBEDDINGS_ASSET:
@@ -574,6 +520,7 @@ class _Page:
     more: bool
     nbytes: int
     verified: int
+    data: memoryview | None = None  # the rows' COPY bytes (encoded in the decoder thread)
 
     @property
     def last_id(self) -> str | None:
@@ -634,20 +581,20 @@ def _rows(
     return rows, vectors
 
 
-def _load_page(
-    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, space: Space, base: str,
-    body: dict[str, Any],
+def _decode_page(
+    opts: MirrorOptions, space: Space, base: str, table: pa.Table, meta: dict[str, Any],
+    nbytes: int,
 ) -> _Page:  # fmt: skip
-    """Fetch, decode and verify one export page (runs ahead of the writer, in a thread)."""
-    table, meta, nbytes = _export_page(http, opts, reporter, body)
+    """Decode and verify one fetched export page (nothing written)."""
     rows, _ = _rows(table, meta, opts.collection_id, base, space)
-    verified = verify(rows, opts.dtype, space.storage)
-    more = bool(meta["more"])
-    if more and not rows:
-        raise RemoteError(
-            f"export of {opts.collection_id!r}: the remote says more rows follow but sent none"
-        )
-    return _Page(rows=rows, as_of=int(meta["as_of"]), more=more, nbytes=nbytes, verified=verified)
+    verified = verify(rows, opts.dtype, space.storage)  # lossy dtypes: new file fields first
+    return _Page(
+        rows=rows, as_of=int(meta["as_of"]), more=bool(meta["more"]), nbytes=nbytes,
+        verified=verified, data=encode_rows(rows, space) if rows else None,
+    )  # fmt: skip
+
+
+_QUEUED_PAGES = 2  # decoded pages the fetcher may run ahead of the writer
 
 
 def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
@@ -685,44 +632,75 @@ def _initial(
     on_page: Callable[[MirrorResult], None] | None,
 ) -> int:
     """The initial phase: export pages in id order after the last committed id, each
-    written in one transaction with ``mirror_state.after_id``. The next page is fetched
-    and decoded in a thread while this one is written. Returns the change cursor."""
+    written in one transaction with ``mirror_state.after_id`` (a killed mirror resumes
+    after the last committed page). Three stages run at once, as in publish: a fetcher
+    thread asks for page k+2 as soon as page k+1 has arrived (the next ``after`` is its
+    last id), a decoder thread turns page k+1 into rows and verifies its checksums, and
+    this thread writes page k. At most ``_QUEUED_PAGES`` decoded pages wait, so memory is
+    bounded by the page size. Returns the change cursor."""
     cid = opts.collection_id
-    as_of = state["as_of"] if state else None
-    after = state["after_id"] if state else None
+    start_as_of: int | None = state["as_of"] if state else None
+    start_after: str | None = state["after_id"] if state else None
+    pipe: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED_PAGES)
+    stop = threading.Event()
 
-    def body_for(after: str | None, as_of: int | None) -> dict[str, Any]:
-        body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
-        if after is not None:
-            body["after"] = after
-        if as_of is not None:
-            body["as_of"] = as_of
-        return body
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    pages = 1
-    _page_budget(opts, pages, "export")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-fetch") as pool:
-        ahead = pool.submit(_load_page, http, opts, reporter, space, base, body_for(after, as_of))
+    def fetcher(decoder: ThreadPoolExecutor) -> None:
+        after, as_of, pages = start_after, start_as_of, 0
+        try:
+            while not stop.is_set():
+                pages += 1
+                _page_budget(opts, pages, "export")
+                body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
+                if after is not None:
+                    body["after"] = after
+                if as_of is not None:
+                    body["as_of"] = as_of
+                table, meta, nbytes = _export_page(http, opts, reporter, body)
+                as_of = int(meta["as_of"])
+                more = bool(meta["more"])
+                ids = table.column("id") if "id" in table.column_names else None
+                if more and (ids is None or len(ids) == 0):
+                    raise RemoteError(
+                        f"export of {cid!r}: the remote says more rows follow but sent none"
+                    )
+                if not put(decoder.submit(_decode_page, opts, space, base, table, meta, nbytes)):
+                    return
+                if not more:
+                    return
+                assert ids is not None
+                after = str(ids[-1].as_py())
+        except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+            put(exc)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-decode") as decoder:
+        fetch = threading.Thread(target=fetcher, args=(decoder,), name="mirror-fetch", daemon=True)
+        fetch.start()
         try:
             while True:
-                page = ahead.result()
-                as_of = page.as_of
-                if page.more:  # fetch the next page while this one is written
-                    pages += 1
-                    _page_budget(opts, pages, "export")
-                    ahead = pool.submit(
-                        _load_page, http, opts, reporter, space, base,
-                        body_for(page.last_id, as_of),
-                    )  # fmt: skip
-                _write_rows(conn, cid, space, page.rows)
-                after = page.last_id or after
+                item = pipe.get()
+                if isinstance(item, BaseException):
+                    raise item
+                page: _Page = item.result()
+                # initial phase: the rows after the last committed id are not here yet
+                write_page(conn, cid, space, page.rows, page.data, insert_only=True)
                 done = not page.more
                 conn.execute(
-                    "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
-                    " cursor = %s, rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
+                    "UPDATE mirror_state SET phase = %s, as_of = %s,"
+                    " after_id = coalesce(%s, after_id), cursor = %s,"
+                    " rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
                     " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
-                    ("incremental" if done else "initial", as_of, after, as_of if done else 0,
-                     len(page.rows), page.nbytes, opts.remote_url, cid),
+                    ("incremental" if done else "initial", page.as_of, page.last_id,
+                     page.as_of if done else 0, len(page.rows), page.nbytes, opts.remote_url,
+                     cid),
                 )  # fmt: skip
                 conn.commit()
                 result.verified += page.verified
@@ -733,9 +711,10 @@ def _initial(
                 if on_page is not None:
                     on_page(result)
                 if done:
-                    return as_of
+                    return page.as_of
         finally:
-            ahead.cancel()
+            stop.set()
+            fetch.join()
 
 
 def _bulk(
