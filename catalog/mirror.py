@@ -1007,9 +1007,10 @@ def _fallback(
                     vector = _fallback_vector(http, opts, reporter, space, item, asset, result)
                 rows.append(_item_to_row(item, vector, cid, base))
             _write_rows(conn, cid, space, rows)
-            with conn.cursor().copy("COPY mirror_seen (id) FROM STDIN") as copy:
-                for i in ids:
-                    copy.write_row((i,))
+            # a source may list an item twice (or repeat a page): seen once is enough
+            conn.execute(
+                "INSERT INTO mirror_seen SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (ids,)
+            )
             conn.commit()
             result.upserted += len(rows)
             result.pages += 1
