@@ -52,6 +52,7 @@ class RetryPolicy:
     max_retry_after_s: float = 60.0
 
 
+DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
 
 
@@ -145,7 +146,7 @@ class HttpClient:
         *,
         timeout_s: float = 120.0,
         deadline_s: float = 600.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         error: Callable[[Answer, str], EmbcatError] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")

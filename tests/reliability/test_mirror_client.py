@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -242,3 +243,47 @@ def test_interrupted_after_k_pages_then_rerun_holds_exactly_the_source(
             "incremental",
             N,
         )
+
+
+# ------------------------------------------------------------------ remote publish
+
+
+def test_remote_publish_retries_a_503_on_a_chunk_and_on_the_commit(
+    rel_server: str, make_key: Callable[..., str], database_url: str, tmp_path: Path
+) -> None:
+    from catalog.remote_publish import remote_publish
+
+    cid = f"rp-{uuid.uuid4().hex[:8]}"
+    run = write_run(tmp_path / "run", 60, dims=16, seed=9, encoder="rp-" + cid)
+    busy = Answer(503, {"content-type": "application/json", "retry-after": "0"},
+                  b'{"description":"busy"}')  # fmt: skip
+    failed: set[str] = set()
+
+    def flaky(req: Req) -> Answer | None:
+        kind = "shard" if "/shards/" in req.path else "commit" if req.path.count("/commit") else ""
+        if kind and kind not in failed:
+            failed.add(kind)
+            return busy
+        return None
+
+    fast = RetryPolicy(wait_initial_s=0.01, wait_max_s=0.05, wait_jitter_s=0)
+    try:
+        with FakeSource(rel_server, flaky) as src:
+            res = remote_publish(run, src.base_url, key=make_key("write"), collection_id=cid,
+                                 retry=fast)  # fmt: skip
+        assert failed == {"shard", "commit"}
+        assert res["inserted"] == 60
+    finally:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("delete from collections where id = %s", (cid,))
+
+
+def test_remote_publish_does_not_retry_a_401(rel_server: str, tmp_path: Path) -> None:
+    from catalog.errors import Unauthorized
+    from catalog.remote_publish import remote_publish
+
+    run = write_run(tmp_path / "run", 10, dims=16, seed=9)
+    with FakeSource(rel_server) as src:
+        with pytest.raises(Unauthorized, match="HTTP 401"):
+            remote_publish(run, src.base_url, key="nope.nope")
+    assert len([r for r in src.seen if r.path.count("/manifest")]) == 1
