@@ -47,8 +47,9 @@ from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
 from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
+from catalog.mirror_columns import encode_page
 from catalog.mirror_write import Row as _Row
-from catalog.mirror_write import encode_rows, write_page
+from catalog.mirror_write import encode_rows, write_copy, write_page
 from catalog.publish import ANALYZE_ITEM_COLUMNS
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
@@ -513,18 +514,18 @@ def _number_matched(http: HttpClient, opts: MirrorOptions) -> int | None:
 
 @dataclass
 class _Page:
-    """One export page, fetched, decoded and verified (nothing written yet)."""
+    """One export page, fetched, decoded, verified and encoded (nothing written yet)."""
 
-    rows: list[_Row]
+    ids: list[str]
     as_of: int
     more: bool
     nbytes: int
     verified: int
-    data: memoryview | None = None  # the rows' COPY bytes (encoded in the decoder thread)
+    data: memoryview | None  # the rows' COPY bytes (None: no rows)
 
     @property
     def last_id(self) -> str | None:
-        return self.rows[-1].id if self.rows else None
+        return self.ids[-1] if self.ids else None
 
 
 def _export_page(
@@ -559,11 +560,9 @@ def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarr
         )
 
 
-def _rows(
-    table: pa.Table, meta: dict[str, Any], cid: str, base: str, space: Space
-) -> tuple[list[_Row], np.ndarray]:
-    """The page's rows, refused before anything is written if its vectors do not fit the
-    local space (the remote's /space and its export disagree) or do not decode."""
+def _page_vectors(table: pa.Table, meta: dict[str, Any], cid: str, space: Space) -> np.ndarray:
+    """The page's float32 vectors, refused before anything is written if they do not fit
+    the local space (the remote's /space and its export disagree) or do not decode."""
     what = f"export of {cid!r}"
     meta_dims = int(meta["space"]["dimensions"])
     if "embedding" not in table.column_names:
@@ -572,26 +571,55 @@ def _rows(
     for dims in (meta_dims, width):
         if dims != space.dimensions:
             _check_dimensions(what, space, dims, np.zeros((0, dims)))
+    q = meta.get("emb:quantization")
     try:
-        rows, vectors = rows_from_table(table, meta, cid, base)
+        quant = Quantization.from_stac(q) if q else None
+        vectors = from_arrow(table.column("embedding"), meta["dtype"], meta_dims, quant)
     except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
         raise RemoteError(f"{what}: the page does not decode: {exc}; nothing was written") from None
-    if rows:
+    if table.num_rows:
         _check_dimensions(what, space, meta_dims, np.asarray(vectors))
-    return rows, vectors
+    return vectors
+
+
+def _rows(
+    table: pa.Table, meta: dict[str, Any], cid: str, base: str, space: Space
+) -> tuple[list[_Row], np.ndarray]:
+    """The page's rows, refused before anything is written if its vectors do not fit the
+    local space or do not decode (``_page_vectors``)."""
+    _page_vectors(table, meta, cid, space)
+    try:
+        return rows_from_table(table, meta, cid, base)
+    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(
+            f"export of {cid!r}: the page does not decode: {exc}; nothing was written"
+        ) from None
 
 
 def _decode_page(
     opts: MirrorOptions, space: Space, base: str, table: pa.Table, meta: dict[str, Any],
     nbytes: int,
 ) -> _Page:  # fmt: skip
-    """Decode and verify one fetched export page (nothing written)."""
+    """Decode, verify and encode one fetched export page (nothing written). A lossless
+    page is encoded column-wise (catalog.mirror_columns); a lossy one (int8, or float16
+    into float32 storage) goes row by row, which gives its assets new file fields."""
+    as_of, more = int(meta["as_of"]), bool(meta["more"])
+    if opts.dtype in LOSSLESS_FOR and space.storage in LOSSLESS_FOR[opts.dtype]:
+        vectors = _page_vectors(table, meta, opts.collection_id, space)
+        if table.num_rows == 0:
+            return _Page([], as_of, more, nbytes, 0, None)
+        try:
+            ids, verified, data = encode_page(table, meta, vectors, opts.collection_id, base, space)
+        except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(
+                f"export of {opts.collection_id!r}: the page does not decode: {exc}; nothing"
+                " was written"
+            ) from None
+        return _Page(ids, as_of, more, nbytes, verified, data)
     rows, _ = _rows(table, meta, opts.collection_id, base, space)
     verified = verify(rows, opts.dtype, space.storage)  # lossy dtypes: new file fields first
-    return _Page(
-        rows=rows, as_of=int(meta["as_of"]), more=bool(meta["more"]), nbytes=nbytes,
-        verified=verified, data=encode_rows(rows, space) if rows else None,
-    )  # fmt: skip
+    encoded = encode_rows(rows, space) if rows else None
+    return _Page([r.id for r in rows], as_of, more, nbytes, verified, encoded)
 
 
 _QUEUED_PAGES = 2  # decoded pages the fetcher may run ahead of the writer
@@ -691,7 +719,8 @@ def _initial(
                     raise item
                 page: _Page = item.result()
                 # initial phase: the rows after the last committed id are not here yet
-                write_page(conn, cid, space, page.rows, page.data, insert_only=True)
+                if page.data is not None:
+                    write_copy(conn, cid, space, page.data, insert_only=True)
                 done = not page.more
                 conn.execute(
                     "UPDATE mirror_state SET phase = %s, as_of = %s,"
@@ -699,15 +728,15 @@ def _initial(
                     " rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
                     " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
                     ("incremental" if done else "initial", page.as_of, page.last_id,
-                     page.as_of if done else 0, len(page.rows), page.nbytes, opts.remote_url,
+                     page.as_of if done else 0, len(page.ids), page.nbytes, opts.remote_url,
                      cid),
                 )  # fmt: skip
                 conn.commit()
                 result.verified += page.verified
-                result.upserted += len(page.rows)
+                result.upserted += len(page.ids)
                 result.bytes += page.nbytes
                 result.pages += 1
-                reporter.rows(len(page.rows))
+                reporter.rows(len(page.ids))
                 if on_page is not None:
                     on_page(result)
                 if done:

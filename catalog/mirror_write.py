@@ -61,19 +61,25 @@ def _binary(values: list[bytes]) -> pa.Array:
     return pa.array(values, pa.binary())
 
 
+def _fixed_bboxes(bounds: np.ndarray) -> pa.Array:
+    """``float8[]`` fields (COPY header included) of an ``(n, k)`` array of bounds: one
+    record array, no Python object per value."""
+    n, k = bounds.shape
+    value = np.dtype([("l", ">i4"), ("x", ">f8")])
+    rec = np.dtype([("l", ">i4"), ("nd", ">i4"), ("nul", ">i4"), ("oid", ">i4"),
+                    ("dim", ">i4"), ("lb", ">i4"), ("v", value, (k,))])  # fmt: skip
+    out = np.zeros(n, rec)
+    out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * k, 1, _FLOAT8_OID, k, 1
+    out["v"]["l"] = 8
+    out["v"]["x"] = bounds
+    return _fixed(out.tobytes(), rec.itemsize, n)
+
+
 def _bboxes(rows: list[Row]) -> pa.Array:
     """``float8[]`` fields (COPY header included): a one-dimensional array without nulls."""
     lengths = {len(r.bbox) for r in rows}
-    if len(lengths) == 1:  # one shape (nearly always 4 numbers): one record array
-        n = lengths.pop()
-        value = np.dtype([("l", ">i4"), ("x", ">f8")])
-        rec = np.dtype([("l", ">i4"), ("nd", ">i4"), ("nul", ">i4"), ("oid", ">i4"),
-                        ("dim", ">i4"), ("lb", ">i4"), ("v", value, (n,))])  # fmt: skip
-        out = np.zeros(len(rows), rec)
-        out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * n, 1, _FLOAT8_OID, n, 1
-        out["v"]["l"] = 8
-        out["v"]["x"] = np.asarray([r.bbox for r in rows], dtype=np.float64)
-        return _fixed(out.tobytes(), rec.itemsize, len(rows))
+    if len(lengths) == 1:  # one shape (nearly always 4 numbers)
+        return _fixed_bboxes(np.asarray([r.bbox for r in rows], dtype=np.float64))
     parts = []
     for r in rows:
         body = struct.pack(">iiiii", 1, 0, _FLOAT8_OID, len(r.bbox), 1) + b"".join(
@@ -104,22 +110,32 @@ def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
     return pc.if_else(pa.array(null), _const(_NULL), fields)
 
 
-def _jsonb(docs: list[Any]) -> list[pa.Array]:
-    text = _binary([orjson.dumps(d) for d in docs])
+def _jsonb_fields(text: pa.Array) -> list[pa.Array]:
+    """The parts of ``jsonb`` fields (COPY header, version byte, JSON text)."""
     return [_field_lengths(text, extra=1), _JSONB_V1, text]
 
 
-def encode_rows(rows: list[Row], space: Space) -> memoryview:
-    """The rows in COPY BINARY form of the staging table (``stage_sql``), header and
-    trailer excluded."""
-    n = len(rows)
-    dims = space.dimensions
+def _jsonb(docs: list[Any]) -> list[pa.Array]:
+    return _jsonb_fields(_binary([orjson.dumps(d) for d in docs]))
+
+
+def _vector_tail(values: np.ndarray, space: Space) -> pa.Array:
+    """The vector fields (pgvector's binary ``halfvec``/``vector``, COPY header included) of
+    an ``(n, D)`` float32 array, as one record array."""
+    n, dims = values.shape
     half = space.storage == "halfvec"
     rec = np.dtype([("l", ">i4"), ("dim", ">u2"), ("unused", ">u2"),
                     ("v", ">f2" if half else ">f4", (dims,))])  # fmt: skip
     tail = np.empty(n, rec)
     tail["l"], tail["dim"], tail["unused"] = 4 + (2 if half else 4) * dims, dims, 0
-    tail["v"] = np.stack([r.vector for r in rows]).astype(np.float32)
+    tail["v"] = values
+    return _fixed(tail.tobytes(), rec.itemsize, n)
+
+
+def encode_rows(rows: list[Row], space: Space) -> memoryview:
+    """The rows in COPY BINARY form of the staging table (``stage_sql``), header and
+    trailer excluded."""
+    vectors = np.stack([r.vector for r in rows]).astype(np.float32)
     ids = _binary([r.id.encode() for r in rows])
     wkbs = _binary([bytes(r.geometry) for r in rows])
     joined = pc.binary_join_element_wise(
@@ -133,7 +149,7 @@ def encode_rows(rows: list[Row], space: Space) -> memoryview:
         *_jsonb([r.properties for r in rows]),
         *_jsonb([r.assets for r in rows]),
         *_jsonb([r.links for r in rows]),
-        _fixed(tail.tobytes(), rec.itemsize, n),
+        _vector_tail(vectors, space),
         b"",
     )  # fmt: skip
     offsets = np.frombuffer(
@@ -158,20 +174,20 @@ _ITEMS_CONFLICT = """ON CONFLICT (collection_id, id) DO UPDATE SET
 
 
 def write_page(
-    conn: psycopg.Connection,
-    cid: str,
-    space: Space,
-    rows: list[Row],
-    data: memoryview | None = None,
-    *,
-    insert_only: bool = False,
+    conn: psycopg.Connection, cid: str, space: Space, rows: list[Row], *, insert_only: bool = False
 ) -> None:
-    """Write ``rows`` (their COPY bytes ``data`` if already encoded) into items and
-    embeddings in the caller's transaction. ``insert_only``: none of the ids is there."""
-    if not rows:
-        return
-    if data is None:
-        data = encode_rows(rows, space)
+    """Write ``rows`` into items and embeddings in the caller's transaction."""
+    if rows:
+        write_copy(conn, cid, space, encode_rows(rows, space), insert_only=insert_only)
+
+
+def write_copy(
+    conn: psycopg.Connection, cid: str, space: Space, data: memoryview, *,
+    insert_only: bool = False,
+) -> None:  # fmt: skip
+    """Write COPY rows of the staging table (``encode_rows``, or
+    ``catalog.mirror_columns.encode_page``) into items and embeddings in the caller's
+    transaction. ``insert_only``: none of the ids is there yet (no ON CONFLICT)."""
     conn.execute(stage_sql(space))
     conn.execute("TRUNCATE mirror_stage")
     with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
