@@ -79,7 +79,9 @@ def _serve(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "EMBCAT_DATABASE_URL": db_url}
     cmd = [sys.executable, "-m", "embcat.cli", "serve", "--host", "127.0.0.1", "--port",
            str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -200,6 +200,8 @@ def mirror_command(
         max_json_bytes=bounds.max_json_bytes,
         request_deadline_s=bounds.request_deadline_s,
         max_pages=bounds.max_pages,
+        retry_attempts=bounds.retry_attempts,
+        retry_timeout_s=bounds.retry_timeout_s,
     )
     from tqdm import tqdm
 
