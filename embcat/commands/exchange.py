@@ -211,8 +211,6 @@ def mirror_command(
     bars: dict[str, tqdm] = {}  # one per phase, made at its first page
 
     def progress(p: MirrorProgress) -> None:
-        if not show:
-            return
         bar = bars.get(p.phase)
         if bar is None:
             bar = bars[p.phase] = tqdm(
@@ -223,7 +221,7 @@ def mirror_command(
         bar.set_postfix(MB=round(p.bytes / 1e6, 1), refresh=False)
 
     try:
-        result = mirror(opts, on_progress=progress)
+        result = mirror(opts, on_progress=progress if show else None)
     finally:
         for bar in bars.values():
             bar.close()
