@@ -19,7 +19,6 @@ and deletes local items the remote no longer lists once a full pass has complete
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -47,7 +46,7 @@ from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from catalog.export import DATETIME_COLUMNS, read_metadata
 from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
-from catalog.mirror_columns import encode_page
+from catalog.mirror_columns import encode_page, page_file_fields, verify_columns
 from catalog.mirror_write import Row as _Row
 from catalog.mirror_write import encode_rows, write_copy, write_page
 from catalog.publish import ANALYZE_ITEM_COLUMNS
@@ -60,7 +59,6 @@ from catalog.vectors import (
     embedding_href,
     file_fields,
     multihash_sha256,
-    npy_bytes,
     stored_values,
 )
 
@@ -377,40 +375,25 @@ def rows_from_table(
 
 
 def verify(rows: list[_Row], dtype: str, storage: str) -> int:
-    """Check every vector against its ``file:checksum``; lossy dtypes get new file fields.
-
-    Returns how many checksums were verified. Raises Conflict on the first mismatch. The
-    canonical ``.npy`` bytes are the constant header plus the little-endian float32 values,
-    so the values are converted once for the whole page and hashed row by row.
-    """
-    lossless = storage in LOSSLESS_FOR.get(dtype, set())
-    checked = 0
+    """Check every vector against its ``file:checksum`` (``mirror_columns.verify_columns``);
+    lossy dtypes get new file fields instead. Returns how many checksums were verified;
+    Conflict on the first mismatch."""
     if not rows:
         return 0
-    dims = len(rows[0].vector)
-    header = npy_bytes(np.zeros(dims, np.float32))[: -4 * dims] if dims else b""
-    base = hashlib.sha256(header)
-    size = len(header) + 4 * dims
-    values = np.ascontiguousarray(
-        stored_values(np.stack([r.vector for r in rows]), storage).reshape(len(rows), dims),
-        dtype="<f4",
-    )
-    for k, r in enumerate(rows):
-        asset = r.assets.get(EMBEDDINGS_ASSET)
-        if lossless and asset and asset.get("file:checksum"):
-            h = base.copy()
-            h.update(values[k].data)
-            if "1220" + h.hexdigest() != asset["file:checksum"] or size != asset.get(
-                "file:size", size
-            ):
-                raise Conflict(
-                    f"checksum mismatch for item {r.id!r}: the vector received does not match"
-                    f" its file:checksum {asset['file:checksum']}"
-                )
-            checked += 1
-        elif asset is not None:
+    if storage not in LOSSLESS_FOR.get(dtype, set()):
+        for r in rows:
+            asset = r.assets.get(EMBEDDINGS_ASSET)
+            if asset is not None:
+                asset.update(file_fields(r.vector, storage))
+        return 0
+    assets = [r.assets.get(EMBEDDINGS_ASSET) for r in rows]
+    sums = [a.get("file:checksum") if a else None for a in assets]
+    sizes = [a.get("file:size") if a else None for a in assets]
+    values = stored_values(np.stack([r.vector for r in rows]), storage).reshape(len(rows), -1)
+    for r, asset, checksum in zip(rows, assets, sums, strict=True):
+        if asset is not None and not checksum:  # nothing to verify: describe what is stored
             asset.update(file_fields(r.vector, storage))
-    return checked
+    return verify_columns([r.id for r in rows], sums, values, sizes)
 
 
 # --------------------------------------------------------------------------- progress
@@ -602,9 +585,12 @@ def _decode_page(
 ) -> _Page:  # fmt: skip
     """Decode, verify and encode one fetched export page (nothing written). A lossless
     page is encoded column-wise (catalog.mirror_columns); a lossy one (int8, or float16
-    into float32 storage) goes row by row, which gives its assets new file fields."""
+    into float32 storage), or one with vectors without a checksum, goes row by row, which
+    gives those assets new file fields."""
     as_of, more = int(meta["as_of"]), bool(meta["more"])
-    if opts.dtype in LOSSLESS_FOR and space.storage in LOSSLESS_FOR[opts.dtype]:
+    lossless = space.storage in LOSSLESS_FOR.get(opts.dtype, set())
+    # every row has a checksum to verify (an embcat export always has): the column path
+    if lossless and None not in page_file_fields(table)[0]:
         vectors = _page_vectors(table, meta, opts.collection_id, space)
         if table.num_rows == 0:
             return _Page([], as_of, more, nbytes, 0, None)

@@ -189,24 +189,35 @@ def _href_maker(collection_id: str) -> Callable[[pa.Array], pa.Array]:
     return hrefs
 
 
-def _checksums(table: pa.Table) -> list[str | None]:
+def page_file_fields(table: pa.Table) -> tuple[list[Any], list[Any]]:
+    """``file:checksum`` and ``file:size`` of each row's ``embeddings`` asset (None: absent)."""
+    none = [None] * table.num_rows
     if "assets" not in table.column_names:
-        return [None] * table.num_rows
+        return none, none
     column = table.column("assets").combine_chunks()
     if column.type.get_field_index(EMBEDDINGS_ASSET) < 0:
-        return [None] * table.num_rows
+        return none, none
     asset = pc.struct_field(column, EMBEDDINGS_ASSET)
-    if asset.type.get_field_index("file:checksum") < 0:
-        return [None] * table.num_rows
-    return pc.struct_field(asset, "file:checksum").to_pylist()
+
+    def field(name: str) -> list[Any]:
+        if asset.type.get_field_index(name) < 0:
+            return none
+        return pc.struct_field(asset, name).to_pylist()
+
+    return field("file:checksum"), field("file:size")
 
 
-def verify_columns(ids: list[str], checksums: list[str | None], values: np.ndarray) -> int:
-    """Each vector (as stored, float32) against its ``file:checksum``; Conflict on the first
-    mismatch. Returns how many were checked."""
+def verify_columns(
+    ids: list[str], checksums: list[Any], values: np.ndarray, sizes: list[Any] | None = None
+) -> int:
+    """Each vector (as stored, float32) against its ``file:checksum`` (and ``file:size``):
+    the canonical ``.npy`` bytes are a constant header plus the little-endian values, so
+    the values are converted once and a copied hash state is fed per row. Conflict on the
+    first mismatch; returns how many were checked."""
     n, dims = values.shape
     header = npy_bytes(np.zeros(dims, np.float32))[: -4 * dims] if dims else b""
     base = hashlib.sha256(header)
+    size = len(header) + 4 * dims
     le = np.ascontiguousarray(values, dtype="<f4")
     checked = 0
     for k in range(n):
@@ -215,7 +226,8 @@ def verify_columns(ids: list[str], checksums: list[str | None], values: np.ndarr
             continue
         h = base.copy()
         h.update(le[k].data)
-        if "1220" + h.hexdigest() != expected:
+        declared = sizes[k] if sizes is not None else None
+        if "1220" + h.hexdigest() != expected or declared not in (None, size):
             raise Conflict(
                 f"checksum mismatch for item {ids[k]!r}: the vector received does not match"
                 f" its file:checksum {expected}"
@@ -265,7 +277,8 @@ def encode_page(
     ids = table.column("id").combine_chunks().cast(_S)
     id_list: list[str] = ids.to_pylist()
     stored = stored_values(vectors, space.storage).reshape(n, space.dimensions)
-    verified = verify_columns(id_list, _checksums(table), stored)
+    checksums, sizes = page_file_fields(table)
+    verified = verify_columns(id_list, checksums, stored, sizes)
     bbox = table.column("bbox").combine_chunks()
     bounds = np.column_stack(
         [
