@@ -95,7 +95,7 @@ def _local_hrefs(col: pa.Array, remote_base: str) -> pa.Array:
     return pc.replace_substring_regex(col.cast(_S), "^" + re.escape(remote_base) + "/", "/")
 
 
-def _iso(col: pa.Array) -> pa.Array:
+def iso_texts(col: pa.Array) -> pa.Array:
     """RFC 3339 UTC text (microseconds only when non-zero), as catalog.mirror.iso."""
     col = pc.cast(col, pa.timestamp("us", tz="UTC"))
     text = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S")
@@ -109,7 +109,7 @@ def _properties(table: pa.Table, meta: dict[str, Any]) -> pa.Array:
         if name not in table.column_names:
             continue
         col = table.column(name).combine_chunks()
-        value = _join(_text('"'), _iso(col), _text('Z"'))
+        value = _join(_text('"'), iso_texts(col), _text('Z"'))
         if name == "datetime":  # a null datetime is written as null (STAC requires the key)
             value = pc.fill_null(value, _text("null"))
         parts.append(_member(name, value))

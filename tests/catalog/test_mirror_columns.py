@@ -20,8 +20,8 @@ from vectorgen import load_collection
 
 from catalog.errors import Conflict
 from catalog.export import ExportRequest, plan_export, read_metadata, stream_export
-from catalog.mirror import rows_from_table
 from catalog.mirror_columns import page_documents, verify_columns
+from catalog.mirror_rows import rows_from_table
 from catalog.vectors import stored_values
 
 BASE = "http://remote.example:8080"
