@@ -596,7 +596,9 @@ def _initial(
                     return page.as_of
         finally:
             stop.set()
-            fetch.join()
+            # a fetch under way ends at its deadline; the writer does not wait for it (the
+            # thread is a daemon, its answer is dropped)
+            fetch.join(timeout=5)
 
 
 def _bulk(
