@@ -6,15 +6,20 @@ Against an embcat server (``GET /exchange`` answers) the mirror uses the bulk pa
    remote's ``as_of`` pinned by the first page; each page is verified (every vector's
    checksum against the item's ``file:checksum``) and written in one transaction together
    with ``mirror_state.after_id``. A killed mirror restarts after the last committed page,
-   with the same ``as_of``, and ends in the same state.
+   with the same ``as_of``, and ends in the same state. Fetching, decoding and writing run
+   in three threads (``_initial``); the index is built once, when the phase ends.
 2. incremental phase (from ``cursor = as_of``): pages of the change feed; upserted ids are
    fetched through the export (``ids=``), deleted ids are deleted; each page is one
    transaction with the new cursor. Items that no longer match the mirror's filters are
    removed too.
 
-Against a plain STAC API the mirror falls back to item pages (pystac-client search) plus
+Against a plain STAC API the mirror falls back to item pages (``GET /search`` and its
+``next`` links, through the same bounded client) plus
 each item's ``embeddings`` asset (``.npy``), skipping vectors whose checksum is unchanged,
 and deletes local items the remote no longer lists once a full pass has completed.
+
+Every request goes through ``catalog.http.HttpClient`` (retries with backoff, credentials
+to the origin only, byte and time bounds); progress is reported through ``on_progress``.
 """
 
 from __future__ import annotations
