@@ -151,7 +151,7 @@ def _child_mirror(a_url: str, b_url: str, queue: Any) -> None:
 
     try:
         t = time.perf_counter()
-        r = mirror(MirrorOptions(handle.base_url, CID, page_rows=5000, progress=False),
+        r = mirror(MirrorOptions(handle.base_url, CID, page_rows=5000),
                    DatabaseSettings(database_url=b_url), on_page=on_page)  # fmt: skip
         total = time.perf_counter() - t
     finally:

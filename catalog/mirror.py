@@ -6,29 +6,33 @@ Against an embcat server (``GET /exchange`` answers) the mirror uses the bulk pa
    remote's ``as_of`` pinned by the first page; each page is verified (every vector's
    checksum against the item's ``file:checksum``) and written in one transaction together
    with ``mirror_state.after_id``. A killed mirror restarts after the last committed page,
-   with the same ``as_of``, and ends in the same state.
+   with the same ``as_of``, and ends in the same state. Fetching, decoding and writing run
+   in three threads (``_initial``); the index is built once, when the phase ends.
 2. incremental phase (from ``cursor = as_of``): pages of the change feed; upserted ids are
    fetched through the export (``ids=``), deleted ids are deleted; each page is one
    transaction with the new cursor. Items that no longer match the mirror's filters are
    removed too.
 
-Against a plain STAC API the mirror falls back to item pages (pystac-client search) plus
+Against a plain STAC API the mirror falls back to item pages (``GET /search`` and its
+``next`` links, through the same bounded client) plus
 each item's ``embeddings`` asset (``.npy``), skipping vectors whose checksum is unchanged,
 and deletes local items the remote no longer lists once a full pass has completed.
+
+Every request goes through ``catalog.http.HttpClient`` (retries with backoff, credentials
+to the origin only, byte and time bounds); progress is reported through ``on_progress``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import io
 import json
 import logging
-import re
+import queue
+import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,34 +41,35 @@ import numpy as np
 import orjson
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
-from tqdm import tqdm
 
+from catalog import spaces as spaces_mod
 from catalog.db import connect
 from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
-from catalog.export import DATETIME_COLUMNS, read_metadata
-from catalog.imagery import QUICKLOOK_ASSET_PREFIX, THUMBNAIL_ASSET
+from catalog.export import read_metadata
+from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
+from catalog.imagery import QUICKLOOK_ASSET_PREFIX
+from catalog.mirror_columns import encode_page, page_file_fields
+from catalog.mirror_rows import (
+    _item_to_row,
+    _local_href,
+    rows_from_table,
+    verify,
+)
+from catalog.mirror_write import Row as _Row
+from catalog.mirror_write import encode_rows, write_copy, write_page
+from catalog.publish import ANALYZE_ITEM_COLUMNS
 from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from catalog.settings import DatabaseSettings
-from catalog.spaces import Space, ensure_hnsw_index, get_or_create_space, get_space
+from catalog.spaces import Space, ensure_index, get_or_create_space, get_space
 from catalog.stac import GENERATED_RELS
 from catalog.vectors import (
     EMBEDDINGS_ASSET,
-    embedding_href,
-    file_fields,
     multihash_sha256,
-    npy_bytes,
-    stored_values,
 )
 
 log = logging.getLogger(__name__)
-
-
-class RemoteError(EmbcatError):
-    """The remote server answered with an error or something that is not what we expect."""
 
 
 @dataclass
@@ -78,7 +83,6 @@ class MirrorOptions:
     page_rows: int = 5000
     change_limit: int = 1000
     headers: dict[str, str] = field(default_factory=dict)
-    progress: bool = True
     timeout_s: float = 120.0
     # Bounds against hostile or broken sources (catalog.settings.MirrorSettings): bytes of
     # one export page and of one JSON answer, seconds per request in total (a body that
@@ -87,6 +91,14 @@ class MirrorOptions:
     max_json_bytes: int = 64 << 20
     request_deadline_s: float = 600.0
     max_pages: int = 100_000
+    # Retries of connection failures and 429/502/503/504 answers (catalog.http): attempts
+    # per request, seconds they may take in all, exponential backoff from wait_initial_s
+    # up to wait_max_s (plus up to wait_jitter_s of jitter); Retry-After is honoured.
+    retry_attempts: int = 5
+    retry_timeout_s: float = 120.0
+    retry_wait_initial_s: float = 0.5
+    retry_wait_max_s: float = 30.0
+    retry_wait_jitter_s: float = 1.0
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -110,84 +122,21 @@ class MirrorResult:
     seconds: float = 0.0
     cursor: int | None = None
     pages: int = 0
+    load_s: float = 0.0
+    index_s: float = 0.0
 
     def summary(self) -> str:
+        """One line: rows, rows/s, the load and index phases, bytes, the cursor."""
         rate = self.upserted / self.seconds if self.seconds else 0.0
         return (
-            f"mirror ({self.mode}): {self.upserted} upserted, {self.deleted} deleted,"
+            f"mirror ({self.mode}): {self.upserted} rows upserted, {self.deleted} deleted,"
             f" {self.verified} checksums verified, {self.bytes / 1e6:.1f} MB in"
-            f" {self.seconds:.1f} s ({rate:.0f} items/s); cursor {self.cursor}"
+            f" {self.seconds:.1f} s ({rate:.0f} rows/s; load {self.load_s:.1f} s, index"
+            f" {self.index_s:.1f} s); cursor {self.cursor}"
         )
-
-
-@dataclass
-class _Row:
-    id: str
-    geometry: bytes
-    bbox: list[float]
-    datetime: dt.datetime | None
-    start_datetime: dt.datetime | None
-    end_datetime: dt.datetime | None
-    properties: dict[str, Any]
-    assets: dict[str, Any]
-    links: list[dict[str, Any]]
-    vector: np.ndarray
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def iso(value: datetime) -> str:
-    """``2024-06-01T10:30:00Z`` (``.ffffff`` when there are microseconds), as publish writes."""
-    value = value.astimezone(UTC)
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ"
-    return value.strftime(fmt)
-
-
-def _local_href(href: Any, remote_base: str) -> Any:
-    if isinstance(href, str) and href.startswith(remote_base + "/"):
-        return href[len(remote_base) :]
-    return href
-
-
-def origin_of(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port made explicit."""
-    u = httpx.URL(str(url))
-    port = u.port or {"http": 80, "https": 443}.get(u.scheme)
-    return u.scheme, u.host.lower(), port
-
-
-class OriginAuth(httpx.Auth):
-    """Credentials for one origin only: requests to any other host (asset hrefs, links)
-    go without them. httpx drops ``Authorization`` itself on a redirect to another origin;
-    the API calls do not follow redirects at all (``_check``)."""
-
-    def __init__(self, origin_url: str, headers: dict[str, str]) -> None:
-        self.origin = origin_of(origin_url)
-        self.headers = dict(headers)
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self.headers and origin_of(request.url) == self.origin:
-            request.headers.update(self.headers)
-        yield request
-
-
-def _check(r: httpx.Response, what: str) -> httpx.Response:
-    if 300 <= r.status_code < 400:
-        where = r.headers.get("location", "?")
-        raise RemoteError(
-            f"{what}: the remote redirects (HTTP {r.status_code}) to {where}; a mirror follows"
-            " no redirects: give the URL of the embcat or STAC API itself"
-        )
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("description") or r.text[:200]
-        except ValueError:
-            detail = r.text[:200]
-        if r.status_code == 404:
-            raise NotFound(f"{what}: {detail}")
-        raise RemoteError(f"{what}: HTTP {r.status_code}: {detail}")
-    return r
 
 
 def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
@@ -259,7 +208,7 @@ def _prepare_local(
     cid = opts.collection_id
     remote = opts.remote_url
     state = conn.execute(
-        "SELECT phase, as_of, after_id, cursor, dtype, filters FROM mirror_state"
+        "SELECT phase, as_of, after_id, cursor, dtype, filters, rows_total FROM mirror_state"
         " WHERE remote_url = %s AND remote_collection = %s",
         (remote, cid),
     ).fetchone()
@@ -302,7 +251,7 @@ def _prepare_local(
             (remote, cid, cid, opts.dtype, Jsonb(opts.filters())),
         )
         return space, None
-    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters")
+    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters", "rows_total")
     return space, dict(zip(keys, state, strict=True))
 
 
@@ -312,54 +261,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Row]) -> None:
-    """Upsert items + embeddings through a staging table (binary COPY), in the caller's tx."""
-    if not rows:
-        return
-    conn.execute(
-        f"CREATE TEMP TABLE mirror_stage (id text, geom bytea, bbox float8[], dt timestamptz,"
-        f" sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb, links jsonb,"
-        f" vec {space.storage}) ON COMMIT DROP"
-    )
-    wrap = HalfVector if space.storage == "halfvec" else Vector
-    with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(
-            ["text", "bytea", "float8[]", "timestamptz", "timestamptz", "timestamptz"]
-            + ["jsonb", "jsonb", "jsonb", space.storage]
-        )
-        for r in rows:
-            copy.write_row(
-                (
-                    r.id,
-                    r.geometry,
-                    r.bbox,
-                    r.datetime,
-                    r.start_datetime,
-                    r.end_datetime,
-                    Jsonb(r.properties, _dumps),
-                    Jsonb(r.assets, _dumps),
-                    Jsonb(r.links, _dumps),
-                    wrap(r.vector),
-                )
-            )
-    conn.execute(
-        """INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
-                              end_datetime, properties, assets, links)
-           SELECT %s, id, ST_GeomFromWKB(geom, 4326), bbox, dt, sdt, edt, properties,
-                  assets, links FROM mirror_stage
-           ON CONFLICT (collection_id, id) DO UPDATE SET
-             geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
-             start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
-             properties = excluded.properties, assets = excluded.assets, links = excluded.links""",
-        (cid,),
-    )
-    col = space.column
-    conn.execute(
-        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
-            SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage
-            ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}""",
-        (cid, space.id),
-    )
-    conn.execute("DROP TABLE mirror_stage")
+    """Upsert items + embeddings (binary COPY into staging, then merge), in the caller's tx."""
+    write_page(conn, cid, space, rows)
 
 
 def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
@@ -369,240 +272,129 @@ def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
     return cur.rowcount
 
 
-# --------------------------------------------------------------------------- parquet -> rows
+# --------------------------------------------------------------------------- progress
 
 
-_URL_SAFE = re.compile(r"^[A-Za-z0-9_.~-]+$")
+@dataclass
+class MirrorProgress:
+    """What a mirror reports after each committed page (``on_progress``): rows done so far
+    (``rows``, including rows of earlier runs of an interrupted mirror), the rows expected
+    in all (``total``: the remote's ``numberMatched``, None if it does not say), bytes
+    received in this run and seconds since this run started. The CLI draws the bar."""
+
+    phase: str  # "initial", "incremental" or "items"
+    rows: int
+    total: int | None
+    bytes: int
+    elapsed_s: float
+    run_rows: int = 0  # rows of this run (what the rate is made of)
+
+    @property
+    def rate(self) -> float:
+        return self.run_rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.total is None or not self.rate:
+            return None
+        return max(0, self.total - self.rows) / self.rate
 
 
-def _href_maker(collection_id: str) -> Callable[[str], str]:
-    """``embedding_href`` for one collection: ids that need no percent-encoding (nearly all)
-    are put between a constant prefix and suffix instead of quoted one by one."""
-    prefix, suffix = embedding_href(collection_id, "x").rsplit("/x/", 1)
-
-    def href(item_id: str) -> str:
-        if _URL_SAFE.match(item_id):
-            return f"{prefix}/{item_id}/{suffix}"
-        return embedding_href(collection_id, item_id)
-
-    return href
+ProgressHook = Callable[[MirrorProgress], None]
 
 
-def _iso_column(table: pa.Table, name: str) -> list[str | None]:
-    """The ``iso`` texts of a timestamp column, formatted column-wise (None where null)."""
-    if name not in table.column_names or table.num_rows == 0:
-        return [None] * table.num_rows
-    col = pc.cast(table.column(name), pa.timestamp("us", tz="UTC"))
-    text = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S")  # seconds as SS.ffffff
-    text = pc.replace_substring_regex(text, r"\.000000$", "")
-    return [None if v is None else v + "Z" for v in text.to_pylist()]
+class _Reporter:
+    def __init__(self, hook: ProgressHook | None, phase: str, done: int, total: int | None):
+        self.hook, self.phase, self.done, self.total = hook, phase, done, total
+        self.started = time.perf_counter()
+        self.run_rows = 0
+        self.bytes = 0
+
+    def received(self, nbytes: int) -> None:
+        self.bytes += nbytes
+
+    def rows(self, n: int) -> None:
+        self.done += n
+        self.run_rows += n
+        if self.hook is not None:
+            self.hook(
+                MirrorProgress(
+                    phase=self.phase, rows=self.done, total=self.total, bytes=self.bytes,
+                    elapsed_s=time.perf_counter() - self.started, run_rows=self.run_rows,
+                )
+            )  # fmt: skip
 
 
-def rows_from_table(
-    table: pa.Table, meta: dict[str, Any], local_cid: str, remote_base: str
-) -> tuple[list[_Row], np.ndarray]:
-    """Items (STAC storage form, hrefs made local) and the float32 vectors of an export."""
-    dims = int(meta["space"]["dimensions"])
-    q = meta.get("emb:quantization")
-    quant = Quantization.from_stac(q) if q else None
-    vectors = from_arrow(table.column("embedding"), meta["dtype"], dims, quant)
-    columns = [c for c in table.column_names if c != "embedding"]
-    records = table.select(columns).to_pylist()
-    props_map = meta.get("properties", [])
-    texts = {name: _iso_column(table, name) for name in DATETIME_COLUMNS}
-    href_of = _href_maker(local_cid)
-    rows: list[_Row] = []
-    for k, rec in enumerate(records):
-        props: dict[str, Any] = {}
-        for name in DATETIME_COLUMNS:
-            if rec.get(name) is not None:
-                props[name] = texts[name][k]
-        for p in props_map:
-            value = rec.get(p["column"])
-            if value is None:
-                continue
-            props[p["name"]] = json.loads(value) if p["kind"] == "json" else value
-        assets: dict[str, Any] = {}
-        for key, fields in (meta.get("assets") or {}).items():
-            asset = (rec.get("assets") or {}).get(key)
-            if asset is None:
-                continue
-            out = {}
-            for f, kind in fields.items():
-                v = asset.get(f)
-                if v is None:
-                    continue
-                out[f] = json.loads(v) if kind == "json" else v
-            if "href" in out and key != THUMBNAIL_ASSET:
-                # a mirror holds no thumbnail PNGs: that asset keeps the origin's URL
-                out["href"] = _local_href(out["href"], remote_base)
-            if key == EMBEDDINGS_ASSET:
-                out["href"] = href_of(rec["id"])
-            assets[key] = out
-        links = [
-            {kk: _local_href(vv, remote_base) if kk == "href" else vv for kk, vv in link.items()
-             if vv is not None}
-            for link in rec.get("links") or []
-        ]  # fmt: skip
-        b = rec["bbox"]
-        if "datetime" not in props:
-            props.setdefault("datetime", None)
-        rows.append(
-            _Row(
-                id=rec["id"],
-                geometry=rec["geometry"],
-                bbox=[b["xmin"], b["ymin"], b["xmax"], b["ymax"]],
-                datetime=rec.get("datetime"),
-                start_datetime=rec.get("start_datetime"),
-                end_datetime=rec.get("end_datetime"),
-                properties=props,
-                assets=assets,
-                links=links,
-                vector=vectors[k],
-            )
-        )
-    return rows, vectors
+# --------------------------------------------------------------------------- requests
 
 
-def verify(rows: list[_Row], dtype: str, storage: str) -> int:
-    """Check every vector against its ``file:checksum``; lossy dtypes get new file fields.
-
-    Returns how many checksums were verified. Raises Conflict on the first mismatch. The
-    canonical ``.npy`` bytes are the constant header plus the little-endian float32 values,
-    so the values are converted once for the whole page and hashed row by row.
-    """
-    lossless = storage in LOSSLESS_FOR.get(dtype, set())
-    checked = 0
-    if not rows:
-        return 0
-    dims = len(rows[0].vector)
-    header = npy_bytes(np.zeros(dims, np.float32))[: -4 * dims] if dims else b""
-    base = hashlib.sha256(header)
-    size = len(header) + 4 * dims
-    values = np.ascontiguousarray(
-        stored_values(np.stack([r.vector for r in rows]), storage).reshape(len(rows), dims),
-        dtype="<f4",
+def _client(opts: MirrorOptions) -> HttpClient:
+    retry = RetryPolicy(
+        attempts=opts.retry_attempts,
+        retry_timeout_s=opts.retry_timeout_s,
+        wait_initial_s=opts.retry_wait_initial_s,
+        wait_max_s=opts.retry_wait_max_s,
+        wait_jitter_s=opts.retry_wait_jitter_s,
     )
-    for k, r in enumerate(rows):
-        asset = r.assets.get(EMBEDDINGS_ASSET)
-        if lossless and asset and asset.get("file:checksum"):
-            h = base.copy()
-            h.update(values[k].data)
-            if "1220" + h.hexdigest() != asset["file:checksum"] or size != asset.get(
-                "file:size", size
-            ):
-                raise Conflict(
-                    f"checksum mismatch for item {r.id!r}: the vector received does not match"
-                    f" its file:checksum {asset['file:checksum']}"
-                )
-            checked += 1
-        elif asset is not None:
-            asset.update(file_fields(r.vector, storage))
-    return checked
-
-
-# --------------------------------------------------------------------------- bulk path
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int | None = None) -> None:
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, disable=not enabled, desc="mirror")
-        self.rows = 0
-
-    def add(self, nbytes: int, rows: int = 0) -> None:
-        self.rows += rows
-        self.bar.update(nbytes)
-        if rows:
-            self.bar.set_postfix(rows=self.rows, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _fetch(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    method: str,
-    url: str,
-    what: str,
-    *,
-    limit: int,
-    progress: _Progress | None = None,
-    check: bool = True,
-    **kwargs: Any,
-) -> tuple[int, bytes, httpx.Headers]:
-    """One request, its body read as a stream within ``limit`` bytes and within
-    ``opts.request_deadline_s`` seconds in total (a body trickling one byte at a time ends
-    at the deadline, give or take one read timeout). Error answers raise (``_check``)
-    unless ``check`` is false."""
-    started = time.monotonic()
-    buf = io.BytesIO()
-    with client.stream(method, url, **kwargs) as r:
-        if r.status_code >= 300:  # an error message, not a payload: its start is enough
-            for chunk in r.iter_bytes():
-                buf.write(chunk)
-                if buf.tell() >= 64 << 10 or time.monotonic() - started > opts.request_deadline_s:
-                    break
-            status, headers = r.status_code, r.headers
-            if check:
-                _check(httpx.Response(status, headers=headers, content=buf.getvalue()), what)
-            return status, buf.getvalue(), headers
-        declared = r.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RemoteError(
-                f"{what}: the remote announces {int(declared):,} bytes, more than the"
-                f" {limit:,} a mirror accepts per answer (EMBCAT_MIRROR_MAX_PAGE_BYTES /"
-                " _MAX_JSON_BYTES; --page-rows makes export pages smaller)"
-            )
-        total = 0
-        for chunk in r.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise RemoteError(
-                    f"{what}: the answer exceeds the {limit:,} bytes a mirror accepts per"
-                    " answer (EMBCAT_MIRROR_MAX_PAGE_BYTES / _MAX_JSON_BYTES; --page-rows"
-                    " makes export pages smaller)"
-                )
-            if time.monotonic() - started > opts.request_deadline_s:
-                raise RemoteError(
-                    f"{what}: the answer took more than {opts.request_deadline_s:g} s"
-                    f" ({total:,} bytes so far); refused (EMBCAT_MIRROR_REQUEST_DEADLINE_S)"
-                )
-            buf.write(chunk)
-            if progress is not None:
-                progress.add(len(chunk))
-        status, headers = r.status_code, r.headers
-    data = buf.getvalue()
-    if check:
-        _check(httpx.Response(status, headers=headers, content=data), what)
-    return status, data, headers
+    return HttpClient(
+        opts.remote_url,
+        opts.headers,
+        timeout_s=opts.timeout_s,
+        deadline_s=opts.request_deadline_s,
+        retry=retry,
+    )
 
 
 def _get_json(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    url: str,
-    what: str,
-    progress: _Progress | None = None,
-    **kwargs: Any,
-) -> Any:
-    _, data, _ = _fetch(
-        client, opts, "GET", url, what, limit=opts.max_json_bytes, progress=progress, **kwargs
-    )
+    http: HttpClient, opts: MirrorOptions, url: str, what: str,
+    reporter: _Reporter | None = None, **kwargs: Any,
+) -> Any:  # fmt: skip
+    on_bytes = reporter.received if reporter is not None else None
+    return http.get_json(url, what, limit=opts.max_json_bytes, on_bytes=on_bytes, **kwargs)
+
+
+def _number_matched(http: HttpClient, opts: MirrorOptions) -> int | None:
+    """How many items the mirror will bring (``numberMatched`` of a one-item search with
+    the mirror's filters), for the progress's total and ETA; None if the remote says not."""
+    params: dict[str, Any] = {"collections": opts.collection_id, "limit": 1}
+    for key, value in opts.filters().items():
+        if key == "bbox":
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        params[key] = value
     try:
-        return json.loads(data)
-    except ValueError:
-        raise RemoteError(f"{what}: the remote's answer is not JSON") from None
+        page = _get_json(http, opts, "/search", "item count", params=params)
+    except (EmbcatError, httpx.HTTPError):
+        return None
+    n = page.get("numberMatched") if isinstance(page, dict) else None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+@dataclass
+class _Page:
+    """One export page, fetched, decoded, verified and encoded (nothing written yet)."""
+
+    ids: list[str]
+    as_of: int
+    more: bool
+    nbytes: int
+    verified: int
+    data: memoryview | None  # the rows' COPY bytes (None: no rows)
+
+    @property
+    def last_id(self) -> str | None:
+        return self.ids[-1] if self.ids else None
 
 
 def _export_page(
-    client: httpx.Client, opts: MirrorOptions, progress: _Progress, body: dict[str, Any]
-) -> tuple[pa.Table, dict[str, Any], httpx.Headers, int]:
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, body: dict[str, Any]
+) -> tuple[pa.Table, dict[str, Any], int]:
     url = f"/collections/{quote(opts.collection_id, safe='')}/export"
     what = f"export of {opts.collection_id!r}"
-    _, data, headers = _fetch(
-        client, opts, "POST", url, what, limit=opts.max_page_bytes, progress=progress, json=body
-    )
+    data = http.fetch(
+        "POST", url, what, limit=opts.max_page_bytes, on_bytes=reporter.received, json=body
+    ).content
     try:
         table = pq.read_table(io.BytesIO(data))
         meta = read_metadata(io.BytesIO(data))
@@ -613,7 +405,7 @@ def _export_page(
             f" (truncated or foreign): {str(exc).splitlines()[0] if str(exc) else exc!r};"
             " nothing of it was written"
         ) from None
-    return table, meta, headers, len(data)
+    return table, meta, len(data)
 
 
 def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarray) -> None:
@@ -627,100 +419,72 @@ def _check_dimensions(what: str, space: Space, meta_dims: int, vectors: np.ndarr
         )
 
 
-def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
-    """Build the space's HNSW index if it is absent or invalid (also on a rerun after a
-    mirror killed between its last page and the build), under the publish merge lock."""
-    conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish-merge'))")
-    built = ensure_hnsw_index(conn, space)
-    if built or analyze:
-        conn.execute("ANALYZE items")
-    conn.commit()
-
-
-def _bulk(
-    client: httpx.Client,
-    opts: MirrorOptions,
-    settings: DatabaseSettings,
-    stac: dict[str, Any],
-    result: MirrorResult,
-    on_page: Callable[[MirrorResult], None] | None,
-) -> None:
-    cid = opts.collection_id
-    space_json = _get_json(client, opts, f"/collections/{quote(cid, safe='')}/space",
-                           f"space of {cid!r}")  # fmt: skip
-    base = str(client.base_url).rstrip("/")
-    progress = _Progress(opts.progress)
+def _page_vectors(table: pa.Table, meta: dict[str, Any], cid: str, space: Space) -> np.ndarray:
+    """The page's float32 vectors, refused before anything is written if they do not fit
+    the local space (the remote's /space and its export disagree) or do not decode."""
+    what = f"export of {cid!r}"
+    meta_dims = int(meta["space"]["dimensions"])
+    if "embedding" not in table.column_names:
+        raise RemoteError(f"{what}: the page has no embedding column; nothing was written")
+    width = getattr(table.schema.field("embedding").type, "list_size", meta_dims)
+    for dims in (meta_dims, width):
+        if dims != space.dimensions:
+            _check_dimensions(what, space, dims, np.zeros((0, dims)))
+    q = meta.get("emb:quantization")
     try:
-        with connect(settings) as conn:
-            try:
-                space, state = _prepare_local(conn, opts, stac, space_json)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
-            if state is not None and (state["dtype"], state["filters"]) != (
-                opts.dtype,
-                opts.filters(),
-            ):
-                raise Conflict(
-                    f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
-                    f" {state['filters']}; remove it to mirror with other options"
-                )
-            if state is not None:
-                conn.commit()
-            # else: the new collection and its state row commit with the first page, so a
-            # source refused on its first page leaves nothing behind.
-            phase = state["phase"] if state else "initial"
-            as_of = state["as_of"] if state else None
-            after = state["after_id"] if state else None
-            cursor = int(state["cursor"]) if state else 0
-            initial = phase == "initial"
-            pages = 0
-            while phase == "initial":
-                pages += 1
-                _page_budget(opts, pages, "export")
-                body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
-                if after is not None:
-                    body["after"] = after
-                if as_of is not None:
-                    body["as_of"] = as_of
-                table, meta, headers, nbytes = _export_page(client, opts, progress, body)
-                as_of = int(meta["as_of"])
-                rows, vectors = _rows(table, meta, cid, base, space)
-                result.verified += verify(rows, opts.dtype, space.storage)
-                _write_rows(conn, cid, space, rows)
-                done = not meta["more"]
-                if not done and not rows:
-                    raise RemoteError(
-                        f"export of {cid!r}: the remote says more rows follow but sent none"
-                    )
-                after = rows[-1].id if rows else after
-                conn.execute(
-                    "UPDATE mirror_state SET phase = %s, as_of = %s, after_id = %s,"
-                    " cursor = %s, rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
-                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
-                    (
-                        "incremental" if done else "initial",
-                        as_of,
-                        after,
-                        as_of if done else 0,
-                        len(rows),
-                        nbytes,
-                        opts.remote_url,
-                        cid,
-                    ),
-                )
-                conn.commit()
-                result.upserted += len(rows)
-                result.bytes += nbytes
-                result.pages += 1
-                progress.add(0, len(rows))
-                if on_page is not None:
-                    on_page(result)
-                if done:
-                    phase, cursor = "incremental", as_of
-            _ensure_index(conn, space, analyze=initial)
-            _incremental(client, opts, conn, space, cursor, base, progress, result, on_page)
-    finally:
-        progress.close()
+        quant = Quantization.from_stac(q) if q else None
+        vectors = from_arrow(table.column("embedding"), meta["dtype"], meta_dims, quant)
+    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(f"{what}: the page does not decode: {exc}; nothing was written") from None
+    if table.num_rows:
+        _check_dimensions(what, space, meta_dims, np.asarray(vectors))
+    return vectors
+
+
+def _rows(
+    table: pa.Table, meta: dict[str, Any], cid: str, base: str, space: Space
+) -> tuple[list[_Row], np.ndarray]:
+    """The page's rows, refused before anything is written if its vectors do not fit the
+    local space or do not decode (``_page_vectors``)."""
+    _page_vectors(table, meta, cid, space)
+    try:
+        return rows_from_table(table, meta, cid, base)
+    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(
+            f"export of {cid!r}: the page does not decode: {exc}; nothing was written"
+        ) from None
+
+
+def _decode_page(
+    opts: MirrorOptions, space: Space, base: str, table: pa.Table, meta: dict[str, Any],
+    nbytes: int,
+) -> _Page:  # fmt: skip
+    """Decode, verify and encode one fetched export page (nothing written). A lossless
+    page is encoded column-wise (catalog.mirror_columns); a lossy one (int8, or float16
+    into float32 storage), or one with vectors without a checksum, goes row by row, which
+    gives those assets new file fields."""
+    as_of, more = int(meta["as_of"]), bool(meta["more"])
+    lossless = space.storage in LOSSLESS_FOR.get(opts.dtype, set())
+    # every row has a checksum to verify (an embcat export always has): the column path
+    if lossless and None not in page_file_fields(table)[0]:
+        vectors = _page_vectors(table, meta, opts.collection_id, space)
+        if table.num_rows == 0:
+            return _Page([], as_of, more, nbytes, 0, None)
+        try:
+            ids, verified, data = encode_page(table, meta, vectors, opts.collection_id, base, space)
+        except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(
+                f"export of {opts.collection_id!r}: the page does not decode: {exc}; nothing"
+                " was written"
+            ) from None
+        return _Page(ids, as_of, more, nbytes, verified, data)
+    rows, _ = _rows(table, meta, opts.collection_id, base, space)
+    verified = verify(rows, opts.dtype, space.storage)  # lossy dtypes: new file fields first
+    encoded = encode_rows(rows, space) if rows else None
+    return _Page([r.id for r in rows], as_of, more, nbytes, verified, encoded)
+
+
+_QUEUED_PAGES = 2  # decoded pages the fetcher may run ahead of the writer
 
 
 def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
@@ -731,36 +495,181 @@ def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
         )
 
 
-def _rows(
-    table: pa.Table, meta: dict[str, Any], cid: str, base: str, space: Space
-) -> tuple[list[_Row], np.ndarray]:
-    """The page's rows, refused before anything is written if its vectors do not fit the
-    local space (the remote's /space and its export disagree) or do not decode."""
-    what = f"export of {cid!r}"
-    meta_dims = int(meta["space"]["dimensions"])
-    if "embedding" not in table.column_names:
-        raise RemoteError(f"{what}: the page has no embedding column; nothing was written")
-    width = getattr(table.schema.field("embedding").type, "list_size", meta_dims)
-    for dims in (meta_dims, width):
-        if dims != space.dimensions:
-            _check_dimensions(what, space, dims, np.zeros((0, dims)))
-    try:
-        rows, vectors = rows_from_table(table, meta, cid, base)
-    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-        raise RemoteError(f"{what}: the page does not decode: {exc}; nothing was written") from None
-    if rows:
-        _check_dimensions(what, space, meta_dims, np.asarray(vectors))
-    return rows, vectors
+# --------------------------------------------------------------------------- bulk path
+
+
+def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
+    """Build the space's index if it is absent or invalid (also on a rerun after a mirror
+    killed between its last page and the build), under the publish merge lock, once for
+    the whole initial phase."""
+    # the merge locks as catalog.publish.build_index takes them (global exclusively only to
+    # attach the space's partition, then the space's exclusively)
+    spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
+    spaces_mod.merge_lock(conn, space.id, exclusive=True)
+    built = ensure_index(conn, space)
+    if built or analyze:
+        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
+        table = spaces_mod.space_table(conn, space.id)  # its partition only (migration 0021)
+        conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
+    conn.commit()
+
+
+def _initial(
+    http: HttpClient,
+    opts: MirrorOptions,
+    conn: psycopg.Connection,
+    space: Space,
+    state: dict[str, Any] | None,
+    base: str,
+    reporter: _Reporter,
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+) -> int:
+    """The initial phase: export pages in id order after the last committed id, each
+    written in one transaction with ``mirror_state.after_id`` (a killed mirror resumes
+    after the last committed page). Three stages run at once, as in publish: a fetcher
+    thread asks for page k+2 as soon as page k+1 has arrived (the next ``after`` is its
+    last id), a decoder thread turns page k+1 into rows and verifies its checksums, and
+    this thread writes page k. At most ``_QUEUED_PAGES`` decoded pages wait, so memory is
+    bounded by the page size. Returns the change cursor."""
+    cid = opts.collection_id
+    start_as_of: int | None = state["as_of"] if state else None
+    start_after: str | None = state["after_id"] if state else None
+    pipe: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED_PAGES)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetcher(decoder: ThreadPoolExecutor) -> None:
+        after, as_of, pages = start_after, start_as_of, 0
+        try:
+            while not stop.is_set():
+                pages += 1
+                _page_budget(opts, pages, "export")
+                body = {**opts.filters(), "dtype": opts.dtype, "limit": opts.page_rows}
+                if after is not None:
+                    body["after"] = after
+                if as_of is not None:
+                    body["as_of"] = as_of
+                table, meta, nbytes = _export_page(http, opts, reporter, body)
+                as_of = int(meta["as_of"])
+                more = bool(meta["more"])
+                ids = table.column("id") if "id" in table.column_names else None
+                if more and (ids is None or len(ids) == 0):
+                    raise RemoteError(
+                        f"export of {cid!r}: the remote says more rows follow but sent none"
+                    )
+                if not put(decoder.submit(_decode_page, opts, space, base, table, meta, nbytes)):
+                    return
+                if not more:
+                    return
+                assert ids is not None
+                after = str(ids[-1].as_py())
+        except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+            put(exc)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-decode") as decoder:
+        fetch = threading.Thread(target=fetcher, args=(decoder,), name="mirror-fetch", daemon=True)
+        fetch.start()
+        try:
+            while True:
+                item = pipe.get()
+                if isinstance(item, BaseException):
+                    raise item
+                page: _Page = item.result()
+                # initial phase: the rows after the last committed id are not here yet
+                if page.data is not None:
+                    write_copy(conn, cid, space, page.data, insert_only=True)
+                done = not page.more
+                conn.execute(
+                    "UPDATE mirror_state SET phase = %s, as_of = %s,"
+                    " after_id = coalesce(%s, after_id), cursor = %s,"
+                    " rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
+                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
+                    ("incremental" if done else "initial", page.as_of, page.last_id,
+                     page.as_of if done else 0, len(page.ids), page.nbytes, opts.remote_url,
+                     cid),
+                )  # fmt: skip
+                conn.commit()
+                result.verified += page.verified
+                result.upserted += len(page.ids)
+                result.bytes += page.nbytes
+                result.pages += 1
+                reporter.rows(len(page.ids))
+                if on_page is not None:
+                    on_page(result)
+                if done:
+                    return page.as_of
+        finally:
+            stop.set()
+            # a fetch under way ends at its deadline; the writer does not wait for it (the
+            # thread is a daemon, its answer is dropped)
+            fetch.join(timeout=5)
+
+
+def _bulk(
+    http: HttpClient,
+    opts: MirrorOptions,
+    settings: DatabaseSettings,
+    stac: dict[str, Any],
+    result: MirrorResult,
+    on_page: Callable[[MirrorResult], None] | None,
+    on_progress: ProgressHook | None,
+) -> None:
+    cid = opts.collection_id
+    space_json = _get_json(http, opts, f"/collections/{quote(cid, safe='')}/space",
+                           f"space of {cid!r}")  # fmt: skip
+    base = opts.remote_url
+    started = time.perf_counter()
+    with connect(settings) as conn:
+        try:
+            space, state = _prepare_local(conn, opts, stac, space_json)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
+        if state is not None and (state["dtype"], state["filters"]) != (
+            opts.dtype,
+            opts.filters(),
+        ):
+            raise Conflict(
+                f"collection {cid!r} is mirrored with dtype {state['dtype']} and filters"
+                f" {state['filters']}; remove it to mirror with other options"
+            )
+        if state is not None:
+            conn.commit()
+        # else: the new collection and its state row commit with the first page, so a
+        # source refused on its first page leaves nothing behind.
+        initial = state is None or state["phase"] == "initial"
+        if initial:
+            done = int(state["rows_total"]) if state else 0
+            total = _number_matched(http, opts) if on_progress is not None else None
+            reporter = _Reporter(on_progress, "initial", done, total)
+            cursor = _initial(http, opts, conn, space, state, base, reporter, result, on_page)
+        else:
+            assert state is not None
+            cursor = int(state["cursor"])
+        result.load_s = time.perf_counter() - started
+        t = time.perf_counter()
+        _ensure_index(conn, space, analyze=initial)
+        result.index_s = time.perf_counter() - t
+        reporter = _Reporter(on_progress, "incremental", 0, None)
+        _incremental(http, opts, conn, space, cursor, base, reporter, result, on_page)
 
 
 def _incremental(
-    client: httpx.Client,
+    http: HttpClient,
     opts: MirrorOptions,
     conn: psycopg.Connection,
     space: Space,
     cursor: int,
     base: str,
-    progress: _Progress,
+    reporter: _Reporter,
     result: MirrorResult,
     on_page: Callable[[MirrorResult], None] | None,
 ) -> None:
@@ -771,7 +680,7 @@ def _incremental(
         pages += 1
         _page_budget(opts, pages, "change feed")
         page = _get_json(
-            client, opts, f"/collections/{quote(cid, safe='')}/changes", what, progress,
+            http, opts, f"/collections/{quote(cid, safe='')}/changes", what, reporter,
             params={"since": cursor, "limit": opts.change_limit},
         )  # fmt: skip
         try:
@@ -790,7 +699,7 @@ def _incremental(
         nbytes = 0
         if upserts:
             body = {**opts.filters(), "dtype": opts.dtype, "ids": upserts}
-            table, meta, _, nbytes = _export_page(client, opts, progress, body)
+            table, meta, nbytes = _export_page(http, opts, reporter, body)
             rows, _ = _rows(table, meta, cid, base, space)
             result.verified += verify(rows, opts.dtype, space.storage)
             got = {row.id for row in rows}
@@ -806,8 +715,8 @@ def _incremental(
         conn.commit()
         result.upserted += len(rows)
         result.bytes += nbytes
-        progress.add(0, len(rows))
         if changes:
+            reporter.rows(len(rows))
             result.pages += 1
             if on_page is not None:
                 on_page(result)
@@ -825,176 +734,166 @@ def _incremental(
 # --------------------------------------------------------------------------- fallback
 
 
-def _fallback_rows(
-    client: httpx.Client, opts: MirrorOptions, progress: _Progress
+def _search_params(opts: MirrorOptions) -> dict[str, Any]:
+    """The item search of a plain STAC API (GET /search) for the mirror's filters."""
+    params: dict[str, Any] = {
+        "collections": opts.collection_id,
+        "limit": min(opts.page_rows, 1000),
+    }
+    for key, value in opts.filters().items():
+        if key == "bbox":
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        params[key] = value
+    return params
+
+
+def _fallback_pages(
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of STAC items (dicts) from the remote's item search (pystac-client)."""
-    from pystac_client import Client
+    """Pages of STAC items (dicts) from the remote's item search, following its ``next``
+    links (GET, or POST with the link's body). Every page goes through the one client:
+    at most ``max_json_bytes``, ``request_deadline_s`` seconds, ``max_pages`` pages per
+    run; credentials only to the origin (a next link may name another host)."""
+    what = f"item search of {opts.collection_id!r}"
+    request: dict[str, Any] = {"method": "GET", "url": "/search", "params": _search_params(opts)}
+    pages = 0
+    while True:
+        pages += 1
+        _page_budget(opts, pages, "item search")
+        answer = http.fetch(
+            request.pop("method"), request.pop("url"), what, limit=opts.max_json_bytes,
+            on_bytes=reporter.received, **request,
+        )  # fmt: skip
+        try:
+            page = answer.json()
+            features = page["features"]
+            if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(f"{what}: the remote's answer is not an item page") from None
+        yield features
+        link = next(
+            (lk for lk in page.get("links") or [] if isinstance(lk, dict)
+             and lk.get("rel") == "next" and isinstance(lk.get("href"), str)),
+            None,
+        )  # fmt: skip
+        if link is None or not features:
+            return
+        method = str(link.get("method") or "GET").upper()
+        if method == "POST":
+            given = link.get("body")
+            body: dict[str, Any] = given if isinstance(given, dict) else {}
+            if link.get("merge"):
+                body = {**_search_params(opts), **body}
+            request = {"method": "POST", "url": link["href"], "json": body}
+        else:
+            request = {"method": "GET", "url": link["href"]}
 
-    origin = origin_of(str(client.base_url))
 
-    def credentials_for_the_origin_only(request: Any) -> Any:
-        # pystac-client follows the API's links, which may name other hosts: the key goes
-        # to the origin named on the command line only (requests drops it on redirects).
-        if opts.headers and origin_of(request.url) == origin:
-            request.headers.update(opts.headers)
-        return request
-
-    stac_client = Client.open(
-        str(client.base_url),
-        request_modifier=credentials_for_the_origin_only,
-        timeout=opts.timeout_s,
-    )
-    search = stac_client.search(
-        collections=[opts.collection_id],
-        bbox=opts.bbox,
-        datetime=opts.datetime,
-        filter=opts.filter,
-        filter_lang=opts.filters().get("filter-lang"),
-        limit=min(opts.page_rows, 1000),
-    )
-    import requests
-    from pystac_client.exceptions import APIError
-
+def _fallback_vector(
+    http: HttpClient, opts: MirrorOptions, reporter: _Reporter, space: Space,
+    item: dict[str, Any], asset: dict[str, Any], result: MirrorResult,
+) -> np.ndarray:  # fmt: skip
+    what = f"vector of {item['id']!r}"
+    checksum = asset.get("file:checksum")
+    content = http.fetch(
+        "GET", str(asset["href"]), what, limit=opts.max_json_bytes, on_bytes=reporter.received,
+        follow_redirects=True,  # Authorization stays with the origin (OriginAuth, httpx)
+    ).content  # fmt: skip
+    result.bytes += len(content)
+    if checksum and multihash_sha256(content) != checksum:
+        raise Conflict(f"checksum mismatch for item {item['id']!r}")
     try:
-        for page in search.pages_as_dicts():
-            progress.add(len(json.dumps(page)))
-            yield list(page.get("features", []))
-    except (APIError, requests.RequestException) as exc:
-        raise RemoteError(f"item search of {opts.collection_id!r} failed: {exc}") from None
-
-
-def _item_to_row(item: dict[str, Any], vector: np.ndarray, cid: str, base: str) -> _Row:
-    import shapely
-
-    geom = shapely.geometry.shape(item["geometry"])
-    props = dict(item.get("properties") or {})
-
-    def ts(name: str) -> datetime | None:
-        v = props.get(name)
-        return datetime.fromisoformat(v.replace("Z", "+00:00")) if isinstance(v, str) else None
-
-    assets = {}
-    for key, asset in (item.get("assets") or {}).items():
-        asset = {**asset, "href": _local_href(asset.get("href"), base)}
-        if key == EMBEDDINGS_ASSET:
-            asset["href"] = embedding_href(cid, item["id"])
-        assets[key] = asset
-    links = [
-        {**link, "href": _local_href(link.get("href"), base)}
-        for link in item.get("links") or []
-        if link.get("rel") not in GENERATED_RELS
-    ]
-    bbox = item.get("bbox") or list(geom.bounds)
-    return _Row(
-        id=item["id"],
-        geometry=shapely.to_wkb(geom),
-        bbox=[float(v) for v in bbox],
-        datetime=ts("datetime"),
-        start_datetime=ts("start_datetime"),
-        end_datetime=ts("end_datetime"),
-        properties=props,
-        assets=assets,
-        links=links,
-        vector=vector,
-    )
+        vector = np.load(io.BytesIO(content)).astype(np.float32)
+    except (ValueError, OSError, EOFError):
+        raise RemoteError(f"{what}: not a .npy array") from None
+    if vector.shape != (space.dimensions,):
+        raise RemoteError(
+            f"{what}: {vector.shape} values, the collection's space has {space.dimensions}"
+            " dimensions; nothing of the page was written"
+        )
+    result.verified += 1 if checksum else 0
+    return vector
 
 
 def _fallback(
-    client: httpx.Client,
+    http: HttpClient,
     opts: MirrorOptions,
     settings: DatabaseSettings,
     stac: dict[str, Any],
     result: MirrorResult,
     on_page: Callable[[MirrorResult], None] | None,
+    on_progress: ProgressHook | None,
 ) -> None:
     if opts.dtype not in ("float32",):
         raise InvalidInput("a plain STAC API serves float32 .npy vectors only; use --dtype float32")
     cid = opts.collection_id
-    base = str(client.base_url).rstrip("/")
+    base = opts.remote_url
     space_json = space_from_collection(stac)
-    progress = _Progress(opts.progress)
-    try:
-        with connect(settings) as conn:
-            space, state = _prepare_local(conn, opts, stac, space_json)
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
-            conn.execute("TRUNCATE mirror_seen")
-            if state is not None:
-                conn.commit()  # a new mirror commits with its first page (nothing on refusal)
-            pages = 0
-            for features in _fallback_rows(client, opts, progress):
-                pages += 1
-                _page_budget(opts, pages, "item search")
-                ids = [f["id"] for f in features]
-                local = dict(
-                    conn.execute(
-                        "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
-                        " WHERE i.collection_id = %s AND i.id = ANY(%s)",
-                        (cid, ids),
-                    ).fetchall()
-                )
-                rows = []
-                for item in features:
-                    asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
-                    if asset is None:
-                        continue
-                    checksum = asset.get("file:checksum")
-                    if checksum and local.get(item["id"]) == checksum:
-                        stored = conn.execute(
-                            f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-                            " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
-                            (cid, item["id"], space.id),
-                        ).fetchone()
-                        vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
-                    else:
-                        vector = None
-                    if vector is None:
-                        what = f"vector of {item['id']!r}"
-                        _, content, _ = _fetch(
-                            client, opts, "GET", str(asset["href"]), what,
-                            limit=opts.max_json_bytes, progress=progress,
-                            follow_redirects=True,  # Authorization stays with the origin
-                        )  # fmt: skip
-                        result.bytes += len(content)
-                        if checksum and multihash_sha256(content) != checksum:
-                            raise Conflict(f"checksum mismatch for item {item['id']!r}")
-                        try:
-                            vector = np.load(io.BytesIO(content)).astype(np.float32)
-                        except (ValueError, OSError, EOFError):
-                            raise RemoteError(f"{what}: not a .npy array") from None
-                        if vector.shape != (space.dimensions,):
-                            raise RemoteError(
-                                f"{what}: {vector.shape} values, the collection's space has"
-                                f" {space.dimensions} dimensions; nothing of the page was"
-                                " written"
-                            )
-                        result.verified += 1 if checksum else 0
-                    rows.append(_item_to_row(item, vector, cid, base))
-                _write_rows(conn, cid, space, rows)
-                with conn.cursor().copy("COPY mirror_seen (id) FROM STDIN") as copy:
-                    for i in ids:
-                        copy.write_row((i,))
-                conn.commit()
-                result.upserted += len(rows)
-                result.pages += 1
-                progress.add(0, len(rows))
-                if on_page is not None:
-                    on_page(result)
-            cur = conn.execute(
-                "DELETE FROM items i WHERE i.collection_id = %s"
-                " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
-                (cid,),
+    started = time.perf_counter()
+    with connect(settings) as conn:
+        space, state = _prepare_local(conn, opts, stac, space_json)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mirror_seen (id text PRIMARY KEY)")
+        conn.execute("TRUNCATE mirror_seen")
+        if state is not None:
+            conn.commit()  # a new mirror commits with its first page (nothing on refusal)
+        total = _number_matched(http, opts) if on_progress is not None else None
+        reporter = _Reporter(on_progress, "items", 0, total)
+        for features in _fallback_pages(http, opts, reporter):
+            ids = [str(f.get("id")) for f in features]
+            local = dict(
+                conn.execute(
+                    "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
+                    " WHERE i.collection_id = %s AND i.id = ANY(%s)",
+                    (cid, ids),
+                ).fetchall()
             )
-            result.deleted += cur.rowcount
+            rows = []
+            for item in features:
+                asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
+                if asset is None:
+                    continue
+                checksum = asset.get("file:checksum")
+                vector = None
+                if checksum and local.get(item["id"]) == checksum:
+                    stored = conn.execute(
+                        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
+                        " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
+                        (cid, item["id"], space.id),
+                    ).fetchone()
+                    vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
+                if vector is None:
+                    vector = _fallback_vector(http, opts, reporter, space, item, asset, result)
+                rows.append(_item_to_row(item, vector, cid, base))
+            _write_rows(conn, cid, space, rows)
+            # a source may list an item twice (or repeat a page): seen once is enough
             conn.execute(
-                "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
-                " WHERE remote_url = %s AND remote_collection = %s",
-                (opts.remote_url, cid),
+                "INSERT INTO mirror_seen SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (ids,)
             )
-            ensure_hnsw_index(conn, space)
             conn.commit()
-    finally:
-        progress.close()
+            result.upserted += len(rows)
+            result.pages += 1
+            reporter.rows(len(rows))
+            if on_page is not None:
+                on_page(result)
+        cur = conn.execute(
+            "DELETE FROM items i WHERE i.collection_id = %s"
+            " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
+            (cid,),
+        )
+        result.deleted += cur.rowcount
+        conn.execute(
+            "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
+            " WHERE remote_url = %s AND remote_collection = %s",
+            (opts.remote_url, cid),
+        )
+        conn.commit()
+        result.load_s = time.perf_counter() - started
+        t = time.perf_counter()
+        _ensure_index(conn, space, analyze=True)
+        result.index_s = time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1004,8 +903,13 @@ def mirror(
     opts: MirrorOptions,
     settings: DatabaseSettings | None = None,
     on_page: Callable[[MirrorResult], None] | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> MirrorResult:
-    """Bring the local copy of ``opts.collection_id`` up to date with the remote."""
+    """Bring the local copy of ``opts.collection_id`` up to date with the remote.
+
+    ``on_progress`` is called after each committed page with a ``MirrorProgress`` (rows,
+    total, bytes, rate, ETA); ``on_page`` with the running ``MirrorResult``.
+    """
     settings = settings or DatabaseSettings()
     check_dtype(opts.dtype)
     if opts.dtype == "binary":
@@ -1015,10 +919,10 @@ def mirror(
         )
     if opts.page_rows < 1 or opts.change_limit < 1:
         raise InvalidInput("page_rows and change_limit must be >= 1")
-    if min(opts.max_page_bytes, opts.max_json_bytes, opts.max_pages) < 1 or (
+    if min(opts.max_page_bytes, opts.max_json_bytes, opts.max_pages, opts.retry_attempts) < 1 or (
         opts.request_deadline_s <= 0
     ):
-        raise InvalidInput("the mirror's size, time and page bounds must be positive")
+        raise InvalidInput("the mirror's size, time, page and retry bounds must be positive")
     opts.remote_url = opts.remote_url.rstrip("/")
     try:
         origin_of(opts.remote_url)
@@ -1026,33 +930,28 @@ def mirror(
         raise InvalidInput(f"not an http(s) URL: {opts.remote_url!r}") from None
     started = time.perf_counter()
     # Credentials go to the origin on the command line only (asset hrefs and links may
-    # name other hosts), and the API calls follow no redirects (_check refuses them).
-    with httpx.Client(
-        base_url=opts.remote_url,
-        auth=OriginAuth(opts.remote_url, opts.headers),
-        timeout=opts.timeout_s,
-        follow_redirects=False,
-    ) as client:
+    # name other hosts), and the API calls follow no redirects.
+    with _client(opts) as http:
         try:
             stac = _get_json(
-                client, opts, f"/collections/{quote(opts.collection_id, safe='')}",
+                http, opts, f"/collections/{quote(opts.collection_id, safe='')}",
                 f"remote collection {opts.collection_id!r}",
             )  # fmt: skip
             if not isinstance(stac, dict):
                 raise RemoteError(f"remote collection {opts.collection_id!r}: not a JSON object")
-            status, _, _ = _fetch(
-                client, opts, "GET", "/exchange", "exchange capabilities",
-                limit=opts.max_json_bytes, check=False,
-            )  # fmt: skip
+            status = http.fetch(
+                "GET", "/exchange", "exchange capabilities", limit=opts.max_json_bytes,
+                check=False,
+            ).status  # fmt: skip
             bulk = status == 200
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot reach {opts.remote_url}: {exc}") from exc
         result = MirrorResult(mode="bulk" if bulk else "items")
         try:
             if bulk:
-                _bulk(client, opts, settings, stac, result, on_page)
+                _bulk(http, opts, settings, stac, result, on_page, on_progress)
             else:
-                _fallback(client, opts, settings, stac, result, on_page)
+                _fallback(http, opts, settings, stac, result, on_page, on_progress)
         except httpx.HTTPError as exc:
             raise RemoteError(f"transfer from {opts.remote_url} failed: {exc}") from exc
     result.seconds = time.perf_counter() - started

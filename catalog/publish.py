@@ -118,7 +118,7 @@ _STAGE_FIELDS = 8
 # uncompressed: TOAST would compress or move them out of line on the way in, only to
 # decompress them again for the merge.
 _TOAST_TARGET_MAX = 8160
-_ANALYZE_ITEM_COLUMNS = (
+ANALYZE_ITEM_COLUMNS = (
     "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"
 )
 
@@ -948,7 +948,7 @@ def _publish_tx(
         # The planner's columns only: statistics of the jsonb documents (properties, assets,
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
-        conn.execute(f"analyze items ({_ANALYZE_ITEM_COLUMNS})")
+        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
         # the space's partition only (migration 0021)
         conn.execute(
             f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"

@@ -124,3 +124,9 @@ class MirrorSettings(BaseSettings):
     max_pages: int = Field(
         100_000, ge=1, description="Export / change-feed pages one run reads at most."
     )
+    retry_attempts: int = Field(
+        5, ge=1, description="Tries of a request on connection failures and 429/502/503/504."
+    )
+    retry_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds the tries of one request may take in all."
+    )

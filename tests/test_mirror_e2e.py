@@ -73,7 +73,7 @@ def test_mirror_then_incremental_changes(
     a_url, a_base = remote
     b_url = make_database()
     b = DatabaseSettings(database_url=b_url)
-    first = mirror(MirrorOptions(a_base, CID, page_rows=50, progress=False), b)
+    first = mirror(MirrorOptions(a_base, CID, page_rows=50), b)
     assert (first.upserted, first.verified, first.pages) == (N, N, 3)
     assert _snapshot(a_url) == _snapshot(b_url)
     assert _neighbours(a_url, "chip-00000007") == _neighbours(b_url, "chip-00000007")
@@ -94,10 +94,10 @@ def test_mirror_then_incremental_changes(
             "  where id = 'chip-00000001')) where id = 'chip-00000002'"
         )
         c.execute("delete from items where id in ('chip-00000010', 'chip-00000011')")
-    second = mirror(MirrorOptions(a_base, CID, page_rows=50, progress=False), b)
+    second = mirror(MirrorOptions(a_base, CID, page_rows=50), b)
     assert (second.upserted, second.deleted) == (3, 2)
     assert _snapshot(a_url) == _snapshot(b_url)
-    third = mirror(MirrorOptions(a_base, CID, page_rows=50, progress=False), b)
+    third = mirror(MirrorOptions(a_base, CID, page_rows=50), b)
     assert (third.upserted, third.deleted, third.bytes) == (0, 0, 0)
 
 
@@ -148,12 +148,12 @@ def test_fallback_against_a_plain_stac_api(
     try:
         b_url = make_database()
         b = DatabaseSettings(database_url=b_url)
-        first = mirror(MirrorOptions(plain.base_url, CID, page_rows=50, progress=False), b)
+        first = mirror(MirrorOptions(plain.base_url, CID, page_rows=50), b)
         assert (first.mode, first.upserted, first.verified) == ("items", N, N)
         assert _snapshot(a_url) == _snapshot(b_url)
         with psycopg.connect(a_url) as c:
             c.execute("delete from items where id = 'chip-00000020'")
-        second = mirror(MirrorOptions(plain.base_url, CID, page_rows=50, progress=False), b)
+        second = mirror(MirrorOptions(plain.base_url, CID, page_rows=50), b)
         assert (second.deleted, second.verified) == (1, 0)
         assert _snapshot(a_url) == _snapshot(b_url)
     finally:

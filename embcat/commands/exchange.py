@@ -195,14 +195,36 @@ def mirror_command(
         dtype=dtype,
         page_rows=page_rows,
         headers=headers,
-        progress=not quiet and not os.environ.get("EMBCAT_NO_PROGRESS"),
         timeout_s=bounds.timeout_s,
         max_page_bytes=bounds.max_page_bytes,
         max_json_bytes=bounds.max_json_bytes,
         request_deadline_s=bounds.request_deadline_s,
         max_pages=bounds.max_pages,
+        retry_attempts=bounds.retry_attempts,
+        retry_timeout_s=bounds.retry_timeout_s,
     )
-    result = mirror(opts)
+    from tqdm import tqdm
+
+    from catalog.mirror import MirrorProgress
+
+    show = not quiet and not os.environ.get("EMBCAT_NO_PROGRESS")
+    bars: dict[str, tqdm] = {}  # one per phase, made at its first page
+
+    def progress(p: MirrorProgress) -> None:
+        bar = bars.get(p.phase)
+        if bar is None:
+            bar = bars[p.phase] = tqdm(
+                total=p.total, initial=p.rows - p.run_rows, unit="row", unit_scale=True,
+                desc=f"mirror ({p.phase})", dynamic_ncols=True,
+            )  # fmt: skip
+        bar.update(p.rows - bar.n)
+        bar.set_postfix(MB=round(p.bytes / 1e6, 1), refresh=False)
+
+    try:
+        result = mirror(opts, on_progress=progress if show else None)
+    finally:
+        for bar in bars.values():
+            bar.close()
     click.echo(result.summary())
 
 

@@ -95,6 +95,18 @@ def publish(
                 "--to needs an API key with the write scope (--key or EMBCAT_API_KEY)"
             )
         remote = check_remote_url(remote, "--to")
+        from tqdm import tqdm
+
+        bars: list[tqdm] = []
+
+        def uploaded(held: int, total: int) -> None:
+            if not progress:
+                return
+            if not bars:
+                bars.append(tqdm(total=total, initial=held, unit="B", unit_scale=True,
+                                 desc="upload"))  # fmt: skip
+            bars[0].update(held - bars[0].n)
+
         try:
             result = remote_publish(
                 source,
@@ -103,13 +115,16 @@ def publish(
                 collection_id=collection_id,
                 mode=mode,
                 defer_index=defer_index,
-                progress=progress,
+                on_progress=uploaded,
             )
         except httpx.HTTPError as exc:
             raise InvalidInput(
                 f"cannot reach {remote}: {exc or type(exc).__name__}; check the URL and that"
                 " the catalogue server is running (rerun to resume the upload)"
             ) from exc
+        finally:
+            for bar in bars:
+                bar.close()
         if as_json:
             click.echo(json.dumps(result, indent=2, default=str))
         else:

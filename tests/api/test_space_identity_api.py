@@ -120,7 +120,7 @@ def test_upload_of_another_seed_is_refused_before_any_shard(
         _, key = create_key(c, "d1-" + uuid.uuid4().hex[:6], ["write"], None)
         c.commit()
     with pytest.raises(Conflict, match=r"options\.seed: 0 vs 1"):
-        remote_publish(runs["b1"], live_server, key=key, collection_id=collection, progress=False)
+        remote_publish(runs["b1"], live_server, key=key, collection_id=collection)
     up = upload_id_for(Manifest.load(runs["b1"]).checksum())
     state = httpx.get(f"{live_server}/publish/uploads/{up}", headers={"X-API-Key": key}).json()
     assert sum(s["received"] for s in state["shards"].values()) == 0

@@ -70,7 +70,7 @@ def test_remote_publish_loads_the_run(
 ) -> None:
     key = _key(database_url, ["write"])
     cid = "remote-" + uuid.uuid4().hex[:8]
-    res = remote_publish(_run(tmp_path), upload_server, key=key, collection_id=cid, progress=False)
+    res = remote_publish(_run(tmp_path), upload_server, key=key, collection_id=cid)
     assert (res["rows"], res["inserted"]) == (400, 400)
     assert "published 400 rows" in res["summary"]
     assert _count(database_url, cid) == 400
@@ -92,12 +92,12 @@ def test_read_only_key_cannot_publish(
 ) -> None:
     key = _key(database_url, ["read"])
     with pytest.raises(Forbidden, match="write"):
-        remote_publish(_run(tmp_path), upload_server, key=key, progress=False)
+        remote_publish(_run(tmp_path), upload_server, key=key)
 
 
 def test_unknown_key_is_unauthorized(tmp_path: Path, upload_server: str) -> None:
     with pytest.raises(Unauthorized):
-        remote_publish(_run(tmp_path), upload_server, key="nope.nope", progress=False)
+        remote_publish(_run(tmp_path), upload_server, key="nope.nope")
 
 
 def test_collection_scoped_key_cannot_publish_elsewhere(
@@ -107,7 +107,7 @@ def test_collection_scoped_key_cannot_publish_elsewhere(
     key = _key(database_url, ["write"], collection_id=mine)
     other = "other-" + uuid.uuid4().hex[:8]
     with pytest.raises(Forbidden, match=other):
-        remote_publish(_run(tmp_path), upload_server, key=key, collection_id=other, progress=False)
+        remote_publish(_run(tmp_path), upload_server, key=key, collection_id=other)
     assert _count(database_url, other) == 0
 
 
@@ -118,7 +118,7 @@ def test_interrupted_upload_resumes_without_resending(
     run = _run(tmp_path)
     cid = "resume-" + uuid.uuid4().hex[:8]
     with pytest.raises(InterruptedError):
-        remote_publish(run, upload_server, key=key, collection_id=cid, progress=False, max_chunks=3)
+        remote_publish(run, upload_server, key=key, collection_id=cid, max_chunks=3)
     assert _count(database_url, cid) == 0
     total = sum(s.bytes for s in Manifest.load(run).shards)
     state: dict[str, Any] = httpx.get(
@@ -128,7 +128,7 @@ def test_interrupted_upload_resumes_without_resending(
     held = sum(s["received"] for s in state["shards"].values())
     assert 0 < held < total
     assert state["shards"]["shard-00000-of-00002.parquet"]["complete"]
-    res = remote_publish(run, upload_server, key=key, collection_id=cid, progress=False)
+    res = remote_publish(run, upload_server, key=key, collection_id=cid)
     assert res["uploaded_bytes"] == total - held
     assert res["inserted"] == 400 and _count(database_url, cid) == 400
 
@@ -174,7 +174,7 @@ def test_model_link_serves_the_mlm_item(
 ) -> None:
     key = _key(database_url, ["write"])
     cid = "model-" + uuid.uuid4().hex[:8]
-    remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=cid, progress=False)
+    remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=cid)
     body = httpx.get(f"{upload_server}/collections/{cid}/model").json()
     import pystac
     from pystac.extensions.mlm import MLMExtension
@@ -206,7 +206,7 @@ def test_scoped_key_is_refused_before_any_shard_is_sent(
     other = "other-" + uuid.uuid4().hex[:8]
     run = _run(tmp_path)
     with pytest.raises(Forbidden, match=other):
-        remote_publish(run, upload_server, key=key, collection_id=other, progress=False)
+        remote_publish(run, upload_server, key=key, collection_id=other)
     assert _received(_held(upload_server, key, run)) == 0
 
 
@@ -225,10 +225,10 @@ def test_run_of_another_space_is_refused_before_any_shard_is_sent(
     cid = "space-" + uuid.uuid4().hex[:8]
     encoder = "up-" + uuid.uuid4().hex[:8]
     first = _options_run(tmp_path, encoder, "a", 0)
-    remote_publish(first, upload_server, key=key, collection_id=cid, progress=False)
+    remote_publish(first, upload_server, key=key, collection_id=cid)
     second = _options_run(tmp_path, encoder, "b", 1)
     with pytest.raises(Conflict, match=r"options\.seed: 0 vs 1"):
-        remote_publish(second, upload_server, key=key, collection_id=cid, progress=False)
+        remote_publish(second, upload_server, key=key, collection_id=cid)
     assert _received(_held(upload_server, key, second)) == 0
     assert _count(database_url, cid) == 400
 
@@ -239,7 +239,7 @@ def test_invalid_collection_id_is_refused_before_any_shard_is_sent(
     key = _key(database_url, ["write"])
     run = _run(tmp_path)
     with pytest.raises(InvalidInput, match="collection id"):
-        remote_publish(run, upload_server, key=key, collection_id="with space", progress=False)
+        remote_publish(run, upload_server, key=key, collection_id="with space")
     assert _received(_held(upload_server, key, run)) == 0
 
 
@@ -267,8 +267,7 @@ def test_commit_with_an_invalid_collection_id_is_400(
 
     key = _key(database_url, ["write"])
     with pytest.raises(InvalidInput, match="HTTP 400.*collection id"):
-        remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=bad,
-                       progress=False)  # fmt: skip
+        remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=bad)
 
 
 def test_a_key_scoped_to_a_reserved_collection_publishes_into_it(
@@ -281,6 +280,5 @@ def test_a_key_scoped_to_a_reserved_collection_publishes_into_it(
         reserve_collection(conn, cid)
         _, key = create_key(conn, "hpc", ["write"], cid)
         conn.commit()
-    res = remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=cid,
-                         progress=False)  # fmt: skip
+    res = remote_publish(_run(tmp_path, 20), upload_server, key=key, collection_id=cid)
     assert res["inserted"] == 20 and _count(database_url, cid) == 20

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from catalog.errors import Conflict
-from catalog.mirror import _href_maker, _iso_column, _Row, iso, verify
+from catalog.mirror_rows import _href_maker, _iso_column, _Row, iso, verify
 from catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields
 
 

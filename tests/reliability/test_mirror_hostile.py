@@ -63,7 +63,7 @@ def _local_counts(settings: DatabaseSettings) -> tuple[int, int, int, int]:
 
 
 def _opts(base: str, cid: str, **kw: object) -> MirrorOptions:
-    values: dict[str, object] = {"page_rows": 15, "progress": False}
+    values: dict[str, object] = {"page_rows": 15}
     values.update(kw)
     return MirrorOptions(base, cid, **values)  # type: ignore[arg-type]
 
@@ -198,6 +198,84 @@ def test_change_feed_that_never_ends_stops_at_the_page_bound(
             mirror(_opts(src.base_url, source_cid, max_pages=5), local)
     # the initial pages (3) were committed; the feed stopped after 5 pages
     assert _local_counts(local)[1] == N
+
+
+def _plain(route: Callable[[Req], Answer | None]) -> Callable[[Req], Answer | None]:
+    """A plain STAC API (no /exchange: the mirror takes the item fallback) + ``route``."""
+
+    def plain(req: Req) -> Answer | None:
+        if _path(req) == "/exchange":
+            return Answer(404, {"content-type": "application/json"}, b'{"code":"NotFound"}')
+        return route(req)
+
+    return plain
+
+
+def test_endless_fallback_item_page_is_cut_at_the_json_bound(
+    rel_server: str, source_cid: str, local: DatabaseSettings
+) -> None:
+    def endless(req: Req) -> Answer | None:
+        if _path(req) == "/search":
+            body = itertools.chain([b'{"type":"FeatureCollection","features":['],
+                                   itertools.repeat(b" " * 65536))  # fmt: skip
+            return Answer(200, {"content-type": "application/geo+json"}, body)
+        return None
+
+    with FakeSource(rel_server, _plain(endless)) as src:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError, match="item search .* exceeds the 1,048,576 bytes"):
+            mirror(_opts(src.base_url, source_cid, max_json_bytes=1 << 20), local)
+        assert time.monotonic() - t0 < 30
+    assert _local_counts(local) == (0, 0, 0, 0)
+
+
+def test_slow_fallback_item_page_ends_at_the_request_deadline_with_one_cli_line(
+    rel_server: str, source_cid: str, local: DatabaseSettings
+) -> None:
+    def trickle() -> Iterator[bytes]:
+        yield b'{"type":"FeatureCollection","features":['
+        while True:
+            time.sleep(0.3)
+            yield b" "
+
+    def slow(req: Req) -> Answer | None:
+        if _path(req) == "/search":
+            return Answer(200, {"content-type": "application/geo+json"}, trickle())
+        return None
+
+    env = {**os.environ, "EMBCAT_DATABASE_URL": local.database_url,
+           "EMBCAT_MIRROR_REQUEST_DEADLINE_S": "2"}  # fmt: skip
+    cmd = [sys.executable, "-m", "embcat.cli", "mirror", "", "--collection", source_cid, "--quiet"]
+    with FakeSource(rel_server, _plain(slow)) as src:
+        cmd[4] = src.base_url
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - t0 < 30
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(lines) == 1 and "item search" in lines[0] and "took more than 2 s" in lines[0]
+    assert _local_counts(local) == (0, 0, 0, 0)
+
+
+def test_fallback_item_pages_that_never_end_stop_at_the_page_bound(
+    rel_server: str, source_cid: str, local: DatabaseSettings
+) -> None:
+    """Every page links a next page (the same one, for ever): stopped at max_pages; the
+    pages before stay committed, nothing is deleted (the pass did not complete)."""
+
+    def looping(req: Req) -> Answer | None:
+        if _path(req) == "/search":
+            answer = src.forward(req)
+            assert isinstance(answer.body, bytes)
+            page = json.loads(answer.body)
+            page["links"] = [{"rel": "next", "href": src.base_url + req.path}]
+            return Answer(200, {"content-type": "application/geo+json"}, json.dumps(page).encode())
+        return None
+
+    with FakeSource(rel_server, _plain(looping)) as src:
+        with pytest.raises(RemoteError, match="item search did not end within 4 pages"):
+            mirror(_opts(src.base_url, source_cid, max_pages=4), local)
+    assert _local_counts(local)[:3] == (1, 15, 15)
 
 
 # ------------------------------------------------------------------ 14: index on rerun

@@ -1,0 +1,215 @@
+"""The mirror's local writes: a page of items as one binary COPY into a staging table,
+then INSERT .. SELECT into items and embeddings (the bulk-load path of publish).
+
+``encode_rows`` builds the page's COPY BINARY bytes column-wise with publish's COPY
+helpers (field headers, the jsonb version byte, the vector tail as one numpy record array:
+no Python object per value, no per-row adapter calls); it runs in the mirror's decoder
+thread, so the writing thread only sends bytes and merges. ``write_page`` merges them in
+the caller's transaction: plain INSERTs during the initial phase (the rows after the
+last committed id are not there yet: nothing to clash with, no speculative insertion),
+upserts for change-feed pages and the item fallback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog.publish import (
+    _COPY_HEADER,
+    _COPY_TRAILER,
+    _JSONB_V1,
+    _PG_EPOCH_US,
+    _TOAST_TARGET_MAX,
+    _const,
+    _field_lengths,
+    _fixed,
+)
+from catalog.spaces import Space
+
+_FIELDS = 10
+_NULL = b"\xff\xff\xff\xff"
+_FLOAT8_OID = 701
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass
+class Row:
+    """One item of a mirrored page (STAC storage form, hrefs made local) and its vector."""
+
+    id: str
+    geometry: bytes
+    bbox: list[float]
+    datetime: dt.datetime | None
+    start_datetime: dt.datetime | None
+    end_datetime: dt.datetime | None
+    properties: dict[str, Any]
+    assets: dict[str, Any]
+    links: list[dict[str, Any]]
+    vector: np.ndarray
+
+
+def _binary(values: list[bytes]) -> pa.Array:
+    return pa.array(values, pa.binary())
+
+
+def _fixed_bboxes(bounds: np.ndarray) -> pa.Array:
+    """``float8[]`` fields (COPY header included) of an ``(n, k)`` array of bounds: one
+    record array, no Python object per value."""
+    n, k = bounds.shape
+    value = np.dtype([("l", ">i4"), ("x", ">f8")])
+    rec = np.dtype([("l", ">i4"), ("nd", ">i4"), ("nul", ">i4"), ("oid", ">i4"),
+                    ("dim", ">i4"), ("lb", ">i4"), ("v", value, (k,))])  # fmt: skip
+    out = np.zeros(n, rec)
+    out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * k, 1, _FLOAT8_OID, k, 1
+    out["v"]["l"] = 8
+    out["v"]["x"] = bounds
+    return _fixed(out.tobytes(), rec.itemsize, n)
+
+
+def _bboxes(rows: list[Row]) -> pa.Array:
+    """``float8[]`` fields (COPY header included): a one-dimensional array without nulls."""
+    lengths = {len(r.bbox) for r in rows}
+    if len(lengths) == 1:  # one shape (nearly always 4 numbers)
+        return _fixed_bboxes(np.asarray([r.bbox for r in rows], dtype=np.float64))
+    parts = []
+    for r in rows:
+        body = struct.pack(">iiiii", 1, 0, _FLOAT8_OID, len(r.bbox), 1) + b"".join(
+            struct.pack(">id", 8, float(v)) for v in r.bbox
+        )
+        parts.append(struct.pack(">i", len(body)) + body)
+    return _binary(parts)
+
+
+def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
+    """``timestamptz`` fields (COPY header included), NULL where None."""
+    n = len(values)
+    us = np.zeros(n, np.int64)
+    null = np.zeros(n, bool)
+    for k, v in enumerate(values):
+        if v is None:
+            null[k] = True
+        else:
+            if v.tzinfo is None:  # a STAC datetime without an offset is UTC
+                v = v.replace(tzinfo=dt.UTC)
+            us[k] = (v - _EPOCH) // dt.timedelta(microseconds=1)
+    rec = np.dtype([("l", ">i4"), ("t", ">i8")])
+    out = np.empty(n, rec)
+    out["l"], out["t"] = 8, us - _PG_EPOCH_US
+    fields = _fixed(out.tobytes(), rec.itemsize, n)
+    if not null.any():
+        return fields
+    return pc.if_else(pa.array(null), _const(_NULL), fields)
+
+
+def _jsonb_fields(text: pa.Array) -> list[pa.Array]:
+    """The parts of ``jsonb`` fields (COPY header, version byte, JSON text)."""
+    return [_field_lengths(text, extra=1), _JSONB_V1, text]
+
+
+def _jsonb(docs: list[Any]) -> list[pa.Array]:
+    return _jsonb_fields(_binary([orjson.dumps(d) for d in docs]))
+
+
+def _vector_tail(values: np.ndarray, space: Space) -> pa.Array:
+    """The vector fields (pgvector's binary ``halfvec``/``vector``, COPY header included) of
+    an ``(n, D)`` float32 array, as one record array."""
+    n, dims = values.shape
+    half = space.storage == "halfvec"
+    rec = np.dtype([("l", ">i4"), ("dim", ">u2"), ("unused", ">u2"),
+                    ("v", ">f2" if half else ">f4", (dims,))])  # fmt: skip
+    tail = np.empty(n, rec)
+    tail["l"], tail["dim"], tail["unused"] = 4 + (2 if half else 4) * dims, dims, 0
+    tail["v"] = values
+    return _fixed(tail.tobytes(), rec.itemsize, n)
+
+
+def encode_rows(rows: list[Row], space: Space) -> memoryview:
+    """The rows in COPY BINARY form of the staging table (``stage_sql``), header and
+    trailer excluded."""
+    vectors = np.stack([r.vector for r in rows]).astype(np.float32)
+    ids = _binary([r.id.encode() for r in rows])
+    wkbs = _binary([bytes(r.geometry) for r in rows])
+    joined = pc.binary_join_element_wise(
+        _const(struct.pack(">h", _FIELDS)),
+        _field_lengths(ids), ids,
+        _field_lengths(wkbs), wkbs,
+        _bboxes(rows),
+        _timestamps([r.datetime for r in rows]),
+        _timestamps([r.start_datetime for r in rows]),
+        _timestamps([r.end_datetime for r in rows]),
+        *_jsonb([r.properties for r in rows]),
+        *_jsonb([r.assets for r in rows]),
+        *_jsonb([r.links for r in rows]),
+        _vector_tail(vectors, space),
+        b"",
+    )  # fmt: skip
+    offsets = np.frombuffer(
+        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
+    )
+    return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
+def stage_sql(space: Space) -> str:
+    return (
+        "CREATE TEMP TABLE IF NOT EXISTS mirror_stage (id text, geom bytea, bbox float8[],"
+        " dt timestamptz, sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb,"
+        f" links jsonb, vec {space.storage}) WITH (toast_tuple_target = {_TOAST_TARGET_MAX})"
+        " ON COMMIT DELETE ROWS"
+    )
+
+
+_ITEMS_CONFLICT = """ON CONFLICT (collection_id, id) DO UPDATE SET
+  geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
+  start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
+  properties = excluded.properties, assets = excluded.assets, links = excluded.links"""
+
+
+def write_page(
+    conn: psycopg.Connection, cid: str, space: Space, rows: list[Row], *, insert_only: bool = False
+) -> None:
+    """Write ``rows`` into items and embeddings in the caller's transaction."""
+    if rows:
+        write_copy(conn, cid, space, encode_rows(rows, space), insert_only=insert_only)
+
+
+def write_copy(
+    conn: psycopg.Connection, cid: str, space: Space, data: memoryview, *,
+    insert_only: bool = False,
+) -> None:  # fmt: skip
+    """Write COPY rows of the staging table (``encode_rows``, or
+    ``catalog.mirror_columns.encode_page``) into items and embeddings in the caller's
+    transaction. ``insert_only``: none of the ids is there yet (no ON CONFLICT)."""
+    conn.execute(stage_sql(space))
+    conn.execute("TRUNCATE mirror_stage")
+    with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(_COPY_HEADER)
+        copy.write(data)
+        copy.write(_COPY_TRAILER)
+    items_conflict = "" if insert_only else _ITEMS_CONFLICT
+    conn.execute(
+        f"""INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
+                               end_datetime, properties, assets, links)
+            SELECT %s, id, ST_GeomFromWKB(geom, 4326), bbox, dt, sdt, edt, properties,
+                   assets, links FROM mirror_stage {items_conflict}""",
+        (cid,),
+    )
+    col = space.column
+    emb_conflict = (
+        ""
+        if insert_only
+        else f"ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
+    )
+    conn.execute(
+        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
+            SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage {emb_conflict}""",
+        (cid, space.id),
+    )
