@@ -476,7 +476,7 @@ def _decode_page(
             raise RemoteError(
                 f"export of {opts.collection_id!r}: the page does not decode: {exc}; nothing"
                 " was written"
-            ) from None
+            ) from exc
         return _Page(ids, as_of, more, nbytes, verified, data)
     rows, _ = _rows(table, meta, opts.collection_id, base, space)
     verified = verify(rows, opts.dtype, space.storage)  # lossy dtypes: new file fields first

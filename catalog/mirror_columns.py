@@ -59,7 +59,12 @@ def _skip_join(parts: list[pa.Array], n: int) -> pa.Array:
     """Element-wise join with ``,`` of the non-null parts ("" where all are null)."""
     if not parts:
         return pa.array([""] * n, _S)
-    return pc.binary_join_element_wise(*parts, ",", null_handling="skip")
+    # A leading "" that is never null: pyarrow 26's skip mode drops the rows in which every
+    # part is null (the result is shorter than the inputs), so each row gets a non-null
+    # first part and the "," it adds is cut off again.
+    lead = pa.array([""] * n, _S)
+    joined = pc.binary_join_element_wise(lead, *parts, ",", null_handling="skip")
+    return pc.utf8_slice_codeunits(joined, 1)
 
 
 def _json_strings(col: pa.Array) -> pa.Array:
@@ -140,7 +145,9 @@ def _assets(
             if f == "href":
                 if key == EMBEDDINGS_ASSET:
                     value = href_of(ids)
-                elif key != THUMBNAIL_ASSET:  # a mirror holds no thumbnail PNGs: origin's URL
+                elif key == THUMBNAIL_ASSET:  # a mirror holds no thumbnail PNGs: origin's URL
+                    value = value.cast(_S)
+                else:
                     value = _local_hrefs(value, remote_base)
                 value = _json_strings(value)
             else:

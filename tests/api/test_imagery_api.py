@@ -137,7 +137,7 @@ def test_a_mirror_keeps_the_origins_thumbnail_url(live_server, published, make_d
 
     cid, made = published
     b_url = make_database()
-    mirror(MirrorOptions(live_server, cid, progress=False), DatabaseSettings(database_url=b_url))
+    mirror(MirrorOptions(live_server, cid), DatabaseSettings(database_url=b_url))
     iid = sorted(made)[0]
     with psycopg.connect(b_url) as c:
         assets = c.execute(
