@@ -178,6 +178,10 @@ def show_command(name: str, options: tuple[str, ...]) -> None:
 @click.option("--max-items", type=int, default=100, show_default=True, help="Search: limit.")
 @click.option("--no-resume", is_flag=True, help="Encode every shard again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--no-thumbnails", is_flag=True, help="No PNG quicklook per chip in the shards (smaller runs)."
+)
+@click.option("--no-quicklooks", is_flag=True, help="No quicklook PNG per source scene.")
 def encode_command(
     inputs: tuple[str, ...],
     out_dir: Path,
@@ -199,6 +203,8 @@ def encode_command(
     max_items: int,
     no_resume: bool,
     no_progress: bool,
+    no_thumbnails: bool,
+    no_quicklooks: bool,
 ) -> None:
     """Encode INPUTS (GeoTIFF/COG files, directories, STAC ItemCollection files) into
     GeoParquet embedding shards and a manifest.
@@ -231,6 +237,8 @@ def encode_command(
             asset=asset,
             resume=not no_resume,
             progress=not no_progress,
+            thumbnails=not no_thumbnails,
+            quicklooks=not no_quicklooks,
         )
     except EncodeError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -105,3 +105,21 @@ def test_quicklooks_and_thumbnails_can_be_turned_off(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "quicklooks").exists()
     shard = pq.read_schema(next((tmp_path / "run").glob("*.parquet")))
     assert THUMBNAIL_COLUMN not in shard.names
+
+
+def test_the_encode_command_turns_both_off(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from embcat.cli import main
+
+    path = make_scene(tmp_path / "s.tif", bands=13, width=64, height=64)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        ["encode", str(path), "-o", str(out), "-O", "num_features=8", "-O", "seed=0",
+         "--chip-size", "32", "--workers", "0", "--no-progress", "--no-thumbnails",
+         "--no-quicklooks"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "quicklooks" not in json.loads((out / "manifest.json").read_text())
+    assert THUMBNAIL_COLUMN not in pq.read_schema(next(out.glob("*.parquet"))).names
