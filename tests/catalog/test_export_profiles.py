@@ -59,9 +59,45 @@ def test_minimal_profile_has_only_id_geometry_datetime_embedding(
 ) -> None:
     data = _export(db_settings, ExportRequest(cid, dtype="float16", columns="minimal"))
     table = pq.read_table(io.BytesIO(data)).sort_by("id")
-    back = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    back = np.frombuffer(b"".join(table["embedding"].to_pylist()), "<f2").reshape(N, DIMS)
     assert table.column_names == ["id", "geometry", "datetime", "embedding"]
-    assert np.array_equal(back, vectors.astype(np.float16).astype(np.float32))
+    assert np.array_equal(back, vectors.astype(np.float16))
+
+
+@pytest.mark.parametrize("layout", ["bytes", "list"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_embeddings_metadata_says_how_to_decode_the_vector_column(
+    db_settings: DatabaseSettings, cid: str, vectors: np.ndarray, dtype: str, layout: str
+) -> None:
+    req = ExportRequest(cid, dtype=dtype, columns="minimal", vector_layout=layout)
+    table = pq.read_table(io.BytesIO(_export(db_settings, req))).sort_by("id")
+    enc = json.loads(table.schema.metadata[b"embeddings"])["encoding"]
+    values = table["embedding"].to_pylist()  # what any reader gets: bytes, or lists
+    if enc["layout"] == "fixed_size_binary":
+        assert {len(v) for v in values} == {enc["byte_width"]}
+        back = np.frombuffer(b"".join(values), enc["value_dtype"])
+    else:
+        back = np.asarray(values, dtype=enc["value_dtype"])
+    assert enc["layout"] == {"bytes": "fixed_size_binary", "list": "fixed_size_list"}[layout]
+    assert back.reshape(N, enc["values_per_row"]).shape == (N, DIMS)
+    if dtype != "int8":
+        assert np.array_equal(back.reshape(N, DIMS), vectors.astype(np.float16).astype(dtype))
+
+
+def test_binary_vectors_are_packed_bytes_in_either_layout(
+    db_settings: DatabaseSettings, cid: str, vectors: np.ndarray
+) -> None:
+    req = ExportRequest(cid, dtype="binary", columns="minimal", vector_layout="list")
+    table = pq.read_table(io.BytesIO(_export(db_settings, req))).sort_by("id")
+    enc = json.loads(table.schema.metadata[b"embeddings"])["encoding"]
+    bits = np.unpackbits(np.frombuffer(b"".join(table["embedding"].to_pylist()), "u1"))
+    assert (enc["layout"], enc["byte_width"]) == ("fixed_size_binary", 2)
+    assert np.array_equal(bits.reshape(N, 16)[:, :DIMS], vectors.astype(np.float16) > 0)
+
+
+def test_unknown_vector_layout_is_invalid(db_settings: DatabaseSettings, cid: str) -> None:
+    with pytest.raises(InvalidInput, match="vector_layout"):
+        _export(db_settings, ExportRequest(cid, vector_layout="tensor"))
 
 
 def test_minimal_profile_keeps_the_collection_in_the_file_metadata(
@@ -82,7 +118,8 @@ def test_embeddings_metadata_says_model_dims_dtype_and_how_to_dequantise(
     table = pq.read_table(io.BytesIO(data)).sort_by("id")
     emb = json.loads(table.schema.metadata[b"embeddings"])
     q = emb["quantization"]
-    back = np.asarray(table["embedding"].to_pylist()) * np.asarray(q["scale"]) + q["offset"]
+    codes = np.frombuffer(b"".join(table["embedding"].to_pylist()), emb["encoding"]["value_dtype"])
+    back = codes.reshape(N, DIMS) * np.asarray(q["scale"]) + q["offset"]
     stored = vectors.astype(np.float16).astype(np.float32)
     assert (emb["model"]["name"], emb["dimensions"], emb["dtype"]) == ("profile-test", DIMS, "int8")
     assert "scale" in q["dequantize"] and emb["stored_dtype"] == "float16"
