@@ -49,6 +49,7 @@ import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -666,13 +667,6 @@ def _embedding_array(raw: Any, plan: ExportPlan) -> pa.Array:
     return array_of(values, dtype, space.dimensions, layout)
 
 
-def _abs(href: Any, base: str | None) -> Any:
-    """Root-relative hrefs of what the API serves made absolute (as catalog.stac does)."""
-    if base and isinstance(href, str) and href.startswith(SERVED_PREFIXES):
-        return base + href
-    return href
-
-
 def _json_text(value: Any) -> Any:
     """Compact JSON text with sorted keys (the ``json`` kind), from a jsonb value's text."""
     if value is None:
@@ -733,10 +727,11 @@ def _select(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
             + ", "
             + ", ".join(epoch.format(c) for c in DATETIME_COLUMNS)
         ),
-        sql.SQL("i.links::text"),
+        # one JSON object per row for pyarrow's JSON reader (bytes: no str per row)
+        sql.SQL("""'{"l":' || i.links::text || '}'"""),
         _vector_bytes(plan),
     ]
-    types += ["text", "bytea"]
+    types += ["bytea", "bytea"]
     props = sql.SQL("i.properties")
     for name, _column, kind in plan.properties:
         cols.append(_extract(props, name, kind))
@@ -755,17 +750,82 @@ def _select(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
     return sql.SQL("SELECT ") + sql.SQL(", ").join(cols), types
 
 
+_LINKS_SCHEMA = pa.schema([("l", pa.list_(LINK_TYPE))])
+_URI = r"^[A-Za-z][A-Za-z0-9+.-]*:"  # what catalog.stac.source_uri leaves as it is
+_DRIVE = r"^[A-Za-z]:[\\/]"
+
+
+def _served(href: pa.Array) -> pa.Array:
+    out = pa.array(np.zeros(len(href), bool))
+    for prefix in SERVED_PREFIXES:
+        out = pc.or_(out, pc.fill_null(pc.starts_with(href, prefix), False))
+    return out
+
+
+def _abs_array(href: pa.Array, base: str | None) -> pa.Array:
+    """Root-relative hrefs of what the API serves made absolute (as catalog.stac does)."""
+    if not base:
+        return href
+    return pc.if_else(_served(href), pc.binary_join_element_wise(base, href, ""), href)
+
+
+def _links(texts: Any, base: str | None) -> pa.Array:
+    """The ``links`` column from ``{"l": [links]}`` JSON lines, parsed by pyarrow's JSON
+    reader (C++), generated rels dropped and hrefs made absolute column-wise; only a source
+    path stored before migration 0013 (no URI yet) goes through Python."""
+    n = len(texts)
+    block = max(1 << 20, 2 * max(map(len, texts), default=0) + 2)
+    table = pajson.read_json(
+        pa.BufferReader(b"\n".join(texts)),
+        read_options=pajson.ReadOptions(block_size=block),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=_LINKS_SCHEMA, unexpected_field_behavior="ignore"
+        ),
+    )
+    lists = table.column("l").combine_chunks()
+    flat, parents = lists.flatten(), pc.list_parent_indices(lists)
+    keep = pc.invert(
+        pc.fill_null(pc.is_in(flat.field("rel"), pa.array(sorted(GENERATED_RELS))), False)
+    )
+    if not pc.all(keep).as_py():
+        flat, parents = flat.filter(keep), parents.filter(keep)
+    rel, href, typ, title = flat.flatten()
+    served = _served(href)
+    source = pc.fill_null(pc.is_in(rel, pa.array(sorted(SOURCE_RELS))), False)
+    uri = pc.and_(
+        pc.match_substring_regex(href, _URI), pc.invert(pc.match_substring_regex(href, _DRIVE))
+    )
+    fix = np.flatnonzero(
+        pc.and_(pc.and_(source, pc.invert(served)), pc.invert(pc.fill_null(uri, True))).to_numpy(
+            zero_copy_only=False
+        )
+    )
+    if len(fix):
+        values = href.to_pylist()
+        for k in fix:  # a path stored before migration 0013
+            values[k] = source_uri(values[k]) or values[k]
+        href = pa.array(values, pa.string())
+    counts = np.bincount(parents.to_numpy(), minlength=n)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays(
+            [rel, _abs_array(href, base), typ, title], fields=list(LINK_TYPE)
+        ),
+    )
+
+
 def _column(values: Any, kind: str, base: str | None = None, href: bool = False) -> pa.Array:
-    if kind == "json":
-        # values of one property often repeat (template fields): re-serialise each once
-        cache: dict[Any, Any] = {}
-        values = [cache[v] if v in cache else cache.setdefault(v, _json_text(v)) for v in values]
-    elif kind == "list_string":
-        cache = {}
-        values = [cache[v] if v in cache else cache.setdefault(v, _json_list(v)) for v in values]
-    elif href and kind == "string" and base:
-        values = [_abs(v, base) for v in values]
-    return pa.array(values, KIND_TYPES[kind])
+    if kind in ("json", "list_string"):
+        # values of one property often repeat (template fields): dictionary-encode the JSON
+        # texts in Arrow and parse / re-serialise each distinct one once
+        codes = pa.array(values, pa.string()).dictionary_encode()
+        convert = _json_text if kind == "json" else _json_list
+        uniques = [convert(v) for v in codes.dictionary.to_pylist()]
+        return pa.array(uniques, KIND_TYPES[kind]).take(codes.indices)
+    arr = pa.array(values, KIND_TYPES[kind])
+    return _abs_array(arr, base) if href and kind == "string" else arr
 
 
 def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
@@ -785,30 +845,7 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     base = req.base_url.rstrip("/") if req.base_url else None
     n = len(rows)
     extensions = _extensions(plan)
-    flat: list[Any] = []
-    counts = np.zeros(n, np.int32)
-    for r, text in enumerate(cols[9]):
-        for link in orjson.loads(text) if text != "[]" else ():
-            if link.get("rel") not in GENERATED_RELS:
-                href = link.get("href")
-                if (
-                    link.get("rel") in SOURCE_RELS
-                    and isinstance(href, str)
-                    and not href.startswith(SERVED_PREFIXES)
-                ):
-                    href = source_uri(href) or href  # a path stored before migration 0013
-                flat += (link.get("rel"), href, link.get("type"), link.get("title"))
-                counts[r] += 1
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    hrefs = flat[1::4] if base is None else [_abs(h, base) for h in flat[1::4]]
-    links = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.StructArray.from_arrays(
-            [pa.array(v, pa.string()) for v in (flat[0::4], hrefs, flat[2::4], flat[3::4])],
-            fields=list(LINK_TYPE),
-        ),
-    )
+    links = _links(cols[9], base)
     arrays: list[pa.Array] = [
         pa.array(["Feature"] * n, pa.string()),
         pa.array([stac_version_for(extensions)] * n, pa.string()),

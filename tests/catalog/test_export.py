@@ -127,6 +127,30 @@ def test_stac_geoparquet_columns_and_metadata(db_settings: DatabaseSettings, exp
     assert row["bbox"]["xmin"] == row["bbox"]["xmax"]
 
 
+def test_links_drop_generated_rels_and_make_hrefs_absolute(
+    db_settings: DatabaseSettings, exported: str
+) -> None:
+    links = [
+        {"rel": "self", "href": "/collections/exp/items/item-05"},
+        {"rel": "derived_from", "href": "/data/scene one.tif", "type": "image/tiff"},
+        {"rel": "via", "href": "s3://bucket/scene.tif", "title": "source"},
+        {"rel": "related", "href": "/collections/exp/items/item-01"},
+    ]
+    with connect(db_settings) as c:
+        c.execute("update items set links = %s::jsonb where id = 'item-05'", (json.dumps(links),))
+        c.commit()
+    data = _export(db_settings, ExportRequest(exported, base_url="http://x.test/"))
+    rows = {r["id"]: r["links"] for r in pq.read_table(io.BytesIO(data)).to_pylist()}
+    assert rows["item-05"] == [
+        {"rel": "derived_from", "href": "file:///data/scene%20one.tif", "type": "image/tiff",
+         "title": None},
+        {"rel": "via", "href": "s3://bucket/scene.tif", "type": None, "title": "source"},
+        {"rel": "related", "href": "http://x.test/collections/exp/items/item-01", "type": None,
+         "title": None},
+    ]  # fmt: skip
+    assert rows["item-04"] == []
+
+
 def test_filters_select_rows(db_settings: DatabaseSettings, exported: str) -> None:
     q = SearchQuery(ids=["item-05", "item-07", "item-09"], datetime="2024-01-01T06:00:00Z/..")
     table = pq.read_table(io.BytesIO(_export(db_settings, ExportRequest(exported, query=q))))
