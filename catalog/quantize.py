@@ -160,8 +160,11 @@ def quantize(values: np.ndarray, dtype: str, quant: Quantization | None = None) 
         raise InvalidInput("int8 needs a quantization with per-dimension scale and offset")
     scale = np.asarray(quant.scale, dtype=np.float32)
     offset = np.asarray(quant.offset, dtype=np.float32)
-    q = np.rint((values - offset) / scale)
-    return np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    q = values - offset  # one temporary; the rest in place
+    np.divide(q, scale, out=q)
+    np.rint(q, out=q)
+    np.clip(q, -INT8_LEVELS, INT8_LEVELS, out=q)
+    return q.astype(np.int8)
 
 
 def dequantize(
