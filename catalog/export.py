@@ -925,18 +925,25 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
 
 
 class _Sink:
-    """A write-only file object whose bytes are taken out after each row group."""
+    """A write-only file object whose bytes are taken out after each row group, or handed
+    to ``emit`` as the writer produces them (a file: no row group's bytes held)."""
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[bytes], None] | None = None) -> None:
         self.chunks: list[bytes] = []
         self.closed = False
         self.position = 0
+        self.emit = emit
 
     def write(self, data: bytes) -> int:
-        b = bytes(data)
-        self.chunks.append(b)
-        self.position += len(b)
-        return len(b)
+        if self.emit is not None:
+            self.emit(data)
+            size = len(memoryview(data))
+        else:
+            b = bytes(data)
+            self.chunks.append(b)
+            size = len(b)
+        self.position += size
+        return size
 
     def tell(self) -> int:
         return self.position
@@ -1018,17 +1025,29 @@ class _Reader(threading.Thread):
     gathered into row groups of about ``row_group_bytes``, ahead of the writer.
 
     It reads row group k+1 while the caller's thread encodes row group k as Parquet
-    (pyarrow and the socket reads release the GIL). One finished group waits in the queue
-    at most, so memory stays bounded by a few row groups, whatever the result size.
-    ``groups()`` yields ``(batches, last id)``.
+    (pyarrow and the socket reads release the GIL). A group is started only when one of
+    two slots is free (``done()`` frees the slot of a group once it is written), so at most
+    two row groups are in memory, whatever the result size. ``groups()`` yields
+    ``(batches, last id)``.
     """
 
-    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 1) -> None:
+    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 2) -> None:
         super().__init__(name="embcat-export-reader", daemon=True)
         self.conn, self.plan = conn, plan
-        self.out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.out: queue.Queue[Any] = queue.Queue()
+        self.slots = threading.Semaphore(depth)
         self.stop = threading.Event()
         self.error: BaseException | None = None
+
+    def _slot(self) -> bool:
+        while not self.stop.is_set():
+            if self.slots.acquire(timeout=0.2):
+                return True
+        return False
+
+    def done(self) -> None:
+        """The consumer has written a group: its slot is free."""
+        self.slots.release()
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -1046,6 +1065,7 @@ class _Reader(threading.Thread):
         group: list[pa.RecordBatch] = []
         nbytes = 0
         try:
+            self._slot()
             with self.conn.cursor().copy(query) as copy:
                 copy.set_types(types)
                 rows: list[tuple[Any, ...]] = []
@@ -1064,6 +1084,7 @@ class _Reader(threading.Thread):
                         if nbytes >= limit:
                             self._put((group, last))
                             group, nbytes = [], 0
+                            self._slot()
                 if rows:
                     group.append(_batch_table(self.plan, rows))
                     last = rows[-1][0]
@@ -1098,15 +1119,18 @@ def stream_export(
     conn: psycopg.Connection,
     plan: ExportPlan,
     on_batch: Callable[[int, int, str], None] | None = None,
+    emit: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
-    """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``).
+    """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``);
+    with ``emit``, the bytes go to ``emit`` as they are encoded and nothing is yielded but
+    empty chunks (so no row group's encoded bytes are held).
 
     Runs a read-only REPEATABLE READ transaction on ``conn`` for the whole stream, so the
     rows and the planned schema come from one snapshot bounded by ``plan.as_of``. Record
     batches of ``batch_size`` rows are gathered into row groups of about
     ``row_group_bytes`` (Arrow in-memory size: the vectors' size in the file).
     """
-    sink = _Sink()
+    sink = _Sink(emit)
     writer = _writer(sink, plan.schema, plan.request.dtype)
     with translated():
         conn.rollback()
@@ -1117,12 +1141,15 @@ def stream_export(
         reader.start()
         try:
             for group, last_id in reader.groups():
-                yield from _flush(writer, sink, group, last_id, on_batch)
+                chunks = _flush(writer, sink, group, last_id, on_batch)
+                reader.done()
+                yield from chunks
             reader.join()
+            start = sink.position
             writer.close()
             tail = sink.take()
             if on_batch is not None:
-                on_batch(0, len(tail), "")
+                on_batch(0, sink.position - start, "")
             yield tail
         finally:
             reader.cancel()
@@ -1140,11 +1167,12 @@ def _flush(
     table = pa.Table.from_batches(group)
     rows = table.num_rows
     group.clear()  # the batches go with the table once it is written
+    start = sink.position
     writer.write_table(table, row_group_size=max(rows, 1))
     del table
     chunks = sink.take_chunks()  # as written: no second copy of the row group
     if on_batch is not None:
-        on_batch(rows, sum(map(len, chunks)), last_id)
+        on_batch(rows, sink.position - start, last_id)
     return chunks
 
 
@@ -1166,7 +1194,9 @@ def export_to_file(
         if progress is not None:
             progress(rows, nbytes)
 
-    total, hexdigest = _write_with_checksum(path, stream_export(conn, plan, seen))
+    total, hexdigest = _write_with_checksum(
+        path, lambda emit: stream_export(conn, plan, seen, emit=emit)
+    )
     return ExportSummary(
         rows=plan.rows,
         bytes=total,
@@ -1178,18 +1208,27 @@ def export_to_file(
     )
 
 
-def _write_with_checksum(path: Path, chunks: Iterator[bytes]) -> tuple[int, str]:
-    """Write ``chunks`` to ``path`` atomically (a ``.part`` file renamed when complete) and
-    the SHA-256 beside it; returns the bytes written and the hex digest."""
+def _write_with_checksum(
+    path: Path, produce: Callable[[Callable[[bytes], None]], Iterator[bytes]]
+) -> tuple[int, str]:
+    """Write what ``produce(emit)`` emits and yields to ``path`` atomically (a ``.part``
+    file renamed when complete) and the SHA-256 beside it; returns the bytes written and
+    the hex digest."""
     tmp = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
     total = 0
     try:
         with open(tmp, "wb") as fh:
-            for chunk in chunks:
+
+            def emit(chunk: bytes) -> None:
+                nonlocal total
                 fh.write(chunk)
                 digest.update(chunk)
-                total += len(chunk)
+                total += len(memoryview(chunk))
+
+            for chunk in produce(emit):
+                if chunk:
+                    emit(chunk)
         write_checksum(path, digest.hexdigest())
         tmp.replace(path)
     finally:
@@ -1260,7 +1299,7 @@ def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
         reader = _Reader(conn, plan)
         reader.start()
         try:
-            for batch in (b for group, _last in reader.groups() for b in group):
+            for batch in _batches_of(reader):
                 values = values_of(batch.column("embedding"), "float32", dims)
                 table = pa.Table.from_arrays(
                     [batch.column("id"), *(pa.array(values[:, k]) for k in range(dims))],
@@ -1275,11 +1314,18 @@ def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
             conn.rollback()
 
 
+def _batches_of(reader: _Reader) -> Iterator[pa.RecordBatch]:
+    for group, _last in reader.groups():
+        yield from group
+        group.clear()
+        reader.done()
+
+
 def export_csv_to_file(conn: psycopg.Connection, req: ExportRequest, path: Path) -> ExportSummary:
     """Write the NeuCo-Bench CSV to ``path`` (atomically) with ``<path>.sha256`` beside it."""
     started = time.perf_counter()
     plan = plan_export(conn, csv_request(req))
-    total, hexdigest = _write_with_checksum(path, stream_csv(conn, plan))
+    total, hexdigest = _write_with_checksum(path, lambda _emit: stream_csv(conn, plan))
     return ExportSummary(
         rows=plan.rows,
         bytes=total,

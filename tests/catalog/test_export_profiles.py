@@ -161,6 +161,28 @@ def test_row_groups_are_cut_by_size(db_settings: DatabaseSettings, cid: str) -> 
     assert default.metadata.num_row_groups == 1
 
 
+def test_a_file_has_the_bytes_of_the_stream(
+    db_settings: DatabaseSettings, cid: str, tmp_path: Path
+) -> None:
+    """The file path hands the encoded bytes on as they are written; same bytes, any number
+    of row groups."""
+    req = ExportRequest(cid, batch_size=4, row_group_bytes=200, as_of=None)
+    with connect(db_settings) as c:
+        plan = plan_export(c, req)
+        streamed = b"".join(stream_export(c, plan))
+        req.as_of = plan.as_of
+        summary = export_to_file(c, req, tmp_path / "x.parquet")
+    assert (tmp_path / "x.parquet").read_bytes() == streamed and summary.bytes == len(streamed)
+
+
+def test_neuco_csv_of_many_row_groups_has_every_row(
+    db_settings: DatabaseSettings, cid: str, tmp_path: Path
+) -> None:
+    with connect(db_settings) as c:
+        export_csv_to_file(c, ExportRequest(cid, batch_size=3, row_group_bytes=100), tmp_path / "x")
+    assert pacsv.read_csv(tmp_path / "x")["id"].to_pylist() == [f"item-{k:02d}" for k in range(N)]
+
+
 def test_sha256_is_written_beside_the_file(
     db_settings: DatabaseSettings, cid: str, tmp_path: Path
 ) -> None:
