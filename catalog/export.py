@@ -39,7 +39,9 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1064,6 +1066,25 @@ class _Reader(threading.Thread):
         query, types = _copy_query(self.plan)
         group: list[pa.RecordBatch] = []
         nbytes = 0
+        last = ""
+        # Arrow batches are built on a second thread while this one reads (and psycopg
+        # parses) the next rows: the COPY's waits for the server overlap the building.
+        pending: deque[tuple[Future[pa.RecordBatch], str]] = deque()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="embcat-export-build")
+
+        def settle(keep: int) -> None:
+            """Take built batches in order, leaving at most ``keep`` still being built."""
+            nonlocal group, nbytes, last
+            while len(pending) > keep:
+                future, last = pending.popleft()
+                batch = future.result()
+                group.append(batch)
+                nbytes += batch.nbytes
+                if nbytes >= limit:
+                    self._put((group, last))
+                    group, nbytes = [], 0
+                    self._slot()
+
         try:
             self._slot()
             with self.conn.cursor().copy(query) as copy:
@@ -1076,24 +1097,20 @@ class _Reader(threading.Thread):
                         continue
                     rows.append(row)
                     if len(rows) >= size:
-                        batch = _batch_table(self.plan, rows)
-                        group.append(batch)
-                        nbytes += batch.nbytes
-                        last = rows[-1][0]
+                        pending.append((pool.submit(_batch_table, self.plan, rows), rows[-1][0]))
                         rows = []
-                        if nbytes >= limit:
-                            self._put((group, last))
-                            group, nbytes = [], 0
-                            self._slot()
-                if rows:
-                    group.append(_batch_table(self.plan, rows))
-                    last = rows[-1][0]
+                        settle(1)
+                if rows and not self.stop.is_set():
+                    pending.append((pool.submit(_batch_table, self.plan, rows), rows[-1][0]))
+            if not self.stop.is_set():
+                settle(0)
                 if group:
                     self._put((group, last))
         except BaseException as exc:  # handed to the consuming thread
             if not self.stop.is_set():
                 self.error = exc
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             if not self.stop.is_set():
                 self._put(_DONE)
 
