@@ -71,7 +71,8 @@ def test_embeddings_metadata_says_how_to_decode_the_vector_column(
 ) -> None:
     req = ExportRequest(cid, dtype=dtype, columns="minimal", vector_layout=layout)
     table = pq.read_table(io.BytesIO(_export(db_settings, req))).sort_by("id")
-    enc = json.loads(table.schema.metadata[b"embeddings"])["encoding"]
+    emb = json.loads(table.schema.metadata[b"embeddings"])
+    enc = emb["encoding"]
     values = table["embedding"].to_pylist()  # what any reader gets: bytes, or lists
     if enc["layout"] == "fixed_size_binary":
         assert {len(v) for v in values} == {enc["byte_width"]}
@@ -80,8 +81,13 @@ def test_embeddings_metadata_says_how_to_decode_the_vector_column(
         back = np.asarray(values, dtype=enc["value_dtype"])
     assert enc["layout"] == {"bytes": "fixed_size_binary", "list": "fixed_size_list"}[layout]
     assert back.reshape(N, enc["values_per_row"]).shape == (N, DIMS)
-    if dtype != "int8":
-        assert np.array_equal(back.reshape(N, DIMS), vectors.astype(np.float16).astype(dtype))
+    stored = vectors.astype(np.float16).astype(np.float32)
+    if dtype == "int8":
+        q = emb["quantization"]
+        x = back.reshape(N, DIMS) * np.asarray(q["scale"]) + q["offset"]
+        assert np.all(np.abs(x - stored) <= np.asarray(q["scale"]) / 2 + 1e-5)
+    else:
+        assert np.array_equal(back.reshape(N, DIMS), stored.astype(dtype))
 
 
 def test_binary_vectors_are_packed_bytes_in_either_layout(
