@@ -1067,10 +1067,20 @@ class _Reader(threading.Thread):
         group: list[pa.RecordBatch] = []
         nbytes = 0
         last = ""
-        # Arrow batches are built on a second thread while this one reads (and psycopg
-        # parses) the next rows: the COPY's waits for the server overlap the building.
+        # Full-profile batches (links, JSON kinds, assets) are built on a second thread
+        # while this one reads (and psycopg parses) the next rows: the COPY's waits for the
+        # server overlap the building. Minimal batches are too cheap to pay the hand-over.
         pending: deque[tuple[Future[pa.RecordBatch], str]] = deque()
-        pool = ThreadPoolExecutor(1, thread_name_prefix="embcat-export-build")
+        pool = None
+        if self.plan.request.columns == "full":
+            pool = ThreadPoolExecutor(1, thread_name_prefix="embcat-export-build")
+
+        def build(rows: list[tuple[Any, ...]]) -> Future[pa.RecordBatch]:
+            if pool is not None:
+                return pool.submit(_batch_table, self.plan, rows)
+            done: Future[pa.RecordBatch] = Future()
+            done.set_result(_batch_table(self.plan, rows))
+            return done
 
         def settle(keep: int) -> None:
             """Take built batches in order, leaving at most ``keep`` still being built."""
@@ -1097,11 +1107,11 @@ class _Reader(threading.Thread):
                         continue
                     rows.append(row)
                     if len(rows) >= size:
-                        pending.append((pool.submit(_batch_table, self.plan, rows), rows[-1][0]))
+                        pending.append((build(rows), rows[-1][0]))
                         rows = []
                         settle(1)
                 if rows and not self.stop.is_set():
-                    pending.append((pool.submit(_batch_table, self.plan, rows), rows[-1][0]))
+                    pending.append((build(rows), rows[-1][0]))
             if not self.stop.is_set():
                 settle(0)
                 if group:
@@ -1110,7 +1120,8 @@ class _Reader(threading.Thread):
             if not self.stop.is_set():
                 self.error = exc
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if not self.stop.is_set():
                 self._put(_DONE)
 
