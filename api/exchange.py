@@ -8,6 +8,7 @@
 - ``GET|POST /collections/{cid}/export``: a STAC search as stac-geoparquet with vectors,
   streamed row group by row group (catalog.export); resumable with ``after`` + ``as_of``;
   ``columns=minimal`` for the vectors only, ``format=neuco-csv`` for NeuCo-Bench's CSV.
+  ``vector_layout=bytes`` (default: fixed_size_binary vectors) or ``list`` (fixed_size_list).
   A part (``limit``) or ``checksum=sha256`` is built before it is sent, so that its SHA-256
   goes in the headers (``Embcat-Sha256``, ``Repr-Digest``) with its ``Content-Length``.
 - ``GET /collections/{cid}/changes?since=&limit=``: the change feed (catalog.changes).
@@ -47,7 +48,7 @@ from catalog.export import (
     stream_csv,
     stream_export,
 )
-from catalog.quantize import DTYPES
+from catalog.quantize import DTYPES, LAYOUTS
 from catalog.search import SearchQuery
 from catalog.spaces import collection_space
 from catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
@@ -70,6 +71,7 @@ def capabilities() -> dict[str, Any]:
             "dtypes": list(DTYPES),
             "media_type": PARQUET_MEDIA_TYPE,
             "columns": ["full", "minimal"],
+            "vector_layouts": list(LAYOUTS),
             "formats": list(EXPORT_FORMATS),
             "checksum": "sha256",
         },
@@ -158,7 +160,7 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     known = {
         "dtype", "bbox", "intersects", "datetime", "filter", "filter-lang", "filter_lang",
         "ids", "query", "q", "limit", "after", "as_of", "batch_size",
-        "columns", "order", "format", "checksum",
+        "columns", "order", "format", "checksum", "vector_layout",
     }  # fmt: skip
     unknown = sorted(set(params) - known)
     if unknown:
@@ -188,7 +190,7 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     after = params.get("after")
     if after is not None and not isinstance(after, str):
         raise InvalidInput("after must be the id of the last item received (a string)")
-    for name in ("dtype", "datetime", "q"):
+    for name in ("dtype", "datetime", "q", "vector_layout"):
         value = params.get(name)
         if (
             value is not None
@@ -239,6 +241,7 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
         base_url=base,
         columns=str(params.get("columns") or "full"),
         order=params.get("order") or None,
+        vector_layout=str(params.get("vector_layout") or "bytes"),
     )
 
 
@@ -386,6 +389,7 @@ def _stream(
         "Embcat-Dtype": req.dtype,
         "Embcat-Columns": req.columns,
         "Embcat-Order": req.resolved_order(),
+        "Embcat-Vector-Layout": req.vector_layout,
     }
     media = CSV_MEDIA_TYPE if fmt == "neuco-csv" else PARQUET_MEDIA_TYPE
     if checksum or req.limit is not None:

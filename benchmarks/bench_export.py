@@ -6,7 +6,10 @@ mirror between two catalogues over a loopback API server (load phase and index p
 apart) next to ``embcat publish`` of the same rows.
 
     nice -n 10 .venv/bin/python benchmarks/bench_export.py [--n 100000] [--dims 768]
-        [--skip-mirror] [--out benchmarks/results/bench_export.json]
+        [--profiles full:float16,full:float16:list,...] [--skip-mirror] [--skip-csv]
+        [--out benchmarks/results/bench_export.json]
+
+A profile is ``columns:dtype[:vector_layout]`` (layout ``bytes``, the default, or ``list``).
 
 The rows are a publish run from ``tests/shardgen.py`` (the items ``embcat publish``
 writes), published into a throwaway database cloned from the template. Each export and
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
@@ -40,15 +44,18 @@ from conftest import create_database, drop_database  # noqa: E402
 
 CID = "bench-export"
 PROFILES = [
-    ("full", "float32"),
-    ("full", "float16"),
-    ("full", "int8"),
-    ("full", "binary"),
-    ("minimal", "float32"),
-    ("minimal", "float16"),
-    ("minimal", "int8"),
-    ("minimal", "binary"),
+    "full:float32",
+    "full:float16",
+    "full:float16:list",
+    "full:int8",
+    "full:binary",
+    "minimal:float32",
+    "minimal:float16",
+    "minimal:float16:list",
+    "minimal:int8",
+    "minimal:binary",
 ]
+PAYLOAD = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1 / 8}  # bytes per dim
 
 
 def rss_mb() -> float:
@@ -78,11 +85,11 @@ def _child_publish(url: str, run: str, queue: Any) -> None:
     queue.put({"seconds": res.elapsed_s, "rss_mb": rss_mb()})
 
 
-def _child_export(url: str, columns: str, dtype: str, path: str, queue: Any) -> None:
+def _child_export(url: str, columns: str, dtype: str, layout: str, path: str, queue: Any) -> None:
     from catalog.db import connect
     from catalog.export import ExportRequest, export_to_file
 
-    req = ExportRequest(CID, dtype=dtype, columns=columns, batch_size=4096)
+    req = ExportRequest(CID, dtype=dtype, columns=columns, batch_size=4096, vector_layout=layout)
     with connect(DatabaseSettings(database_url=url)) as conn:
         s = export_to_file(conn, req, Path(path))
     Path(path).unlink()
@@ -99,7 +106,7 @@ def _child_csv(url: str, path: str, queue: Any) -> None:
     queue.put({"seconds": s.seconds, "bytes": s.bytes, "rows": s.rows, "rss_mb": rss_mb()})
 
 
-def _child_limits(url: str, dims: int, path: str, queue: Any) -> None:
+def _child_limits(url: str, dims: int, path: str, npy: bool, queue: Any) -> None:
     """Binary COPY out of the same rows (bytes counted, not kept), then .npy writes."""
     import psycopg
 
@@ -116,6 +123,9 @@ def _child_limits(url: str, dims: int, path: str, queue: Any) -> None:
             for chunk in cp:
                 nbytes += len(chunk)
         out["copy"] = {"seconds": time.perf_counter() - t, "bytes": nbytes}
+        if not npy:
+            queue.put(out)
+            return
         # the vectors for the .npy limit (read as halfvec binary, not timed)
         raw = bytearray()
         with c.cursor().copy(
@@ -126,8 +136,8 @@ def _child_limits(url: str, dims: int, path: str, queue: Any) -> None:
             for (v,) in cp.rows():
                 raw += v
     rec = np.dtype([("h", ">u4"), ("v", ">f2", (dims,))])
-    half = np.frombuffer(bytes(raw), rec)["v"].astype("<f2")
-    del raw
+    half = np.frombuffer(raw, rec)["v"].astype("<f2")
+    del raw  # (no copy of the COPY bytes: frombuffer reads the bytearray in place)
     for dtype, arr in (("float16", half), ("float32", half.astype(np.float32))):
         t = time.perf_counter()
         np.save(path, arr)
@@ -171,8 +181,8 @@ def main() -> None:
     ap.add_argument("--skip-csv", action="store_true")
     ap.add_argument(
         "--profiles",
-        default=",".join(f"{c}:{d}" for c, d in PROFILES),
-        help="comma-separated columns:dtype pairs (default: all eight)",
+        default=",".join(PROFILES),
+        help="comma-separated columns:dtype[:layout] (default: all ten)",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_export.json")
     args = ap.parse_args()
@@ -193,18 +203,26 @@ def main() -> None:
         pub["rows_s"] = n / pub["seconds"]
         shutil.rmtree(work / "run", ignore_errors=True)
         save()
-        lim = in_child(_child_limits, a_url, dims, str(work / "limit.npy"))
+        lim = in_child(_child_limits, a_url, dims, str(work / "limit.npy"), True)
         results["limits"] = lim
         for what, key in (("binary COPY out (limit)", "copy"),
                           ("float32 .npy (limit)", "npy_float32"),
                           ("float16 .npy (limit)", "npy_float16")):  # fmt: skip
-            results["exports"].append({"what": what, **lim[key], "rss_mb": None})
+            results["exports"].append(
+                {"what": what, **lim[key], "rss_mb": None, "load_avg": os.getloadavg()[0]}
+            )
         save()
-        for pair in args.profiles.split(","):
-            columns, dtype = pair.split(":")
-            e = in_child(_child_export, a_url, columns, dtype, str(work / "x.parquet"))
-            results["exports"].append({"what": f"export {columns} {dtype}", **e})
+        for spec in args.profiles.split(","):
+            columns, dtype, *rest = spec.split(":")
+            layout = rest[0] if rest else "bytes"
+            e = in_child(_child_export, a_url, columns, dtype, layout, str(work / "x.parquet"))
+            what = f"export {columns} {dtype}" + (" (list)" if layout == "list" else "")
+            e["payload_x"] = round(e["bytes"] / n / (PAYLOAD[dtype] * dims), 3)
+            results["exports"].append({"what": what, "load_avg": os.getloadavg()[0], **e})
             save()
+        again = in_child(_child_limits, a_url, dims, str(work / "limit.npy"), False)["copy"]
+        results["exports"].append({"what": "binary COPY out (limit, again)", **again,
+                                   "rss_mb": None, "load_avg": os.getloadavg()[0]})  # fmt: skip
         if not args.skip_csv:
             e = in_child(_child_csv, a_url, str(work / "x.csv"))
             results["exports"].append({"what": "export NeuCo-Bench CSV", **e})
@@ -228,13 +246,15 @@ def main() -> None:
             drop_database(b_url)
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nExport {n} x {dims} (halfvec storage, publish-style items), one run")
-    print(f"{'what':<28} {'MB':>8} {'s':>7} {'MB/s':>7} {'emb/s':>9} {'B/emb':>8} "
-          f"{'xCOPY':>6} {'RSS MB':>7}")  # fmt: skip
+    print(f"{'what':<32} {'MB':>8} {'s':>7} {'MB/s':>7} {'emb/s':>9} {'B/emb':>8} "
+          f"{'xpay':>6} {'xCOPY':>6} {'RSS MB':>7} {'load':>5}")  # fmt: skip
     for e in results["exports"]:
         rss = f"{e['rss_mb']:.0f}" if e.get("rss_mb") else ""
-        print(f"{e['what']:<28} {e['bytes'] / 1e6:>8.1f} {e['seconds']:>7.2f} {e['MB_s']:>7.1f}"
-              f" {e['emb_s']:>9} {e['bytes_per_embedding']:>8} {e['vs_copy_out']:>6.2f}"
-              f" {rss:>7}")  # fmt: skip
+        pay = f"{e['payload_x']:.3f}" if e.get("payload_x") else ""
+        load = f"{e['load_avg']:.1f}" if e.get("load_avg") else ""
+        print(f"{e['what']:<32} {e['bytes'] / 1e6:>8.1f} {e['seconds']:>7.2f} {e['MB_s']:>7.1f}"
+              f" {e['emb_s']:>9} {e['bytes_per_embedding']:>8} {pay:>6} {e['vs_copy_out']:>6.2f}"
+              f" {rss:>7} {load:>5}")  # fmt: skip
     p = results["publish"]
     print(f"publish (index deferred): {p['seconds']:.1f} s, {p['rows_s']:.0f} rows/s")
     m = results["mirror"]

@@ -18,8 +18,10 @@ order (PostGIS's own geometry sort order, ties by id) unless the request pages w
   ``start_datetime``, ``end_datetime`` (timestamp[us, UTC]) and one top-level column per
   property (typed from the values in the result: string, int64, float64, bool,
   list<string>, or JSON text for objects and mixed types);
-- ``embedding``: ``fixed_size_list<float32|float16|int8>[D]`` or, for binary,
-  ``fixed_size_binary[ceil(D/8)]``;
+- ``embedding``: ``fixed_size_binary[W]`` holding the D values of the dtype little-endian
+  (``vector_layout=bytes``, the default; W = 4D, 2D, D or ceil(D/8) bytes) or
+  ``fixed_size_list<float32|float16|int8>[D]`` (``vector_layout=list``; binary stays
+  ``fixed_size_binary[ceil(D/8)]``); the ``embeddings`` metadata says how to decode;
 - key-value metadata ``geo``, ``stac-geoparquet`` (version + the collection JSON),
   ``embeddings`` (model, dimensions, dtype, quantisation and how to de-quantise, source)
   and ``embcat`` (space, dtype, query, ``as_of``, ``emb:quantization``, column map).
@@ -37,7 +39,9 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -55,12 +60,16 @@ from catalog.changes import safe_high_water
 from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
 from catalog.quantize import (
     BINARY_QUANTIZATION,
+    NUMPY_DTYPES,
     Quantization,
     RangeStats,
+    array_of,
     arrow_type,
     check_dtype,
+    check_layout,
     int8_quantization,
-    to_arrow,
+    quantize,
+    values_of,
 )
 from catalog.search import SearchQuery, where_clause
 from catalog.spaces import Space, get_space
@@ -134,6 +143,7 @@ class ExportRequest:
     columns: str = "full"
     order: str | None = None  # None: hilbert for a whole export, id when paging
     row_group_bytes: int = ROW_GROUP_BYTES
+    vector_layout: str = "bytes"  # catalog.quantize.LAYOUTS
 
     def resolved_order(self) -> str:
         if self.order is not None:
@@ -154,6 +164,7 @@ class ExportRequest:
             out["limit"] = self.limit
         out["columns"] = self.columns
         out["order"] = self.resolved_order()
+        out["vector_layout"] = self.vector_layout
         return out
 
 
@@ -359,11 +370,16 @@ def _resolve_as_of(conn: psycopg.Connection, collection_id: str, requested: int 
     return requested
 
 
+_COPY_HEADER = 19  # binary COPY: signature (11 bytes), flags (4), header extension length (4)
+
+
 def _vector_batches(
     conn: psycopg.Connection, space: Space, where: sql.Composable, batch_size: int
 ) -> Iterator[np.ndarray]:
-    """Only the vectors (for the int8 statistics pass), through one binary COPY; the rows
-    come one bytea each and are decoded ``batch_size`` at a time."""
+    """Only the vectors (for the int8 statistics pass), through one binary COPY. Every row
+    is the same size (one field: its length, pgvector's 4-byte header, D values), so the
+    raw stream is read as a numpy record array, ``batch_size`` rows or more at a time,
+    without a Python object per row."""
     template = sql.SQL(
         "COPY (SELECT {send}(e.{col}) FROM {src} WHERE {w}) TO STDOUT (FORMAT BINARY)"
     )
@@ -373,16 +389,42 @@ def _vector_batches(
         src=_from(space),
         w=where,
     )
+    width = 2 if space.storage == "halfvec" else 4
+    record = np.dtype(
+        [
+            ("fields", ">i2"),
+            ("size", ">i4"),
+            ("hdr", ">u4"),
+            ("v", f">f{width}", (space.dimensions,)),
+        ]
+    )
+    size = 4 + width * space.dimensions
+    buf = bytearray()
+    skip = _COPY_HEADER
+
+    def take(rows: int) -> np.ndarray:
+        block = bytes(buf[: rows * record.itemsize])
+        del buf[: rows * record.itemsize]
+        arr = np.frombuffer(block, dtype=record)
+        if np.any(arr["fields"] != 1) or np.any(arr["size"] != size):
+            raise RuntimeError("unexpected row in the binary COPY of the vectors")
+        return arr["v"].astype(np.float32)
+
     with conn.cursor().copy(query) as copy:
-        copy.set_types(["bytea"])
-        raw: list[bytes] = []
-        for (value,) in copy.rows():
-            raw.append(value)
-            if len(raw) >= batch_size:
-                yield _decode_vectors(raw, space)
-                raw = []
-        if raw:
-            yield _decode_vectors(raw, space)
+        for chunk in copy:
+            buf += chunk
+            if skip:
+                cut = min(skip, len(buf))
+                del buf[:cut]
+                skip -= cut
+            rows = len(buf) // record.itemsize
+            if rows >= batch_size:
+                yield take(rows)
+    rows = len(buf) // record.itemsize
+    if rows:
+        yield take(rows)
+    if bytes(buf) not in (b"", b"\xff\xff"):  # what is left is the trailer (-1 as int16)
+        raise RuntimeError("the binary COPY of the vectors ended mid-row")
 
 
 def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
@@ -400,6 +442,7 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         raise InvalidInput(
             "after and limit page an export in id order; use order=id (or leave order out)"
         )
+    check_layout(req.vector_layout)
     if req.row_group_bytes < 1:
         raise InvalidInput(f"row_group_bytes must be >= 1, got {req.row_group_bytes}")
     with translated():
@@ -472,7 +515,7 @@ def _embedding_field(plan: ExportPlan) -> pa.Field:
         emb_meta[b"emb:quantization"] = json.dumps(plan.quantization.as_stac()).encode()
     return pa.field(
         "embedding",
-        arrow_type(plan.request.dtype, plan.space.dimensions),
+        arrow_type(plan.request.dtype, plan.space.dimensions, plan.request.vector_layout),
         nullable=False,
         metadata=emb_meta or None,
     )
@@ -534,8 +577,27 @@ def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, 
         dequantize = "x = q * scale[d] + offset[d] (per dimension d); error <= scale[d] / 2"
     else:
         dequantize = "bit d of the packed bytes, most significant bit first: 1 -> +1.0, 0 -> -1.0"
+    dims, np_dtype = space.dimensions, NUMPY_DTYPES[req.dtype]
+    per_row = -(-dims // 8) if req.dtype == "binary" else dims
+    if req.dtype == "binary" or req.vector_layout == "bytes":
+        layout = {
+            "layout": "fixed_size_binary",
+            "byte_width": per_row * np.dtype(np_dtype).itemsize,
+            "value_dtype": np_dtype,  # numpy type string: little-endian where it matters
+            "values_per_row": per_row,
+            "decode": f"numpy.frombuffer(b''.join(column), '{np_dtype}').reshape(-1, {per_row})"
+            f" (pyarrow: numpy.frombuffer(array.buffers()[1], '{np_dtype}'))",
+        }
+    else:
+        layout = {
+            "layout": "fixed_size_list",
+            "value_dtype": np_dtype,
+            "values_per_row": per_row,
+            "decode": f"numpy.asarray(array.flatten()).reshape(-1, {per_row})",
+        }
     return {
         "column": "embedding",
+        "encoding": layout,
         "model": {
             "name": space.encoder_name,
             "version": space.encoder_version,
@@ -592,6 +654,7 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
             "normalized": space.normalized,
         },
         "dtype": req.dtype,
+        "vector_layout": req.vector_layout,
         "emb:quantization": plan.quantization.as_stac() if plan.quantization else None,
         "query": req.describe(),
         "as_of": plan.as_of,
@@ -625,22 +688,16 @@ def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
 def _embedding_array(raw: Any, plan: ExportPlan) -> pa.Array:
     """The ``embedding`` column from pgvector binary values. Where the dtype is the stored
     one (float16 of a halfvec space, float32 of a vector space) the values are only
-    byte-swapped, not converted."""
-    space, dtype = plan.space, plan.request.dtype
+    byte-swapped, not converted; the column then shares the swapped array's memory."""
+    space, dtype, layout = plan.space, plan.request.dtype, plan.request.vector_layout
     stored = "float16" if space.storage == "halfvec" else "float32"
     if dtype != stored:
-        return to_arrow(_decode_vectors(list(raw), space), dtype, plan.quantization)
+        data = quantize(_decode_vectors(list(raw), space), dtype, plan.quantization)
+        return array_of(data, dtype, space.dimensions, layout)
     width = 2 if stored == "float16" else 4
     record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
     values = np.frombuffer(b"".join(raw), dtype=record)["v"].astype(f"<f{width}")
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), space.dimensions)
-
-
-def _abs(href: Any, base: str | None) -> Any:
-    """Root-relative hrefs of what the API serves made absolute (as catalog.stac does)."""
-    if base and isinstance(href, str) and href.startswith(SERVED_PREFIXES):
-        return base + href
-    return href
+    return array_of(values, dtype, space.dimensions, layout)
 
 
 def _json_text(value: Any) -> Any:
@@ -703,10 +760,11 @@ def _select(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
             + ", "
             + ", ".join(epoch.format(c) for c in DATETIME_COLUMNS)
         ),
-        sql.SQL("i.links::text"),
+        # one JSON object per row for pyarrow's JSON reader (bytes: no str per row)
+        sql.SQL("""'{"l":' || i.links::text || '}'"""),
         _vector_bytes(plan),
     ]
-    types += ["text", "bytea"]
+    types += ["bytea", "bytea"]
     props = sql.SQL("i.properties")
     for name, _column, kind in plan.properties:
         cols.append(_extract(props, name, kind))
@@ -725,17 +783,82 @@ def _select(plan: ExportPlan) -> tuple[sql.Composable, list[str]]:
     return sql.SQL("SELECT ") + sql.SQL(", ").join(cols), types
 
 
+_LINKS_SCHEMA = pa.schema([("l", pa.list_(LINK_TYPE))])
+_URI = r"^[A-Za-z][A-Za-z0-9+.-]*:"  # what catalog.stac.source_uri leaves as it is
+_DRIVE = r"^[A-Za-z]:[\\/]"
+
+
+def _served(href: pa.Array) -> pa.Array:
+    out = pa.array(np.zeros(len(href), bool))
+    for prefix in SERVED_PREFIXES:
+        out = pc.or_(out, pc.fill_null(pc.starts_with(href, prefix), False))
+    return out
+
+
+def _abs_array(href: pa.Array, base: str | None) -> pa.Array:
+    """Root-relative hrefs of what the API serves made absolute (as catalog.stac does)."""
+    if not base:
+        return href
+    return pc.if_else(_served(href), pc.binary_join_element_wise(base, href, ""), href)
+
+
+def _links(texts: Any, base: str | None) -> pa.Array:
+    """The ``links`` column from ``{"l": [links]}`` JSON lines, parsed by pyarrow's JSON
+    reader (C++), generated rels dropped and hrefs made absolute column-wise; only a source
+    path stored before migration 0013 (no URI yet) goes through Python."""
+    n = len(texts)
+    block = max(1 << 20, 2 * max(map(len, texts), default=0) + 2)
+    table = pajson.read_json(
+        pa.BufferReader(b"\n".join(texts)),
+        read_options=pajson.ReadOptions(block_size=block),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=_LINKS_SCHEMA, unexpected_field_behavior="ignore"
+        ),
+    )
+    lists = table.column("l").combine_chunks()
+    flat, parents = lists.flatten(), pc.list_parent_indices(lists)
+    keep = pc.invert(
+        pc.fill_null(pc.is_in(flat.field("rel"), pa.array(sorted(GENERATED_RELS))), False)
+    )
+    if not pc.all(keep).as_py():
+        flat, parents = flat.filter(keep), parents.filter(keep)
+    rel, href, typ, title = flat.flatten()
+    served = _served(href)
+    source = pc.fill_null(pc.is_in(rel, pa.array(sorted(SOURCE_RELS))), False)
+    uri = pc.and_(
+        pc.match_substring_regex(href, _URI), pc.invert(pc.match_substring_regex(href, _DRIVE))
+    )
+    fix = np.flatnonzero(
+        pc.and_(pc.and_(source, pc.invert(served)), pc.invert(pc.fill_null(uri, True))).to_numpy(
+            zero_copy_only=False
+        )
+    )
+    if len(fix):
+        values = href.to_pylist()
+        for k in fix:  # a path stored before migration 0013
+            values[k] = source_uri(values[k]) or values[k]
+        href = pa.array(values, pa.string())
+    counts = np.bincount(parents.to_numpy(), minlength=n)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays(
+            [rel, _abs_array(href, base), typ, title], fields=list(LINK_TYPE)
+        ),
+    )
+
+
 def _column(values: Any, kind: str, base: str | None = None, href: bool = False) -> pa.Array:
-    if kind == "json":
-        # values of one property often repeat (template fields): re-serialise each once
-        cache: dict[Any, Any] = {}
-        values = [cache[v] if v in cache else cache.setdefault(v, _json_text(v)) for v in values]
-    elif kind == "list_string":
-        cache = {}
-        values = [cache[v] if v in cache else cache.setdefault(v, _json_list(v)) for v in values]
-    elif href and kind == "string" and base:
-        values = [_abs(v, base) for v in values]
-    return pa.array(values, KIND_TYPES[kind])
+    if kind in ("json", "list_string"):
+        # values of one property often repeat (template fields): dictionary-encode the JSON
+        # texts in Arrow and parse / re-serialise each distinct one once
+        codes = pa.array(values, pa.string()).dictionary_encode()
+        convert = _json_text if kind == "json" else _json_list
+        uniques = [convert(v) for v in codes.dictionary.to_pylist()]
+        return pa.array(uniques, KIND_TYPES[kind]).take(codes.indices)
+    arr = pa.array(values, KIND_TYPES[kind])
+    return _abs_array(arr, base) if href and kind == "string" else arr
 
 
 def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
@@ -755,30 +878,7 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
     base = req.base_url.rstrip("/") if req.base_url else None
     n = len(rows)
     extensions = _extensions(plan)
-    flat: list[Any] = []
-    counts = np.zeros(n, np.int32)
-    for r, text in enumerate(cols[9]):
-        for link in orjson.loads(text) if text != "[]" else ():
-            if link.get("rel") not in GENERATED_RELS:
-                href = link.get("href")
-                if (
-                    link.get("rel") in SOURCE_RELS
-                    and isinstance(href, str)
-                    and not href.startswith(SERVED_PREFIXES)
-                ):
-                    href = source_uri(href) or href  # a path stored before migration 0013
-                flat += (link.get("rel"), href, link.get("type"), link.get("title"))
-                counts[r] += 1
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    hrefs = flat[1::4] if base is None else [_abs(h, base) for h in flat[1::4]]
-    links = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.StructArray.from_arrays(
-            [pa.array(v, pa.string()) for v in (flat[0::4], hrefs, flat[2::4], flat[3::4])],
-            fields=list(LINK_TYPE),
-        ),
-    )
+    links = _links(cols[9], base)
     arrays: list[pa.Array] = [
         pa.array(["Feature"] * n, pa.string()),
         pa.array([stac_version_for(extensions)] * n, pa.string()),
@@ -827,18 +927,25 @@ def _batch_table(plan: ExportPlan, rows: list[tuple[Any, ...]]) -> pa.RecordBatc
 
 
 class _Sink:
-    """A write-only file object whose bytes are taken out after each row group."""
+    """A write-only file object whose bytes are taken out after each row group, or handed
+    to ``emit`` as the writer produces them (a file: no row group's bytes held)."""
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[bytes], None] | None = None) -> None:
         self.chunks: list[bytes] = []
         self.closed = False
         self.position = 0
+        self.emit = emit
 
     def write(self, data: bytes) -> int:
-        b = bytes(data)
-        self.chunks.append(b)
-        self.position += len(b)
-        return len(b)
+        if self.emit is not None:
+            self.emit(data)
+            size = len(memoryview(data))
+        else:
+            b = bytes(data)
+            self.chunks.append(b)
+            size = len(b)
+        self.position += size
+        return size
 
     def tell(self) -> int:
         return self.position
@@ -867,26 +974,26 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [meta.column(i).path for i in range(len(meta))]
 
 
-def _writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
-    # float noise does not compress; int8 is stored as parquet INT32 (no 8-bit physical
-    # type), and zstd takes it back to about one byte per value. Keys must be leaf paths:
-    # a top-level name does not reach nested columns (lists, structs).
-    emb_type = schema.field("embedding").type
-    is_int8 = (pa.types.is_list(emb_type) or pa.types.is_fixed_size_list(emb_type)) and (
-        emb_type.value_type == pa.int8()
-    )
-    paths = _leaf_paths(schema)
+def _writer(sink: Any, schema: pa.Schema, dtype: str) -> pq.ParquetWriter:
+    """The Parquet writer of an export: zstd for the item columns; the vectors plain and
+    uncompressed (float noise does not compress; int8 vectors zstd to ~0.9 B a value),
+    without statistics or dictionary (min/max of vectors are no use to a reader, and each
+    costs a pass); ids DELTA_BYTE_ARRAY (consecutive ids share their prefix: ~0.1 B a row
+    instead of ~2 B with zstd alone). Keys are Parquet leaf paths: a top-level name does
+    not reach nested columns (``links.list.element.href``)."""
     compression = {
-        path: "zstd" if is_int8 or path.split(".")[0] != "embedding" else "none" for path in paths
+        path: "zstd" if dtype == "int8" or path.split(".")[0] != "embedding" else "none"
+        for path in _leaf_paths(schema)
     }
-    # PLAIN vectors: BYTE_STREAM_SPLIT writes float16 faster, but DuckDB reads it only for
-    # 4- and 8-byte values (FLOAT, DOUBLE, INT32, INT64).
+    # PLAIN list vectors: BYTE_STREAM_SPLIT writes float16 faster, but DuckDB reads it only
+    # for 4- and 8-byte values (FLOAT, DOUBLE, INT32, INT64).
     dictionary = [c for c in ("type", "stac_version", "collection") if c in schema.names]
     return pq.ParquetWriter(
         sink,
         schema,
         compression=compression,
         use_dictionary=dictionary or False,
+        column_encoding={"id": "DELTA_BYTE_ARRAY"},
         write_statistics=["id", "datetime"],
         store_schema=True,
     )
@@ -920,17 +1027,29 @@ class _Reader(threading.Thread):
     gathered into row groups of about ``row_group_bytes``, ahead of the writer.
 
     It reads row group k+1 while the caller's thread encodes row group k as Parquet
-    (pyarrow and the socket reads release the GIL). One finished group waits in the queue
-    at most, so memory stays bounded by a few row groups, whatever the result size.
-    ``groups()`` yields ``(batches, last id)``.
+    (pyarrow and the socket reads release the GIL). A group is started only when one of
+    two slots is free (``done()`` frees the slot of a group once it is written), so at most
+    two row groups are in memory, whatever the result size. ``groups()`` yields
+    ``(batches, last id)``.
     """
 
-    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 1) -> None:
+    def __init__(self, conn: psycopg.Connection, plan: ExportPlan, depth: int = 2) -> None:
         super().__init__(name="embcat-export-reader", daemon=True)
         self.conn, self.plan = conn, plan
-        self.out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.out: queue.Queue[Any] = queue.Queue()
+        self.slots = threading.Semaphore(depth)
         self.stop = threading.Event()
         self.error: BaseException | None = None
+
+    def _slot(self) -> bool:
+        while not self.stop.is_set():
+            if self.slots.acquire(timeout=0.2):
+                return True
+        return False
+
+    def done(self) -> None:
+        """The consumer has written a group: its slot is free."""
+        self.slots.release()
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -947,7 +1066,37 @@ class _Reader(threading.Thread):
         query, types = _copy_query(self.plan)
         group: list[pa.RecordBatch] = []
         nbytes = 0
+        last = ""
+        # Full-profile batches (links, JSON kinds, assets) are built on a second thread
+        # while this one reads (and psycopg parses) the next rows: the COPY's waits for the
+        # server overlap the building. Minimal batches are too cheap to pay the hand-over.
+        pending: deque[tuple[Future[pa.RecordBatch], str]] = deque()
+        pool = None
+        if self.plan.request.columns == "full":
+            pool = ThreadPoolExecutor(1, thread_name_prefix="embcat-export-build")
+
+        def build(rows: list[tuple[Any, ...]]) -> Future[pa.RecordBatch]:
+            if pool is not None:
+                return pool.submit(_batch_table, self.plan, rows)
+            done: Future[pa.RecordBatch] = Future()
+            done.set_result(_batch_table(self.plan, rows))
+            return done
+
+        def settle(keep: int) -> None:
+            """Take built batches in order, leaving at most ``keep`` still being built."""
+            nonlocal group, nbytes, last
+            while len(pending) > keep:
+                future, last = pending.popleft()
+                batch = future.result()
+                group.append(batch)
+                nbytes += batch.nbytes
+                if nbytes >= limit:
+                    self._put((group, last))
+                    group, nbytes = [], 0
+                    self._slot()
+
         try:
+            self._slot()
             with self.conn.cursor().copy(query) as copy:
                 copy.set_types(types)
                 rows: list[tuple[Any, ...]] = []
@@ -958,23 +1107,21 @@ class _Reader(threading.Thread):
                         continue
                     rows.append(row)
                     if len(rows) >= size:
-                        batch = _batch_table(self.plan, rows)
-                        group.append(batch)
-                        nbytes += batch.nbytes
-                        last = rows[-1][0]
+                        pending.append((build(rows), rows[-1][0]))
                         rows = []
-                        if nbytes >= limit:
-                            self._put((group, last))
-                            group, nbytes = [], 0
-                if rows:
-                    group.append(_batch_table(self.plan, rows))
-                    last = rows[-1][0]
+                        settle(1)
+                if rows and not self.stop.is_set():
+                    pending.append((build(rows), rows[-1][0]))
+            if not self.stop.is_set():
+                settle(0)
                 if group:
                     self._put((group, last))
         except BaseException as exc:  # handed to the consuming thread
             if not self.stop.is_set():
                 self.error = exc
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if not self.stop.is_set():
                 self._put(_DONE)
 
@@ -1000,16 +1147,19 @@ def stream_export(
     conn: psycopg.Connection,
     plan: ExportPlan,
     on_batch: Callable[[int, int, str], None] | None = None,
+    emit: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
-    """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``).
+    """The parquet file's bytes, one row group at a time (``on_batch(rows, bytes, last_id)``);
+    with ``emit``, the bytes go to ``emit`` as they are encoded and nothing is yielded but
+    empty chunks (so no row group's encoded bytes are held).
 
     Runs a read-only REPEATABLE READ transaction on ``conn`` for the whole stream, so the
     rows and the planned schema come from one snapshot bounded by ``plan.as_of``. Record
     batches of ``batch_size`` rows are gathered into row groups of about
     ``row_group_bytes`` (Arrow in-memory size: the vectors' size in the file).
     """
-    sink = _Sink()
-    writer = _writer(sink, plan.schema)
+    sink = _Sink(emit)
+    writer = _writer(sink, plan.schema, plan.request.dtype)
     with translated():
         conn.rollback()
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -1019,12 +1169,15 @@ def stream_export(
         reader.start()
         try:
             for group, last_id in reader.groups():
-                yield from _flush(writer, sink, group, last_id, on_batch)
+                chunks = _flush(writer, sink, group, last_id, on_batch)
+                reader.done()
+                yield from chunks
             reader.join()
+            start = sink.position
             writer.close()
             tail = sink.take()
             if on_batch is not None:
-                on_batch(0, len(tail), "")
+                on_batch(0, sink.position - start, "")
             yield tail
         finally:
             reader.cancel()
@@ -1042,11 +1195,12 @@ def _flush(
     table = pa.Table.from_batches(group)
     rows = table.num_rows
     group.clear()  # the batches go with the table once it is written
+    start = sink.position
     writer.write_table(table, row_group_size=max(rows, 1))
     del table
     chunks = sink.take_chunks()  # as written: no second copy of the row group
     if on_batch is not None:
-        on_batch(rows, sum(map(len, chunks)), last_id)
+        on_batch(rows, sink.position - start, last_id)
     return chunks
 
 
@@ -1068,7 +1222,9 @@ def export_to_file(
         if progress is not None:
             progress(rows, nbytes)
 
-    total, hexdigest = _write_with_checksum(path, stream_export(conn, plan, seen))
+    total, hexdigest = _write_with_checksum(
+        path, lambda emit: stream_export(conn, plan, seen, emit=emit)
+    )
     return ExportSummary(
         rows=plan.rows,
         bytes=total,
@@ -1080,18 +1236,27 @@ def export_to_file(
     )
 
 
-def _write_with_checksum(path: Path, chunks: Iterator[bytes]) -> tuple[int, str]:
-    """Write ``chunks`` to ``path`` atomically (a ``.part`` file renamed when complete) and
-    the SHA-256 beside it; returns the bytes written and the hex digest."""
+def _write_with_checksum(
+    path: Path, produce: Callable[[Callable[[bytes], None]], Iterator[bytes]]
+) -> tuple[int, str]:
+    """Write what ``produce(emit)`` emits and yields to ``path`` atomically (a ``.part``
+    file renamed when complete) and the SHA-256 beside it; returns the bytes written and
+    the hex digest."""
     tmp = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
     total = 0
     try:
         with open(tmp, "wb") as fh:
-            for chunk in chunks:
+
+            def emit(chunk: bytes) -> None:
+                nonlocal total
                 fh.write(chunk)
                 digest.update(chunk)
-                total += len(chunk)
+                total += len(memoryview(chunk))
+
+            for chunk in produce(emit):
+                if chunk:
+                    emit(chunk)
         write_checksum(path, digest.hexdigest())
         tmp.replace(path)
     finally:
@@ -1141,6 +1306,7 @@ def csv_request(req: ExportRequest) -> ExportRequest:
         columns="minimal",
         order="id",
         row_group_bytes=min(req.row_group_bytes, 16 * 2**20),  # CSV has no row groups
+        vector_layout=req.vector_layout,
     )
 
 
@@ -1161,9 +1327,8 @@ def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
         reader = _Reader(conn, plan)
         reader.start()
         try:
-            for batch in (b for group, _last in reader.groups() for b in group):
-                emb = batch.column("embedding")
-                values = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dims)
+            for batch in _batches_of(reader):
+                values = values_of(batch.column("embedding"), "float32", dims)
                 table = pa.Table.from_arrays(
                     [batch.column("id"), *(pa.array(values[:, k]) for k in range(dims))],
                     names=names,
@@ -1177,11 +1342,18 @@ def stream_csv(conn: psycopg.Connection, plan: ExportPlan) -> Iterator[bytes]:
             conn.rollback()
 
 
+def _batches_of(reader: _Reader) -> Iterator[pa.RecordBatch]:
+    for group, _last in reader.groups():
+        yield from group
+        group.clear()
+        reader.done()
+
+
 def export_csv_to_file(conn: psycopg.Connection, req: ExportRequest, path: Path) -> ExportSummary:
     """Write the NeuCo-Bench CSV to ``path`` (atomically) with ``<path>.sha256`` beside it."""
     started = time.perf_counter()
     plan = plan_export(conn, csv_request(req))
-    total, hexdigest = _write_with_checksum(path, stream_csv(conn, plan))
+    total, hexdigest = _write_with_checksum(path, lambda _emit: stream_csv(conn, plan))
     return ExportSummary(
         rows=plan.rows,
         bytes=total,

@@ -9,6 +9,16 @@ Formulas (documented in docs/exchange.md, recorded in every export as ``emb:quan
 - ``binary``: one bit per dimension, ``1`` where ``x > 0``, packed most significant bit first
   (``numpy.packbits(..., bitorder="big")``) into ``ceil(D / 8)`` bytes; the last byte is
   padded with zero bits. Dequantised to ``+1 / -1``.
+
+Vector layouts (``embedding`` column of an export, named in its ``embeddings`` metadata):
+
+- ``bytes`` (default): ``fixed_size_binary[W]``, one value per row holding the vector's
+  ``D`` values in the dtype, little-endian (``W`` = 4D, 2D, D bytes; binary: ceil(D/8)).
+  Decode: ``numpy.frombuffer(column.buffers()[1], "<f2").reshape(-1, D)`` (``"<f4"``,
+  ``"i1"``). Parquet writes one fixed-length value per row: no repetition or definition
+  levels per dimension, which is what made the list layout the slowest step of an export.
+- ``list``: ``fixed_size_list<float32|float16|int8>[D]``, for readers that want native
+  arrays (DuckDB ``FLOAT[]``); binary stays ``fixed_size_binary[ceil(D/8)]``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ Dtype = Literal["float32", "float16", "int8", "binary"]
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8", "binary")
 LOSSLESS_FOR = {"float32": {"vector", "halfvec"}, "float16": {"halfvec"}}
 INT8_LEVELS = 127
+LAYOUTS: tuple[str, ...] = ("bytes", "list")
+NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1", "binary": "u1"}
 
 
 def check_dtype(dtype: str) -> Dtype:
@@ -39,11 +51,20 @@ def bytes_per_vector(dtype: str, dims: int) -> int:
     return {"float32": 4 * dims, "float16": 2 * dims, "int8": dims, "binary": -(-dims // 8)}[dtype]
 
 
-def arrow_type(dtype: str, dims: int) -> pa.DataType:
-    """Arrow type of the ``embedding`` column for ``dtype``."""
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise InvalidInput(f"unknown vector_layout {layout!r}; use one of {list(LAYOUTS)}")
+    return layout
+
+
+def arrow_type(dtype: str, dims: int, layout: str = "bytes") -> pa.DataType:
+    """Arrow type of the ``embedding`` column for ``dtype`` in ``layout``."""
     check_dtype(dtype)
+    check_layout(layout)
     if dtype == "binary":
         return pa.binary(-(-dims // 8))
+    if layout == "bytes":
+        return pa.binary(bytes_per_vector(dtype, dims))
     value = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}[dtype]
     return pa.list_(value, dims)
 
@@ -139,8 +160,11 @@ def quantize(values: np.ndarray, dtype: str, quant: Quantization | None = None) 
         raise InvalidInput("int8 needs a quantization with per-dimension scale and offset")
     scale = np.asarray(quant.scale, dtype=np.float32)
     offset = np.asarray(quant.offset, dtype=np.float32)
-    q = np.rint((values - offset) / scale)
-    return np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    q = values - offset  # one temporary; the rest in place
+    np.divide(q, scale, out=q)
+    np.rint(q, out=q)
+    np.clip(q, -INT8_LEVELS, INT8_LEVELS, out=q)
+    return q.astype(np.int8)
 
 
 def dequantize(
@@ -160,31 +184,47 @@ def dequantize(
     return np.asarray(data, dtype=np.float32).reshape(-1, dims) * scale + offset
 
 
-def to_arrow(values: np.ndarray, dtype: str, quant: Quantization | None = None) -> pa.Array:
+def to_arrow(
+    values: np.ndarray, dtype: str, quant: Quantization | None = None, layout: str = "bytes"
+) -> pa.Array:
     """The ``embedding`` column for ``(n, D)`` float32 ``values``."""
-    dims = values.shape[1]
-    data = quantize(values, dtype, quant)
-    if dtype == "binary":
-        width = -(-dims // 8)
-        return pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(width), len(data), [None, pa.py_buffer(np.ascontiguousarray(data))]
-        )
-    flat = pa.array(np.ascontiguousarray(data).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, dims)
+    return array_of(quantize(values, dtype, quant), dtype, values.shape[1], layout)
+
+
+def array_of(data: np.ndarray, dtype: str, dims: int, layout: str = "bytes") -> pa.Array:
+    """The ``embedding`` column holding ``data`` (``(n, D)`` values already in ``dtype``;
+    binary: ``(n, ceil(D/8))`` packed bytes), without copying it where it is contiguous."""
+    data = np.ascontiguousarray(data, dtype=NUMPY_DTYPES[dtype])
+    typ = arrow_type(dtype, dims, layout)
+    if pa.types.is_fixed_size_binary(typ):
+        return pa.FixedSizeBinaryArray.from_buffers(typ, len(data), [None, pa.py_buffer(data)])
+    return pa.FixedSizeListArray.from_arrays(pa.array(data.reshape(-1)), dims)
 
 
 def from_arrow(
     column: pa.Array | pa.ChunkedArray, dtype: str, dims: int, quant: Quantization | None = None
 ) -> np.ndarray:
-    """``(n, D)`` float32 values of an ``embedding`` column (dequantised where lossy)."""
+    """``(n, D)`` float32 values of an ``embedding`` column (dequantised where lossy), in
+    either layout (``fixed_size_binary`` or a list of values)."""
+    return dequantize(values_of(column, dtype, dims), dtype, dims, quant)
+
+
+def values_of(column: pa.Array | pa.ChunkedArray, dtype: str, dims: int) -> np.ndarray:
+    """The column's values in ``dtype`` as ``(n, D)`` (binary: ``(n, ceil(D/8))`` bytes)."""
+    check_dtype(dtype)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     n = len(column)
-    if dtype == "binary":
-        width = -(-dims // 8)
+    if pa.types.is_fixed_size_binary(column.type):
+        width = column.type.byte_width
+        item = np.dtype(NUMPY_DTYPES[dtype])
+        per_row = -(-dims // 8) if dtype == "binary" else dims
+        if width != per_row * item.itemsize:
+            raise InvalidInput(
+                f"embedding values of {width} bytes are not {per_row} {dtype} values"
+            )
         buf = column.buffers()[1]
         raw = np.frombuffer(buf, dtype=np.uint8, count=(column.offset + n) * width)
-        data = raw[column.offset * width :].reshape(n, width)
-        return dequantize(data, dtype, dims, quant)
+        return raw[column.offset * width :].view(item).reshape(n, per_row)
     flat = column.flatten().to_numpy(zero_copy_only=False)
-    return dequantize(flat.reshape(n, dims), dtype, dims, quant)
+    return flat.reshape(n, dims)

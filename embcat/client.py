@@ -100,12 +100,19 @@ class Export:
         return pq.read_table(io.BytesIO(self.data))
 
     def arrays(self) -> tuple[list[str], np.ndarray]:
-        """(item ids, vectors as a float32 array of shape (n, dimensions))."""
+        """(item ids, vectors as a float32 array of shape (n, dimensions)), decoded from
+        either vector layout and dequantised (int8, binary) as the file's metadata says."""
+        import json
+
+        from catalog.quantize import Quantization, from_arrow
+
         table = self.table()
+        meta = json.loads((table.schema.metadata or {})[b"embcat"])
+        q = meta.get("emb:quantization")
+        quant = Quantization.from_stac(q) if q else None
+        dims = int(meta["space"]["dimensions"])
         ids = table.column("id").to_pylist()
-        column = table.column("embedding").combine_chunks()
-        values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-        return ids, values.reshape(len(ids), -1) if ids else values.reshape(0, 0)
+        return ids, from_arrow(table.column("embedding"), meta["dtype"], dims, quant)
 
     def frame(self) -> Any:
         """A GeoDataFrame of the export (geopandas reads the GeoParquet)."""

@@ -56,6 +56,14 @@ def _filter(value: str | None) -> str | dict | None:
     help="Row order: spatial (Hilbert, PostGIS's geometry order) or by item id.",
 )
 @click.option(
+    "--vector-layout",
+    type=click.Choice(["bytes", "list"]),
+    default="bytes",
+    show_default=True,
+    help="bytes: fixed_size_binary vectors (fast, compact; the file's 'embeddings' metadata"
+    " says how to decode); list: fixed_size_list of values (native arrays for DuckDB).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["parquet", "neuco-csv"]),
@@ -78,6 +86,7 @@ def export_command(
     batch_size: int,
     columns: str,
     order: str,
+    vector_layout: str,
     fmt: str,
     row_group_mb: int,
     quiet: bool,
@@ -114,6 +123,7 @@ def export_command(
         columns=columns,
         order=order,
         row_group_bytes=row_group_mb * 2**20,
+        vector_layout=vector_layout,
     )
     if fmt == "neuco-csv":
         with connect() as conn:

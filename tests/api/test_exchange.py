@@ -77,8 +77,22 @@ def test_export_get_with_bbox_and_dtype(live_server: str, vectors: np.ndarray) -
     table = pq.read_table(io.BytesIO(r.content))
     xs = [b["xmin"] for b in table["bbox"].to_pylist()]
     assert r.status_code == 200 and int(r.headers["embcat-rows"]) == table.num_rows > 0
-    emb_type = table.schema.field("embedding").type
-    assert max(xs) <= 5 and (emb_type.value_type, emb_type.list_size) == (pa.int8(), DIMS)
+    assert max(xs) <= 5 and table.schema.field("embedding").type == pa.binary(DIMS)
+
+
+def test_export_vector_layout_list(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(
+        f"{live_server}/collections/{CID}/export",
+        params={"dtype": "int8", "vector_layout": "list", "columns": "minimal"},
+    )
+    emb_type = pq.read_table(io.BytesIO(r.content)).schema.field("embedding").type
+    assert r.headers["embcat-vector-layout"] == "list"
+    assert (emb_type.value_type, emb_type.list_size) == (pa.int8(), DIMS)
+
+
+def test_export_bad_vector_layout_is_400(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"vector_layout": "x"})
+    assert r.status_code == 400 and "vector_layout" in r.json()["description"]
 
 
 def test_export_post_with_ids(live_server: str, vectors: np.ndarray) -> None:
@@ -169,3 +183,15 @@ def test_space_endpoint(live_server: str, vectors: np.ndarray) -> None:
         DIMS,
         "halfvec",
     )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_client_export_arrays_decode_the_vector_column(
+    live_server: str, vectors: np.ndarray, dtype: str
+) -> None:
+    from embcat.client import Client
+
+    ids, values = Client(live_server).export(CID, dtype=dtype).arrays()
+    stored = vectors.astype(np.float16).astype(np.float32)[[int(i[-2:]) for i in ids]]
+    assert values.shape == (30, DIMS)
+    assert np.allclose(values, stored, atol=0 if dtype == "float16" else 0.05)

@@ -103,7 +103,7 @@ def test_geopandas_reads_footprints_from_the_geo_metadata(
     first = frame.set_index("id").loc["item-00"]
     assert len(frame) == N and frame.crs is not None and frame.crs.to_string() == "OGC:CRS84"
     assert (first.geometry.bounds[0], first.geometry.bounds[3]) == pytest.approx(row)
-    assert len(first["embedding"]) == DIMS
+    assert np.frombuffer(first["embedding"], "<f2").shape == (DIMS,)
 
 
 def test_stac_geoparquet_columns_and_metadata(db_settings: DatabaseSettings, exported: str) -> None:
@@ -125,6 +125,30 @@ def test_stac_geoparquet_columns_and_metadata(db_settings: DatabaseSettings, exp
         "http://x.test/collections/exp/items/item-03/embedding"
     )
     assert row["bbox"]["xmin"] == row["bbox"]["xmax"]
+
+
+def test_links_drop_generated_rels_and_make_hrefs_absolute(
+    db_settings: DatabaseSettings, exported: str
+) -> None:
+    links = [
+        {"rel": "self", "href": "/collections/exp/items/item-05"},
+        {"rel": "derived_from", "href": "/data/scene one.tif", "type": "image/tiff"},
+        {"rel": "via", "href": "s3://bucket/scene.tif", "title": "source"},
+        {"rel": "related", "href": "/collections/exp/items/item-01"},
+    ]
+    with connect(db_settings) as c:
+        c.execute("update items set links = %s::jsonb where id = 'item-05'", (json.dumps(links),))
+        c.commit()
+    data = _export(db_settings, ExportRequest(exported, base_url="http://x.test/"))
+    rows = {r["id"]: r["links"] for r in pq.read_table(io.BytesIO(data)).to_pylist()}
+    assert rows["item-05"] == [
+        {"rel": "derived_from", "href": "file:///data/scene%20one.tif", "type": "image/tiff",
+         "title": None},
+        {"rel": "via", "href": "s3://bucket/scene.tif", "type": None, "title": "source"},
+        {"rel": "related", "href": "http://x.test/collections/exp/items/item-01", "type": None,
+         "title": None},
+    ]  # fmt: skip
+    assert rows["item-04"] == []
 
 
 def test_filters_select_rows(db_settings: DatabaseSettings, exported: str) -> None:

@@ -59,9 +59,51 @@ def test_minimal_profile_has_only_id_geometry_datetime_embedding(
 ) -> None:
     data = _export(db_settings, ExportRequest(cid, dtype="float16", columns="minimal"))
     table = pq.read_table(io.BytesIO(data)).sort_by("id")
-    back = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    back = np.frombuffer(b"".join(table["embedding"].to_pylist()), "<f2").reshape(N, DIMS)
     assert table.column_names == ["id", "geometry", "datetime", "embedding"]
-    assert np.array_equal(back, vectors.astype(np.float16).astype(np.float32))
+    assert np.array_equal(back, vectors.astype(np.float16))
+
+
+@pytest.mark.parametrize("layout", ["bytes", "list"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_embeddings_metadata_says_how_to_decode_the_vector_column(
+    db_settings: DatabaseSettings, cid: str, vectors: np.ndarray, dtype: str, layout: str
+) -> None:
+    req = ExportRequest(cid, dtype=dtype, columns="minimal", vector_layout=layout)
+    table = pq.read_table(io.BytesIO(_export(db_settings, req))).sort_by("id")
+    emb = json.loads(table.schema.metadata[b"embeddings"])
+    enc = emb["encoding"]
+    values = table["embedding"].to_pylist()  # what any reader gets: bytes, or lists
+    if enc["layout"] == "fixed_size_binary":
+        assert {len(v) for v in values} == {enc["byte_width"]}
+        back = np.frombuffer(b"".join(values), enc["value_dtype"])
+    else:
+        back = np.asarray(values, dtype=enc["value_dtype"])
+    assert enc["layout"] == {"bytes": "fixed_size_binary", "list": "fixed_size_list"}[layout]
+    assert back.reshape(N, enc["values_per_row"]).shape == (N, DIMS)
+    stored = vectors.astype(np.float16).astype(np.float32)
+    if dtype == "int8":
+        q = emb["quantization"]
+        x = back.reshape(N, DIMS) * np.asarray(q["scale"]) + q["offset"]
+        assert np.all(np.abs(x - stored) <= np.asarray(q["scale"]) / 2 + 1e-5)
+    else:
+        assert np.array_equal(back.reshape(N, DIMS), stored.astype(dtype))
+
+
+def test_binary_vectors_are_packed_bytes_in_either_layout(
+    db_settings: DatabaseSettings, cid: str, vectors: np.ndarray
+) -> None:
+    req = ExportRequest(cid, dtype="binary", columns="minimal", vector_layout="list")
+    table = pq.read_table(io.BytesIO(_export(db_settings, req))).sort_by("id")
+    enc = json.loads(table.schema.metadata[b"embeddings"])["encoding"]
+    bits = np.unpackbits(np.frombuffer(b"".join(table["embedding"].to_pylist()), "u1"))
+    assert (enc["layout"], enc["byte_width"]) == ("fixed_size_binary", 2)
+    assert np.array_equal(bits.reshape(N, 16)[:, :DIMS], vectors.astype(np.float16) > 0)
+
+
+def test_unknown_vector_layout_is_invalid(db_settings: DatabaseSettings, cid: str) -> None:
+    with pytest.raises(InvalidInput, match="vector_layout"):
+        _export(db_settings, ExportRequest(cid, vector_layout="tensor"))
 
 
 def test_minimal_profile_keeps_the_collection_in_the_file_metadata(
@@ -82,7 +124,8 @@ def test_embeddings_metadata_says_model_dims_dtype_and_how_to_dequantise(
     table = pq.read_table(io.BytesIO(data)).sort_by("id")
     emb = json.loads(table.schema.metadata[b"embeddings"])
     q = emb["quantization"]
-    back = np.asarray(table["embedding"].to_pylist()) * np.asarray(q["scale"]) + q["offset"]
+    codes = np.frombuffer(b"".join(table["embedding"].to_pylist()), emb["encoding"]["value_dtype"])
+    back = codes.reshape(N, DIMS) * np.asarray(q["scale"]) + q["offset"]
     stored = vectors.astype(np.float16).astype(np.float32)
     assert (emb["model"]["name"], emb["dimensions"], emb["dtype"]) == ("profile-test", DIMS, "int8")
     assert "scale" in q["dequantize"] and emb["stored_dtype"] == "float16"
@@ -122,6 +165,28 @@ def test_row_groups_are_cut_by_size(db_settings: DatabaseSettings, cid: str) -> 
     default = pq.ParquetFile(io.BytesIO(_export(db_settings, ExportRequest(cid, batch_size=4))))
     assert small.metadata.num_row_groups == N // 4 + 1  # each 4-row batch is over 200 B
     assert default.metadata.num_row_groups == 1
+
+
+def test_a_file_has_the_bytes_of_the_stream(
+    db_settings: DatabaseSettings, cid: str, tmp_path: Path
+) -> None:
+    """The file path hands the encoded bytes on as they are written; same bytes, any number
+    of row groups."""
+    req = ExportRequest(cid, batch_size=4, row_group_bytes=200, as_of=None)
+    with connect(db_settings) as c:
+        plan = plan_export(c, req)
+        streamed = b"".join(stream_export(c, plan))
+        req.as_of = plan.as_of
+        summary = export_to_file(c, req, tmp_path / "x.parquet")
+    assert (tmp_path / "x.parquet").read_bytes() == streamed and summary.bytes == len(streamed)
+
+
+def test_neuco_csv_of_many_row_groups_has_every_row(
+    db_settings: DatabaseSettings, cid: str, tmp_path: Path
+) -> None:
+    with connect(db_settings) as c:
+        export_csv_to_file(c, ExportRequest(cid, batch_size=3, row_group_bytes=100), tmp_path / "x")
+    assert pacsv.read_csv(tmp_path / "x")["id"].to_pylist() == [f"item-{k:02d}" for k in range(N)]
 
 
 def test_sha256_is_written_beside_the_file(
