@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export EMBCAT_DATABASE_URL ?= postgresql://embcat:embcat@127.0.0.1:5432/embcat
 
-.PHONY: setup venv db migrate explorer browser stac-browser test demo lint clean-venv
+.PHONY: setup venv db migrate explorer browser stac-browser typecheck-tree test demo lint clean-venv
 
-setup: venv db migrate explorer
+setup: venv db migrate explorer typecheck-tree
 
 # Reinstall only when pyproject.toml changes (the stamp records the last install).
 venv: $(STAMP)
@@ -39,10 +39,14 @@ browser:
 stac-browser:
 	@./scripts/setup-stac-browser.sh
 
+# mypy reads the installed layout (embcat.catalog, ...) from links under build/typecheck.
+typecheck-tree:
+	@./scripts/dev/typecheck-tree.sh
+
 test: setup browser stac-browser
 	$(BIN)/python -m pytest -q
 
-lint: venv
+lint: venv typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

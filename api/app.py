@@ -50,26 +50,26 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import observability
-from api.auth import require_scope
-from api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
-from api.db import connection, create_pool
-from api.errors import add_exception_handlers, error_body
-from api.exchange import router as exchange_router
-from api.explorer import router as explorer_router
-from api.imagery import router as imagery_router
-from api.limits import (
+from embcat.api import observability
+from embcat.api.auth import require_scope
+from embcat.api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
+from embcat.api.db import connection, create_pool
+from embcat.api.errors import add_exception_handlers, error_body
+from embcat.api.exchange import router as exchange_router
+from embcat.api.explorer import router as explorer_router
+from embcat.api.imagery import router as imagery_router
+from embcat.api.limits import (
     ClientConcurrencyLimit,
     ExpensiveRequestLimit,
     TrustedProxyHeaders,
     parse_networks,
 )
-from api.score import SCORE_PATH, score_router
-from api.settings import ApiSettings
-from api.similarity import SimilarityExtension
-from api.transactions import transaction_extensions
-from api.uploads import router as uploads_router
-from catalog.stac import STAC_VERSION
+from embcat.api.score import SCORE_PATH, score_router
+from embcat.api.settings import ApiSettings
+from embcat.api.similarity import SimilarityExtension
+from embcat.api.transactions import transaction_extensions
+from embcat.api.uploads import router as uploads_router
+from embcat.catalog.stac import STAC_VERSION
 
 # Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
 EXTRA_ROUTERS: list[APIRouter] = [
@@ -216,8 +216,8 @@ def _extensions(settings: ApiSettings) -> dict[str, Any]:
 
 def _health(settings: ApiSettings) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def health(request: Request) -> JSONResponse:
-        from catalog import migrate
-        from catalog.checks import server_versions
+        from embcat.catalog import migrate
+        from embcat.catalog.checks import server_versions
 
         def work() -> dict[str, Any]:
             with connection(request) as conn:

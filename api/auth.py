@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from api.db import connection
-from catalog.errors import Forbidden, Unauthorized
-from catalog.keys import ANONYMOUS, Principal, verify
+from embcat.api.db import connection
+from embcat.catalog.errors import Forbidden, Unauthorized
+from embcat.catalog.keys import ANONYMOUS, Principal, verify
 
 
 def presented_key(request: Request) -> str | None:

@@ -20,14 +20,14 @@ from stac_fastapi.types.requests import get_base_url
 from stac_fastapi.types.search import BaseSearchPostRequest
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import read_limit, scoped_collections
-from api.db import base_url as request_base_url
-from api.db import connection
-from api.responses import GeoJSONDocument
-from catalog import stac as stacrows
-from catalog.errors import InvalidInput
-from catalog.geometry import MAX_VERTICES, too_many_positions
-from catalog.search import (
+from embcat.api.auth import read_limit, scoped_collections
+from embcat.api.db import base_url as request_base_url
+from embcat.api.db import connection
+from embcat.api.responses import GeoJSONDocument
+from embcat.catalog import stac as stacrows
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.geometry import MAX_VERTICES, too_many_positions
+from embcat.catalog.search import (
     MAX_JSON_DEPTH,
     SearchPage,
     SearchQuery,
@@ -525,7 +525,7 @@ class CoreClient(AsyncBaseCoreClient):
             raise InvalidInput("fields must be an object with include and/or exclude")
         spec = getattr(search_request, "similarity", None)
         if spec is not None:
-            from api.similarity import similarity_search
+            from embcat.api.similarity import similarity_search
 
             search.collections = scoped_collections(request, search.collections)
 
@@ -569,7 +569,7 @@ def _filter_collections(
             if cb[0] > b[2] or cb[2] < b[0] or cb[1] > b[3] or cb[3] < b[1]:
                 continue
         if datetime:
-            from catalog.search import parse_timestamp
+            from embcat.catalog.search import parse_timestamp
 
             iv = ((extent.get("temporal") or {}).get("interval") or [[None, None]])[0]
             cs = parse_timestamp(iv[0]) if iv[0] else None

@@ -32,9 +32,9 @@ from pgvector.psycopg import register_vector
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.types.json import set_json_loads
 
-from api.settings import ApiSettings
-from catalog.db import Deadlines, shutdown_socket
-from catalog.errors import DatabaseUnavailable, translated
+from embcat.api.settings import ApiSettings
+from embcat.catalog.db import Deadlines, shutdown_socket
+from embcat.catalog.errors import DatabaseUnavailable, translated
 
 log = logging.getLogger(__name__)
 

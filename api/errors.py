@@ -20,7 +20,7 @@ from stac_fastapi.types.errors import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from catalog.errors import (
+from embcat.catalog.errors import (
     Conflict,
     DatabaseTooOld,
     DatabaseUnavailable,

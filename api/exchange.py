@@ -33,13 +33,13 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import require_scope
-from api.db import api_session_options, connection
-from api.db import base_url as request_base_url
-from catalog.changes import changes_since
-from catalog.db import connect
-from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound
-from catalog.export import (
+from embcat.api.auth import require_scope
+from embcat.api.db import api_session_options, connection
+from embcat.api.db import base_url as request_base_url
+from embcat.catalog.changes import changes_since
+from embcat.catalog.db import connect
+from embcat.catalog.errors import DatabaseUnavailable, InvalidInput, NotFound
+from embcat.catalog.export import (
     CSV_MEDIA_TYPE,
     ExportPlan,
     ExportRequest,
@@ -48,10 +48,10 @@ from catalog.export import (
     stream_csv,
     stream_export,
 )
-from catalog.quantize import DTYPES, LAYOUTS
-from catalog.search import SearchQuery
-from catalog.spaces import collection_space
-from catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
+from embcat.catalog.quantize import DTYPES, LAYOUTS
+from embcat.catalog.search import SearchQuery
+from embcat.catalog.spaces import collection_space
+from embcat.catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.db import connection
-from catalog.imagery import PNG_MEDIA_TYPE, quicklook_png, thumbnail_png
+from embcat.api.db import connection
+from embcat.catalog.imagery import PNG_MEDIA_TYPE, quicklook_png, thumbnail_png
 
 MAX_AGE_S = 3600
 

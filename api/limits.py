@@ -35,8 +35,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
-from catalog.geometry import MAX_VERTICES, too_many_positions
+from embcat.api.errors import error_body
+from embcat.catalog.geometry import MAX_VERTICES, too_many_positions
 
 FORWARDED_HEADERS = frozenset(
     {

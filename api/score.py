@@ -20,9 +20,9 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.similarity import similarity_settings
-from catalog.db import connect
-from catalog.score import MEDIA_TYPES, ScoreModel, ScoreRequest, fit, parse_request, stream
+from embcat.api.similarity import similarity_settings
+from embcat.catalog.db import connect
+from embcat.catalog.score import MEDIA_TYPES, ScoreModel, ScoreRequest, fit, parse_request, stream
 
 SCORE_PATH = "/collections/{collection_id}/score"
 EXTENSIONS = {"geojson": "geojson", "parquet": "parquet", "png": "png"}

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from stac_fastapi.types.config import ApiSettings as StacApiSettings
 
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 
 
 class ApiSettings(DatabaseSettings, StacApiSettings):
@@ -100,7 +100,7 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        from api.limits import parse_networks
+        from embcat.api.limits import parse_networks
 
         parse_networks(value)  # ValueError names the bad entry
         return value

@@ -24,14 +24,14 @@ from stac_fastapi.api.models import GeoJSONResponse
 from stac_fastapi.types.extension import ApiExtension
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import check_read_collections
-from api.db import base_url as request_base_url
-from api.db import connection
-from api.responses import GeoJSONDocument
-from catalog import stac as stacrows
-from catalog.errors import InvalidInput
-from catalog.search import TRUE, SearchQuery, apply_fields, spatial_filter, where_clause
-from catalog.similarity import (
+from embcat.api.auth import check_read_collections
+from embcat.api.db import base_url as request_base_url
+from embcat.api.db import connection
+from embcat.api.responses import GeoJSONDocument
+from embcat.catalog import stac as stacrows
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.search import TRUE, SearchQuery, apply_fields, spatial_filter, where_clause
+from embcat.catalog.similarity import (
     Hit,
     SimilaritySettings,
     SimilaritySpec,

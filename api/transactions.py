@@ -35,10 +35,10 @@ from stac_fastapi.extensions.transaction.client import AsyncBaseTransactionsClie
 from stac_fastapi.types.extension import ApiExtension
 from starlette.concurrency import run_in_threadpool
 
-from api.db import base_url, connection
-from api.settings import ApiSettings
-from catalog import stac as stacrows
-from catalog.errors import Conflict, InvalidInput
+from embcat.api.db import base_url, connection
+from embcat.api.settings import ApiSettings
+from embcat.catalog import stac as stacrows
+from embcat.catalog.errors import Conflict, InvalidInput
 
 
 def _as_dict(model: Any, what: str = "the body") -> dict[str, Any]:

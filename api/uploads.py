@@ -49,9 +49,9 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import principal_of, require_scope
-from api.db import base_url, connection
-from catalog.errors import (
+from embcat.api.auth import principal_of, require_scope
+from embcat.api.db import base_url, connection
+from embcat.catalog.errors import (
     Conflict,
     EmbcatError,
     Forbidden,
@@ -61,9 +61,9 @@ from catalog.errors import (
     StorageUnavailable,
     Unauthorized,
 )
-from catalog.keys import Principal
-from catalog.settings import DatabaseSettings
-from encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
+from embcat.catalog.keys import Principal
+from embcat.catalog.settings import DatabaseSettings
+from embcat.encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
@@ -312,8 +312,8 @@ async def put_manifest(
     """Creates (or resumes) the upload. Before any shard is accepted it checks what the
     commit would refuse: the key's scope for the target collection, the collection id and
     the collection's embedding space (the encoder options of the run)."""
-    from catalog.publish import check_target
-    from catalog.stacgen import default_collection_id
+    from embcat.catalog.publish import check_target
+    from embcat.catalog.stacgen import default_collection_id
 
     folder = _folder(request, principal, upload_id)
     body = await request.body()
@@ -431,8 +431,8 @@ async def commit_upload(
     mode: Annotated[Literal["insert", "upsert", "ignore"], Query()] = "ignore",
     defer_index: Annotated[bool, Query()] = False,
 ) -> dict[str, Any]:
-    from catalog.publish import publish
-    from catalog.stacgen import default_collection_id
+    from embcat.catalog.publish import publish
+    from embcat.catalog.stacgen import default_collection_id
 
     folder = _folder(request, principal, upload_id)
     state = await run_in_threadpool(_state, folder, _chunk_bytes(request))
@@ -489,9 +489,9 @@ async def delete_upload(request: Request, upload_id: str, principal: WritePrinci
     dependencies=[Depends(require_scope("read"))],
 )
 async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
-    from catalog.spaces import collection_space
-    from catalog.stac import get_collection_row
-    from catalog.stacgen import model_item
+    from embcat.catalog.spaces import collection_space
+    from embcat.catalog.stac import get_collection_row
+    from embcat.catalog.stacgen import model_item
 
     def run() -> dict[str, Any]:
         with connection(request) as conn:

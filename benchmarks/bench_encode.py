@@ -35,10 +35,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from encoders.grid import plan_chips  # noqa: E402
-from encoders.job import _ChipDataset, _collate, run_encode  # noqa: E402
-from encoders.registry import get_encoder  # noqa: E402
-from encoders.sources import ChipReader, resolve_inputs  # noqa: E402
+from embcat.encoders.grid import plan_chips  # noqa: E402
+from embcat.encoders.job import _ChipDataset, _collate, run_encode  # noqa: E402
+from embcat.encoders.registry import get_encoder  # noqa: E402
+from embcat.encoders.sources import ChipReader, resolve_inputs  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -50,8 +50,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from browser.harness import click_chip, load_chips, open_explorer, start_chromium, wait_for  # noqa: E402
 
-from catalog import migrate  # noqa: E402
-from catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
+from embcat.catalog import migrate  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
 
 SECTION = "## Explorer (issue 8)"
 # One client for every request: creating one per request costs an SSL context each time.
@@ -87,7 +87,7 @@ def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host",
+        [sys.executable, "-m", "uvicorn", "embcat.api.app:create_app", "--factory", "--host",
          "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         cwd=ROOT,
         env={**os.environ, "EMBCAT_DATABASE_URL": url},
@@ -205,7 +205,7 @@ def write_readme(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             "",
             "`.venv/bin/python benchmarks/bench_explorer.py --readme`: the explorer page in",
             "headless Chromium (the browser tests' harness and flags) against `uvicorn",
-            "api.app:create_app` in its own process on 127.0.0.1, on the `embcat demo`",
+            "embcat.api.app:create_app` in its own process on 127.0.0.1, on the `embcat demo`",
             "collection and a synthetic grid of square chips (smooth synthetic vectors).",
             "",
             table(rows),
@@ -255,7 +255,7 @@ def main() -> None:
     base = to_libpq_url(os.environ.get("EMBCAT_DATABASE_URL") or DatabaseSettings().database_url)
     url = create_database(base)
     try:
-        from catalog.demo import DEMO_COLLECTION, prepare_demo
+        from embcat.catalog.demo import DEMO_COLLECTION, prepare_demo
 
         args.demo_dir.mkdir(parents=True, exist_ok=True)
         info = prepare_demo(

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_data
 
 from shardgen import write_run  # noqa: E402
 
-from catalog.settings import DatabaseSettings  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 
 CID = "bench-export"
 PROFILES = [
@@ -78,7 +78,7 @@ def in_child(target: Any, *args: Any) -> dict[str, Any]:
 
 
 def _child_publish(url: str, run: str, queue: Any) -> None:
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     res = publish(Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url),
                   progress=False, defer_index=True)  # fmt: skip
@@ -86,8 +86,8 @@ def _child_publish(url: str, run: str, queue: Any) -> None:
 
 
 def _child_export(url: str, columns: str, dtype: str, layout: str, path: str, queue: Any) -> None:
-    from catalog.db import connect
-    from catalog.export import ExportRequest, export_to_file
+    from embcat.catalog.db import connect
+    from embcat.catalog.export import ExportRequest, export_to_file
 
     req = ExportRequest(CID, dtype=dtype, columns=columns, batch_size=4096, vector_layout=layout)
     with connect(DatabaseSettings(database_url=url)) as conn:
@@ -97,8 +97,8 @@ def _child_export(url: str, columns: str, dtype: str, layout: str, path: str, qu
 
 
 def _child_csv(url: str, path: str, queue: Any) -> None:
-    from catalog.db import connect
-    from catalog.export import ExportRequest, export_csv_to_file
+    from embcat.catalog.db import connect
+    from embcat.catalog.export import ExportRequest, export_csv_to_file
 
     with connect(DatabaseSettings(database_url=url)) as conn:
         s = export_csv_to_file(conn, ExportRequest(CID, batch_size=4096), Path(path))
@@ -150,8 +150,8 @@ def _child_limits(url: str, dims: int, path: str, npy: bool, queue: Any) -> None
 def _child_mirror(a_url: str, b_url: str, queue: Any) -> None:
     from helpers_server import start_server
 
-    from api.settings import ApiSettings
-    from catalog.mirror import MirrorOptions, MirrorResult, mirror
+    from embcat.api.settings import ApiSettings
+    from embcat.catalog.mirror import MirrorOptions, MirrorResult, mirror
 
     handle = start_server(ApiSettings(database_url=a_url, db_pool_max=4))
     marks: list[float] = []

@@ -50,8 +50,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from catalog import migrate  # noqa: E402
-from catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
+from embcat.catalog import migrate  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
 
 BASE_URL = to_libpq_url(os.environ.get("EMBCAT_DATABASE_URL") or DatabaseSettings().database_url)
 COLLECTION = "load-bench"

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_data
 
 from shardgen import write_run  # noqa: E402
 
-from catalog.settings import DatabaseSettings  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 
 CID = "bench-mirror"
 
@@ -63,7 +63,7 @@ def in_child(target: Any, *args: Any) -> dict[str, Any]:
 
 
 def _child_publish(url: str, run: str, queue: Any) -> None:
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     res = publish(Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url),
                   progress=False, defer_index=True)  # fmt: skip
@@ -97,7 +97,7 @@ def _serve(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
 def _child_mirror(
     a_url: str, b_url: str, page_rows: int, dtype: str, profile: str | None, queue: Any
 ) -> None:
-    from catalog.mirror import MirrorOptions, mirror
+    from embcat.catalog.mirror import MirrorOptions, mirror
 
     server, base_url = _serve(a_url)
     prof = None

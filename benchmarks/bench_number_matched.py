@@ -34,8 +34,8 @@ from benchmarks.bench_search import (
     start,
     with_db,
 )
-from catalog import migrate
-from catalog.settings import DatabaseSettings
+from embcat.catalog import migrate
+from embcat.catalog.settings import DatabaseSettings
 
 MODES = ("off", "estimate", "exact")
 
@@ -48,7 +48,7 @@ def _server(url: str, port: int, mode: str) -> subprocess.Popen[bytes]:
         "EMBCAT_NUMBER_MATCHED": mode,
     }
     cmd = [
-        str(ROOT / ".venv" / "bin" / "uvicorn"), "api.app:create_app", "--factory",
+        str(ROOT / ".venv" / "bin" / "uvicorn"), "embcat.api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     return start(cmd, env, port)

@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from shardgen import write_run  # noqa: E402
 
-from catalog.settings import DatabaseSettings  # noqa: E402
-from catalog.stacgen import item_dict  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
+from embcat.catalog.stacgen import item_dict  # noqa: E402
 
 CID = "bench-publish"
 PGSTAC_VENV = Path("/tmp/embcat-bench-publish-pgstac-venv")  # our own: /tmp is shared
@@ -50,7 +50,7 @@ SOCKET_DSN = f"postgresql:///{PGSTAC_DB}?host=/var/run/postgresql"
 
 
 def _child_publish(url: str, run: str, defer: bool, queue: Any) -> None:
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     res = publish(
         Path(run),
@@ -64,7 +64,7 @@ def _child_publish(url: str, run: str, defer: bool, queue: Any) -> None:
 
 
 def _child_index(url: str, queue: Any) -> None:
-    from catalog.publish import build_index
+    from embcat.catalog.publish import build_index
 
     t = time.perf_counter()
     built = build_index(CID, DatabaseSettings(database_url=url))
@@ -225,7 +225,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     o, b = out["ours"], out["bare_copy"]
-    from catalog.spaces import IndexSettings
+    from embcat.catalog.spaces import IndexSettings
 
     graph = IndexSettings()
     rows = [

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import bench_load  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
-from catalog.publish import publish  # noqa: E402
-from catalog.settings import DatabaseSettings  # noqa: E402
+from embcat.catalog.publish import publish  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "publish_locks.json"
 

@@ -48,9 +48,9 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
 
 from shardgen import chip_rows, table_from_rows  # noqa: E402
 
-from catalog.settings import DatabaseSettings  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
-from encoders.manifest import (  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
+from embcat.encoders.manifest import (  # noqa: E402
     EncoderIdentity,
     Manifest,
     RunParameters,
@@ -160,7 +160,7 @@ def write_shards(folder: Path, data: str, n: int, dims: int, seed: int) -> None:
 
 
 def _child_publish(url: str, run: str, queue: Any) -> None:
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     res = publish(
         Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url), progress=False
@@ -259,7 +259,7 @@ def run_queries(
     import httpx
     from pgvector.psycopg import register_vector
 
-    from catalog.similarity import SimilaritySpec, similar_with_plan
+    from embcat.catalog.similarity import SimilaritySpec, similar_with_plan
 
     out = []
     http = httpx.Client()
@@ -394,7 +394,7 @@ def main() -> None:
         truth = masks_and_truth(a.data, a.n, a.dims, a.seed, rows, flts)
         result["truth_s"] = time.perf_counter() - t
         save()
-        from catalog.spaces import ensure_index, finish_swap, get_space
+        from embcat.catalog.spaces import ensure_index, finish_swap, get_space
 
         with psycopg.connect(url) as c:
             space = get_space(c, pub["space_id"])

@@ -43,8 +43,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from vectorgen import grid_points, item_ids, load_collection, manifold_vectors  # noqa: E402
 
-from catalog import migrate, score  # noqa: E402
-from catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
+from embcat.catalog import migrate, score  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
 
 
 def rss_mb() -> float:

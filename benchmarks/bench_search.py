@@ -37,8 +37,8 @@ import httpx
 import numpy as np
 import psycopg
 
-from catalog import migrate
-from catalog.settings import DatabaseSettings, to_libpq_url
+from embcat.catalog import migrate
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             start(
                 [
                     str(ROOT / ".venv" / "bin" / "uvicorn"),
-                    "api.app:create_app",
+                    "embcat.api.app:create_app",
                     "--factory",
                     "--host",
                     "127.0.0.1",

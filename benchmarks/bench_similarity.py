@@ -51,10 +51,10 @@ from vectorgen import (  # noqa: E402
     manifold_vectors,
 )
 
-from catalog import migrate  # noqa: E402
-from catalog.search import bbox_literal  # noqa: E402
-from catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
-from catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan  # noqa: E402
+from embcat.catalog import migrate  # noqa: E402
+from embcat.catalog.search import bbox_literal  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
+from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan  # noqa: E402
 
 EXTENT = (0.0, 0.0, 100.0, 100.0)
 SELECTIVITIES = [None, 0.10, 0.01, 0.001]
@@ -112,7 +112,7 @@ def load(url: str, vectors: np.ndarray, points: np.ndarray) -> dict[str, float]:
         )  # fmt: skip
         c.commit()
         loaded = time.perf_counter()
-        from catalog.spaces import collection_space, ensure_hnsw_index
+        from embcat.catalog.spaces import collection_space, ensure_hnsw_index
 
         space = collection_space(c, "bench")
         assert space is not None
@@ -172,7 +172,7 @@ def free_port() -> int:
 
 def start_server(url: str) -> tuple[subprocess.Popen, str] | None:
     try:
-        import api.app  # noqa: F401
+        import embcat.api.app  # noqa: F401
     except ImportError:
         return None
     port = free_port()
@@ -184,7 +184,7 @@ def start_server(url: str) -> tuple[subprocess.Popen, str] | None:
             "-m",
             "uvicorn",
             "--factory",
-            "api.app:create_app",
+            "embcat.api.app:create_app",
             "--port",
             str(port),
             "--host",

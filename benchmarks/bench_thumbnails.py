@@ -34,15 +34,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 from imagerydata import add_thumbnails  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
-from catalog.settings import DatabaseSettings  # noqa: E402
 from conftest import create_database, drop_database  # noqa: E402
-from encoders.thumbnails import render  # noqa: E402
+from embcat.catalog.settings import DatabaseSettings  # noqa: E402
+from embcat.encoders.thumbnails import render  # noqa: E402
 
 CID = "bench-thumbs"
 
 
 def _publish(url: str, run: str, queue: Any) -> None:
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     t = time.perf_counter()
     res = publish(Path(run), collection_id=CID, settings=DatabaseSettings(database_url=url),
@@ -95,7 +95,7 @@ def main() -> None:
             try:
                 results[name] = publish_in_child(url, run)
                 if name == "with":
-                    from catalog.imagery import thumbnail_png
+                    from embcat.catalog.imagery import thumbnail_png
 
                     with psycopg.connect(url) as c:
                         size = c.execute(

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.errors import InvalidInput, NotFound, translated
 
 MAX_LIMIT = 10_000
 

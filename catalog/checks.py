@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from catalog.errors import DatabaseTooOld
+from embcat.catalog.errors import DatabaseTooOld
 
 MIN_POSTGRES = (15, 0)
 MIN_POSTGIS = (3, 3)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from catalog.errors import Conflict, InvalidInput, NotFound, translated
+from embcat.catalog.errors import Conflict, InvalidInput, NotFound, translated
 
 # The same rule as the check constraint on collections.id (migration 0001).
 COLLECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"

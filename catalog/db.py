@@ -19,8 +19,8 @@ from functools import partial
 import psycopg
 from pgvector.psycopg import register_vector
 
-from catalog.errors import translated
-from catalog.settings import DatabaseSettings
+from embcat.catalog.errors import translated
+from embcat.catalog.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 
 DEMO_COLLECTION = "demo-mosaiks"
 SCENE_SIZE = 1024
@@ -161,11 +161,11 @@ def prepare_demo(
     scene_size: int = SCENE_SIZE,
 ) -> DemoInfo:
     """Make (or reuse) the scene and its encode run, migrate, publish; describe the result."""
-    from catalog import migrate
-    from catalog.db import connect
-    from catalog.publish import publish
-    from encoders.job import run_encode
-    from encoders.manifest import MANIFEST_NAME
+    from embcat.catalog import migrate
+    from embcat.catalog.db import connect
+    from embcat.catalog.publish import publish
+    from embcat.encoders.job import run_encode
+    from embcat.encoders.manifest import MANIFEST_NAME
 
     directory = Path(directory)
     scene = directory / "scene.tif"

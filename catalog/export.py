@@ -56,9 +56,9 @@ import pyarrow.parquet as pq
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from catalog.changes import safe_high_water
-from catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
-from catalog.quantize import (
+from embcat.catalog.changes import safe_high_water
+from embcat.catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
+from embcat.catalog.quantize import (
     BINARY_QUANTIZATION,
     NUMPY_DTYPES,
     Quantization,
@@ -71,9 +71,9 @@ from catalog.quantize import (
     quantize,
     values_of,
 )
-from catalog.search import SearchQuery, where_clause
-from catalog.spaces import Space, get_space
-from catalog.stac import (
+from embcat.catalog.search import SearchQuery, where_clause
+from embcat.catalog.spaces import Space, get_space
+from embcat.catalog.stac import (
     EXTENSION_SCHEMAS,
     GENERATED_RELS,
     SERVED_PREFIXES,

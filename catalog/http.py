@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import stamina
 
-from catalog.errors import EmbcatError
+from embcat.catalog.errors import EmbcatError
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -275,7 +275,7 @@ class HttpClient:
 def default_error(answer: Answer, what: str) -> EmbcatError:
     """``RemoteError`` naming the status and the remote's message (``NotFound`` for 404;
     a redirect is named with where it points)."""
-    from catalog.errors import NotFound
+    from embcat.catalog.errors import NotFound
 
     if 300 <= answer.status < 400:
         where = answer.headers.get("location", "?")

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from catalog.errors import InvalidInput, NotFound, translated
-from encoders.manifest import (
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.encoders.manifest import (
     QUICKLOOK_KEY_PATTERN,
     THUMBNAIL_COLUMN,
     Manifest,

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from catalog.errors import InvalidInput, NotFound, Unauthorized, translated
+from embcat.catalog.errors import InvalidInput, NotFound, Unauthorized, translated
 
 SCOPES = ("read", "write", "admin")
 _IMPLIES = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}

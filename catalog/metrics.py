@@ -4,7 +4,7 @@ The metric objects live in the process-wide default registry, defined once at im
 that catalog code (publish, similarity) and the API's ``/metrics`` endpoint
 (``api.observability``) share them. Recording is cheap and never raises::
 
-    from catalog import metrics
+    from embcat.catalog import metrics
 
     with metrics.publish_timer(mode):          # counts the outcome, times the run
         ...
@@ -75,7 +75,7 @@ def outcome_of(exc: BaseException | None) -> str:
     """The outcome label of a run that ended with ``exc`` (None: success)."""
     if exc is None:
         return "ok"
-    from catalog.errors import Conflict, InvalidInput
+    from embcat.catalog.errors import Conflict, InvalidInput
 
     if isinstance(exc, InvalidInput):
         return "invalid"

@@ -10,9 +10,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from catalog.checks import check_server
-from catalog.errors import EmbcatError, translated
-from catalog.settings import DatabaseSettings
+from embcat.catalog.checks import check_server
+from embcat.catalog.errors import EmbcatError, translated
+from embcat.catalog.settings import DatabaseSettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 

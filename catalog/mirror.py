@@ -44,27 +44,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg.types.json import Jsonb
 
-from catalog import spaces as spaces_mod
-from catalog.db import connect
-from catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
-from catalog.export import read_metadata
-from catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
-from catalog.imagery import QUICKLOOK_ASSET_PREFIX
-from catalog.mirror_columns import encode_page, page_file_fields
-from catalog.mirror_rows import (
+from embcat.catalog import spaces as spaces_mod
+from embcat.catalog.db import connect
+from embcat.catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
+from embcat.catalog.export import read_metadata
+from embcat.catalog.http import HttpClient, RemoteError, RetryPolicy, origin_of
+from embcat.catalog.imagery import QUICKLOOK_ASSET_PREFIX
+from embcat.catalog.mirror_columns import encode_page, page_file_fields
+from embcat.catalog.mirror_rows import (
     _item_to_row,
     _local_href,
     rows_from_table,
     verify,
 )
-from catalog.mirror_write import Row as _Row
-from catalog.mirror_write import encode_rows, write_copy, write_page
-from catalog.publish import ANALYZE_ITEM_COLUMNS
-from catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
-from catalog.settings import DatabaseSettings
-from catalog.spaces import Space, ensure_index, get_or_create_space, get_space
-from catalog.stac import GENERATED_RELS
-from catalog.vectors import (
+from embcat.catalog.mirror_write import Row as _Row
+from embcat.catalog.mirror_write import encode_rows, write_copy, write_page
+from embcat.catalog.publish import ANALYZE_ITEM_COLUMNS
+from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
+from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.spaces import Space, ensure_index, get_or_create_space, get_space
+from embcat.catalog.stac import GENERATED_RELS
+from embcat.catalog.vectors import (
     EMBEDDINGS_ASSET,
     multihash_sha256,
 )

@@ -28,19 +28,19 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog.errors import Conflict
-from catalog.export import DATETIME_COLUMNS
-from catalog.imagery import THUMBNAIL_ASSET
-from catalog.mirror_write import (
+from embcat.catalog.errors import Conflict
+from embcat.catalog.export import DATETIME_COLUMNS
+from embcat.catalog.imagery import THUMBNAIL_ASSET
+from embcat.catalog.mirror_write import (
     _FIELDS,
     _NULL,
     _fixed_bboxes,
     _jsonb_fields,
     _vector_tail,
 )
-from catalog.publish import _PG_EPOCH_US, _const, _field_lengths, _fixed
-from catalog.spaces import Space
-from catalog.vectors import EMBEDDINGS_ASSET, embedding_href, npy_bytes, stored_values
+from embcat.catalog.publish import _PG_EPOCH_US, _const, _field_lengths, _fixed
+from embcat.catalog.spaces import Space
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, npy_bytes, stored_values
 
 _S = pa.string()
 _URL_SAFE = r"^[A-Za-z0-9_.~-]+$"

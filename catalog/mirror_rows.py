@@ -16,13 +16,13 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from catalog.export import DATETIME_COLUMNS
-from catalog.imagery import THUMBNAIL_ASSET
-from catalog.mirror_columns import iso_texts, verify_columns
-from catalog.mirror_write import Row as _Row
-from catalog.quantize import LOSSLESS_FOR, Quantization, from_arrow
-from catalog.stac import GENERATED_RELS
-from catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields, stored_values
+from embcat.catalog.export import DATETIME_COLUMNS
+from embcat.catalog.imagery import THUMBNAIL_ASSET
+from embcat.catalog.mirror_columns import iso_texts, verify_columns
+from embcat.catalog.mirror_write import Row as _Row
+from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, from_arrow
+from embcat.catalog.stac import GENERATED_RELS
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields, stored_values
 
 
 def iso(value: datetime) -> str:

@@ -23,7 +23,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog.publish import (
+from embcat.catalog.publish import (
     _COPY_HEADER,
     _COPY_TRAILER,
     _JSONB_V1,
@@ -33,7 +33,7 @@ from catalog.publish import (
     _field_lengths,
     _fixed,
 )
-from catalog.spaces import Space
+from embcat.catalog.spaces import Space
 
 _FIELDS = 10
 _NULL = b"\xff\xff\xff\xff"

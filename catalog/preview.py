@@ -29,8 +29,8 @@ import numpy as np
 import psycopg
 from affine import Affine
 
-from catalog.errors import InvalidInput, NotFound, translated
-from catalog.spaces import Space, collection_space
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.spaces import Space, collection_space
 
 SAMPLE_SIZE = 10_000
 MAX_PNG_SIDE = 2048

@@ -69,16 +69,16 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from catalog import imagery, metrics
-from catalog import spaces as spaces_mod
-from catalog.collections import validate_collection_id
-from catalog.db import connect
-from catalog.errors import Conflict, EmbcatError, InvalidInput, translated
-from catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
-from catalog.settings import DatabaseSettings
-from catalog.spaces import Space
-from catalog.stac import source_uri
-from catalog.stacgen import (
+from embcat.catalog import imagery, metrics
+from embcat.catalog import spaces as spaces_mod
+from embcat.catalog.collections import validate_collection_id
+from embcat.catalog.db import connect
+from embcat.catalog.errors import Conflict, EmbcatError, InvalidInput, translated
+from embcat.catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
+from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.spaces import Space
+from embcat.catalog.stac import source_uri
+from embcat.catalog.stacgen import (
     SOURCE_MEDIA_TYPE,
     ItemTemplate,
     build_collection,
@@ -86,7 +86,7 @@ from catalog.stacgen import (
     item_template,
     npy_header,
 )
-from encoders.manifest import (
+from embcat.encoders.manifest import (
     MANIFEST_NAME,
     THUMBNAIL_COLUMN,
     Manifest,
@@ -669,7 +669,7 @@ def check_target(conn: psycopg.Connection, manifest: Manifest, collection_id: st
     """Refuse, before any shard is read or sent, a target the publish would refuse: an
     invalid collection id (InvalidInput), a collection of another embedding space
     (Conflict). The remote upload runs this when the manifest arrives."""
-    from catalog.stac import COLLECTION_ID
+    from embcat.catalog.stac import COLLECTION_ID
 
     if not COLLECTION_ID.match(collection_id):
         raise InvalidInput(
@@ -1286,7 +1286,7 @@ def build_index(
     Takes the merge lock exclusively, like a publish that builds an index, so that it
     never deadlocks with a concurrent publish.
     """
-    from catalog.errors import NotFound
+    from embcat.catalog.errors import NotFound
 
     with connect(settings) as conn, translated():
         with conn.transaction():

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from catalog.errors import InvalidInput
+from embcat.catalog.errors import InvalidInput
 
 Dtype = Literal["float32", "float16", "int8", "binary"]
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8", "binary")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from catalog.errors import (
+from embcat.catalog.errors import (
     Conflict,
     DatabaseUnavailable,
     EmbcatError,
@@ -26,9 +26,9 @@ from catalog.errors import (
     NotFound,
     Unauthorized,
 )
-from catalog.http import DEFAULT_RETRY, Answer, HttpClient, RetryPolicy
-from catalog.publish import load_manifest, verify_shards
-from catalog.stacgen import default_collection_id
+from embcat.catalog.http import DEFAULT_RETRY, Answer, HttpClient, RetryPolicy
+from embcat.catalog.publish import load_manifest, verify_shards
+from embcat.catalog.stacgen import default_collection_id
 
 _STATUS: dict[int, type[EmbcatError]] = {
     400: InvalidInput,

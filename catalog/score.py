@@ -44,9 +44,9 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from catalog.errors import InvalidInput, translated
-from catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
-from catalog.similarity import (
+from embcat.catalog.errors import InvalidInput, translated
+from embcat.catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
+from embcat.catalog.similarity import (
     _SPACES_SQL,
     ItemRef,
     SimilaritySettings,
@@ -58,8 +58,8 @@ from catalog.similarity import (
     linear_direction,
     query_vector,
 )
-from catalog.spaces import Space, space_table
-from encoders.thumbnails import png_bytes
+from embcat.catalog.spaces import Space, space_table
+from embcat.encoders.thumbnails import png_bytes
 
 MODEL_TYPE = "embcat:score-model"
 MODEL_VERSION = 1
@@ -537,7 +537,7 @@ def parquet_chunks(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from catalog.export import _Sink
+    from embcat.catalog.export import _Sink
 
     geo = {
         "version": "1.0.0",
@@ -635,7 +635,7 @@ def render_png(
     from rasterio import features as rio_features
     from shapely import from_wkb
 
-    from catalog.preview import png_size
+    from embcat.catalog.preview import png_size
 
     w, h = png_size(bbox, width, height)
     west, south, east, north = bbox

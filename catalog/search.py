@@ -35,9 +35,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from catalog.errors import InvalidInput, translated
-from catalog.geometry import check_geometry, geojson_text
-from catalog.stac import ITEM_COLUMNS, item_to_stac
+from embcat.catalog.errors import InvalidInput, translated
+from embcat.catalog.geometry import check_geometry, geojson_text
+from embcat.catalog.stac import ITEM_COLUMNS, item_to_stac
 
 PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,255}$")
 # Nesting caps on hostile input: the translator and the serialisers recurse (Python's

@@ -71,9 +71,9 @@ from psycopg.adapt import PyFormat
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from catalog import metrics
-from catalog.errors import InvalidInput, NotFound, translated
-from catalog.spaces import Space, space_table
+from embcat.catalog import metrics
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.spaces import Space, space_table
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
 

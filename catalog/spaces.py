@@ -38,8 +38,8 @@ from psycopg.types.json import Jsonb
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from catalog.errors import Conflict, InvalidInput, NotFound
-from encoders.manifest import options_sha256
+from embcat.catalog.errors import Conflict, InvalidInput, NotFound
+from embcat.encoders.manifest import options_sha256
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from catalog.errors import InvalidInput, NotFound, translated
-from catalog.geometry import check_item_geometry
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.geometry import check_item_geometry
 
 STAC_VERSION = "1.1.0"
 # Documents that declare the embeddings extension v0.0.1 are STAC 1.0.0: that extension's
@@ -346,7 +346,7 @@ def check_json_values(value: Any, what: str, depth: int = 0) -> None:
 def _iso(value: Any, name: str) -> str | None:
     if value is None:
         return None
-    from catalog.search import parse_timestamp
+    from embcat.catalog.search import parse_timestamp
 
     return parse_timestamp(value).isoformat() if isinstance(value, str) else _bad(name)
 

@@ -19,11 +19,11 @@ from pystac.extensions.file import FileExtension
 from pystac.extensions.mlm import MLMExtension
 from pystac.extensions.projection import ProjectionExtension
 
-from catalog.spaces import Space
-from catalog.stac import EMB_SCHEMA, EMB_STAC_VERSION, source_uri, stac_version_for
-from catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_bytes
 from embcat import __version__
-from encoders.manifest import Manifest
+from embcat.catalog.spaces import Space
+from embcat.catalog.stac import EMB_SCHEMA, EMB_STAC_VERSION, source_uri, stac_version_for
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_bytes
+from embcat.encoders.manifest import Manifest
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from catalog.errors import InvalidInput, NotFound, translated
-from catalog.quantize import (
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.quantize import (
     BINARY_QUANTIZATION,
     DTYPES,
     RangeStats,
@@ -39,7 +39,7 @@ from catalog.quantize import (
     int8_quantization,
     quantize,
 )
-from catalog.spaces import Space, collection_space
+from embcat.catalog.spaces import Space, collection_space
 
 
 @dataclass

@@ -104,7 +104,7 @@ class Export:
         either vector layout and dequantised (int8, binary) as the file's metadata says."""
         import json
 
-        from catalog.quantize import Quantization, from_arrow
+        from embcat.catalog.quantize import Quantization, from_arrow
 
         table = self.table()
         meta = json.loads((table.schema.metadata or {})[b"embcat"])

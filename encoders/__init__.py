@@ -9,21 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from encoders.base import Encoder, InputSpec, OutputSpec, Scaling
-    from encoders.errors import EncodeError
-    from encoders.job import EncodeResult, run_encode
-    from encoders.registry import get_encoder, list_encoders
+    from embcat.encoders.base import Encoder, InputSpec, OutputSpec, Scaling
+    from embcat.encoders.errors import EncodeError
+    from embcat.encoders.job import EncodeResult, run_encode
+    from embcat.encoders.registry import get_encoder, list_encoders
 
 _LAZY = {
-    "Encoder": "encoders.base",
-    "InputSpec": "encoders.base",
-    "OutputSpec": "encoders.base",
-    "Scaling": "encoders.base",
-    "EncodeError": "encoders.errors",
-    "EncodeResult": "encoders.job",
-    "run_encode": "encoders.job",
-    "get_encoder": "encoders.registry",
-    "list_encoders": "encoders.registry",
+    "Encoder": "embcat.encoders.base",
+    "InputSpec": "embcat.encoders.base",
+    "OutputSpec": "embcat.encoders.base",
+    "Scaling": "embcat.encoders.base",
+    "EncodeError": "embcat.encoders.errors",
+    "EncodeResult": "embcat.encoders.job",
+    "run_encode": "embcat.encoders.job",
+    "get_encoder": "embcat.encoders.registry",
+    "list_encoders": "embcat.encoders.registry",
 }
 
 __all__ = [

@@ -43,8 +43,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from encoders.errors import EncodeError, EncoderOptionError
-from encoders.manifest import EncoderIdentity, make_space_options, options_sha256
+from embcat.encoders.errors import EncodeError, EncoderOptionError
+from embcat.encoders.manifest import EncoderIdentity, make_space_options, options_sha256
 
 ScalingType = Literal["none", "scale", "offset", "z-score", "min-max"]
 Metric = Literal["cosine", "l2", "inner_product"]

@@ -43,9 +43,9 @@ from typing import Any
 import torch
 import yaml
 
-from encoders.base import Encoder, InputSpec, OutputSpec, Scaling, parse_bands
-from encoders.errors import EncoderOptionError
-from encoders.manifest import sha256_file
+from embcat.encoders.base import Encoder, InputSpec, OutputSpec, Scaling, parse_bands
+from embcat.encoders.errors import EncoderOptionError
+from embcat.encoders.manifest import sha256_file
 
 _CARD_SUFFIXES = (".yaml", ".yml", ".json")
 _CARD_KEYS = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.sources import Source
+from embcat.encoders.sources import Source
 
 EDGE_POINTS = 4
 

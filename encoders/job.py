@@ -42,10 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from encoders.base import Encoder
-from encoders.errors import EncodeError, InputError, OutputError
-from encoders.grid import Chip, footprints, grid_id, plan_chips, split_for_rank
-from encoders.manifest import (
+from embcat.encoders.base import Encoder
+from embcat.encoders.errors import EncodeError, InputError, OutputError
+from embcat.encoders.grid import Chip, footprints, grid_id, plan_chips, split_for_rank
+from embcat.encoders.manifest import (
     MANIFEST_NAME,
     QUICKLOOK_DIR,
     QUICKLOOKS_KEY,
@@ -59,10 +59,10 @@ from encoders.manifest import (
     shard_name,
     shard_schema,
 )
-from encoders.registry import get_encoder
-from encoders.sources import ChipReader, Source, first_raster_bands, resolve_inputs
-from encoders.thumbnails import render as render_thumbnails
-from encoders.thumbnails import scene_quicklook
+from embcat.encoders.registry import get_encoder
+from embcat.encoders.sources import ChipReader, Source, first_raster_bands, resolve_inputs
+from embcat.encoders.thumbnails import render as render_thumbnails
+from embcat.encoders.thumbnails import scene_quicklook
 
 log = logging.getLogger("embcat.encode")
 

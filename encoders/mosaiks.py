@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from encoders.base import SENTINEL2_L1C_BANDS, Encoder, InputSpec, OutputSpec, Scaling, parse_bands
-from encoders.errors import EncoderOptionError
+from embcat.encoders.base import (
+    SENTINEL2_L1C_BANDS,
+    Encoder,
+    InputSpec,
+    OutputSpec,
+    Scaling,
+    parse_bands,
+)
+from embcat.encoders.errors import EncoderOptionError
 
 # Largest conv response tensor (bytes) computed at once; batches are split to fit.
 _RESPONSE_BUDGET = 256 * 1024 * 1024

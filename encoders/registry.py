@@ -12,7 +12,7 @@ points (that point at different objects) is refused with :class:`DuplicateEncode
 
 API in the style of torchgeo's models API::
 
-    from encoders import get_encoder, list_encoders
+    from embcat.encoders import get_encoder, list_encoders
     list_encoders()                      # ['checkpoint', 'mosaiks', 'spectral-stats']
     enc = get_encoder("mosaiks", num_features=128, chip_size=64)
 """
@@ -27,8 +27,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, distributions
 from typing import Any
 
-from encoders.base import Encoder
-from encoders.errors import DuplicateEncoder, EncodeError, EncoderNotFound, EncoderOptionError
+from embcat.encoders.base import Encoder
+from embcat.encoders.errors import (
+    DuplicateEncoder,
+    EncodeError,
+    EncoderNotFound,
+    EncoderOptionError,
+)
 
 ENTRY_POINT_GROUP = "embcat.encoders"
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders.errors import InputError
+from embcat.encoders.errors import InputError
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 STAC_SUFFIXES = (".json", ".geojson")

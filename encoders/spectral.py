@@ -13,8 +13,15 @@ from typing import Any
 
 import torch
 
-from encoders.base import SENTINEL2_L1C_BANDS, Encoder, InputSpec, OutputSpec, Scaling, parse_bands
-from encoders.errors import EncoderOptionError
+from embcat.encoders.base import (
+    SENTINEL2_L1C_BANDS,
+    Encoder,
+    InputSpec,
+    OutputSpec,
+    Scaling,
+    parse_bands,
+)
+from embcat.encoders.errors import EncoderOptionError
 
 
 class SpectralStatsEncoder(Encoder):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from encoders.sources import Source
+    from embcat.encoders.sources import Source
 
 MAX_SIDE = 64
 QUICKLOOK_SIDE = 512
@@ -132,7 +132,7 @@ def _read_decimated(src: Source, position: int, out_w: int, out_h: int) -> np.nd
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
-    from encoders.sources import open_raster
+    from embcat.encoders.sources import open_raster
 
     band = src.bands[position]
     ds = open_raster(band.href)

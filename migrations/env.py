@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from catalog.settings import DatabaseSettings, to_sqlalchemy_url
+from embcat.catalog.settings import DatabaseSettings, to_sqlalchemy_url
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or DatabaseSettings().database_url

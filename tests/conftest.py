@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from catalog import migrate
-from catalog.settings import DatabaseSettings, to_libpq_url
+from embcat.catalog import migrate
+from embcat.catalog.settings import DatabaseSettings, to_libpq_url
 
 BASE_URL = to_libpq_url(os.environ.get("EMBCAT_DATABASE_URL") or DatabaseSettings().database_url)
 

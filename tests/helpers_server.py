@@ -38,7 +38,7 @@ class ServerHandle:
 def start_server(settings: Any = None, app: Any = None, timeout: float = 20.0) -> ServerHandle:
     """Start ``app`` (default: ``create_app(settings)``) and wait until it accepts requests."""
     if app is None:
-        from api.app import create_app
+        from embcat.api.app import create_app
 
         app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encoders.manifest import THUMBNAIL_COLUMN, Manifest, ShardRecord, sha256_file
-from encoders.thumbnails import png_bytes
+from embcat.encoders.manifest import THUMBNAIL_COLUMN, Manifest, ShardRecord, sha256_file
+from embcat.encoders.thumbnails import png_bytes
 
 
 def tiny_png(seed: int) -> bytes:

@@ -19,7 +19,7 @@ import numpy as np
 import psycopg
 from rasterdata import S2_BANDS
 
-from catalog.demo import CLASSES, SIGNATURES
+from embcat.catalog.demo import CLASSES, SIGNATURES
 
 BLOCK_PX = 32
 CHIP_PX = 16
@@ -73,9 +73,9 @@ def publish_block_scene(
     directory: Path, database_url: str, collection_id: str, *, seed: int = 3
 ) -> dict[str, int]:
     """Encode + publish the scene into ``collection_id``; {item id: true class}."""
-    from catalog.publish import publish
-    from catalog.settings import DatabaseSettings
-    from encoders.job import run_encode
+    from embcat.catalog.publish import publish
+    from embcat.catalog.settings import DatabaseSettings
+    from embcat.encoders.job import run_encode
 
     directory.mkdir(parents=True, exist_ok=True)
     scene = directory / "blocks.tif"

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import Transformer
 
-from encoders.manifest import (
+from embcat.encoders.manifest import (
     EncoderIdentity,
     Manifest,
     RunParameters,

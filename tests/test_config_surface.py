@@ -10,9 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic_settings import BaseSettings
 
-import api
-import catalog
-import encoders
+from embcat import api, catalog, encoders
 
 ROOT = Path(__file__).resolve().parent.parent
 

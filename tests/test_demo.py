@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from catalog.demo import DEMO_COLLECTION, DemoInfo, land_cover, prepare_demo
-from catalog.settings import DatabaseSettings
+from embcat.catalog.demo import DEMO_COLLECTION, DemoInfo, land_cover, prepare_demo
+from embcat.catalog.settings import DatabaseSettings
 from embcat.cli import main
 
 

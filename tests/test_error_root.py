@@ -14,11 +14,9 @@ from types import ModuleType
 import pytest
 from click.testing import CliRunner
 
-import api
-import catalog
 import embcat
-import encoders
-from api.errors import status_of
+from embcat import api, catalog, encoders
+from embcat.api.errors import status_of
 from embcat.errors import EmbcatError
 
 PACKAGES: tuple[ModuleType, ...] = (embcat, catalog, encoders, api)
@@ -69,7 +67,7 @@ def test_the_root_module_imports_neither_the_database_nor_fastapi() -> None:
 
 
 def test_the_api_maps_an_encoder_error_by_the_root_to_400() -> None:
-    from encoders.errors import EncoderNotFound
+    from embcat.encoders.errors import EncoderNotFound
 
     assert status_of(EncoderNotFound("no encoder 'x'")) == 400
 
@@ -77,10 +75,10 @@ def test_the_api_maps_an_encoder_error_by_the_root_to_400() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        "encoders.errors:InputError",
+        "embcat.encoders.errors:InputError",
         "embcat.client:ClientError",
-        "catalog.mirror:RemoteError",
-        "catalog.errors:NotFound",
+        "embcat.catalog.mirror:RemoteError",
+        "embcat.catalog.errors:NotFound",
     ],
 )
 def test_the_cli_prints_any_embcat_error_as_one_line(error: str) -> None:

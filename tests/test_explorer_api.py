@@ -17,9 +17,9 @@ from pgvector.psycopg import register_vector
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
-import api.explorer as explorer
-from api.settings import ApiSettings
-from catalog.preview import false_colour
+import embcat.api.explorer as explorer
+from embcat.api.settings import ApiSettings
+from embcat.catalog.preview import false_colour
 
 
 @pytest.fixture(scope="module")

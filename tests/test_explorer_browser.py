@@ -28,8 +28,8 @@ from helpers_server import start_server
 from pgvector.psycopg import register_vector
 from selenium.webdriver.common.by import By
 
-from api.explorer import leaflet_installed
-from api.settings import ApiSettings
+from embcat.api.explorer import leaflet_installed
+from embcat.api.settings import ApiSettings
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ from scoredata import examples, publish_block_scene
 from selenium.webdriver.common.by import By
 from shardgen import write_run
 
-from api.explorer import leaflet_installed
-from api.settings import ApiSettings
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.api.explorer import leaflet_installed
+from embcat.api.settings import ApiSettings
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 
 WATER, TOWN = 0, 4
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"

@@ -21,8 +21,8 @@ from helpers_server import start_server
 from scoredata import examples, publish_block_scene
 from selenium.webdriver.common.by import By
 
-from api.explorer import leaflet_installed
-from api.settings import ApiSettings
+from embcat.api.explorer import leaflet_installed
+from embcat.api.settings import ApiSettings
 
 BARE, TOWN = 3, 4
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"

@@ -22,8 +22,8 @@ from helpers_server import ServerHandle, start_server
 from pgvector.psycopg import register_vector
 from shardgen import write_run
 
-from catalog.mirror import MirrorOptions, mirror
-from catalog.settings import DatabaseSettings
+from embcat.catalog.mirror import MirrorOptions, mirror
+from embcat.catalog.settings import DatabaseSettings
 
 CID = "mir"
 N = 120
@@ -43,7 +43,7 @@ def _snapshot(url: str) -> list[tuple[Any, ...]]:
 
 
 def _neighbours(url: str, item: str) -> list[str]:
-    from catalog.similarity import SimilaritySpec, similar
+    from embcat.catalog.similarity import SimilaritySpec, similar
 
     with psycopg.connect(url) as c:
         register_vector(c)
@@ -54,8 +54,8 @@ def _neighbours(url: str, item: str) -> list[str]:
 @pytest.fixture
 def remote(make_database: Callable[..., str], tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(database URL, server URL) of catalogue A with N published items."""
-    from api.settings import ApiSettings
-    from catalog.publish import publish
+    from embcat.api.settings import ApiSettings
+    from embcat.catalog.publish import publish
 
     url = make_database()
     run = write_run(tmp_path / "run", N, dims=16, seed=3)
@@ -134,9 +134,9 @@ def test_killed_mirror_resumes_to_the_same_state(
 def test_fallback_against_a_plain_stac_api(
     remote: tuple[str, str], make_database: Callable[..., str]
 ) -> None:
-    from api.app import create_app
-    from api.exchange import router, vector_router
-    from api.settings import ApiSettings
+    from embcat.api.app import create_app
+    from embcat.api.exchange import router, vector_router
+    from embcat.api.settings import ApiSettings
 
     a_url, _ = remote
     app = create_app(ApiSettings(database_url=a_url, db_pool_max=4))

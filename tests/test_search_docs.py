@@ -30,7 +30,7 @@ def python_blocks(name: str) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, database_url: str) -> Iterator[str]:
-    from api.settings import ApiSettings
+    from embcat.api.settings import ApiSettings
 
     with psycopg.connect(database_url) as c:
         exists = c.execute("select 1 from collections where id = 'blocks'").fetchone()

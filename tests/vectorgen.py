@@ -19,8 +19,8 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
 
-from catalog.spaces import Space, ensure_index, get_or_create_space, get_space
-from catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, embedding_href, file_fields
+from embcat.catalog.spaces import Space, ensure_index, get_or_create_space, get_space
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, embedding_href, file_fields
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 # EWKB of a point with an SRID: byte order, type | SRID flag, SRID, x, y (little-endian).

@@ -22,11 +22,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import require_scope
-from api.db import connection
-from catalog import preview
-from catalog.errors import InvalidInput, NotFound, translated
-from catalog.spaces import collection_space
+from embcat.api.auth import require_scope
+from embcat.api.db import connection
+from embcat.catalog import preview
+from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.spaces import collection_space
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

@@ -22,8 +22,8 @@ def collections_create(collection_id: str, title: str | None, description: str |
     Then `embcat keys create NAME --scope write --collection COLLECTION_ID` makes a key
     that may publish into this collection only.
     """
-    from catalog.collections import reserve_collection, validate_collection_id
-    from catalog.db import connect
+    from embcat.catalog.collections import reserve_collection, validate_collection_id
+    from embcat.catalog.db import connect
 
     validate_collection_id(collection_id)
     with connect() as conn:
@@ -36,8 +36,8 @@ def collections_create(collection_id: str, title: str | None, description: str |
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def collections_list(as_json: bool) -> None:
     """List collections with their item counts and embedding spaces."""
-    from catalog.collections import list_collections
-    from catalog.db import connect
+    from embcat.catalog.collections import list_collections
+    from embcat.catalog.db import connect
 
     with connect() as conn:
         found = list_collections(conn)
@@ -58,8 +58,8 @@ def collections_list(as_json: bool) -> None:
 def collections_delete(collection_id: str, yes: bool) -> None:
     """Delete COLLECTION_ID with its items, vectors, publish records, keys limited to it
     and the state of a mirror into it."""
-    from catalog.collections import delete_collection
-    from catalog.db import connect
+    from embcat.catalog.collections import delete_collection
+    from embcat.catalog.db import connect
 
     if not yes and not click.confirm(
         f"Delete collection {collection_id!r} and all its items?", err=True

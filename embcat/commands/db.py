@@ -14,7 +14,7 @@ def _revision_errors(revision: str) -> Iterator[None]:
     """Alembic's errors for an unknown or unreachable revision as one InvalidInput."""
     from alembic.util import CommandError
 
-    from catalog.errors import InvalidInput
+    from embcat.catalog.errors import InvalidInput
 
     try:
         yield
@@ -34,8 +34,8 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def upgrade(revision: str) -> None:
     """Migrate the schema up to REVISION (idempotent)."""
-    from catalog import migrate
-    from catalog.settings import DatabaseSettings
+    from embcat.catalog import migrate
+    from embcat.catalog.settings import DatabaseSettings
 
     settings = DatabaseSettings()
     before = migrate.current(settings)
@@ -53,7 +53,7 @@ def upgrade(revision: str) -> None:
 @click.confirmation_option(prompt="Downgrade the catalogue schema? Data in dropped tables is lost")
 def downgrade(revision: str) -> None:
     """Migrate the schema down to REVISION."""
-    from catalog import migrate
+    from embcat.catalog import migrate
 
     with _revision_errors(revision):
         migrate.downgrade(revision=revision)
@@ -63,9 +63,9 @@ def downgrade(revision: str) -> None:
 @db.command()
 def check() -> None:
     """Check PostgreSQL, PostGIS and pgvector versions and the schema revision."""
-    from catalog import migrate
-    from catalog.checks import check_server
-    from catalog.db import connect
+    from embcat.catalog import migrate
+    from embcat.catalog.checks import check_server
+    from embcat.catalog.db import connect
 
     with connect() as conn:
         v = check_server(conn, require_installed=False)

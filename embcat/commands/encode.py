@@ -79,9 +79,9 @@ def encoders() -> None:
 @encoders.command("list")
 def list_command() -> None:
     """Table of registered encoders (defaults shown where options are not required)."""
-    from encoders.base import Encoder
-    from encoders.errors import EncodeError
-    from encoders.registry import discover
+    from embcat.encoders.base import Encoder
+    from embcat.encoders.errors import EncodeError
+    from embcat.encoders.registry import discover
 
     try:
         entries = discover()
@@ -117,8 +117,8 @@ def list_command() -> None:
 @option_flag
 def show_command(name: str, options: tuple[str, ...]) -> None:
     """Describe encoder NAME as JSON: input/output specs, options and its MLM metadata."""
-    from encoders.errors import EncodeError
-    from encoders.registry import get_encoder, get_encoder_entry
+    from embcat.encoders.errors import EncodeError
+    from embcat.encoders.registry import get_encoder, get_encoder_entry
 
     try:
         entry = get_encoder_entry(name)
@@ -212,8 +212,8 @@ def encode_command(
     Runs unchanged under "torchrun --nproc_per_node=N": each rank writes its own shard,
     rank 0 writes manifest.json once all are complete. Rerun to resume. See docs/hpc.md.
     """
-    from encoders.errors import EncodeError
-    from encoders.job import run_encode
+    from embcat.encoders.errors import EncodeError
+    from embcat.encoders.job import run_encode
 
     sources: list[Any] = list(inputs)
     if stac_api:
@@ -257,7 +257,7 @@ def _search(
     import pystac
     from pystac_client import Client
 
-    from encoders.errors import EncodeError
+    from embcat.encoders.errors import EncodeError
 
     try:
         box = [float(v) for v in bbox.split(",")] if bbox else None

@@ -95,9 +95,9 @@ def export_command(
     SHA-256 to OUT.sha256."""
     from tqdm import tqdm
 
-    from catalog.db import connect
-    from catalog.export import ExportRequest, export_csv_to_file, export_to_file
-    from catalog.search import SearchQuery
+    from embcat.catalog.db import connect
+    from embcat.catalog.export import ExportRequest, export_csv_to_file, export_to_file
+    from embcat.catalog.search import SearchQuery
 
     folder = out.expanduser().parent
     if not folder.is_dir():
@@ -189,8 +189,8 @@ def mirror_command(
     quiet: bool,
 ) -> None:
     """Pull a remote collection into the local catalogue (incremental after the first run)."""
-    from catalog.mirror import MirrorOptions, mirror
-    from catalog.settings import MirrorSettings
+    from embcat.catalog.mirror import MirrorOptions, mirror
+    from embcat.catalog.settings import MirrorSettings
     from embcat.commands.publish import check_remote_url
 
     check_remote_url(remote_url, "REMOTE_URL")
@@ -215,7 +215,7 @@ def mirror_command(
     )
     from tqdm import tqdm
 
-    from catalog.mirror import MirrorProgress
+    from embcat.catalog.mirror import MirrorProgress
 
     show = not quiet and not os.environ.get("EMBCAT_NO_PROGRESS")
     bars: dict[str, tqdm] = {}  # one per phase, made at its first page
@@ -245,8 +245,8 @@ def mirror_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats_command(collection_id: str, sample: int, queries: int, as_json: bool) -> None:
     """Bytes per embedding per dtype, compression vs source imagery, recall@10 loss."""
-    from catalog.db import connect
-    from catalog.stats import collection_stats
+    from embcat.catalog.db import connect
+    from embcat.catalog.stats import collection_stats
 
     with connect() as conn:
         stats = collection_stats(conn, collection_id, sample=sample, queries=queries)

@@ -17,7 +17,7 @@ def check_remote_url(url: str, option: str) -> str:
     """``url`` if it is an absolute http(s) URL, else one clear :class:`InvalidInput`."""
     from urllib.parse import urlsplit
 
-    from catalog.errors import InvalidInput
+    from embcat.catalog.errors import InvalidInput
 
     try:
         parts = urlsplit(url)
@@ -79,7 +79,7 @@ def publish(
     One transaction: a failed or interrupted publish leaves the catalogue as it was, and
     re-running a publish in ignore or upsert mode changes nothing.
     """
-    from catalog.collections import validate_collection_id
+    from embcat.catalog.collections import validate_collection_id
 
     progress = not no_progress and not as_json
     if collection_id is not None:
@@ -87,8 +87,8 @@ def publish(
     if remote:
         import httpx
 
-        from catalog.errors import InvalidInput
-        from catalog.remote_publish import remote_publish
+        from embcat.catalog.errors import InvalidInput
+        from embcat.catalog.remote_publish import remote_publish
 
         if not key:
             raise InvalidInput(
@@ -130,7 +130,7 @@ def publish(
         else:
             click.echo(str(result.get("summary", result)))
         return
-    from catalog.publish import publish as run_publish
+    from embcat.catalog.publish import publish as run_publish
 
     res = run_publish(
         source,
@@ -152,8 +152,8 @@ def publish(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def publishes(collection_id: str | None, limit: int, as_json: bool) -> None:
     """List publish records, newest first."""
-    from catalog.db import connect
-    from catalog.publish import list_publishes
+    from embcat.catalog.db import connect
+    from embcat.catalog.publish import list_publishes
 
     with connect() as conn:
         records = list_publishes(conn, collection_id, limit)
@@ -196,7 +196,7 @@ def index_build(collection_id: str, kind: str | None, rebuild: bool) -> None:
     """Build COLLECTION's space index if absent (after `publish --defer-index`)."""
     import time
 
-    from catalog.publish import build_index
+    from embcat.catalog.publish import build_index
 
     started = time.perf_counter()
     built = build_index(collection_id, kind=kind, rebuild=rebuild)  # type: ignore[arg-type]
@@ -212,9 +212,9 @@ def index_build(collection_id: str, kind: str | None, rebuild: bool) -> None:
 @click.argument("collection_id")
 def index_status(collection_id: str) -> None:
     """Whether COLLECTION's space has a valid index of its kind."""
-    from catalog.db import connect
-    from catalog.errors import NotFound
-    from catalog.spaces import collection_space, has_index
+    from embcat.catalog.db import connect
+    from embcat.catalog.errors import NotFound
+    from embcat.catalog.spaces import collection_space, has_index
 
     with connect() as conn:
         space = collection_space(conn, collection_id)
@@ -239,7 +239,7 @@ def index_status(collection_id: str) -> None:
 @click.option("--no-serve", is_flag=True, help="Prepare and publish, then exit.")
 def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
     """Make sample imagery, encode it with mosaiks, publish it and start the API."""
-    from catalog.demo import prepare_demo
+    from embcat.catalog.demo import prepare_demo
 
     info = prepare_demo(directory, base_url=f"http://{host}:{port}", echo=click.echo)
     click.echo(info.instructions())
@@ -247,11 +247,11 @@ def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
         return
     import uvicorn
 
-    from api.observability import ObservabilitySettings
+    from embcat.api.observability import ObservabilitySettings
 
     os.environ.setdefault("EMBCAT_BASE_URL", f"http://{host}:{port}")
     uvicorn.run(
-        "api.app:create_app",
+        "embcat.api.app:create_app",
         factory=True,
         host=host,
         port=port,

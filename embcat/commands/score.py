@@ -54,9 +54,9 @@ def score_command(
     height: int | None,
 ) -> None:
     """Score every chip of COLLECTION_ID from example items; write OUT and OUT.model.json."""
-    from catalog.db import connect
-    from catalog.errors import InvalidInput
-    from catalog.score import fit, parse_request, stream
+    from embcat.catalog.db import connect
+    from embcat.catalog.errors import InvalidInput
+    from embcat.catalog.score import fit, parse_request, stream
 
     fmt = SUFFIXES.get(out.suffix.lower())
     if fmt is None:

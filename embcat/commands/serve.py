@@ -24,9 +24,9 @@ def serve(host: str | None, port: int | None, reload: bool, workers: int, log_le
     import uvicorn
     from pydantic import ValidationError
 
-    from api.observability import ObservabilitySettings
-    from api.settings import ApiSettings
-    from catalog.errors import InvalidInput
+    from embcat.api.observability import ObservabilitySettings
+    from embcat.api.settings import ApiSettings
+    from embcat.catalog.errors import InvalidInput
 
     try:
         settings = ApiSettings()
@@ -39,7 +39,7 @@ def serve(host: str | None, port: int | None, reload: bool, workers: int, log_le
             f"{log_level!r} is not one of {', '.join(levels)}", param_hint="--log-level"
         )
     uvicorn.run(
-        "api.app:create_app",
+        "embcat.api.app:create_app",
         factory=True,
         host=host or settings.host,
         port=settings.port if port is None else port,
@@ -84,8 +84,8 @@ def keys() -> None:
 @click.option("--collection", default=None, help="Limit the key to one collection.")
 def keys_create(name: str, scopes: tuple[str, ...], collection: str | None) -> None:
     """Create a key and print its secret (shown this one time only)."""
-    from catalog.db import connect
-    from catalog.keys import create_key
+    from embcat.catalog.db import connect
+    from embcat.catalog.keys import create_key
 
     with connect() as conn:
         key_id, secret = create_key(conn, name, list(scopes), collection)
@@ -99,8 +99,8 @@ def keys_create(name: str, scopes: tuple[str, ...], collection: str | None) -> N
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def keys_list(as_json: bool) -> None:
     """List keys (never their secrets)."""
-    from catalog.db import connect
-    from catalog.keys import list_keys
+    from embcat.catalog.db import connect
+    from embcat.catalog.keys import list_keys
 
     with connect() as conn:
         found = list_keys(conn)
@@ -120,8 +120,8 @@ def keys_list(as_json: bool) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    from catalog.db import connect
-    from catalog.keys import revoke_key
+    from embcat.catalog.db import connect
+    from embcat.catalog.keys import revoke_key
 
     with connect() as conn:
         revoke_key(conn, key_id)

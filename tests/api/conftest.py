@@ -15,7 +15,7 @@ from helpers_server import start_server  # tests/ is on sys.path under pytest
 
 @pytest.fixture(scope="session")
 def api_settings(database_url: str) -> Any:
-    from api.settings import ApiSettings
+    from embcat.api.settings import ApiSettings
 
     return ApiSettings(database_url=database_url, db_pool_max=4, max_limit=200)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rasterdata import make_scene
 
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
-from encoders.job import run_encode
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
+from embcat.encoders.job import run_encode
 
 CHIP = 32
 

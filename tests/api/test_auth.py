@@ -6,7 +6,7 @@ import httpx
 import psycopg
 from helpers_server import running_server
 
-from catalog.keys import create_key
+from embcat.catalog.keys import create_key
 
 
 def test_protected_reads_need_a_read_key(api_settings, database_url) -> None:
@@ -42,7 +42,7 @@ def _last_used(database_url: str, key_id: str):
 
 
 def test_key_use_is_recorded_at_most_once_a_minute(database_url) -> None:
-    from catalog.keys import verify
+    from embcat.catalog.keys import verify
 
     with psycopg.connect(database_url) as conn:
         key_id, secret = create_key(conn, "throttle", ["read"])
@@ -72,7 +72,7 @@ def test_key_use_is_recorded_at_most_once_a_minute(database_url) -> None:
 def test_keys_work_on_a_read_only_database(database_url) -> None:
     """A replica refuses writes: verifying a key still works there (and the request's
     transaction stays usable), last_used_at is simply not recorded."""
-    from catalog.keys import verify
+    from embcat.catalog.keys import verify
 
     with psycopg.connect(database_url) as conn:
         key_id, secret = create_key(conn, "replica", ["read"])

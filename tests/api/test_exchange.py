@@ -16,7 +16,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from vectorgen import load_collection
 
-from catalog.vectors import multihash_sha256
+from embcat.catalog.vectors import multihash_sha256
 
 CID = "xchg-api"
 DIMS = 10

@@ -22,7 +22,7 @@ import shapely.geometry
 import stac_geoparquet.arrow
 from metadata_fixtures import Published, encode_and_publish
 
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 
 
 @pytest.fixture(scope="module")

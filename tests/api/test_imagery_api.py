@@ -12,8 +12,8 @@ from helpers_server import start_server
 from imagerydata import add_quicklook, add_thumbnails, tiny_png
 from shardgen import write_run
 
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,7 +101,7 @@ def keyed_server(api_settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def keys(database_url: str, published, seeded) -> Iterator[dict[str, str]]:
-    from catalog.keys import create_key
+    from embcat.catalog.keys import create_key
 
     made = {}
     with psycopg.connect(database_url) as conn:
@@ -133,7 +133,7 @@ def test_read_keys_and_collection_scopes_apply_as_for_the_item(
 
 
 def test_a_mirror_keeps_the_origins_thumbnail_url(live_server, published, make_database) -> None:
-    from catalog.mirror import MirrorOptions, mirror
+    from embcat.catalog.mirror import MirrorOptions, mirror
 
     cid, made = published
     b_url = make_database()

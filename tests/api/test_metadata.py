@@ -14,7 +14,7 @@ import pytest
 from metadata_fixtures import CHIP, Published, encode_and_publish
 from offline_schemas import assert_valid, stac_errors
 
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def test_api_docs_page_loads_its_assets_from_this_server(live_server: str) -> No
 
 
 def test_mirrored_collection_has_one_queryables_link_and_its_origin() -> None:
-    from catalog.mirror import _strip_collection
+    from embcat.catalog.mirror import _strip_collection
 
     remote = "https://origin.example/stac"
     stac = {
@@ -307,7 +307,7 @@ def test_queryables_refer_to_no_schema_on_the_internet(live_server: str) -> None
 def test_number_matched_past_the_limit_is_a_flagged_estimate(
     published: Published, database_url: str
 ) -> None:
-    from catalog.search import SearchQuery, count_matched
+    from embcat.catalog.search import SearchQuery, count_matched
 
     query = SearchQuery(collections=[published.collection_id])
     with psycopg.connect(database_url) as conn:

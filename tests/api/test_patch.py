@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from apidata import collection_json, make_item
 
-from catalog.keys import create_key
+from embcat.catalog.keys import create_key
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}

@@ -17,8 +17,8 @@ NON_OBJECTS = [b"[]", b"null", b'"x"', b"1", b"true", b"[{}]"]
 
 
 def _json_body_operations() -> list[tuple[str, str]]:
-    from api.app import create_app
-    from api.settings import ApiSettings
+    from embcat.api.app import create_app
+    from embcat.api.settings import ApiSettings
 
     spec = create_app(ApiSettings(database_url="postgresql://unused@127.0.0.1:1/x")).openapi()
     ops = []
@@ -38,7 +38,7 @@ OPERATIONS = _json_body_operations()
 
 @pytest.fixture(scope="module")
 def admin(database_url: str) -> Iterator[str]:
-    from catalog.keys import create_key
+    from embcat.catalog.keys import create_key
 
     with psycopg.connect(database_url) as conn:
         key_id, secret = create_key(conn, "bodies-admin", ["admin"])

@@ -8,7 +8,7 @@ import httpx
 import psycopg
 import pystac
 
-from catalog.collections import reserve_collection
+from embcat.catalog.collections import reserve_collection
 
 
 def _reserved(database_url: str) -> str:

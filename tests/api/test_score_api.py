@@ -14,7 +14,7 @@ import pytest
 from helpers_server import start_server
 from scoredata import examples, precision_recall, publish_block_scene
 
-from catalog.score import META_KEY, png_text
+from embcat.catalog.score import META_KEY, png_text
 
 WATER, FOREST, CROPS, BARE, TOWN = 0, 1, 2, 3, 4
 
@@ -103,7 +103,7 @@ def keyed_server(database_url: str, api_settings) -> Iterator[str]:
 
 @pytest.fixture
 def key_for(database_url: str) -> Iterator:
-    from catalog.keys import create_key
+    from embcat.catalog.keys import create_key
 
     made: list[str] = []
 

@@ -16,7 +16,7 @@ from pgvector.psycopg import register_vector
 from pystac_client import Client, ItemSearch
 from vectorgen import clustered_vectors, grid_points, item_ids, load_collection, plant_neighbours
 
-from api.similarity import SIMILARITY_CONFORMANCE
+from embcat.api.similarity import SIMILARITY_CONFORMANCE
 
 N, DIMS, K = 400, 16, 5
 QUERY = 100  # rows 101..105 are its planted neighbours

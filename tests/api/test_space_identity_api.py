@@ -29,12 +29,12 @@ if str(TESTS_DIR) not in sys.path:
 
 from rasterdata import CROP, SOIL, make_scene, scene_classes  # noqa: E402
 
-from catalog.errors import Conflict  # noqa: E402
-from catalog.keys import create_key  # noqa: E402
-from catalog.remote_publish import remote_publish, upload_id_for  # noqa: E402
+from embcat.catalog.errors import Conflict  # noqa: E402
+from embcat.catalog.keys import create_key  # noqa: E402
+from embcat.catalog.remote_publish import remote_publish, upload_id_for  # noqa: E402
 from embcat.cli import main  # noqa: E402
-from encoders.job import run_encode  # noqa: E402
-from encoders.manifest import Manifest  # noqa: E402
+from embcat.encoders.job import run_encode  # noqa: E402
+from embcat.encoders.manifest import Manifest  # noqa: E402
 
 SIZE, CHIP, FEATURES = 128, 16, 64
 SCENES = {"a": 3, "b": 4}  # scene name -> its land-cover seed

@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from metadata_fixtures import Published, encode_and_publish
 
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "build" / "stac-browser" / "dist"

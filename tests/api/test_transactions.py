@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from apidata import collection_json, make_item
 
-from catalog.keys import create_key, revoke_key
+from embcat.catalog.keys import create_key, revoke_key
 
 
 @pytest.fixture(scope="module")

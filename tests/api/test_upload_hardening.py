@@ -27,9 +27,9 @@ import psycopg
 import pytest
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.keys import create_key
-from catalog.remote_publish import upload_id_for
-from encoders.manifest import Manifest
+from embcat.catalog.keys import create_key
+from embcat.catalog.remote_publish import upload_id_for
+from embcat.encoders.manifest import Manifest
 
 BODY_LIMIT = 128 * 1024  # chunks of 64 KiB
 SHARD = "shard-00000-of-00002.parquet"
@@ -50,9 +50,9 @@ def _run(tmp_path: Path, n: int = 400) -> Path:
 def _server(database_url: str, spool: Path, **upload: Any):
     from helpers_server import start_server
 
-    from api.app import create_app
-    from api.settings import ApiSettings
-    from api.uploads import UploadSettings
+    from embcat.api.app import create_app
+    from embcat.api.settings import ApiSettings
+    from embcat.api.uploads import UploadSettings
 
     app = create_app(ApiSettings(database_url=database_url, max_body_bytes=BODY_LIMIT))
     app.state.upload_settings = UploadSettings(upload_dir=spool, **upload)
@@ -116,7 +116,7 @@ def _process(database_url: str, spool: Path) -> Iterator[str]:
         "EMBCAT_MAX_BODY_BYTES": str(BODY_LIMIT),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
+        [sys.executable, "-m", "uvicorn", "--factory", "embcat.api.app:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.errors import Conflict, Forbidden, InvalidInput, Unauthorized
-from catalog.keys import create_key
-from catalog.remote_publish import remote_publish, upload_id_for
-from encoders.manifest import Manifest
+from embcat.catalog.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from embcat.catalog.keys import create_key
+from embcat.catalog.remote_publish import remote_publish, upload_id_for
+from embcat.encoders.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def upload_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
 
     from helpers_server import start_server
 
-    from api.settings import ApiSettings
+    from embcat.api.settings import ApiSettings
 
     spool = tmp_path_factory.mktemp("spool")
     old = os.environ.get("EMBCAT_UPLOAD_DIR")
@@ -263,7 +263,7 @@ def test_upload_creation_checks_the_target_over_http(
 def test_commit_with_an_invalid_collection_id_is_400(
     tmp_path: Path, upload_server: str, database_url: str, bad: str
 ) -> None:
-    from catalog.errors import InvalidInput
+    from embcat.catalog.errors import InvalidInput
 
     key = _key(database_url, ["write"])
     with pytest.raises(InvalidInput, match="HTTP 400.*collection id"):
@@ -273,7 +273,7 @@ def test_commit_with_an_invalid_collection_id_is_400(
 def test_a_key_scoped_to_a_reserved_collection_publishes_into_it(
     tmp_path: Path, upload_server: str, database_url: str
 ) -> None:
-    from catalog.collections import reserve_collection
+    from embcat.catalog.collections import reserve_collection
 
     cid = "reserved-" + uuid.uuid4().hex[:8]
     with psycopg.connect(database_url) as conn:

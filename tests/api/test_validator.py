@@ -8,7 +8,7 @@ import logging
 import psycopg
 from offline_schemas import NOT_THROUGH_PYSTAC, UNCHECKED, install
 
-from catalog.keys import create_key
+from embcat.catalog.keys import create_key
 
 CLASSES = [
     "core",

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from vectorgen import load_collection
 
-from catalog.changes import changes_since, safe_high_water
-from catalog.db import connect
-from catalog.errors import InvalidInput, NotFound
-from catalog.settings import DatabaseSettings
+from embcat.catalog.changes import changes_since, safe_high_water
+from embcat.catalog.db import connect
+from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.settings import DatabaseSettings
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from catalog.checks import ServerVersions, check_server, problems
-from catalog.errors import DatabaseTooOld
+from embcat.catalog.checks import ServerVersions, check_server, problems
+from embcat.catalog.errors import DatabaseTooOld
 from embcat.cli import main
 
 

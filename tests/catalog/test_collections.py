@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from shardgen import write_run
 
-from catalog.collections import reserve_collection
-from catalog.errors import Conflict, InvalidInput
-from catalog.keys import create_key
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog.collections import reserve_collection
+from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.keys import create_key
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 from embcat.cli import main
 
 

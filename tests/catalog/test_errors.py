@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from catalog.errors import Conflict, InvalidInput, translated
+from embcat.catalog.errors import Conflict, InvalidInput, translated
 
 
 def test_nul_byte_in_a_text_parameter_is_invalid_input(conn: psycopg.Connection) -> None:

@@ -14,12 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 from vectorgen import load_collection
 
-from catalog.db import connect
-from catalog.errors import InvalidInput, NotFound
-from catalog.export import ExportRequest, export_to_file, plan_export, read_metadata, stream_export
-from catalog.quantize import Quantization, from_arrow
-from catalog.search import SearchQuery
-from catalog.settings import DatabaseSettings
+from embcat.catalog.db import connect
+from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.export import (
+    ExportRequest,
+    export_to_file,
+    plan_export,
+    read_metadata,
+    stream_export,
+)
+from embcat.catalog.quantize import Quantization, from_arrow
+from embcat.catalog.search import SearchQuery
+from embcat.catalog.settings import DatabaseSettings
 
 DIMS = 12
 N = 40

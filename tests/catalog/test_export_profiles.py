@@ -16,16 +16,16 @@ import pytest
 from click.testing import CliRunner
 from vectorgen import load_collection
 
-from catalog.db import connect
-from catalog.errors import InvalidInput
-from catalog.export import (
+from embcat.catalog.db import connect
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.export import (
     ExportRequest,
     export_csv_to_file,
     export_to_file,
     plan_export,
     stream_export,
 )
-from catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings
 from embcat.cli import main
 
 DIMS = 10

@@ -12,9 +12,9 @@ from imagerydata import add_quicklook, add_thumbnails
 from imagerydata import tiny_png as _png
 from shardgen import write_run
 
-from catalog.errors import InvalidInput
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 
 
 def _count(url: str, cid: str) -> int:

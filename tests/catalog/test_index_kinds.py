@@ -17,8 +17,8 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from vectorgen import EPOCH, grid_points, item_ids, load_collection, manifold_vectors
 
-from catalog import spaces
-from catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
+from embcat.catalog import spaces
+from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
 
 N, DIMS, K = 3000, 256, 10
 QUERIES = list(range(0, N, 150))  # 20 item queries
@@ -259,7 +259,7 @@ def test_rebuilding_the_same_kind_recentres_under_the_same_name(
 
 
 def test_an_unknown_kind_is_refused(conn) -> None:
-    from catalog.errors import InvalidInput
+    from embcat.catalog.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="unknown index kind"):
         spaces.get_or_create_space(

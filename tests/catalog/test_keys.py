@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from catalog.errors import InvalidInput, Unauthorized
-from catalog.keys import create_key, list_keys, revoke_key, verify
+from embcat.catalog.errors import InvalidInput, Unauthorized
+from embcat.catalog.keys import create_key, list_keys, revoke_key, verify
 from embcat.cli import main
 
 

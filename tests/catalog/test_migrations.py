@@ -6,8 +6,8 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from catalog import migrate
-from catalog.settings import DatabaseSettings
+from embcat.catalog import migrate
+from embcat.catalog.settings import DatabaseSettings
 
 TABLES = {
     "collections",

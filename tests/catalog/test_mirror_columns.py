@@ -18,11 +18,11 @@ import pytest
 from pgvector.psycopg import register_vector
 from vectorgen import load_collection
 
-from catalog.errors import Conflict
-from catalog.export import ExportRequest, plan_export, read_metadata, stream_export
-from catalog.mirror_columns import page_documents, verify_columns
-from catalog.mirror_rows import rows_from_table
-from catalog.vectors import stored_values
+from embcat.catalog.errors import Conflict
+from embcat.catalog.export import ExportRequest, plan_export, read_metadata, stream_export
+from embcat.catalog.mirror_columns import page_documents, verify_columns
+from embcat.catalog.mirror_rows import rows_from_table
+from embcat.catalog.vectors import stored_values
 
 BASE = "http://remote.example:8080"
 
@@ -99,7 +99,7 @@ def test_members_absent_from_some_rows_keep_every_row() -> None:
     part (chip thumbnails) undecodable."""
     import pyarrow as pa
 
-    from catalog.mirror_columns import _skip_join
+    from embcat.catalog.mirror_columns import _skip_join
 
     a = pa.array([None, '"a":1', None, '"a":3'], pa.string())
     b = pa.array([None, '"b":1', None, None], pa.string())

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from catalog.errors import Conflict
-from catalog.mirror_rows import _href_maker, _iso_column, _Row, iso, verify
-from catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields
+from embcat.catalog.errors import Conflict
+from embcat.catalog.mirror_rows import _href_maker, _iso_column, _Row, iso, verify
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields
 
 
 def _rows(vectors: np.ndarray, storage: str = "halfvec") -> list[_Row]:

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog import spaces
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog import spaces
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 
 
 def _name() -> str:

@@ -11,8 +11,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from vectorgen import load_collection
 
-from catalog.errors import InvalidInput, NotFound
-from catalog.preview import (
+from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.preview import (
     FalseColourCache,
     false_colour,
     features,

@@ -19,12 +19,12 @@ from pystac.extensions.mlm import MLMExtension
 from pystac.extensions.projection import ProjectionExtension
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.errors import Conflict, InvalidInput
-from catalog.publish import list_publishes, publish
-from catalog.settings import DatabaseSettings
-from catalog.stac import source_uri
-from catalog.stacgen import item_dict
-from catalog.vectors import file_fields
+from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.publish import list_publishes, publish
+from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.stac import source_uri
+from embcat.catalog.stacgen import item_dict
+from embcat.catalog.vectors import file_fields
 from embcat.cli import main
 
 
@@ -306,7 +306,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, db_settings: Da
 
 
 def test_publish_runs_are_counted_in_the_metrics(run: Path, db_settings: DatabaseSettings):
-    from catalog import metrics
+    from embcat.catalog import metrics
 
     def count(outcome: str) -> float:
         return metrics.PUBLISH_TOTAL.labels(mode="ignore", outcome=outcome)._value.get()
@@ -321,9 +321,9 @@ def test_publish_runs_are_counted_in_the_metrics(run: Path, db_settings: Databas
 def test_stats_compare_with_the_source_bytes_of_the_manifest(
     run: Path, db_settings: DatabaseSettings
 ):
-    from catalog.db import connect
-    from catalog.stats import collection_stats
-    from encoders.manifest import Manifest
+    from embcat.catalog.db import connect
+    from embcat.catalog.stats import collection_stats
+    from embcat.encoders.manifest import Manifest
 
     cid = _name()
     publish(run, collection_id=cid, settings=db_settings, progress=False)
@@ -339,7 +339,7 @@ def test_stats_compare_with_the_source_bytes_of_the_manifest(
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 1000 rows: each shard's single record batch below becomes its own chunk."""
-    import catalog.publish as publish_mod
+    import embcat.catalog.publish as publish_mod
 
     monkeypatch.setattr(publish_mod, "CHUNK_BYTES", 1)
 
@@ -427,7 +427,7 @@ def test_item_documents_hold_each_rows_values(tmp_path: Path, db_settings: Datab
 
     import pyarrow.parquet as pq
 
-    from catalog.stacgen import SOURCE_MEDIA_TYPE
+    from embcat.catalog.stacgen import SOURCE_MEDIA_TYPE
 
     awkward = write_run(
         tmp_path / "awk", 24, dims=8, seed=3, mutate=_awkward_values, encoder=_name()

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.publish import PublishResult, publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog.publish import PublishResult, publish
+from embcat.catalog.settings import DatabaseSettings
 
 EMBCAT = str(Path(sys.executable).parent / "embcat")
 

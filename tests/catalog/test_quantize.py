@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from catalog.errors import InvalidInput
-from catalog.quantize import (
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.quantize import (
     BINARY_QUANTIZATION,
     Quantization,
     RangeStats,

@@ -8,7 +8,7 @@ import pytest
 from pgvector import HalfVector
 from psycopg.types.json import Jsonb
 
-from catalog import spaces
+from embcat.catalog import spaces
 
 
 def _collection(conn: psycopg.Connection, cid: str) -> None:

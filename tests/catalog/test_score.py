@@ -1,4 +1,4 @@
-"""catalog.score: a few-shot model scored exactly in the database over a planted scene."""
+"""embcat.catalog.score: a few-shot model scored exactly in the database over a planted scene."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from pgvector.psycopg import register_vector
 from scoredata import examples, precision_recall, publish_block_scene
 
-from catalog import score
-from catalog.errors import InvalidInput, NotFound
-from catalog.similarity import ItemRef
+from embcat.catalog import score
+from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.similarity import ItemRef
 
 WATER, FOREST, CROPS, BARE, TOWN = 0, 1, 2, 3, 4
 

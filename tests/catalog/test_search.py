@@ -1,4 +1,4 @@
-"""catalog.search: CQL2 translation, filters and keyset paging on the real database."""
+"""embcat.catalog.search: CQL2 translation, filters and keyset paging on the real database."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from catalog.errors import InvalidInput
-from catalog.search import SearchQuery, search_items, where_clause
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.search import SearchQuery, search_items, where_clause
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from apidata import collection_json, insert_collection, insert_items, make_item  # noqa: E402

@@ -19,8 +19,8 @@ from vectorgen import (
     plant_neighbours,
 )
 
-from catalog.errors import InvalidInput, NotFound
-from catalog.similarity import (
+from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.similarity import (
     SimilaritySettings,
     SimilaritySpec,
     background_sample,
@@ -29,7 +29,7 @@ from catalog.similarity import (
     similar,
     similar_with_plan,
 )
-from catalog.spaces import collection_space
+from embcat.catalog.spaces import collection_space
 
 N, DIMS, K = 3000, 32, 10
 QUERY_ROWS = list(range(0, 2400, 120))  # 20 queries, each followed by 10 planted neighbours
@@ -368,7 +368,7 @@ def test_ef_search_outside_the_allowed_range_is_refused(conn, data) -> None:
 
 
 def test_each_query_is_recorded_in_the_latency_metric(conn, data) -> None:
-    from catalog import metrics
+    from embcat.catalog import metrics
 
     def count() -> float:
         return sum(

@@ -17,7 +17,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from vectorgen import item_ids, load_collection, planted_classes
 
-from catalog.similarity import SimilaritySpec, similar
+from embcat.catalog.similarity import SimilaritySpec, similar
 
 PER_CLASS, DIMS, CLASSES, TOP = 80, 32, 5, 20
 
@@ -98,7 +98,7 @@ def test_few_shot_ranks_the_positives_class_first(
 def test_background_of_a_small_space_in_a_large_table_is_full(conn: psycopg.Connection) -> None:
     """The block sample is sized from the whole table; a space that is a small share of it
     got only a few dozen of its rows as the linear method's background."""
-    from catalog.similarity import SimilaritySettings, background_sample
+    from embcat.catalog.similarity import SimilaritySettings, background_sample
 
     rng = np.random.default_rng(5)
     load_collection(

@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from catalog.errors import Conflict, InvalidInput
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
+from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
 from embcat.cli import main
-from encoders.manifest import Manifest
+from embcat.encoders.manifest import Manifest
 
 BASE: dict[str, Any] = {
     "num_features": 4,

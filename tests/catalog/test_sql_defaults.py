@@ -12,7 +12,7 @@ import re
 import psycopg
 import pytest
 
-from catalog.similarity import SimilaritySettings
+from embcat.catalog.similarity import SimilaritySettings
 
 DEFAULTS = SimilaritySettings()
 

@@ -8,8 +8,8 @@ import pytest
 from psycopg.types.json import Jsonb
 from vectorgen import clustered_vectors, load_collection
 
-from catalog.errors import NotFound
-from catalog.stats import collection_stats
+from embcat.catalog.errors import NotFound
+from embcat.catalog.stats import collection_stats
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_unknown_collection(conn: psycopg.Connection) -> None:
 
 
 def _stats_source_bytes(db_settings, cid: str) -> int | None:
-    from catalog.db import connect
+    from embcat.catalog.db import connect
 
     with connect(db_settings) as c:
         return collection_stats(c, cid, sample=20, queries=2).source_bytes
@@ -66,8 +66,8 @@ def test_noop_republish_of_a_rewritten_manifest_counts_the_source_once(tmp_path,
 
     from shardgen import write_run
 
-    from catalog.publish import publish
-    from encoders.manifest import Manifest
+    from embcat.catalog.publish import publish
+    from embcat.encoders.manifest import Manifest
 
     run = write_run(tmp_path / "run", 40, dims=8, seed=2, encoder="d14-" + tmp_path.name[-8:])
     cid = "d14-" + tmp_path.name[-8:]
@@ -83,8 +83,8 @@ def test_noop_republish_of_a_rewritten_manifest_counts_the_source_once(tmp_path,
 def test_upsert_of_new_vectors_for_the_same_chips_adds_no_source(tmp_path, db_settings):
     from shardgen import write_run
 
-    from catalog.publish import publish
-    from encoders.manifest import Manifest
+    from embcat.catalog.publish import publish
+    from embcat.encoders.manifest import Manifest
 
     enc = "d14u-" + tmp_path.name[-8:]
     first = write_run(tmp_path / "a", 40, dims=8, seed=2, encoder=enc)
@@ -99,8 +99,8 @@ def test_upsert_of_new_vectors_for_the_same_chips_adds_no_source(tmp_path, db_se
 def test_a_run_of_new_chips_adds_its_source_bytes(tmp_path, db_settings):
     from shardgen import write_run
 
-    from catalog.publish import publish
-    from encoders.manifest import Manifest
+    from embcat.catalog.publish import publish
+    from embcat.encoders.manifest import Manifest
 
     enc = "d14n-" + tmp_path.name[-8:]
     first = write_run(tmp_path / "a", 40, dims=8, seed=2, encoder=enc)

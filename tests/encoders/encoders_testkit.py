@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from encoders.base import Encoder, InputSpec, OutputSpec, parse_bands
-from encoders.mosaiks import MosaiksEncoder
+from embcat.encoders.base import Encoder, InputSpec, OutputSpec, parse_bands
+from embcat.encoders.mosaiks import MosaiksEncoder
 
 
 class TinyMeanEncoder(Encoder):

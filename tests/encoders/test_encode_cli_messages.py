@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from embcat.cli import main
-from encoders.errors import EncoderOptionError
-from encoders.registry import get_encoder
+from embcat.encoders.errors import EncoderOptionError
+from embcat.encoders.registry import get_encoder
 
 
 def _encode(scene: Path, out: Path, *args: str):

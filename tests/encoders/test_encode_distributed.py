@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from encoders_testkit import MOSAIKS_SMALL
 
-from encoders.job import run_encode
-from encoders.manifest import Manifest, sha256_file
+from embcat.encoders.job import run_encode
+from embcat.encoders.manifest import Manifest, sha256_file
 
 
 def _torchrun(args: list[str], plugin_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from encoders_testkit import CHIP, MOSAIKS_SMALL
 
 from embcat.cli import main
-from encoders.errors import InputError, OutputError
-from encoders.job import run_encode
+from embcat.encoders.errors import InputError, OutputError
+from embcat.encoders.job import run_encode
 
 
 def _encode(inputs, out: Path, options=None, **kwargs):
@@ -37,7 +37,7 @@ def _embeddings(out: Path) -> dict[str, list[float]]:
 
 
 def test_bands_are_picked_by_name_in_the_encoder_order(scene_factory) -> None:
-    from encoders.sources import resolve_inputs
+    from embcat.encoders.sources import resolve_inputs
 
     rgb = scene_factory("rgb.tif", bands=3, band_names=["B02", "B03", "B04"])
     (src,) = resolve_inputs([rgb], ["B04", "B03", "B02"])
@@ -312,7 +312,7 @@ def test_cli_encodes_the_items_of_a_stac_api_search(stac_api, tmp_path: Path) ->
 def test_a_relative_directory_gives_absolute_source_hrefs(
     scene_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from encoders.sources import resolve_inputs
+    from embcat.encoders.sources import resolve_inputs
 
     scene = scene_factory("a.tif")
     monkeypatch.chdir(scene.parent.parent)

@@ -14,9 +14,9 @@ import shapely
 from encoders_testkit import CHIP, MOSAIKS_SMALL
 from pyproj import Transformer
 
-from encoders.errors import EncodeError, InputError
-from encoders.job import SHARD_META_KEY, run_encode
-from encoders.manifest import Manifest, sha256_file, shard_schema
+from embcat.encoders.errors import EncodeError, InputError
+from embcat.encoders.job import SHARD_META_KEY, run_encode
+from embcat.encoders.manifest import Manifest, sha256_file, shard_schema
 
 
 def _encode(inputs, out: Path, **kwargs):
@@ -162,7 +162,7 @@ def test_a_truncated_shard_is_not_trusted(scene_dir: Path, tmp_path: Path) -> No
 def test_an_interrupted_run_leaves_no_shard_and_resumes(
     scene_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from encoders.mosaiks import MosaiksEncoder
+    from embcat.encoders.mosaiks import MosaiksEncoder
 
     calls = {"n": 0}
     original = MosaiksEncoder.forward
@@ -205,7 +205,7 @@ def test_bad_arguments_are_refused(scene_dir: Path, tmp_path: Path) -> None:
 
 
 def test_dataloader_workers_read_in_other_processes(scene_dir: Path, tmp_path: Path) -> None:
-    from encoders.sources import ChipReader
+    from embcat.encoders.sources import ChipReader
 
     pids: set[int] = set()
     original = ChipReader.read

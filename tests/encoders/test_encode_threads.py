@@ -10,11 +10,11 @@ from pathlib import Path
 
 from rasterdata import make_scene
 
-from encoders.job import threads_per_rank
+from embcat.encoders.job import threads_per_rank
 
 SCRIPT = """
 import sys, torch
-from encoders.job import run_encode
+from embcat.encoders.job import run_encode
 run_encode([sys.argv[1]], sys.argv[2], "mosaiks", {"num_features": 8, "chip_size": 32},
            workers=0, progress=False, device="cpu", dist_timeout_s=120)
 print("threads", torch.get_num_threads())

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.base import Encoder, InputSpec, OutputSpec, Scaling
-from encoders.errors import EncodeError, EncoderOptionError
-from encoders.mosaiks import mosaiks_filters
-from encoders.registry import get_encoder
+from embcat.encoders.base import Encoder, InputSpec, OutputSpec, Scaling
+from embcat.encoders.errors import EncodeError, EncoderOptionError
+from embcat.encoders.mosaiks import mosaiks_filters
+from embcat.encoders.registry import get_encoder
 
 
 def _chips(seed: int = 0, n: int = 3, bands: int = 13, size: int = 16) -> torch.Tensor:
@@ -64,7 +64,7 @@ def test_mosaiks_splits_filters_to_bound_memory(monkeypatch) -> None:
     enc = get_encoder("mosaiks", num_features=8, chip_size=16)
     x = _chips(n=2)
     whole = enc(x)
-    monkeypatch.setattr("encoders.mosaiks._RESPONSE_BUDGET", 1)  # one filter at a time
+    monkeypatch.setattr("embcat.encoders.mosaiks._RESPONSE_BUDGET", 1)  # one filter at a time
     assert torch.allclose(enc(x), whole, rtol=1e-6, atol=1e-7)
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from encoders.errors import EncoderOptionError
-from encoders.registry import get_encoder
+from embcat.encoders.errors import EncoderOptionError
+from embcat.encoders.registry import get_encoder
 
 MODEL_MODULE = """
 import torch
@@ -171,7 +171,7 @@ def test_torch_export_program_with_a_fixed_batch_encodes_any_batch(
 def test_encode_job_runs_a_torch_export_program(tiny_net, tmp_path: Path) -> None:
     from rasterdata import make_scene
 
-    from encoders.job import run_encode
+    from embcat.encoders.job import run_encode
 
     path = tmp_path / "tiny.pt2"
     torch.export.save(torch.export.export(tiny_net, (torch.zeros(1, 3, 16, 16),)), str(path))

@@ -12,8 +12,8 @@ from encoders_testkit import write_dist
 from pystac.extensions.mlm import MLMExtension
 
 from embcat.cli import main
-from encoders.errors import DuplicateEncoder, EncoderNotFound, EncoderOptionError
-from encoders.registry import discover, get_encoder, list_encoders
+from embcat.encoders.errors import DuplicateEncoder, EncoderNotFound, EncoderOptionError
+from embcat.encoders.registry import discover, get_encoder, list_encoders
 
 
 def test_builtins_come_through_the_entry_point_group() -> None:
@@ -42,7 +42,7 @@ def test_a_duplicate_name_is_refused(plugin: Path, tmp_path: Path, monkeypatch) 
     monkeypatch.syspath_prepend(str(dupe))
     with pytest.raises(DuplicateEncoder, match="'mosaiks' is registered twice") as err:
         get_encoder("mosaiks")
-    assert "encoders.mosaiks:MosaiksEncoder" in str(err.value)
+    assert "embcat.encoders.mosaiks:MosaiksEncoder" in str(err.value)
     assert "evil_plugin:Other (from evil-plugin 0.1)" in str(err.value)
 
 
@@ -76,7 +76,7 @@ def test_cli_show_prints_mlm_metadata_readable_by_pystac() -> None:
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["output"]["dimensions"] == 8
-    assert shown["entry_point"]["value"] == "encoders.mosaiks:MosaiksEncoder"
+    assert shown["entry_point"]["value"] == "embcat.encoders.mosaiks:MosaiksEncoder"
     import pystac
 
     item = pystac.Item("m", None, None, pystac.utils.str_to_datetime("2024-01-01T00:00:00Z"), {})

@@ -17,10 +17,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from scoredata import CHIP_PX, make_block_scene
 
-from encoders.job import run_encode
-from encoders.manifest import THUMBNAIL_COLUMN, Manifest, quicklook_records
-from encoders.sources import resolve_inputs
-from encoders.thumbnails import QUICKLOOK_SIDE, scene_quicklook
+from embcat.encoders.job import run_encode
+from embcat.encoders.manifest import THUMBNAIL_COLUMN, Manifest, quicklook_records
+from embcat.encoders.sources import resolve_inputs
+from embcat.encoders.thumbnails import QUICKLOOK_SIDE, scene_quicklook
 
 
 def decode(png: bytes) -> np.ndarray:

@@ -15,9 +15,9 @@ import torch
 import yaml
 from encoders_testkit import MOSAIKS_SMALL
 
-from encoders.job import run_encode
-from encoders.manifest import Manifest, options_sha256
-from encoders.registry import get_encoder
+from embcat.encoders.job import run_encode
+from embcat.encoders.manifest import Manifest, options_sha256
+from embcat.encoders.registry import get_encoder
 
 
 def _sha(name: str = "mosaiks", chip_size: int | None = None, **options: Any) -> str:

@@ -14,8 +14,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from scoredata import BLOCK_PX, CHIP_PX, block_classes, make_block_scene
 
-from encoders.job import THUMBNAIL_COLUMN, run_encode
-from encoders.thumbnails import png_bytes, render, rgb_indices
+from embcat.encoders.job import THUMBNAIL_COLUMN, run_encode
+from embcat.encoders.thumbnails import png_bytes, render, rgb_indices
 
 WATER, BARE = 0, 3
 

@@ -54,7 +54,7 @@ def rel_server(database_url: str, rel_collection: str) -> Iterator[str]:
 @pytest.fixture
 def make_key(database_url: str) -> Iterator[Callable[..., str]]:
     """Factory of API keys: ``make_key("write", collection=None) -> secret``; deleted after."""
-    from catalog.keys import create_key
+    from embcat.catalog.keys import create_key
 
     made: list[str] = []
 

@@ -35,7 +35,7 @@ def table_counts(url: str) -> dict[str, int]:
 
 
 def api_settings_for(url: str, **overrides: Any) -> Any:
-    from api.settings import ApiSettings
+    from embcat.api.settings import ApiSettings
 
     values: dict[str, Any] = {"database_url": url, "db_pool_max": 4, "max_body_bytes": 256 * 1024}
     values.update(overrides)

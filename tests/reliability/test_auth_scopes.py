@@ -26,7 +26,7 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 
 
 def _write_operations(database_url: str) -> list[tuple[str, str]]:
-    from api.app import create_app
+    from embcat.api.app import create_app
 
     spec = create_app(api_settings_for(database_url)).openapi()
     ops = []
@@ -38,7 +38,7 @@ def _write_operations(database_url: str) -> list[tuple[str, str]]:
 
 
 def _read_operations(database_url: str) -> list[tuple[str, str]]:
-    from api.app import create_app
+    from embcat.api.app import create_app
 
     spec = create_app(api_settings_for(database_url)).openapi()
     ops = []
@@ -243,7 +243,7 @@ class _Capture(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        from api.observability import JsonFormatter
+        from embcat.api.observability import JsonFormatter
 
         if record.name.startswith(("httpx", "httpcore")):
             return  # the test's own HTTP client, not the server

@@ -48,7 +48,7 @@ def test_forwarded_host_of_a_trusted_proxy_sets_the_links(behind_proxy: str) -> 
 def test_a_bad_trusted_proxies_setting_names_the_entry() -> None:
     from pydantic import ValidationError
 
-    from api.settings import ApiSettings
+    from embcat.api.settings import ApiSettings
 
     with pytest.raises(ValidationError, match="not-an-ip"):
         ApiSettings(trusted_proxies="10.0.0.1, not-an-ip")

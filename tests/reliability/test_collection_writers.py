@@ -23,11 +23,11 @@ import pytest
 from shardgen import write_run
 from vectorgen import load_collection
 
-from catalog.changes import changes_since, safe_high_water
-from catalog.db import connect
-from catalog.publish import PublishResult, publish
-from catalog.settings import DatabaseSettings
-from catalog.spaces import merge_lock
+from embcat.catalog.changes import changes_since, safe_high_water
+from embcat.catalog.db import connect
+from embcat.catalog.publish import PublishResult, publish
+from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.spaces import merge_lock
 
 _NEW_ITEM = (
     "insert into items (collection_id, id, geometry, bbox, datetime)"

@@ -139,7 +139,8 @@ def test_silent_partition_on_a_pooled_connection_is_503_fast(partitioned) -> Non
 def test_silent_partition_met_by_the_pool_check_is_503_fast(partitioned, monkeypatch) -> None:
     """Connections idle long enough to be checked with a round trip (QUIET_S, shortened
     here): the check itself has a deadline, and the request gets its 503 in time."""
-    import api.db
+    import embcat.api.db  # noqa: F401 - loads api.db
+    from embcat import api
 
     monkeypatch.setattr(api.db, "QUIET_S", 0.0)
     proxy, item = partitioned
@@ -165,7 +166,7 @@ def test_server_recovers_after_a_silent_partition(partitioned) -> None:
 
 
 def _pool(url: str):  # type: ignore[no-untyped-def]
-    from api.db import create_pool
+    from embcat.api.db import create_pool
 
     pool = create_pool(api_settings_for(url, db_pool_min=1, db_pool_max=2))
     pool.open(wait=True, timeout=30)
@@ -175,7 +176,8 @@ def _pool(url: str):  # type: ignore[no-untyped-def]
 def test_slow_statement_on_a_live_server_is_not_dropped(database_url: str) -> None:
     """The probe finds the server answering: a statement running through several probes
     (one every PROBE_AFTER_S while it runs) goes on."""
-    import api.db
+    import embcat.api.db  # noqa: F401 - loads api.db
+    from embcat import api
 
     pool = _pool(database_url)
     try:
@@ -191,7 +193,7 @@ def test_slow_statement_on_a_live_server_is_not_dropped(database_url: str) -> No
 
 def test_statement_deadline_drops_a_connection_that_never_answers(database_url: str) -> None:
     """The deadline alone (no probe result yet): the socket is shut down at the deadline."""
-    from catalog.errors import DatabaseUnavailable, translated
+    from embcat.catalog.errors import DatabaseUnavailable, translated
 
     parts = urlsplit(database_url)
     with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:

@@ -122,7 +122,7 @@ def _circle(vertices: int) -> dict[str, Any]:
 
 
 def test_intersects_past_the_vertex_cap_is_a_400(rel_server: str, rel_collection: str) -> None:
-    from catalog.geometry import MAX_VERTICES
+    from embcat.catalog.geometry import MAX_VERTICES
 
     body = {
         "collections": [rel_collection],
@@ -147,8 +147,8 @@ def test_intersects_with_a_few_hundred_vertices_answers(
 @pytest.fixture(scope="module")
 def small_exact_cap(database_url: str, rel_collection: str) -> Iterator[str]:
     """The API with an exact-scan cap of 50 rows (the collection has 120)."""
-    from api.app import create_app
-    from catalog.similarity import SimilaritySettings
+    from embcat.api.app import create_app
+    from embcat.catalog.similarity import SimilaritySettings
 
     app = create_app(api_settings_for(database_url))
     app.state.similarity_settings = SimilaritySettings(max_exact_rows=50)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rasterdata import make_scene
 
-from encoders.manifest import MANIFEST_NAME, Manifest
+from embcat.encoders.manifest import MANIFEST_NAME, Manifest
 
 CHIP = 32
 SIZE = 384  # (384 / 32)^2 = 144 chips
@@ -41,7 +41,7 @@ def test_sigkilled_encode_resumes_without_duplicates(tmp_path: Path) -> None:
     assert partial and not (out / MANIFEST_NAME).exists()
     assert not list(out.glob("shard-*.parquet"))
 
-    from encoders.job import run_encode  # the rerun in-process: same job, no second start-up
+    from embcat.encoders.job import run_encode  # the rerun in-process: same job, no second start-up
 
     run_encode(
         [scene], out, "mosaiks", {"num_features": 8},

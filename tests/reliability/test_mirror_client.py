@@ -24,9 +24,9 @@ import pytest
 from fakesource import Answer, FakeSource, Req
 from shardgen import write_run
 
-from catalog.http import HttpClient, RetryPolicy
-from catalog.mirror import MirrorOptions, MirrorProgress, MirrorResult, RemoteError, mirror
-from catalog.settings import DatabaseSettings
+from embcat.catalog.http import HttpClient, RetryPolicy
+from embcat.catalog.mirror import MirrorOptions, MirrorProgress, MirrorResult, RemoteError, mirror
+from embcat.catalog.settings import DatabaseSettings
 
 N = 40
 FAST_RETRY: dict[str, Any] = {
@@ -39,7 +39,7 @@ FAST_RETRY: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def source_cid(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A collection of N published items (16 dims) in the session's database."""
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     cid = f"mirc-{uuid.uuid4().hex[:8]}"
     run = write_run(tmp_path_factory.mktemp("mirc") / "run", N, dims=16, seed=7)
@@ -251,7 +251,7 @@ def test_interrupted_after_k_pages_then_rerun_holds_exactly_the_source(
 def test_remote_publish_retries_a_503_on_a_chunk_and_on_the_commit(
     rel_server: str, make_key: Callable[..., str], database_url: str, tmp_path: Path
 ) -> None:
-    from catalog.remote_publish import remote_publish
+    from embcat.catalog.remote_publish import remote_publish
 
     cid = f"rp-{uuid.uuid4().hex[:8]}"
     run = write_run(tmp_path / "run", 60, dims=16, seed=9, encoder="rp-" + cid)
@@ -279,8 +279,8 @@ def test_remote_publish_retries_a_503_on_a_chunk_and_on_the_commit(
 
 
 def test_remote_publish_does_not_retry_a_401(rel_server: str, tmp_path: Path) -> None:
-    from catalog.errors import Unauthorized
-    from catalog.remote_publish import remote_publish
+    from embcat.catalog.errors import Unauthorized
+    from embcat.catalog.remote_publish import remote_publish
 
     run = write_run(tmp_path / "run", 10, dims=16, seed=9)
     with FakeSource(rel_server) as src:

@@ -25,8 +25,8 @@ import pytest
 from fakesource import Answer, FakeSource, Req
 from shardgen import write_run
 
-from catalog.mirror import MirrorOptions, RemoteError, mirror
-from catalog.settings import DatabaseSettings
+from embcat.catalog.mirror import MirrorOptions, RemoteError, mirror
+from embcat.catalog.settings import DatabaseSettings
 
 N = 40
 DIMS = 16
@@ -36,7 +36,7 @@ SECRET = "embcat-test-SECRET-key"
 @pytest.fixture(scope="module")
 def source_cid(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A collection of N published items (16 dims) in the session's database."""
-    from catalog.publish import publish
+    from embcat.catalog.publish import publish
 
     cid = f"mirh-{uuid.uuid4().hex[:8]}"
     run = write_run(tmp_path_factory.mktemp("mirh") / "run", N, dims=DIMS, seed=5)
@@ -288,8 +288,8 @@ class _Killed(BaseException):
 def test_mirror_killed_after_its_last_page_builds_the_index_on_rerun(
     rel_server: str, source_cid: str, local: DatabaseSettings
 ) -> None:
-    from catalog.mirror import local_space
-    from catalog.spaces import has_index
+    from embcat.catalog.mirror import local_space
+    from embcat.catalog.spaces import has_index
 
     def kill_after_last_page(result: object) -> None:
         if getattr(result, "upserted", 0) == N:

@@ -56,7 +56,7 @@ def test_error_responses_carry_the_request_id(rel_server: str, rel_collection: s
 def test_access_log_is_json_with_route_template_and_request_id(
     rel_server: str, rel_collection: str, access_records: list[logging.LogRecord]
 ) -> None:
-    from api.observability import JsonFormatter
+    from embcat.api.observability import JsonFormatter
 
     r = httpx.get(
         f"{rel_server}/collections/{rel_collection}/items/item-002",
@@ -86,11 +86,11 @@ def test_access_log_redacts_credentials_in_the_query(
 
 
 def test_log_records_inside_a_request_carry_its_id() -> None:
-    from api import observability
+    from embcat.api import observability
 
     observability._install_record_factory()
     handler = _Records()
-    logger = logging.getLogger("catalog.reliability-test")
+    logger = logging.getLogger("embcat.catalog.reliability-test")
     logger.addHandler(handler)
     token = observability.request_id_var.set("rid-7")
     try:
@@ -149,8 +149,8 @@ def test_metrics_expose_the_pool_and_catalogue_metrics(rel_server: str) -> None:
 
 
 def test_publish_timer_counts_outcomes() -> None:
-    from catalog import metrics
-    from catalog.errors import InvalidInput
+    from embcat.catalog import metrics
+    from embcat.catalog.errors import InvalidInput
 
     def count(outcome: str) -> float:
         return metrics.PUBLISH_TOTAL.labels(mode="upsert", outcome=outcome)._value.get()

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from relhelpers import table_counts
 from shardgen import write_run
 
-from catalog.errors import InvalidInput
-from catalog.publish import publish
-from catalog.settings import DatabaseSettings
-from encoders.manifest import MANIFEST_NAME, sha256_file
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.publish import publish
+from embcat.catalog.settings import DatabaseSettings
+from embcat.encoders.manifest import MANIFEST_NAME, sha256_file
 
 ROWS, DIMS, SHARDS = 24, 4, 2
 PER_SHARD = ROWS // SHARDS

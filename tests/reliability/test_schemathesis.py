@@ -25,8 +25,8 @@ MAX_EXAMPLES = 8
 
 def _openapi() -> dict:
     """The OpenAPI document of the app as ``create_app`` builds it (nothing connects)."""
-    from api.app import create_app
-    from api.settings import ApiSettings
+    from embcat.api.app import create_app
+    from embcat.api.settings import ApiSettings
 
     return create_app(ApiSettings(database_url="postgresql://unused@127.0.0.1:1/x")).openapi()
 
@@ -73,8 +73,8 @@ def fuzz_database(database_url: str) -> Iterator[str]:
     from relhelpers import DIMS, vector_connection
     from vectorgen import clustered_vectors, load_collection
 
-    from catalog import migrate
-    from catalog.settings import DatabaseSettings
+    from embcat.catalog import migrate
+    from embcat.catalog.settings import DatabaseSettings
 
     parts = urlsplit(database_url)
     name = f"embcat_fuzz_{uuid.uuid4().hex[:10]}"
@@ -102,7 +102,7 @@ def keyed_server(fuzz_database: str) -> Iterator[tuple[str, str]]:
     from helpers_server import start_server
     from relhelpers import api_settings_for
 
-    from catalog.keys import create_key
+    from embcat.catalog.keys import create_key
 
     with psycopg.connect(fuzz_database) as conn:
         _, secret = create_key(conn, "schemathesis", ["admin"])
