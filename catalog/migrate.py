@@ -1,7 +1,10 @@
-"""Schema migrations (Alembic, scripts in the repository's ``migrations/`` folder)."""
+"""Schema migrations (Alembic; the scripts are the package ``embcat.migrations``, the
+checkout's ``migrations/`` folder, found through importlib.resources, so that a wheel
+install migrates as a checkout does)."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg
@@ -14,18 +17,30 @@ from embcat.catalog.checks import check_server
 from embcat.catalog.errors import EmbcatError, translated
 from embcat.catalog.settings import DatabaseSettings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE = "embcat.migrations"
+
+
+def migrations_dir() -> Path:
+    """The folder of the Alembic scripts (``env.py``, ``versions/``) of the installed embcat."""
+    try:
+        root = files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:
+        raise EmbcatError(
+            f"the migration scripts ({MIGRATIONS_PACKAGE}) are not installed; reinstall embcat"
+        ) from None
+    # Alembic reads a folder of files: an install inside a zip archive has none.
+    if not isinstance(root, Path) or not (root / "env.py").is_file():
+        raise EmbcatError(
+            f"migration scripts not found at {root}; reinstall embcat (unzipped, e.g. pip"
+            " install embcat)"
+        )
+    return root
 
 
 def alembic_config(settings: DatabaseSettings | None = None) -> Config:
     settings = settings or DatabaseSettings()
-    if not (MIGRATIONS_DIR / "env.py").exists():
-        raise EmbcatError(
-            f"migration scripts not found at {MIGRATIONS_DIR}; install embcat from a checkout"
-            " (pip install -e .) so that migrations/ is available"
-        )
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     # '%' must be doubled for configparser interpolation.
     cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     return cfg

@@ -1,8 +1,10 @@
 """embcat: a STAC catalogue and data-exchange server for Earth-observation embeddings.
 
-The installable distribution holds four packages: ``catalog`` (database, STAC and
-similarity logic), ``encoders`` (encoder plugins and the encode job), ``api`` (the
-stac-fastapi application) and ``embcat`` (version and the command line).
+The installable distribution is this one namespace: ``embcat.catalog`` (database, STAC
+and similarity logic; the checkout's ``catalog/``), ``embcat.encoders`` (encoder plugins
+and the encode job; ``encoders/``), ``embcat.api`` (the stac-fastapi application;
+``api/``), ``embcat.migrations`` (the Alembic scripts; ``migrations/``) and, here, the
+version, the error root (``embcat.errors``), the command line and the Python client.
 """
 
 from importlib.metadata import PackageNotFoundError, version

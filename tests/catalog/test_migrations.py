@@ -111,7 +111,7 @@ def test_upgrade_interrupted_before_the_index_build_builds_it_when_run_again(
     of disk) has dropped the index but kept its definition: the next run builds it."""
     url = make_database(migrated=False)
     space = _catalogue_at_0006(url)
-    path = migrate.MIGRATIONS_DIR / "versions" / "0007_embedding_geometry.py"
+    path = migrate.migrations_dir() / "versions" / "0007_embedding_geometry.py"
     spec = importlib.util.spec_from_file_location("embcat_migration_0007", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

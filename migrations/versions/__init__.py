@@ -1,0 +1,1 @@
+"""The revisions (plain SQL through ``op.execute``); Alembic loads them by path."""
