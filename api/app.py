@@ -1,4 +1,5 @@
-"""The embcat STAC API: ``create_app(settings)`` for ``uvicorn --factory api.app:create_app``.
+"""The embcat STAC API: ``create_app(settings)`` for
+``uvicorn --factory embcat.api.app:create_app``.
 
 Nothing is built at import time. The database pool is opened in the lifespan. Other
 packages add their routers through ``EXTRA_ROUTERS`` (one import + one list entry each).
