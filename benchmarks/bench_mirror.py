@@ -127,7 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dims", type=int, default=768)
-    ap.add_argument("--page-rows", type=int, default=5000)
+    ap.add_argument("--page-rows", type=int, default=10000)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--profile", help="write a cProfile of the mirror to this file")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_mirror.json")

@@ -80,7 +80,9 @@ class MirrorOptions:
     datetime: str | None = None
     filter: str | dict[str, Any] | None = None
     dtype: str = "float32"
-    page_rows: int = 5000
+    # rows per export part: 0.61x publish's rows/s at 10000 against 0.48x at 5000, peak RSS
+    # 687 against 493 MB (benchmarks/README.md, "Mirror at export speed")
+    page_rows: int = 10000
     change_limit: int = 1000
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 120.0

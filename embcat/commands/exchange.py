@@ -170,7 +170,7 @@ def export_command(
     show_default=True,
     help="Transfer dtype (float32 and, for halfvec spaces, float16 are lossless).",
 )
-@click.option("--page-rows", default=5000, show_default=True, help="Rows per transaction.")
+@click.option("--page-rows", default=10000, show_default=True, help="Rows per transaction.")
 @click.option(
     "--api-key",
     envvar="EMBCAT_REMOTE_API_KEY",
