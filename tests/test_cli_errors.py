@@ -6,15 +6,26 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stamina
 from click.testing import CliRunner
 from shardgen import write_run
 
 from embcat.cli import main
 
 BAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens on loopback port 9
+
+
+@pytest.fixture(autouse=True)
+def no_retry_waits() -> Iterator[None]:
+    """One attempt per request: these tests check the error line a command ends with, and
+    the HTTP client's backoff (catalog.http; tested in tests/reliability/test_mirror_client.py)
+    would spend ~10 s retrying the refused connection first."""
+    with stamina.set_testing(True, attempts=1):
+        yield
 
 
 @pytest.fixture(scope="module")
