@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import sqlalchemy.exc
@@ -19,6 +20,16 @@ from embcat.errors import EmbcatError
 
 class InvalidInput(EmbcatError):
     """The request or the input files are malformed (the user can fix them)."""
+
+    @classmethod
+    def from_validation(cls, what: str, exc: Any, most: int | None = None) -> InvalidInput:
+        """``<what>: <loc>: <msg>; ...`` from a pydantic ValidationError (its first ``most``
+        problems, all when None)."""
+        parts = []
+        for err in exc.errors()[:most]:
+            loc = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        return cls(f"{what}: " + "; ".join(parts))
 
 
 class NotFound(EmbcatError):

@@ -193,10 +193,7 @@ def load_manifest(source: Path) -> tuple[Manifest, Path]:
     try:
         manifest = Manifest.load(path)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise InvalidInput(f"invalid manifest {path}: {problems}") from exc
+        raise InvalidInput.from_validation(f"invalid manifest {path}", exc, most=5) from exc
     except ValueError as exc:
         raise InvalidInput(f"invalid manifest {path}: {exc}") from exc
     enc = manifest.encoder

@@ -165,11 +165,7 @@ def parse_request(body: Any) -> ScoreRequest:
     try:
         return ScoreRequest.model_validate(body)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raise InvalidInput("invalid score request: " + "; ".join(parts)) from exc
+        raise InvalidInput.from_validation("invalid score request", exc) from exc
 
 
 @dataclass(frozen=True)

@@ -241,11 +241,7 @@ def parse_spec(clause: Any) -> SimilaritySpec:
     try:
         return SimilaritySpec.model_validate(clause)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raise InvalidInput("invalid similarity clause: " + "; ".join(parts)) from exc
+        raise InvalidInput.from_validation("invalid similarity clause", exc) from exc
 
 
 _SPACES_SQL = (
