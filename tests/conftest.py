@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -106,3 +107,41 @@ def make_database() -> Iterator[Callable[..., str]]:
     yield factory
     for url in made:
         drop_database(url)
+
+
+# ----------------------------------------------------------------- explorer browser tests
+
+
+@pytest.fixture(scope="module")
+def explorer_server(database_url: str) -> Iterator[str]:
+    """A live API with the explorer (Leaflet installed) on loopback, per test module."""
+    from helpers_server import start_server
+
+    from embcat.api.explorer import leaflet_installed
+    from embcat.api.settings import ApiSettings
+
+    if not leaflet_installed():
+        pytest.fail(
+            "Leaflet is not installed under api/explorer/node_modules: run"
+            " scripts/setup-explorer.sh (or make setup)"
+        )
+    handle = start_server(ApiSettings(database_url=database_url, db_pool_max=4))
+    try:
+        yield handle.base_url
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium through chromedriver (tests/browser/harness.py), per module."""
+    from browser.harness import BrowserMissing, start_chromium
+
+    try:
+        driver = start_chromium()
+    except BrowserMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -17,19 +17,13 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from browser.harness import (
-    BrowserMissing,
     click_chip,
     load_chips,
     open_explorer,
-    start_chromium,
     wait_for,
 )
-from helpers_server import start_server
 from pgvector.psycopg import register_vector
 from selenium.webdriver.common.by import By
-
-from embcat.api.explorer import leaflet_installed
-from embcat.api.settings import ApiSettings
 
 
 @pytest.fixture(scope="module")
@@ -46,37 +40,11 @@ def chips(database_url: str) -> Iterator[tuple[str, list[str]]]:
             conn.execute("delete from collections where id = %s", (cid,))
 
 
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[str]:
-    if not leaflet_installed():
-        pytest.fail(
-            "Leaflet is not installed under api/explorer/node_modules: run"
-            " scripts/setup-explorer.sh (or make setup)"
-        )
-    handle = start_server(ApiSettings(database_url=database_url, db_pool_max=4))
-    try:
-        yield handle.base_url
-    finally:
-        handle.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        driver = start_chromium()
-    except BrowserMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def test_clicking_a_chip_lists_the_similarity_results_of_the_api(
-    chips: tuple[str, list[str]], server: str, browser: Any, tmp_path: Path
+    chips: tuple[str, list[str]], explorer_server: str, browser: Any, tmp_path: Path
 ) -> None:
     cid, ids = chips
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     assert browser.execute_script("return window.explorerChipIds().length") == len(ids)
     clicked = ids[40]
     click_chip(browser, clicked)
@@ -92,7 +60,7 @@ def test_clicking_a_chip_lists_the_similarity_results_of_the_api(
     # The same request sent by the test to the similarity API gives the same ranking.
     body = browser_search["body"]
     assert body["similarity"] == {"item": {"collection": cid, "id": clicked}}
-    api = httpx.post(f"{server}/search", json=body, timeout=10).json()["features"]
+    api = httpx.post(f"{explorer_server}/search", json=body, timeout=10).json()["features"]
     assert [iid for iid, _ in shown] == [f["id"] for f in api]
     distances = [d for _, d in shown]
     assert distances == sorted(distances)
@@ -102,24 +70,24 @@ def test_clicking_a_chip_lists_the_similarity_results_of_the_api(
 
 
 def test_item_panel_shows_the_clicked_chips_metadata_and_vector_link(
-    chips: tuple[str, list[str]], server: str, browser: Any
+    chips: tuple[str, list[str]], explorer_server: str, browser: Any
 ) -> None:
     cid, ids = chips
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     click_chip(browser, ids[7])
     _wait_for_search(browser, ids[7])
     details = browser.find_element(By.ID, "item-details")
     text = details.text
     assert ids[7] in text and "smooth-field" in text and "scenes.example.org" in text
     vector = details.find_element(By.LINK_TEXT, "download (.npy)").get_attribute("href")
-    assert vector == f"{server}/collections/{cid}/items/{ids[7]}/embedding"
+    assert vector == f"{explorer_server}/collections/{cid}/items/{ids[7]}/embedding"
 
 
 def test_few_shot_search_ranks_matches_for_marked_positives_and_negatives(
-    chips: tuple[str, list[str]], server: str, browser: Any
+    chips: tuple[str, list[str]], explorer_server: str, browser: Any
 ) -> None:
     cid, ids = chips
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     browser.find_element(By.ID, "fewshot").click()
     click_chip(browser, ids[0])
     click_chip(browser, ids[1])
@@ -149,10 +117,10 @@ def _wait_for_search(browser: Any, item_id: str | None) -> dict[str, Any]:
 
 
 def test_export_link_downloads_exactly_the_listed_results(
-    chips: tuple[str, list[str]], server: str, browser: Any
+    chips: tuple[str, list[str]], explorer_server: str, browser: Any
 ) -> None:
     cid, ids = chips
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     click_chip(browser, ids[60])
     _wait_for_search(browser, ids[60])
     shown = [
@@ -167,10 +135,10 @@ def test_export_link_downloads_exactly_the_listed_results(
 
 
 def test_a_collection_larger_than_one_response_is_refetched_for_the_view(
-    chips: tuple[str, list[str]], server: str, browser: Any
+    chips: tuple[str, list[str]], explorer_server: str, browser: Any
 ) -> None:
     cid, ids = chips
-    browser.get(f"{server}/explorer?collection={cid}&limit=20")
+    browser.get(f"{explorer_server}/explorer?collection={cid}&limit=20")
     wait_for(browser, "window.explorerTimings && window.explorerTimings.mapRendered")
     assert ids[90] not in browser.execute_script("return window.explorerChipIds()")
     # Zoom onto chip 90 (north-east, beyond the first 20 by id): the view's chips load.

@@ -17,15 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from browser.harness import BrowserMissing, click_chip, open_explorer, start_chromium, wait_for
-from helpers_server import start_server
+from browser.harness import click_chip, open_explorer, wait_for
 from imagerydata import add_thumbnails, tiny_png
 from scoredata import examples, publish_block_scene
 from selenium.webdriver.common.by import By
 from shardgen import write_run
 
-from embcat.api.explorer import leaflet_installed
-from embcat.api.settings import ApiSettings
 from embcat.catalog.publish import publish
 from embcat.catalog.settings import DatabaseSettings
 
@@ -56,34 +53,11 @@ def thumbs_only(tmp_path_factory, database_url: str) -> Iterator[tuple[str, dict
         c.execute("delete from collections where id = %s", (cid,))
 
 
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[str]:
-    if not leaflet_installed():
-        pytest.fail("Leaflet is not installed: run scripts/setup-explorer.sh (or make setup)")
-    handle = start_server(ApiSettings(database_url=database_url, db_pool_max=4))
-    try:
-        yield handle.base_url
-    finally:
-        handle.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        driver = start_chromium()
-    except BrowserMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def test_the_imagery_toggle_shows_the_scene_quicklook_under_the_footprints(
-    planted, server: str, browser: Any
+    planted, explorer_server: str, browser: Any
 ) -> None:
     cid, truth = planted
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     some = sorted(truth)[0]
     assert browser.execute_script("return window.explorerImagery()") == []
     assert browser.execute_script("return window.explorerChipOpacity(arguments[0])", some) > 0.5
@@ -104,10 +78,10 @@ def test_the_imagery_toggle_shows_the_scene_quicklook_under_the_footprints(
 
 
 def test_without_quicklooks_the_imagery_layer_shows_the_chip_thumbnails(
-    thumbs_only, server: str, browser: Any
+    thumbs_only, explorer_server: str, browser: Any
 ) -> None:
     cid, made = thumbs_only
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     browser.find_element(By.ID, "view-imagery").click()
     images = wait_for(
         browser,
@@ -121,10 +95,10 @@ def test_without_quicklooks_the_imagery_layer_shows_the_chip_thumbnails(
 
 
 def test_ranked_results_and_examples_show_their_thumbnails(
-    planted, server: str, browser: Any
+    planted, explorer_server: str, browser: Any
 ) -> None:
     cid, truth = planted
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     browser.find_element(By.ID, "view-imagery").click()
     wait_for(browser, "window.explorerImagery().every((i) => i.complete)")
     pos, neg = examples(truth, TOWN, WATER)
@@ -161,8 +135,8 @@ def test_ranked_results_and_examples_show_their_thumbnails(
     )
 
 
-def test_distances_keep_enough_digits_to_tell_neighbours_apart(server: str, browser: Any):
-    browser.get(f"{server}/explorer")
+def test_distances_keep_enough_digits_to_tell_neighbours_apart(explorer_server: str, browser: Any):
+    browser.get(f"{explorer_server}/explorer")
     wait_for(browser, "typeof window.explorerDistanceTexts === 'function'")
     texts = browser.execute_script(
         "return window.explorerDistanceTexts([0.00012345, 0.1234561, 0.1234569, 0.1234569])"

@@ -16,13 +16,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from browser.harness import BrowserMissing, click_chip, open_explorer, start_chromium, wait_for
-from helpers_server import start_server
+from browser.harness import click_chip, open_explorer, wait_for
 from scoredata import examples, publish_block_scene
 from selenium.webdriver.common.by import By
-
-from embcat.api.explorer import leaflet_installed
-from embcat.api.settings import ApiSettings
 
 BARE, TOWN = 3, 4
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
@@ -37,33 +33,10 @@ def planted(tmp_path_factory, database_url: str) -> Iterator[tuple[str, dict[str
         c.execute("delete from collections where id = %s", (cid,))
 
 
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[str]:
-    if not leaflet_installed():
-        pytest.fail("Leaflet is not installed: run scripts/setup-explorer.sh (or make setup)")
-    handle = start_server(ApiSettings(database_url=database_url, db_pool_max=4))
-    try:
-        yield handle.base_url
-    finally:
-        handle.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        driver = start_chromium()
-    except BrowserMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _api(server: str, cid: str, body: dict[str, Any], threshold: float) -> list[dict]:
+def _api(explorer_server: str, cid: str, body: dict[str, Any], threshold: float) -> list[dict]:
     request = {k: v for k, v in body.items()}
     request["threshold"] = threshold
-    r = httpx.post(f"{server}/collections/{cid}/score", json=request, timeout=30)
+    r = httpx.post(f"{explorer_server}/collections/{cid}/score", json=request, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["features"]  # type: ignore[no-any-return]
 
@@ -77,11 +50,11 @@ def _set_threshold(browser: Any, value: float) -> None:
 
 
 def test_score_this_view_recolours_and_exports_the_apis_detections(
-    planted, server: str, browser: Any
+    planted, explorer_server: str, browser: Any
 ) -> None:
     cid, truth = planted
     pos, neg = examples(truth, TOWN, BARE)
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     browser.find_element(By.ID, "fewshot").click()
     for p in pos:
         click_chip(browser, p)
@@ -94,7 +67,7 @@ def test_score_this_view_recolours_and_exports_the_apis_detections(
     body = browser.execute_script("return window.explorerLastScore.body")
     assert [r["id"] for r in body["positive"]] == pos
     assert [r["id"] for r in body["negative"]] == neg
-    at_default = _api(server, cid, body, 0.5)
+    at_default = _api(explorer_server, cid, body, 0.5)
     assert browser.execute_script("return document.body.dataset.detections") == str(len(at_default))
     after = {i: browser.execute_script("return window.explorerChipFill(arguments[0])", i)
              for i in truth}  # fmt: skip
@@ -109,7 +82,7 @@ def test_score_this_view_recolours_and_exports_the_apis_detections(
     scores = sorted(f["properties"]["score"] for f in at_default)
     cut = round(scores[len(scores) // 2], 2)
     _set_threshold(browser, cut)
-    strict = _api(server, cid, body, cut)
+    strict = _api(explorer_server, cid, body, cut)
     assert len(strict) < len(at_default)
     wait_for(browser, f"document.body.dataset.detections === '{len(strict)}'")
     browser.find_element(By.ID, "export-detections").click()
@@ -119,8 +92,8 @@ def test_score_this_view_recolours_and_exports_the_apis_detections(
     assert [r["id"] for r in exported["embcat:score"]["positive"]] == pos
 
 
-def test_dark_false_colours_are_lifted_to_show_on_the_dark_map(server: str, browser: Any):
-    browser.get(f"{server}/explorer")
+def test_dark_false_colours_are_lifted_to_show_on_the_dark_map(explorer_server: str, browser: Any):
+    browser.get(f"{explorer_server}/explorer")
     wait_for(browser, "typeof window.explorerVisibleColour === 'function'")
     lifted = browser.execute_script("return window.explorerVisibleColour('#000000')")
     r, g, b = (int(lifted[k : k + 2], 16) for k in (1, 3, 5))
@@ -128,11 +101,11 @@ def test_dark_false_colours_are_lifted_to_show_on_the_dark_map(server: str, brow
     assert browser.execute_script("return window.explorerVisibleColour('#80c0ff')") == "#80c0ff"
 
 
-def test_scale_bar_and_cursor_coordinates_are_shown(planted, server: str, browser: Any):
+def test_scale_bar_and_cursor_coordinates_are_shown(planted, explorer_server: str, browser: Any):
     from selenium.webdriver.common.action_chains import ActionChains
 
     cid, _truth = planted
-    open_explorer(browser, server, cid)
+    open_explorer(browser, explorer_server, cid)
     assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-control-scale-line")
     ActionChains(browser).move_to_element(browser.find_element(By.ID, "map")).perform()
     wait_for(browser, "document.getElementById('coords').textContent.includes(',')")
