@@ -16,6 +16,13 @@ One run, one data set (``--data manifold``: tests/vectorgen.py's curved 32-d man
     nohup nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 1000000 \
         > benchmarks/results/bench_scale_1m.log 2>&1 &
 
+10M (refuses to start when the disk cannot hold the shards and the database, ~65 GB with
+float16 shards; the grid runs in strips of 1M chips side by side, the datetime window
+spans whole days holding 1 % of the chips):
+
+    nohup nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 10000000 \
+        --kinds ivfflat-bit --shard-dtype float16 > benchmarks/results/bench_scale_10m.log 2>&1 &
+
 Writes ``benchmarks/results/scale_<data>_<n>.json`` after every step; never asserts a time.
 ``--paths sql,http``: the HTTP path posts the same queries to ``POST /search`` of a
 uvicorn server of ``api.app:create_app`` (bench_similarity's ``start_server``).
@@ -64,6 +71,8 @@ CID = "bench-scale"
 CHUNK = 50_000
 K = 10
 PER_ROW = 100  # shardgen's grid: 100 chips a row; a scene (one day) is 10,000 chips
+BLOCK = 1_000_000  # chips per 64 km x 6,400 km strip; further strips lie side by side
+SCENE = PER_ROW * PER_ROW
 BASE_DAY = datetime(2024, 6, 1, 10, 30, tzinfo=UTC)
 
 
@@ -92,7 +101,21 @@ def vector_chunks(data: str, n: int, dims: int, seed: int) -> Iterator[np.ndarra
             yield centres[labels] + rng.standard_normal((m, dims), dtype=np.float32) * 0.35
 
 
-def write_shards(folder: Path, data: str, n: int, dims: int, seed: int) -> None:
+def grid(start: int, count: int, seed: int) -> dict[str, Any]:
+    """The chips' item columns (shardgen's grid, in strips of BLOCK chips)."""
+    return chip_rows(start, count, 1, seed, per_row=PER_ROW, block_rows=BLOCK)
+
+
+def disk_estimate(n: int, dims: int, dtype: str) -> int:
+    """Bytes a run needs: its shards plus the database's 4,511 B per 768-d row (items with
+    their indexes, the embedding rows, the index: the 1M run of 2026-12-01), and 10 %."""
+    width = 2 if dtype == "float16" else 4
+    return int(1.1 * n * (dims * width + 400 + 4_511 * dims / 768))
+
+
+def write_shards(
+    folder: Path, data: str, n: int, dims: int, seed: int, dtype: str = "float32"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shards = max(1, n // 250_000)
     per = -(-n // shards)
@@ -104,9 +127,9 @@ def write_shards(folder: Path, data: str, n: int, dims: int, seed: int) -> None:
         start, stop = rank * per, min(n, (rank + 1) * per)
         rows = 0
         for lo in range(start, stop, CHUNK):
-            cols = chip_rows(lo, min(CHUNK, stop - lo), 1, seed, per_row=PER_ROW)
+            cols = grid(lo, min(CHUNK, stop - lo), seed)
             cols["embedding"] = next(chunks)
-            table = table_from_rows(cols, dims, "float32")
+            table = table_from_rows(cols, dims, dtype)
             if writer is None:
                 meta = dict(table.schema.metadata or {})
                 meta[b"geo"] = json.dumps(geo_metadata()).encode()
@@ -130,7 +153,7 @@ def write_shards(folder: Path, data: str, n: int, dims: int, seed: int) -> None:
             name=f"bench-scale-{data}",
             version="1",
             dimensions=dims,
-            dtype="float32",
+            dtype=dtype,
             bands=["B04", "B03", "B02"],
             chip_size=64,
             gsd=10.0,
@@ -181,23 +204,26 @@ def in_child(target: Any, *args: Any) -> dict[str, Any]:
 
 def filters(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     """Unfiltered, bbox 10 / 1 / 0.1 % of the grid (a band of rows, half the columns) and
-    one day of the scenes (1 % at 1M). Masks are computed later, chunk by chunk."""
+    a window of whole days holding 1 % of the chips (one day at 1M, ten at 10M). Masks are
+    computed later, chunk by chunk."""
     from pyproj import Transformer
 
     to_wgs84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
-    grid_rows = n // PER_ROW
+    grid_rows = min(n, BLOCK) // PER_ROW
+    half = max(1, (-(-n // BLOCK) * PER_ROW) // 2)  # half the columns of every strip
     out: list[dict[str, Any]] = [{"name": "none"}]
     for sel in (0.10, 0.01, 0.001):
         band = max(1, round(2 * sel * grid_rows))
         r0 = int(rng.integers(0, grid_rows - band))
         # chip (col, row) covers x0 = 500000 + col*640, y1 = 5400000 - row*640
-        x0, x1 = 500_000.0 + 0.5 * 640, 500_000.0 + 49.5 * 640  # centres of cols 0..49
+        x0, x1 = 500_000.0 + 0.5 * 640, 500_000.0 + (half - 0.5) * 640  # centres
         y1, y0 = 5_400_000.0 - (r0 + 0.5) * 640, 5_400_000.0 - (r0 + band - 0.5) * 640
         lon, lat = to_wgs84.transform([x0, x1, x1, x0], [y0, y0, y1, y1])
         box = (min(lon), min(lat), max(lon), max(lat))
         out.append({"name": f"bbox {sel:.1%}", "box": box})
-    day = int(rng.integers(0, max(1, n // 10_000)))
-    out.append({"name": "datetime 1%", "day": day})
+    days = max(1, round(0.01 * n / SCENE))
+    day = int(rng.integers(0, max(1, n // SCENE - days + 1)))
+    out.append({"name": "datetime 1%", "day": day, "days": days})
     return out
 
 
@@ -225,14 +251,15 @@ def masks_and_truth(
         for qi, r in enumerate(rows):
             if offset <= r < offset + m:
                 d[qi, r - offset] = np.inf  # the query item is left out
-        cols = chip_rows(offset, m, 1, seed, per_row=PER_ROW)
+        cols = grid(offset, m, seed)
         geoms = shapely.from_wkb(np.asarray(cols["geometry"], dtype=object))
         for fi, f in enumerate(flts):
             dd = d.copy()
             if boxes[fi] is not None:
                 dd[:, ~shapely.intersects(geoms, boxes[fi])] = np.inf
             if "day" in f:
-                dd[:, (idx // 10_000) != f["day"]] = np.inf
+                scene = idx // SCENE
+                dd[:, (scene < f["day"]) | (scene >= f["day"] + f["days"])] = np.inf
             cat_d = np.concatenate([best_d[fi], dd], axis=1)
             cat_i = np.concatenate([best_i[fi], np.broadcast_to(idx, dd.shape)], axis=1)
             top = np.argsort(cat_d, axis=1, kind="stable")[:, :K]
@@ -275,7 +302,7 @@ def run_queries(
                 body["bbox"] = list(f["box"])
             if "day" in f:
                 lo = BASE_DAY + timedelta(days=f["day"])
-                hi = lo + timedelta(hours=1)
+                hi = lo + timedelta(days=f["days"] - 1, hours=1)
                 where = sql.SQL("i.datetime >= {} and i.datetime < {}").format(
                     sql.Literal(lo), sql.Literal(hi)
                 )
@@ -336,6 +363,10 @@ def main() -> None:
     p.add_argument("--kinds", default="ivfflat-bit,hnsw-bit,hnsw-halfvec")
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--shard-dtype", choices=["float32", "float16"], default="float32",
+        help="dtype of the generated shards (float16 halves their disk; 10M: ~15 GB)",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("/tmp/embcat-bench-scale"))
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
     p.add_argument("--paths", default="sql,http", help="sql and/or http")
@@ -361,7 +392,16 @@ def main() -> None:
     t = time.perf_counter()
     if a.url is None and not (run / "manifest.json").exists():
         shutil.rmtree(run, ignore_errors=True)
-        write_shards(run, a.data, a.n, a.dims, a.seed)
+        need, free = disk_estimate(a.n, a.dims, a.shard_dtype), shutil.disk_usage(ROOT).free
+        result["disk"] = {"estimate_bytes": need, "free_bytes": free}
+        if need > free:
+            save()
+            raise SystemExit(
+                f"this run needs about {need / 1e9:.0f} GB of disk and {free / 1e9:.0f} GB"
+                " are free: free some (old benchmark databases, worktrees) or use --shard-dtype"
+                " float16"
+            )
+        write_shards(run, a.data, a.n, a.dims, a.seed, a.shard_dtype)
     result["shards_s"] = time.perf_counter() - t
     save()
     url = a.url or create_database(f"bench_scale_{a.data}_{a.n}")

@@ -47,12 +47,20 @@ def chip_rows(
     per_row: int = 100,
     dtype: str = "float32",
     id_prefix: str = "chip",
+    block_rows: int | None = None,
 ) -> dict[str, Any]:
-    """Columns (as Python/numpy values) of chips ``start .. start+count-1``."""
+    """Columns (as Python/numpy values) of chips ``start .. start+count-1``.
+
+    The grid is ``per_row`` chips wide and grows southwards; with ``block_rows`` every
+    block of that many chips starts a new strip east of the previous one (a 10M grid of
+    100-chip rows would otherwise run 64,000 km south, past the valid UTM northings).
+    """
     to_wgs84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
     idx = np.arange(start, start + count)
-    col = (idx % per_row) * chip_size
-    row = (idx // per_row) * chip_size
+    within = idx if block_rows is None else idx % block_rows
+    strip = 0 if block_rows is None else idx // block_rows
+    col = (within % per_row + strip * per_row) * chip_size
+    row = (within // per_row) * chip_size
     x0 = ORIGIN_X + col * PIXEL
     y1 = ORIGIN_Y - row * PIXEL
     size = chip_size * PIXEL
@@ -72,7 +80,7 @@ def chip_rows(
         "source_asset": ["image"] * count,
         "source_href": [f"/data/scene-{s:03d}.tif" for s in scene],
         "source_crs": ["EPSG:32633"] * count,
-        "window_col": col.astype(np.int32).tolist(),
+        "window_col": (col % (per_row * chip_size)).astype(np.int32).tolist(),
         "window_row": (row % (per_row * chip_size)).astype(np.int32).tolist(),
         "window_width": [chip_size] * count,
         "window_height": [chip_size] * count,
