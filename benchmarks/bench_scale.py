@@ -374,10 +374,14 @@ def main() -> None:
         "--publish-only", action="store_true", help="stop after the publish (phase timings)"
     )
     p.add_argument(
+        "--shards-only", action="store_true",
+        help="write the shards (reused by a later run with the same --work) and stop",
+    )  # fmt: skip
+    p.add_argument(
         "--url", default=None, help="a database a --keep run left (skips shards and publish)"
     )
     a = p.parse_args()
-    suffix = "_publish" if a.publish_only else ""
+    suffix = "_shards" if a.shards_only else "_publish" if a.publish_only else ""
     out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
@@ -404,6 +408,8 @@ def main() -> None:
         write_shards(run, a.data, a.n, a.dims, a.seed, a.shard_dtype)
     result["shards_s"] = time.perf_counter() - t
     save()
+    if a.shards_only:
+        return
     url = a.url or create_database(f"bench_scale_{a.data}_{a.n}")
     server = None
     try:
