@@ -25,7 +25,7 @@ chunks already merged: nothing is written.
 
 Memory is bounded by the record batch, never by the input size. The reader thread builds
 each item's JSON documents column-wise (Arrow string kernels) from a constant template
-(catalog.stacgen) plus the row's columns; the merge inserts them as they are.
+plus the row's columns (catalog.item_shape); the merge inserts them as they are.
 
 The merge locks: ``embeddings`` is partitioned by space (migration 0021). A publish that
 builds a space's index holds a SHARE lock on that space's partition until commit, which
@@ -43,22 +43,17 @@ The collection's row is locked ``FOR NO KEY UPDATE``: item writes into the colle
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
-import struct
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 import numpy as np
-import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,23 +64,17 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from embcat.catalog import imagery, metrics
+from embcat.catalog import imagery, metrics, pgbinary
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.collections import validate_collection_id
 from embcat.catalog.db import connect
 from embcat.catalog.errors import Conflict, EmbcatError, InvalidInput, translated
 from embcat.catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
+from embcat.catalog.item_shape import ItemColumns, ItemTemplate, item_template
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.spaces import Space
-from embcat.catalog.stac import source_uri
-from embcat.catalog.stacgen import (
-    SOURCE_MEDIA_TYPE,
-    ItemTemplate,
-    build_collection,
-    default_collection_id,
-    item_template,
-    npy_header,
-)
+from embcat.catalog.stacgen import build_collection, default_collection_id
+from embcat.catalog.vectors import npy_digests
 from embcat.encoders.manifest import (
     MANIFEST_NAME,
     THUMBNAIL_COLUMN,
@@ -106,13 +95,15 @@ BATCH_BYTES = 16 << 20  # vector bytes per record batch (memory is bounded by it
 CHUNK_BYTES = 64 << 20  # vector bytes staged and merged at a time
 QUEUED_BATCHES = 8  # encoded batches the reader thread may run ahead
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
+_PG_EPOCH_US = pgbinary.PG_EPOCH_US  # (catalog.mirror_write and mirror_columns import these)
 _MIN_US = -2_208_988_800_000_000  # 1900-01-01
 _MAX_US = 4_102_444_800_000_000  # 2100-01-01
-_URL_SAFE = r"^[A-Za-z0-9._~-]+$"
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
-_NULL = struct.pack(">i", -1)
+_COPY_HEADER = pgbinary.COPY_HEADER
+_COPY_TRAILER = pgbinary.COPY_TRAILER
+_JSONB_V1 = pgbinary.JSONB_V1
+_const = pgbinary.const
+_field_lengths = pgbinary.field_lengths
+_fixed = pgbinary.fixed
 _STAGE_FIELDS = 8
 # The staging table's rows (a vector plus three item documents, 3-5 kB) stay inline and
 # uncompressed: TOAST would compress or move them out of line on the way in, only to
@@ -429,162 +420,26 @@ def _datetime_us(col: pa.Array) -> np.ndarray:
 
 
 def _tail_dtype(dims: int, storage: str) -> np.dtype:
-    value = ">f2" if storage == "halfvec" else ">f4"
-    return np.dtype(
-        [
-            ("l_dt", ">i4"), ("dt", ">i8"),
-            ("l_e", ">i4"), ("e_dim", ">u2"), ("e_unused", ">u2"), ("e", value, (dims,)),
-        ]
-    )  # fmt: skip
-
-
-_BIN = pa.binary()
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_JSONB_V1 = pa.scalar(b"\x01", _BIN)  # binary jsonb: format version 1, then the text
-
-
-def _const(value: bytes) -> pa.Scalar:
-    return pa.scalar(value, _BIN)
-
-
-def _fixed(data: bytes, width: int, n: int) -> pa.Array:
-    """``n`` values of ``width`` bytes each (taken from ``data``) as a binary array."""
-    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(data)])
-    return arr.cast(_BIN)
-
-
-def _field_lengths(values: pa.Array, extra: int = 0) -> pa.Array:
-    """The 4-byte big-endian COPY field header (byte length + ``extra``) of each value."""
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False) + extra
-    return _fixed(lengths.astype(">i4").tobytes(), 4, len(values))
-
-
-def _json_strings(col: pa.Array) -> pa.Array:
-    """Each value as a JSON string (escaped once per distinct value, with orjson)."""
-    enc = pc.dictionary_encode(col)
-    words = pa.array([orjson.dumps(v) for v in enc.dictionary.to_pylist()], _BIN)
-    return pc.take(words, enc.indices)
-
-
-def _json_ints(col: pa.Array) -> pa.Array:
-    return pc.cast(col, pa.string()).cast(_BIN)
-
-
-def _nodata_numbers(col: pa.Array) -> pa.Array:
-    """``round(x::numeric, 6)`` of each float4 value as PostgreSQL writes it (``0.250000``):
-    PostgreSQL's shortest float4 text, rounded half away from zero. Once per distinct value
-    (a shard has few)."""
-    enc = pc.dictionary_encode(col)
-    q = Decimal("0.000001")
-    words = [
-        str(
-            Decimal(np.format_float_positional(np.float32(v), unique=True)).quantize(
-                q, ROUND_HALF_UP
-            )
-        ).encode()
-        for v in enc.dictionary.to_pylist()
-    ]
-    return pc.take(pa.array(words, _BIN), enc.indices)
-
-
-def _timestamps(us: np.ndarray) -> pa.Array:
-    """RFC 3339 UTC texts as the catalogue writes them: microseconds only when non-zero.
-    Formatted once per distinct value (the chips of a scene share theirs)."""
-    enc = pc.dictionary_encode(pa.array(us, pa.timestamp("us")))
-    text = pc.strftime(enc.dictionary, format="%Y-%m-%dT%H:%M:%S")
-    text = pc.replace_substring_regex(text, r"\.000000$", "").cast(_BIN)
-    return pc.take(text, enc.indices)
+    """The fixed-width end of a staging row: the datetime field, then the vector field."""
+    return np.dtype([("l_dt", ">i4"), ("dt", ">i8"), *pgbinary.vector_fields(dims, storage)])
 
 
 class _Encoder:
     """Encodes validated record batches as PostgreSQL binary COPY rows of the staging table.
 
-    Each row's item documents (properties, assets, links) are built here, column-wise with
-    Arrow's string kernels from the publish's constant template plus the row's columns, so
-    the merge only inserts them. This runs in the reader thread while the database merges
-    the previous chunk; building them in SQL (jsonb_build_object per row) made the items
-    merge the slowest step of a publish. No Python loop over rows other than the checksum.
+    Each row's item documents (properties, assets, links) are built here, column-wise
+    (catalog.item_shape.ItemColumns), so the merge only inserts them. This runs in the
+    reader thread while the database merges the previous chunk. No Python loop over rows
+    other than the checksum.
     """
 
     def __init__(self, dims: int, storage: str, template: ItemTemplate) -> None:
         self.dims = dims
         self.storage = storage
         self.dtype = _tail_dtype(dims, storage)
-        self.header = npy_header(dims)
-        self.base_hash = hashlib.sha256(self.header)
-        self.vbytes = 2 if storage == "halfvec" else 4
-        self._fields = _const(struct.pack(">h", _STAGE_FIELDS))
-        inner = orjson.dumps(template.properties)[1:-1]
-        self._props_open = _const(b"{" + inner + b"," if inner else b"{")
-        asset = orjson.dumps(template.asset)[1:-1]
-        self._asset_open = _const(b'{"embeddings":{' + asset + (b"," if asset else b""))
-        self._href_prefix = _const(b'"href":' + orjson.dumps(template.href_prefix)[:-1])
-        self._href_suffix = _const(orjson.dumps(template.href_suffix)[1:])
-        self._src_type = _const(b',"type":' + orjson.dumps(SOURCE_MEDIA_TYPE) + b',"title":')
+        self._fields = pgbinary.field_count(_STAGE_FIELDS)
+        self._items = ItemColumns(template)
         self._thumbs = imagery.ThumbnailEncoder(template.href_prefix)
-
-    def _digests(self, stored: np.ndarray) -> np.ndarray:
-        """sha256 of each vector's canonical .npy bytes (header + little-endian float32)."""
-        le = np.ascontiguousarray(stored, dtype="<f4")
-        mv = le.data.cast("B")
-        row = 4 * self.dims
-        base = self.base_hash
-        digests = bytearray()
-        for i in range(len(stored)):
-            h = base.copy()
-            h.update(mv[i * row : (i + 1) * row])
-            digests += h.digest()
-        return np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32)
-
-    def _documents(
-        self, batch: pa.RecordBatch, us: np.ndarray, digests: np.ndarray
-    ) -> list[pa.Array]:
-        """The properties, assets and links fields (COPY headers included) of each row."""
-        n = batch.num_rows
-        col = batch.column
-        join = pc.binary_join_element_wise
-        item = _json_strings(col("source_item"))
-        c, r = _json_ints(col("window_col")), _json_ints(col("window_row"))
-        w, h = _json_ints(col("window_width")), _json_ints(col("window_height"))
-        props = join(
-            self._props_open, _const(b'"datetime":"'), _timestamps(us),
-            _const(b'Z","proj:code":'), _json_strings(col("source_crs")),
-            _const(b',"proj:shape":['), h, _const(b","), w,
-            _const(b'],"embcat:source_item":'), item,
-            _const(b',"embcat:source_asset":'), _json_strings(col("source_asset")),
-            _const(b',"embcat:window":['), c, _const(b","), r, _const(b","), w, _const(b","), h,
-            _const(b'],"embcat:nodata_fraction":'), _nodata_numbers(col("nodata_fraction")),
-            _const(b"}"), b"",
-        )  # fmt: skip
-        ids = col("id")
-        safe = pc.match_substring_regex(ids, _URL_SAFE)
-        if pc.all(safe).as_py():
-            href_ids = ids.cast(_BIN)
-        else:  # ids outside the URL-safe set are percent-encoded in the href (rare)
-            href_ids = pa.array(
-                [
-                    v if ok else quote(v, safe="")
-                    for v, ok in zip(ids.to_pylist(), safe.to_pylist(), strict=True)
-                ],
-                pa.string(),
-            ).cast(_BIN)
-        hexed = np.empty((n, 64), dtype=np.uint8)
-        hexed[:, 0::2] = _HEX[digests >> 4]
-        hexed[:, 1::2] = _HEX[digests & 15]
-        assets = join(
-            self._asset_open, self._href_prefix, href_ids, self._href_suffix,
-            _const(b',"file:checksum":"1220'), _fixed(hexed.tobytes(), 64, n), _const(b'"}'),
-            self._thumbs.asset_json(batch, href_ids), _const(b"}"), b"",
-        )  # fmt: skip
-        links = join(
-            _const(b'[{"rel":"derived_from","href":'),
-            _json_strings(_source_uris(col("source_href"))),
-            self._src_type, item, _const(b"}]"), b"",
-        )  # fmt: skip
-        out: list[pa.Array] = []
-        for doc in (props, assets, links):
-            out += [_field_lengths(doc, extra=1), _JSONB_V1, doc]
-        return out
 
     def encode(self, batch: pa.RecordBatch, stored: np.ndarray) -> memoryview:
         """The batch's rows in COPY BINARY form (one contiguous buffer)."""
@@ -592,34 +447,21 @@ class _Encoder:
         us = _datetime_us(batch.column("datetime"))
         tail = np.empty(n, dtype=self.dtype)
         tail["l_dt"] = 8
-        tail["dt"] = us - _PG_EPOCH_US
-        tail["l_e"] = 4 + self.vbytes * self.dims
-        tail["e_dim"] = self.dims
-        tail["e_unused"] = 0
-        tail["e"] = stored  # cast to big-endian float16/float32
-        ids = batch.column("id").cast(_BIN)
-        wkbs = batch.column("geometry").cast(_BIN)
+        tail["dt"] = pgbinary.timestamp_values(us)
+        pgbinary.fill_vectors(tail, stored, self.storage)
+        ids = batch.column("id").cast(pgbinary.BIN)
+        wkbs = batch.column("geometry").cast(pgbinary.BIN)
+        docs = self._items.documents(batch, us, npy_digests(stored))
         rows = pc.binary_join_element_wise(
             self._fields,
-            _field_lengths(ids), ids,
-            _field_lengths(wkbs), wkbs,
-            *self._documents(batch, us, self._digests(stored)),
-            _fixed(tail.tobytes(), self.dtype.itemsize, n),
+            pgbinary.field_lengths(ids), ids,
+            pgbinary.field_lengths(wkbs), wkbs,
+            *[part for doc in docs for part in pgbinary.jsonb_fields(doc)],
+            pgbinary.fixed(tail.tobytes(), self.dtype.itemsize, n),
             *self._thumbs.copy_field(batch),
             b"",
         )  # fmt: skip
-        offsets = np.frombuffer(
-            rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=4 * rows.offset
-        )
-        return memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
-
-
-def _source_uris(col: pa.Array) -> pa.Array:
-    """Source hrefs as absolute URIs (a path of the encoding site becomes ``file://``);
-    converted once per distinct href (a batch holds the chips of few scenes)."""
-    coded = pc.dictionary_encode(col)
-    uris = [source_uri(h) or h for h in coded.dictionary.to_pylist()]
-    return pc.take(pa.array(uris, pa.string()), coded.indices)
+        return pgbinary.rows_buffer(rows)
 
 
 def _iter_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:

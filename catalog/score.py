@@ -45,6 +45,7 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embcat.catalog.errors import InvalidInput, translated
+from embcat.catalog.item_shape import rfc3339
 from embcat.catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
 from embcat.catalog.similarity import (
     _SPACES_SQL,
@@ -316,7 +317,7 @@ def fit(
             }.items()
             if v is not None
         },
-        created=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        created=rfc3339(datetime.now(UTC)),
     )
     # The levels with the stored (rounded) vectors, the values the database compares.
     p_level = float(model.raw(pos).mean())

@@ -20,10 +20,10 @@ from pystac.extensions.projection import ProjectionExtension
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
 from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.item_shape import item_dict
 from embcat.catalog.publish import list_publishes, publish
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.stac import source_uri
-from embcat.catalog.stacgen import item_dict
 from embcat.catalog.vectors import file_fields
 from embcat.cli import main
 
