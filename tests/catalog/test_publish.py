@@ -339,7 +339,7 @@ def test_stats_compare_with_the_source_bytes_of_the_manifest(
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 1000 rows: each shard's single record batch below becomes its own chunk."""
-    import embcat.catalog.publish as publish_mod
+    import embcat.catalog.publish_load as publish_mod
 
     monkeypatch.setattr(publish_mod, "CHUNK_BYTES", 1)
 
