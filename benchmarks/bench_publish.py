@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from shardgen import write_run  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
+from embcat.catalog.item_shape import item_dict  # noqa: E402
 from embcat.catalog.settings import DatabaseSettings  # noqa: E402
-from embcat.catalog.stacgen import item_dict  # noqa: E402
 
 CID = "bench-publish"
 PGSTAC_VENV = Path("/tmp/embcat-bench-publish-pgstac-venv")  # our own: /tmp is shared

@@ -55,6 +55,7 @@ MAX_THUMBNAIL_BYTES = 1 << 20
 MAX_QUICKLOOK_BYTES = 16 << 20
 MAX_QUICKLOOK_ASSETS = 1000  # listed on the collection (all are stored and served)
 THUMBNAIL_TITLE = "Chip quicklook (true colour)"
+THUMBNAIL_FIELDS = {"type": PNG_MEDIA_TYPE, "roles": ["thumbnail"], "title": THUMBNAIL_TITLE}
 _BIN = pa.binary()
 _NULL_FIELD = b"\xff\xff\xff\xff"  # a NULL field of binary COPY (length -1)
 
@@ -102,7 +103,7 @@ class ThumbnailEncoder:
     (JSON, column-wise like the other documents) and the COPY field of the PNG bytes."""
 
     def __init__(self, href_prefix: str) -> None:
-        head = {"type": PNG_MEDIA_TYPE, "roles": ["thumbnail"], "title": THUMBNAIL_TITLE}
+        head = THUMBNAIL_FIELDS
         self._open = pa.scalar(
             b',"' + THUMBNAIL_ASSET.encode() + b'":{"href":' + orjson.dumps(href_prefix)[:-1],
             _BIN,

@@ -28,24 +28,43 @@ so memory stays bounded whatever the area; ``top`` is a bounded top-N sort in Po
 record saved with every result (the GeoJSON's ``embcat:score`` member, the GeoParquet's
 file metadata, the PNG's text chunk, the CLI's ``.model.json`` sidecar), so that a map can
 be reproduced and explained.
+
+This module fits the model and scans; the request and the model are
+catalog.score_model's, the writers catalog.score_output's (their names are re-exported).
 """
 
 from __future__ import annotations
 
-import json
-import struct
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embcat.catalog.errors import InvalidInput, translated
-from embcat.catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
+from embcat.catalog.item_shape import rfc3339
+from embcat.catalog.score_model import (
+    BATCH_ROWS,
+    DEFAULT_THRESHOLD,
+    FORMATS,
+    MEDIA_TYPES,
+    META_KEY,
+    ScoreModel,
+    ScoreRequest,
+    model_from_json,
+    parse_request,
+)
+from embcat.catalog.score_output import (
+    geojson_chunks,
+    parquet_chunks,
+    png_area,
+    png_text,
+    render_png,
+)
+from embcat.catalog.search import TRUE, spatial_filter, where_clause
 from embcat.catalog.similarity import (
     _SPACES_SQL,
     ItemRef,
@@ -59,176 +78,6 @@ from embcat.catalog.similarity import (
     query_vector,
 )
 from embcat.catalog.spaces import Space, space_table
-from embcat.encoders.thumbnails import png_bytes
-
-MODEL_TYPE = "embcat:score-model"
-MODEL_VERSION = 1
-META_KEY = "embcat:score"
-DEFAULT_THRESHOLD = 0.5
-MAX_TOP = 1_000_000
-BATCH_ROWS = 5_000
-MAX_PNG_SIDE = 2048
-Format = Literal["geojson", "parquet", "png"]
-FORMATS: tuple[str, ...] = ("geojson", "parquet", "png")
-MEDIA_TYPES = {
-    "geojson": "application/geo+json",
-    "parquet": "application/vnd.apache.parquet",
-    "png": "image/png",
-}
-
-
-class ScoreRequest(BaseModel):
-    """What to score: examples, method, cut-off and the area (filters) of one collection."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "positive": ["tile-0001", "tile-0042"],
-                    "negative": ["tile-0007"],
-                    "method": "linear",
-                    "bbox": [5.0, 45.0, 8.0, 48.0],
-                    "threshold": 0.5,
-                    "format": "geojson",
-                }
-            ]
-        },
-    )
-
-    positive: list[str | ItemRef] = Field(
-        min_length=1, description="Positive examples: item ids of the collection (or refs)."
-    )
-    negative: list[str | ItemRef] = Field(default_factory=list, description="Negative examples.")
-    method: Literal["linear", "prototype"] = Field(
-        "linear", description="Few-shot model (as in the similarity clause)."
-    )
-    threshold: float | None = Field(
-        default=None,
-        description="Keep chips scoring at least this (default 0.5 unless 'top' is given).",
-    )
-    top: int | None = Field(
-        default=None, ge=1, le=MAX_TOP, description="Keep the N best chips instead."
-    )
-    bbox: list[float] | None = Field(default=None, description="minx, miny, maxx, maxy.")
-    intersects: dict[str, Any] | None = Field(default=None, description="GeoJSON geometry.")
-    datetime: str | None = Field(default=None, description="RFC 3339 instant or interval.")
-    filter: dict[str, Any] | str | None = Field(default=None, description="CQL2 filter.")
-    filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(default=None, alias="filter-lang")
-    format: Format = Field("geojson", description="geojson, parquet or png (a heat map).")
-    width: int | None = Field(default=None, ge=1, le=MAX_PNG_SIDE, description="PNG width.")
-    height: int | None = Field(default=None, ge=1, le=MAX_PNG_SIDE, description="PNG height.")
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and len(value) not in (4, 6):
-            raise ValueError("bbox must have 4 (or 6) numbers")
-        return value
-
-    @model_validator(mode="after")
-    def _one_cut(self) -> ScoreRequest:
-        if self.threshold is not None and self.top is not None:
-            raise ValueError("give 'threshold' or 'top', not both")
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ValueError("threshold must be a finite number")
-        if self.bbox is not None and self.intersects is not None:
-            raise ValueError("bbox and intersects are mutually exclusive")
-        return self
-
-    def refs(self, collection_id: str) -> tuple[list[ItemRef], list[ItemRef]]:
-        def ref(r: str | ItemRef) -> ItemRef:
-            return ItemRef(collection=collection_id, id=r) if isinstance(r, str) else r
-
-        return [ref(r) for r in self.positive], [ref(r) for r in self.negative]
-
-    def search(self, collection_id: str) -> SearchQuery:
-        lang = self.filter_lang
-        if self.filter is not None and lang is None:
-            lang = "cql2-json" if isinstance(self.filter, dict) else "cql2-text"
-        return SearchQuery(
-            collections=[collection_id],
-            bbox=self.bbox,
-            intersects=self.intersects,
-            datetime=self.datetime,
-            filter=self.filter,
-            filter_lang=lang,
-        )
-
-
-def parse_request(body: Any) -> ScoreRequest:
-    """Validate a request (dict or model), raising InvalidInput with pydantic's message."""
-    if isinstance(body, ScoreRequest):
-        return body
-    from pydantic import ValidationError
-
-    try:
-        return ScoreRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation("invalid score request", exc) from exc
-
-
-@dataclass(frozen=True)
-class ScoreModel:
-    """A fitted few-shot model and the request it came from (what is saved with a result)."""
-
-    collection_id: str
-    space: Space
-    method: str
-    positive: tuple[ItemRef, ...]
-    negative: tuple[ItemRef, ...]
-    query: np.ndarray  # the direction q of the similarity clause
-    operator: str  # pgvector operator comparing a chip with q
-    level_positive: float  # mean raw similarity of the positives
-    level_negative: float  # ... of the negatives (or the background sample)
-    negative_source: Literal["examples+background", "background"]
-    threshold: float | None
-    top: int | None
-    filters: dict[str, Any]
-    created: str
-
-    def raw(self, vectors: np.ndarray) -> np.ndarray:
-        """Raw similarity of each row of ``vectors`` (numpy; what the SQL computes)."""
-        v = np.asarray(vectors, dtype=np.float64)
-        if self.operator == "<=>":
-            return (_unit(v) @ _unit(self.query[None])[0]).astype(np.float64)
-        return v @ self.query
-
-    def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """Scores of ``vectors`` computed in numpy (the reference for tests and benchmarks)."""
-        return (self.raw(vectors) - self.level_negative) / self.spread
-
-    @property
-    def spread(self) -> float:
-        return self.level_positive - self.level_negative
-
-    def as_json(self) -> dict[str, Any]:
-        s = self.space
-        return {
-            "type": MODEL_TYPE,
-            "version": MODEL_VERSION,
-            "collection": self.collection_id,
-            "space": {
-                "encoder_name": s.encoder_name,
-                "encoder_version": s.encoder_version,
-                "dimensions": s.dimensions,
-                "storage": s.storage,
-                "metric": s.metric,
-            },
-            "method": self.method,
-            "positive": [r.model_dump() for r in self.positive],
-            "negative": [r.model_dump() for r in self.negative],
-            "negative_source": self.negative_source,
-            "filters": self.filters,
-            "threshold": self.threshold,
-            "top": self.top,
-            "score": "(s - level_negative) / (level_positive - level_negative)",
-            "raw_similarity": "1 - cosine distance" if self.operator == "<=>" else "inner product",
-            "levels": {"positive": self.level_positive, "negative": self.level_negative},
-            "operator": self.operator,
-            "query_vector": [float(v) for v in self.query],
-            "created": self.created,
-        }
 
 
 def fit(
@@ -316,7 +165,7 @@ def fit(
             }.items()
             if v is not None
         },
-        created=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        created=rfc3339(datetime.now(UTC)),
     )
     # The levels with the stored (rounded) vectors, the values the database compares.
     p_level = float(model.raw(pos).mean())
@@ -485,204 +334,6 @@ def rows(
                 yield batch
 
 
-# --------------------------------------------------------------------------- writers
-
-
-def geojson_chunks(
-    model: ScoreModel, batches: Iterator[list[tuple[str, bytes, float]]]
-) -> Iterator[bytes]:
-    """A GeoJSON FeatureCollection, streamed; the model is its ``embcat:score`` member."""
-    from shapely import from_wkb, to_geojson
-
-    head = {"type": "FeatureCollection", META_KEY: model.as_json()}
-    yield json.dumps(head)[:-1].encode() + b', "features": ['
-    first = True
-    for batch in batches:
-        geoms = to_geojson(from_wkb([g for _, g, _ in batch]))
-        parts = []
-        for (iid, _, s), g in zip(batch, geoms, strict=True):
-            feature = (
-                '{"type": "Feature", "id": ' + json.dumps(iid) + ', "geometry": ' + g
-                + ', "properties": {"collection": ' + json.dumps(model.collection_id)
-                + ', "score": ' + repr(s) + "}}"
-            )  # fmt: skip
-            parts.append(feature)
-        if parts:
-            yield (("" if first else ",") + ",".join(parts)).encode()
-            first = False
-    yield b"]}"
-
-
-def parquet_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("collection", pa.string(), nullable=False),
-            pa.field("score", pa.float64(), nullable=False),
-            pa.field("geometry", pa.binary(), nullable=False),
-        ]
-    )
-
-
-def parquet_chunks(
-    model: ScoreModel, batches: Iterator[list[tuple[str, bytes, float]]]
-) -> Iterator[bytes]:
-    """GeoParquet 1.0 (WKB geometry, EPSG:4326), one row group per batch, streamed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from embcat.catalog.export import _Sink
-
-    geo = {
-        "version": "1.0.0",
-        "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": []}},
-    }
-    schema = parquet_schema().with_metadata(
-        {b"geo": json.dumps(geo).encode(), META_KEY.encode(): json.dumps(model.as_json()).encode()}
-    )
-    sink = _Sink()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
-    for batch in batches:
-        table = pa.Table.from_arrays(
-            [
-                pa.array([r[0] for r in batch], pa.string()),
-                pa.array([model.collection_id] * len(batch), pa.string()),
-                pa.array([r[2] for r in batch], pa.float64()),
-                pa.array([r[1] for r in batch], pa.binary()),
-            ],
-            schema=schema,
-        )
-        writer.write_table(table)
-        yield sink.take()
-    writer.close()
-    yield sink.take()
-
-
-def collection_bbox(
-    conn: psycopg.Connection, model: ScoreModel
-) -> tuple[float, float, float, float] | None:
-    """The extent of the collection's chips (the PNG's area when the request has no bbox)."""
-    with translated():
-        row = conn.execute(
-            "select ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) from"
-            " (select ST_Extent(geometry)::geometry x from embeddings"
-            "  where collection_id = %s and space_id = %s) s",
-            (model.collection_id, model.space.id),
-        ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return float(row[0]), float(row[1]), float(row[2]), float(row[3])
-
-
-def png_area(
-    conn: psycopg.Connection, model: ScoreModel, req: ScoreRequest
-) -> tuple[float, float, float, float]:
-    if req.bbox is not None:
-        b = req.bbox
-        return (b[0], b[1], b[2], b[3]) if len(b) == 4 else (b[0], b[1], b[3], b[4])
-    if req.intersects is not None:
-        from shapely.geometry import shape
-
-        x0, y0, x1, y1 = shape(req.intersects).bounds
-        return float(x0), float(y0), float(x1), float(y1)
-    found = collection_bbox(conn, model)
-    if found is None:
-        raise InvalidInput(f"collection {model.collection_id!r} has no chips to map")
-    return found
-
-
-# A perceptual ramp (dark blue -> teal -> yellow), eight stops: score 0..1 after the cut.
-_RAMP = np.array(
-    [
-        [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142],
-        [38, 130, 142], [31, 158, 137], [109, 205, 89], [253, 231, 37],
-    ],
-    dtype=np.float64,
-)  # fmt: skip
-
-
-def colour(values: np.ndarray) -> np.ndarray:
-    """RGB (uint8) of values in [0, 1] along the ramp."""
-    t = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
-    lo = np.floor(t).astype(int)
-    hi = np.minimum(lo + 1, len(_RAMP) - 1)
-    f = (t - lo)[..., None]
-    return np.round(_RAMP[lo] * (1 - f) + _RAMP[hi] * f).astype(np.uint8)
-
-
-def render_png(
-    model: ScoreModel,
-    batches: Iterator[list[tuple[str, bytes, float]]],
-    bbox: tuple[float, float, float, float],
-    width: int | None = None,
-    height: int | None = None,
-) -> bytes:
-    """A heat map of the scores over ``bbox``: RGBA PNG, transparent where no chip passed.
-
-    Colour runs from the cut (threshold, or the lowest score kept) at dark blue to score 1
-    and above at yellow; where chips overlap a pixel the highest score shows. The model is
-    in a ``tEXt`` chunk under the key ``embcat:score``. Memory: the raster (at most
-    2048 x 2048) and one batch.
-    """
-    from affine import Affine
-    from rasterio import features as rio_features
-    from shapely import from_wkb
-
-    from embcat.catalog.preview import png_size
-
-    w, h = png_size(bbox, width, height)
-    west, south, east, north = bbox
-    if not (east > west and north > south):
-        raise InvalidInput("the area to map is empty (bbox with no width or height)")
-    transform = Affine((east - west) / w, 0.0, west, 0.0, -(north - south) / h, north)
-    best = np.full((h, w), -np.inf, dtype=np.float64)
-    for batch in batches:
-        shapes = list(
-            zip(from_wkb([g for _, g, _ in batch]), [s for _, _, s in batch], strict=True)
-        )
-        # Burn in order of score so that the highest wins where footprints share a pixel.
-        shapes.sort(key=lambda t: t[1])
-        layer = rio_features.rasterize(
-            shapes,
-            out_shape=(h, w),
-            transform=transform,
-            fill=np.nan,
-            dtype="float64",
-            all_touched=True,
-        )
-        np.fmax(best, layer, out=best)
-    covered = np.isfinite(best)
-    low = (
-        model.threshold
-        if model.threshold is not None
-        else (float(best[covered].min()) if covered.any() else 0.0)
-    )
-    span = max(1.0 - low, 1e-9)
-    rgb = colour((np.where(covered, best, low) - low) / span)
-    image = np.zeros((h, w, 4), dtype=np.uint8)
-    image[..., :3] = np.where(covered[..., None], rgb, 0)
-    image[..., 3] = np.where(covered, 255, 0)
-    return png_bytes(image, {META_KEY: json.dumps(model.as_json())})
-
-
-def png_text(data: bytes) -> dict[str, str]:
-    """The tEXt chunks of a PNG (to read the model back from a heat map)."""
-    out: dict[str, str] = {}
-    pos = 8
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"tEXt":
-            key, _, value = body.partition(b"\x00")
-            out[key.decode("latin-1")] = value.decode("latin-1")
-        pos += 12 + length
-    return out
-
-
 def stream(
     conn: psycopg.Connection,
     model: ScoreModel,
@@ -720,18 +371,6 @@ def score_ids(
     return model, out
 
 
-def model_from_json(text: str | bytes | dict[str, Any]) -> dict[str, Any]:
-    """A saved model record, checked for its type (as stored with a result)."""
-    value = json.loads(text) if isinstance(text, str | bytes) else text
-    if not isinstance(value, dict) or value.get("type") != MODEL_TYPE:
-        raise InvalidInput(f"not a {MODEL_TYPE} record")
-    return value
-
-
-def describe(refs: Sequence[ItemRef]) -> list[str]:
-    return [r.id for r in refs]
-
-
 __all__ = [
     "DEFAULT_THRESHOLD",
     "FORMATS",
@@ -740,6 +379,7 @@ __all__ = [
     "ScoreModel",
     "ScoreRequest",
     "fit",
+    "model_from_json",
     "parse_request",
     "png_text",
     "rows",

@@ -13,7 +13,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -23,27 +22,20 @@ from psycopg.rows import dict_row
 
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.geometry import check_item_geometry
+from embcat.catalog.item_shape import (
+    DERIVED_FROM,
+    EMB_SOURCE_DATA,
+    extension_schemas,
+    source_uri,
+    stac_version_for,
+)
+from embcat.catalog.item_shape import EMB_SCHEMA as EMB_SCHEMA
+from embcat.catalog.item_shape import EMB_STAC_VERSION as EMB_STAC_VERSION
+from embcat.catalog.item_shape import EXTENSION_SCHEMAS as EXTENSION_SCHEMAS
+from embcat.catalog.item_shape import STAC_VERSION as STAC_VERSION
 
-STAC_VERSION = "1.1.0"
-# Documents that declare the embeddings extension v0.0.1 are STAC 1.0.0: that extension's
-# schema validates them against the STAC 1.0.0 core schema (stac_version const "1.0.0").
-EMB_SCHEMA = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
-EMB_STAC_VERSION = "1.0.0"
 GEOJSON = "application/geo+json"
 JSON = "application/json"
-
-# Schemas of the extensions whose fields are recognised by prefix (items carry no stored
-# stac_extensions list, so it is derived from the fields they hold).
-EXTENSION_SCHEMAS = {
-    "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
-    "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-    "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
-    "emb": "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json",
-    "mlm": "https://stac-extensions.github.io/mlm/v1.5.0/schema.json",
-    "eo": "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
-    "view": "https://stac-extensions.github.io/view/v1.0.0/schema.json",
-    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
-}
 
 # Items: the SELECT list every reader uses (the row mapping item_to_stac expects).
 ITEM_COLUMNS = sql.SQL(
@@ -56,24 +48,7 @@ GENERATED_RELS = {"self", "root", "parent", "collection", "items"}
 # href is the publisher's and is served as given.
 SERVED_PREFIXES = ("/collections/", "/search")
 # Links to source imagery: a path of the encoding site becomes a file:// URI.
-SOURCE_RELS = {"derived_from", "emb:source-data", "via"}
-
-
-def source_uri(href: str) -> str | None:
-    """A source's href as the absolute URI a link may carry: URIs with a scheme unchanged,
-    absolute paths of the encoding site as ``file://`` URIs; None for what is no URI (a
-    relative path, the label of an in-memory STAC object)."""
-    if not href:
-        return None
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", href) and not re.match(r"^[A-Za-z]:[\\/]", href):
-        return href
-    if href.startswith("/") and not href.startswith("//"):
-        return "file://" + quote(str(PurePosixPath(href)), safe="/:@!$&'()*+,;=-._~")
-    return None
-
-
-def stac_version_for(extensions: Iterable[str]) -> str:
-    return EMB_STAC_VERSION if EMB_SCHEMA in extensions else STAC_VERSION
+SOURCE_RELS = {DERIVED_FROM, EMB_SOURCE_DATA, "via"}
 
 
 def _q(value: str) -> str:
@@ -94,16 +69,6 @@ def collection_url(base_url: str, collection_id: str) -> str:
 
 def item_url(base_url: str, collection_id: str, item_id: str) -> str:
     return f"{collection_url(base_url, collection_id)}/items/{_q(item_id)}"
-
-
-def _extension_schemas(*objects: Mapping[str, Any]) -> list[str]:
-    found: set[str] = set()
-    for obj in objects:
-        for key in obj:
-            prefix, sep, _ = key.partition(":")
-            if sep and prefix in EXTENSION_SCHEMAS:
-                found.add(EXTENSION_SCHEMAS[prefix])
-    return sorted(found)
 
 
 def _stored_links(links: Iterable[Mapping[str, Any]] | None, base_url: str) -> list[dict]:
@@ -155,7 +120,7 @@ def item_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     ]
     links.extend(_stored_links(_loads(row.get("links")), base))
     ext_sources: list[Mapping[str, Any]] = [properties, *assets.values()]
-    extensions = _extension_schemas(*ext_sources)
+    extensions = extension_schemas(*ext_sources)
     return {
         "type": "Feature",
         "stac_version": stac_version_for(extensions),

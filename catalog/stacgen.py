@@ -1,46 +1,38 @@
-"""STAC metadata of published embeddings: the collection, the item template, the model item.
+"""STAC metadata of published embeddings: the collection and the model item.
 
-The collection is built with pystac (Collection, item assets, the MLM extension); items are
-built in SQL from a constant template (``ItemTemplate``) plus per-row values, because the
-publish job writes millions of them (see catalog/publish.py). ``item_dict`` turns a stored
-row back into a full STAC Item dict; tests read those through pystac's classes.
+The collection is built with pystac (Collection, item assets, the MLM extension); the
+items' shape, the extension URIs and the ``emb:`` field names are catalog.item_shape's.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pystac
-from pystac.extensions.file import FileExtension
 from pystac.extensions.mlm import MLMExtension
-from pystac.extensions.projection import ProjectionExtension
 
-from embcat import __version__
+from embcat.catalog.item_shape import (
+    ASSET_ROLES,
+    COLLECTION_EXTENSIONS,
+    EMB_CHIP_LAYOUT,
+    EMB_DIMENSIONS,
+    EMB_MODEL,
+    EMB_SOURCE_DATA,
+    EMB_STAC_VERSION,
+    EMB_TYPE,
+    FILE_SCHEMA,
+    MLM_SCHEMA,
+    SOURCE_MEDIA_TYPE,
+    processing_fields,
+    source_uri,
+)
 from embcat.catalog.spaces import Space
-from embcat.catalog.stac import EMB_SCHEMA, EMB_STAC_VERSION, source_uri, stac_version_for
-from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_bytes
+from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_size
 from embcat.encoders.manifest import Manifest
 
-PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
-FILE_SCHEMA = FileExtension.get_schema_uri()
-PROJECTION_SCHEMA = ProjectionExtension.get_schema_uri()
-
-ITEM_EXTENSIONS = [EMB_SCHEMA, PROCESSING_SCHEMA, FILE_SCHEMA, PROJECTION_SCHEMA]
-COLLECTION_EXTENSIONS = [EMB_SCHEMA, PROCESSING_SCHEMA, FILE_SCHEMA]
-ASSET_ROLES = ["data", "embeddings"]
-SOURCE_MEDIA_TYPE = "image/tiff; application=geotiff"
-_PREFIXES = {
-    "emb:": EMB_SCHEMA,
-    "processing:": PROCESSING_SCHEMA,
-    "proj:": PROJECTION_SCHEMA,
-    "file:": FILE_SCHEMA,
-    "mlm:": MLM_SCHEMA,
-}
 _ID_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -53,89 +45,10 @@ def default_collection_id(manifest: Manifest) -> str:
     return slug[:255] or "embeddings"
 
 
-def npy_size(dimensions: int) -> int:
-    """``file:size`` of every vector of a space: the .npy header plus float32 values."""
-    return len(npy_bytes([0.0] * dimensions))
-
-
-def npy_header(dimensions: int) -> bytes:
-    """The constant ``.npy`` header that precedes the values of a ``dimensions`` vector."""
-    return npy_bytes([0.0] * dimensions)[: npy_size(dimensions) - 4 * dimensions]
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def source_title(uri: str) -> str:
     """A link title for a source: the file name of its URI."""
     path = urlsplit(uri).path.rstrip("/")
     return path.rsplit("/", 1)[-1] or uri
-
-
-def processing_fields(manifest: Manifest) -> dict[str, Any]:
-    software = {"embcat": __version__, **manifest.software}
-    enc = manifest.encoder
-    return {
-        "processing:software": software,
-        "processing:datetime": _iso(manifest.created),
-        "processing:version": f"{enc.name} {enc.version}",
-        "processing:lineage": (
-            f"{enc.name} {enc.version} applied to {manifest.run.chip_size} px chips"
-            f" (stride {manifest.run.stride}, grid {manifest.run.grid_id}) of the source"
-            f" imagery; {enc.dimensions}-d vectors published by embcat"
-        ),
-    }
-
-
-def runtime_parameters(manifest: Manifest) -> dict[str, Any]:
-    run = manifest.run.model_dump(mode="json", exclude_none=True)
-    run.pop("inputs", None)  # can be long; the collection links to the source data
-    return run
-
-
-def quantization(manifest: Manifest, space: Space) -> dict[str, Any] | None:
-    if space.storage == "halfvec" and manifest.encoder.dtype == "float32":
-        return {
-            "method": "cast",
-            "original_dtype": "float32",
-            "quantized_dtype": "float16",
-            "scale": [1.0],
-            "offset": [0.0],
-        }
-    return None
-
-
-@dataclass(frozen=True)
-class ItemTemplate:
-    """What every item of one publish shares; catalog/publish.py adds the per-row parts."""
-
-    properties: dict[str, Any]
-    asset: dict[str, Any]
-    href_prefix: str  # root-relative href up to the quoted item id
-    href_suffix: str
-
-
-def item_template(manifest: Manifest, collection_id: str, space: Space) -> ItemTemplate:
-    props: dict[str, Any] = {
-        **processing_fields(manifest),
-        "emb:runtime_parameters": runtime_parameters(manifest),
-    }
-    quant = quantization(manifest, space)
-    if quant is not None:
-        props["emb:quantization"] = quant
-    asset = {
-        "type": NPY_MEDIA_TYPE,
-        "roles": ASSET_ROLES,
-        "title": f"{space.encoder_name} {space.encoder_version} embedding",
-        "file:size": npy_size(space.dimensions),
-    }
-    return ItemTemplate(
-        properties=props,
-        asset=asset,
-        href_prefix=f"/collections/{quote(collection_id, safe='')}/items/",
-        href_suffix="/embedding",
-    )
 
 
 def model_href(collection_id: str) -> str:
@@ -181,20 +94,20 @@ def build_collection(
     )
     coll.stac_extensions = list(COLLECTION_EXTENSIONS)
     fields = coll.extra_fields
-    fields["emb:type"] = "chip"
-    fields["emb:dimensions"] = space.dimensions
+    fields[EMB_TYPE] = "chip"
+    fields[EMB_DIMENSIONS] = space.dimensions
     fields["data_type"] = "float32"
     if enc.gsd is not None:
         fields["gsd"] = enc.gsd
-    fields["emb:chip_layout"] = {
+    fields[EMB_CHIP_LAYOUT] = {
         "layout_type": "regular_grid",
         "chip_size": [run.chip_size, run.chip_size],
         "stride": [run.stride, run.stride],
         "grid_id": run.grid_id,
     }
     summaries: dict[str, Any] = {
-        "emb:type": ["chip"],
-        "emb:dimensions": [space.dimensions],
+        EMB_TYPE: ["chip"],
+        EMB_DIMENSIONS: [space.dimensions],
         "data_type": ["float32"],
     }
     if enc.gsd is not None:
@@ -225,7 +138,7 @@ def build_collection(
     fields["embcat:encoder"] = enc.mlm.get("mlm:name") or enc.name
     coll.add_link(
         pystac.Link(
-            rel="emb:model",
+            rel=EMB_MODEL,
             target=model_href(collection_id),
             media_type=pystac.MediaType.JSON,
             title=f"{enc.name} {enc.version} (STAC MLM item)",
@@ -234,7 +147,7 @@ def build_collection(
     for href in _source_hrefs(manifest, existing)[:1000]:
         coll.add_link(
             pystac.Link(
-                rel="emb:source-data",
+                rel=EMB_SOURCE_DATA,
                 target=href,
                 media_type=SOURCE_MEDIA_TYPE,
                 title=f"Source imagery: {source_title(href)}",
@@ -256,7 +169,7 @@ def _source_hrefs(manifest: Manifest, existing: dict[str, Any] | None) -> list[s
             raw.append(src["href"])
     hrefs = [u for u in (source_uri(h) for h in raw) if u is not None]
     for old in (existing or {}).get("links", []):
-        if old.get("rel") == "emb:source-data" and isinstance(old.get("href"), str):
+        if old.get("rel") == EMB_SOURCE_DATA and isinstance(old.get("href"), str):
             uri = source_uri(old["href"])
             if uri is not None:
                 hrefs.append(uri)
@@ -287,44 +200,6 @@ def _union_extent(
 
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def item_stac_extensions(properties: dict[str, Any], assets: dict[str, Any]) -> list[str]:
-    """The extension schemas an item uses, from the prefixes of its fields."""
-    used: set[str] = set()
-    keys = list(properties)
-    for asset in assets.values():
-        keys.extend(asset)
-    for key in keys:
-        for prefix, uri in _PREFIXES.items():
-            if key.startswith(prefix):
-                used.add(uri)
-    return [uri for uri in [*ITEM_EXTENSIONS, MLM_SCHEMA] if uri in used]
-
-
-def item_dict(
-    collection_id: str,
-    item_id: str,
-    geometry: dict[str, Any],
-    bbox: list[float],
-    properties: dict[str, Any],
-    assets: dict[str, Any],
-    links: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """A stored item row as a STAC Item dict (links as stored: no self/root/parent)."""
-    extensions = item_stac_extensions(properties, assets)
-    return {
-        "type": "Feature",
-        "stac_version": stac_version_for(extensions),
-        "stac_extensions": extensions,
-        "id": item_id,
-        "collection": collection_id,
-        "geometry": geometry,
-        "bbox": bbox,
-        "properties": properties,
-        "assets": assets,
-        "links": links,
-    }
 
 
 def model_item(

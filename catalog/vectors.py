@@ -52,3 +52,29 @@ def embedding_href(collection_id: str, item_id: str) -> str:
     from urllib.parse import quote
 
     return f"/collections/{quote(collection_id, safe='')}/items/{quote(item_id, safe='')}/embedding"
+
+
+def npy_size(dimensions: int) -> int:
+    """``file:size`` of every vector of a space: the .npy header plus float32 values."""
+    return len(npy_bytes([0.0] * dimensions))
+
+
+def npy_header(dimensions: int) -> bytes:
+    """The constant ``.npy`` header that precedes the values of a ``dimensions`` vector."""
+    return npy_bytes([0.0] * dimensions)[: npy_size(dimensions) - 4 * dimensions]
+
+
+def npy_digests(stored: np.ndarray) -> np.ndarray:
+    """sha256 of each row's canonical .npy bytes (header + little-endian float32) of an
+    ``(n, D)`` array of stored values, as ``(n, 32)`` bytes (one hash object a row)."""
+    dims = stored.shape[1]
+    base = hashlib.sha256(npy_header(dims))
+    le = np.ascontiguousarray(stored, dtype="<f4")
+    mv = le.data.cast("B")
+    row = 4 * dims
+    digests = bytearray()
+    for i in range(len(stored)):
+        h = base.copy()
+        h.update(mv[i * row : (i + 1) * row])
+        digests += h.digest()
+    return np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32)

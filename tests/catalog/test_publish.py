@@ -20,10 +20,10 @@ from pystac.extensions.projection import ProjectionExtension
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
 from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.item_shape import item_dict
 from embcat.catalog.publish import list_publishes, publish
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.stac import source_uri
-from embcat.catalog.stacgen import item_dict
 from embcat.catalog.vectors import file_fields
 from embcat.cli import main
 
@@ -339,7 +339,7 @@ def test_stats_compare_with_the_source_bytes_of_the_manifest(
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 1000 rows: each shard's single record batch below becomes its own chunk."""
-    import embcat.catalog.publish as publish_mod
+    import embcat.catalog.publish_load as publish_mod
 
     monkeypatch.setattr(publish_mod, "CHUNK_BYTES", 1)
 

@@ -1,0 +1,84 @@
+"""The index and statistics steps of a publish, and ``embcat index build``.
+
+At the end of a publish (in its transaction): attach a new space's partition, build the
+space's index if the publish was to (it holds the space's merge lock exclusively then),
+ANALYZE what was merged. ``build_index`` builds or switches an index later, taking the
+merge locks as a publish that builds one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from embcat.catalog import spaces as spaces_mod
+from embcat.catalog.db import connect
+from embcat.catalog.errors import translated
+from embcat.catalog.publish_merge import MergeState
+from embcat.catalog.settings import DatabaseSettings
+
+ANALYZE_ITEM_COLUMNS = (
+    "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"
+)
+
+
+def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, float]:
+    """Attach, index and analyze after the last chunk; return (index built, its seconds)."""
+    space, timings = state.space, state.ctx.timings
+    assert space is not None
+    if state.detached:
+        t = time.perf_counter()
+        spaces_mod.attach_partition(conn, space.id)
+        timings["attach_s"] = time.perf_counter() - t
+    index_s = 0.0
+    built = False
+    if state.build:
+        t = time.perf_counter()
+        built = spaces_mod.ensure_hnsw_index(conn, space)
+        index_s = time.perf_counter() - t
+    t = time.perf_counter()
+    if state.inserted or state.updated:
+        # The planner's columns only: statistics of the jsonb documents (properties, assets,
+        # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
+        # (autovacuum still gathers them later).
+        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
+        # the space's partition only (migration 0021)
+        conn.execute(
+            f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"
+        )
+    timings["analyze_s"] = time.perf_counter() - t
+    return built, index_s
+
+
+def build_index(
+    collection_id: str,
+    settings: DatabaseSettings | None = None,
+    *,
+    kind: spaces_mod.IndexKind | None = None,
+    rebuild: bool = False,
+) -> str | None:
+    """Build the index of a collection's space if absent (``embcat index build``); with
+    ``kind`` other than the space's, switch the space to it (new index, then swap); with
+    ``rebuild``, build anew. Returns the kind built, or None if nothing was built.
+
+    Takes the merge lock exclusively, like a publish that builds an index, so that it
+    never deadlocks with a concurrent publish.
+    """
+    from embcat.catalog.errors import NotFound
+
+    with connect(settings) as conn, translated():
+        with conn.transaction():
+            conn.execute("set local statement_timeout = 0")
+            space = spaces_mod.collection_space(conn, collection_id)
+            if space is None:
+                raise NotFound(f"collection {collection_id!r} has no embeddings")
+            # the global lock exclusively only to attach a partition (see the module)
+            spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
+            spaces_mod.merge_lock(conn, space.id, exclusive=True)
+            built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
+        if built:  # the replaced index goes once the new one is committed, concurrently
+            conn.commit()
+            conn.autocommit = True
+            spaces_mod.finish_swap(conn, space.id)
+        return (kind or space.index_kind) if built else None

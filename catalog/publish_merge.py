@@ -1,0 +1,208 @@
+"""The publish's merge: each staged chunk into ``items`` and ``embeddings`` (and thumbnails).
+
+``merge_chunk`` checks the chunk's ids (duplicates in the run, clashes in mode insert),
+registers the space and creates the collection on the first chunk, takes the merge locks
+(see catalog.publish, "The merge locks"), then runs ``INSERT .. SELECT`` from the staging
+table. ``MergeState`` is what the merges of one publish accumulate, in its one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from embcat.catalog import imagery
+from embcat.catalog import spaces as spaces_mod
+from embcat.catalog.errors import Conflict, InvalidInput
+from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
+from embcat.catalog.publish_rows import union
+from embcat.catalog.spaces import Space
+from embcat.catalog.stacgen import build_collection
+from embcat.encoders.manifest import space_options
+
+
+@dataclass
+class MergeState:
+    """What the chunk merges of one publish accumulate (all in its one transaction)."""
+
+    ctx: PublishContext
+    existing_stac: dict[str, Any] | None
+    created: bool
+    known_space: Space | None = None  # the existing collection's space (checked)
+    space: Space | None = None
+    build: bool = False
+    detached: str | None = None  # the new space's partition table, attached at the end
+    inserted: int = 0
+    updated: int = 0
+    extent: list[Any] | None = None
+    chunks: int = 0
+    thumbnails: bool = False  # some shard has the thumbnail column
+
+
+def merge_chunk(
+    conn: psycopg.Connection, state: MergeState, staged: int, extent: list[Any]
+) -> None:
+    """Check the staged chunk (``staged`` rows within ``extent``), then INSERT .. SELECT
+    it into items and embeddings."""
+    ctx = state.ctx
+    manifest, cid, timings = ctx.manifest, ctx.collection_id, ctx.timings
+    enc = manifest.encoder
+    # duplicate ids: within the chunk, or already seen in an earlier chunk of this run
+    state.chunks += 1
+    fresh = conn.execute(
+        "WITH ins AS (INSERT INTO publish_ids SELECT id, %s FROM publish_staging"
+        " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins",
+        (state.chunks,),
+    ).fetchone()
+    if fresh != (staged,):
+        dups = conn.execute(
+            "select s.id, count(*) + max(case when p.chunk < %(k)s then 1 else 0 end)"
+            " from publish_staging s left join publish_ids p on p.id = s.id group by s.id"
+            " having count(*) + max(case when p.chunk < %(k)s then 1 else 0 end) > 1"
+            " order by s.id limit %(n)s",
+            {"k": state.chunks, "n": MAX_REPORTED},
+        ).fetchall()
+        listed = ", ".join(f"{d[0]!r} ({d[1]}x)" for d in dups)
+        raise InvalidInput(f"duplicate item ids in the input, nothing was published: {listed}")
+    state.extent = union(state.extent, extent)
+
+    if state.space is None:  # first chunk: the merge lock, the space, the collection row
+        # The global lock comes first: a new space (or one without its partition) takes it
+        # exclusively, before its row is inserted, so that attaching its partition
+        # (which locks embedding_spaces and items against writes) never waits on another
+        # publish's uncommitted space row while that one waits for the lock.
+        known = state.known_space or spaces_mod.find_space(
+            conn, encoder_name=enc.name, encoder_version=enc.version,
+            dimensions=enc.dimensions, storage=ctx.storage, metric=enc.metric,
+            options=space_options(manifest),
+        )  # fmt: skip
+        new_partition = known is None or not spaces_mod.has_partition(conn, known.id)
+        spaces_mod.merge_lock(conn, exclusive=new_partition)
+        if state.known_space is not None:
+            space = state.known_space
+            if space.options_sha256 is None:  # registered before 0009; the run matched it
+                space = spaces_mod.adopt_options(conn, space, space_options(manifest))
+        else:
+            space = spaces_mod.get_or_create_space(
+                conn,
+                encoder_name=enc.name,
+                encoder_version=enc.version,
+                dimensions=enc.dimensions,
+                storage=ctx.storage,  # type: ignore[arg-type]
+                metric=enc.metric,
+                normalized=enc.normalized,
+                mlm=enc.mlm,
+                options=space_options(manifest),
+            )
+        state.space = space
+        if state.created:
+            stac = build_collection(
+                manifest, cid, space, bbox=state.extent[:4],
+                interval=(state.extent[4], state.extent[5]),
+            )  # fmt: skip
+            conn.execute(
+                "insert into collections (id, stac, space_id) values (%s, %s, %s)",
+                (cid, Jsonb(stac), space.id),
+            )
+        # (checked again under the lock: a concurrent publish of the same new space may
+        # have attached it while this one waited)
+        if new_partition and not spaces_mod.has_partition(conn, space.id):
+            if spaces_mod.holds_no_rows(conn, space.id):
+                # its partition is filled as a table of its own and attached after the
+                # last chunk (indexes built in bulk, foreign keys checked by one join; see
+                # spaces.create_partition_table)
+                state.detached = spaces_mod.create_partition_table(conn, space.id)
+            else:  # rows in the default partition (a mirror's): move them in now
+                spaces_mod.ensure_partition(conn, space.id)
+        state.build = (
+            (not ctx.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
+        )
+        spaces_mod.merge_lock(conn, space.id, exclusive=state.build)
+    space = state.space
+    # A collection this publish created holds nothing but what it merges, and the run's
+    # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative
+    # insertion, and nothing to clash with.
+    mode = "insert" if state.created else ctx.mode
+    if ctx.mode == "insert" and not state.created:
+        clash = conn.execute(
+            "select s.id from publish_staging s join items i"
+            " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
+            (cid, MAX_REPORTED),
+        ).fetchall()
+        if clash:
+            raise Conflict(
+                f"mode insert: {len(clash)}{'+' if len(clash) == MAX_REPORTED else ''} items"
+                f" already exist in {cid!r}: {', '.join(repr(c[0]) for c in clash)}"
+                " (use --mode upsert or --mode ignore)"
+            )
+    t = time.perf_counter()
+    counts = conn.execute(_merge_items_sql(mode), {"cid": cid}).fetchone()
+    assert counts is not None
+    state.inserted += int(counts[0])
+    state.updated += int(counts[1])
+    timings["merge_items_s"] += time.perf_counter() - t
+    if state.thumbnails or mode == "upsert":
+        imagery.merge_thumbnails(conn, cid, mode)
+    t = time.perf_counter()
+    if state.detached:  # nothing there to conflict with (a new space; ids checked above)
+        conn.execute(
+            _merge_embeddings_sql("insert", space, state.detached),
+            {"cid": cid, "space": space.id},
+        )
+    else:
+        conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
+    timings["merge_embeddings_s"] += time.perf_counter() - t
+    conn.execute("TRUNCATE publish_staging")
+
+
+def _merge_items_sql(mode: str) -> sql.Composed:
+    conflict = {
+        "insert": "",
+        "ignore": "ON CONFLICT (collection_id, id) DO NOTHING",
+        "upsert": """ON CONFLICT (collection_id, id) DO UPDATE SET
+            geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
+            start_datetime = NULL, end_datetime = NULL, properties = excluded.properties,
+            assets = excluded.assets, links = excluded.links
+          WHERE (ST_AsEWKB(items.geometry), items.bbox, items.datetime, items.start_datetime,
+                 items.end_datetime, items.properties, items.assets, items.links)
+             IS DISTINCT FROM
+                (ST_AsEWKB(excluded.geometry), excluded.bbox, excluded.datetime, NULL::timestamptz,
+                 NULL::timestamptz, excluded.properties, excluded.assets, excluded.links)""",
+    }[mode]
+    return sql.SQL(
+        """
+WITH merged AS (
+  INSERT INTO items (collection_id, id, geometry, bbox, datetime, properties, assets, links)
+  SELECT %(cid)s::text, s.id, g.geom,
+         ARRAY[ST_XMin(g.geom), ST_YMin(g.geom), ST_XMax(g.geom), ST_YMax(g.geom)],
+         s.datetime, s.properties, s.assets, s.links
+    FROM publish_staging s
+    CROSS JOIN LATERAL (SELECT ST_GeomFromWKB(s.wkb, 4326) AS geom) g
+  {conflict}
+  RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+"""
+    ).format(conflict=sql.SQL(conflict))
+
+
+def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") -> sql.Composed:
+    col = sql.Identifier(space.column)
+    conflict = {
+        "insert": sql.SQL(""),
+        "ignore": sql.SQL("ON CONFLICT (collection_id, item_id, space_id) DO NOTHING"),
+        "upsert": sql.SQL(
+            "ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
+            " WHERE embeddings.{col} IS DISTINCT FROM excluded.{col}"
+        ).format(col=col),
+    }[mode]
+    return sql.SQL(
+        "INSERT INTO {table} (collection_id, item_id, space_id, geometry, {col})"
+        " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
+        " FROM publish_staging s {conflict}"
+    ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))
