@@ -37,7 +37,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -45,12 +44,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from embcat.api.auth import principal_of, require_scope
+from embcat.api.auth import principal_of
 from embcat.api.db import base_url, connection
+from embcat.api.features import FeatureContext
+from embcat.api.settings import UploadSettings
 from embcat.catalog.errors import (
     Conflict,
     EmbcatError,
@@ -70,39 +70,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
 _MANIFEST_MAX = 16 << 20
 
 
-class UploadSettings(BaseSettings):
-    """Where uploads are spooled and how large they may be (prefix ``EMBCAT_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore")
-
-    upload_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "embcat-uploads",
-        description="Spool folder of remote publishes (needs room for the largest run).",
-    )
-    upload_max_bytes: int = Field(
-        200 << 30, ge=1, description="Largest run (sum of shard sizes) one upload may hold."
-    )
-    upload_chunk_bytes: int = Field(
-        8 << 20, ge=1 << 16, description="Largest chunk of a shard per request."
-    )
-    upload_key_max_bytes: int = Field(
-        200 << 30,
-        ge=1,
-        description="Most bytes of shards the uploads of one key may hold at once.",
-    )
-    upload_expire_s: int = Field(
-        7 * 24 * 3600,
-        ge=60,
-        description="Uploads untouched this long are deleted (swept when a manifest arrives).",
-    )
-
-
 def _settings(request: Request) -> UploadSettings:
-    cached = getattr(request.app.state, "upload_settings", None)
-    if cached is None:
-        cached = UploadSettings()
-        request.app.state.upload_settings = cached
-    return cached
+    """The app's upload settings (``create_app`` puts its settings tree's ``uploads`` here)."""
+    settings: UploadSettings = request.app.state.upload_settings
+    return settings
 
 
 def _chunk_bytes(request: Request) -> int:
@@ -275,9 +246,6 @@ def expire_uploads(root: Path, max_age_s: float, now: float | None = None) -> li
     return gone
 
 
-router = APIRouter(tags=["Publishing"])
-
-
 async def _write(request: Request) -> Principal:
     """A key with the write scope; a key limited to one collection is accepted here and
     checked against the target collection at commit."""
@@ -292,7 +260,6 @@ async def _write(request: Request) -> Principal:
 WritePrincipal = Annotated[Principal, Depends(_write)]
 
 
-@router.get("/publish/uploads/{upload_id}", summary="What the server holds of an upload")
 async def upload_state(
     request: Request, upload_id: str, principal: WritePrincipal
 ) -> dict[str, Any]:
@@ -300,7 +267,6 @@ async def upload_state(
     return await run_in_threadpool(_state, folder, _chunk_bytes(request))
 
 
-@router.put("/publish/uploads/{upload_id}/manifest", summary="Upload the run's manifest.json")
 async def put_manifest(
     request: Request,
     upload_id: str,
@@ -367,9 +333,6 @@ async def put_manifest(
         return await run_in_threadpool(_state, folder, _chunk_bytes(request))
 
 
-@router.put(
-    "/publish/uploads/{upload_id}/shards/{name}", summary="Upload one chunk of a shard at offset"
-)
 async def put_shard_chunk(
     request: Request,
     upload_id: str,
@@ -422,7 +385,6 @@ async def put_shard_chunk(
         return {"name": name, "received": size, "complete": False, "sha256": None}
 
 
-@router.post("/publish/uploads/{upload_id}/commit", summary="Publish an uploaded run")
 async def commit_upload(
     request: Request,
     upload_id: str,
@@ -474,7 +436,6 @@ async def commit_upload(
     return {**result.as_dict(), "summary": result.summary()}
 
 
-@router.delete("/publish/uploads/{upload_id}", summary="Discard an upload", status_code=204)
 async def delete_upload(request: Request, upload_id: str, principal: WritePrincipal) -> None:
     folder = _folder(request, principal, upload_id)
     if not folder.exists():
@@ -483,11 +444,6 @@ async def delete_upload(request: Request, upload_id: str, principal: WritePrinci
         await run_in_threadpool(shutil.rmtree, folder, True)
 
 
-@router.get(
-    "/collections/{collection_id}/model",
-    summary="The encoder of the collection's embedding space (STAC MLM item)",
-    dependencies=[Depends(require_scope("read"))],
-)
 async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
     from embcat.catalog.spaces import collection_space
     from embcat.catalog.stac import get_collection_row
@@ -507,3 +463,56 @@ async def collection_model(request: Request, collection_id: str) -> dict[str, An
         return out
 
     return await run_in_threadpool(run)
+
+
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The publishing routes of one app. Every upload route needs the write scope (a key
+    limited to one collection passes here and is checked against the target collection
+    at the manifest and the commit); reading an upload's state, the read scope too."""
+    router = APIRouter(tags=["Publishing"])
+    uploads = "/publish/uploads/{upload_id}"
+    write = [ctx.write(any_collection=True)]
+    router.add_api_route(
+        uploads,
+        upload_state,
+        methods=["GET"],
+        summary="What the server holds of an upload",
+        dependencies=[ctx.read(any_collection=True)],
+    )
+    router.add_api_route(
+        f"{uploads}/manifest",
+        put_manifest,
+        methods=["PUT"],
+        summary="Upload the run's manifest.json",
+        dependencies=write,
+    )
+    router.add_api_route(
+        f"{uploads}/shards/{{name}}",
+        put_shard_chunk,
+        methods=["PUT"],
+        summary="Upload one chunk of a shard at offset",
+        dependencies=write,
+    )
+    router.add_api_route(
+        f"{uploads}/commit",
+        commit_upload,
+        methods=["POST"],
+        summary="Publish an uploaded run",
+        dependencies=write,
+    )
+    router.add_api_route(
+        uploads,
+        delete_upload,
+        methods=["DELETE"],
+        summary="Discard an upload",
+        status_code=204,
+        dependencies=write,
+    )
+    router.add_api_route(
+        "/collections/{collection_id}/model",
+        collection_model,
+        methods=["GET"],
+        summary="The encoder of the collection's embedding space (STAC MLM item)",
+        dependencies=[ctx.read()],
+    )
+    return router
