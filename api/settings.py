@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stac_fastapi.types.config import ApiSettings as StacApiSettings
 
-from embcat.catalog.settings import DatabaseSettings, Settings, catalog_sections
+from embcat.catalog.settings import DatabaseSettings, Settings, catalog_sections, read_env
 
 
 class ApiSettings(DatabaseSettings, StacApiSettings):
@@ -161,10 +161,10 @@ class AppSettings(Settings):
         cls, api: ApiSettings | None = None
     ) -> AppSettings:
         """The tree from the environment; ``api`` (e.g. a test's ApiSettings) if given."""
-        api = api if api is not None else ApiSettings()
+        api = api if api is not None else read_env(ApiSettings)
         return cls(
             **catalog_sections(api),
             api=api,
-            uploads=UploadSettings(),
-            observability=ObservabilitySettings(),
+            uploads=read_env(UploadSettings),
+            observability=read_env(ObservabilitySettings),
         )

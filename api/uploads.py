@@ -421,6 +421,7 @@ async def commit_upload(
                 collection_id=cid,
                 mode=mode,
                 settings=db,
+                index=request.app.state.app_settings.index,
                 progress=False,
                 defer_index=defer_index,
                 origin=f"upload:{principal.key_id or 'anonymous'}",

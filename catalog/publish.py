@@ -75,8 +75,8 @@ from embcat.catalog.collections import validate_collection_id
 from embcat.catalog.db import connect
 from embcat.catalog.errors import Conflict, EmbcatError, InvalidInput, translated
 from embcat.catalog.geometry import INVALID, LAT_RANGE, LON_RANGE, MAX_VERTICES, OUT_OF_RANGE
-from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space
+from embcat.catalog.settings import DatabaseSettings, defaults
+from embcat.catalog.spaces import IndexSettings, Space
 from embcat.catalog.stac import source_uri
 from embcat.catalog.stacgen import (
     SOURCE_MEDIA_TYPE,
@@ -807,14 +807,19 @@ def publish(
     defer_index: bool = False,
     storage: Literal["halfvec", "vector"] = "halfvec",
     origin: str = "local",
+    index: IndexSettings | None = None,
 ) -> PublishResult:
-    """Publish an encode run (its folder or manifest.json) into the catalogue, atomically."""
+    """Publish an encode run (its folder or manifest.json) into the catalogue, atomically.
+
+    ``index``: the kind of a new space and the graph built (the caller's settings tree;
+    default: the code's)."""
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     with metrics.publish_timer(mode) as counted:
         result = _publish(
-            Path(source), collection_id, mode, settings, progress, defer_index, storage, origin
-        )
+            Path(source), collection_id, mode, settings, progress, defer_index, storage, origin,
+            index or defaults(IndexSettings),
+        )  # fmt: skip
         counted["rows"] = result.rows
     return result
 
@@ -828,6 +833,7 @@ def _publish(
     defer_index: bool,
     storage: Literal["halfvec", "vector"],
     origin: str,
+    index: IndexSettings,
 ) -> PublishResult:
     started_wall = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -850,7 +856,7 @@ def _publish(
         with translated(), conn.transaction():
             result = _publish_tx(
                 conn, manifest, shard_paths, cid, mode, storage, defer_index, progress,
-                started_wall, origin, total_bytes, timings, t0, quicklooks,
+                started_wall, origin, total_bytes, timings, t0, quicklooks, index,
             )  # fmt: skip
     result.elapsed_s = time.perf_counter() - t0
     log.info(result.summary())
@@ -872,6 +878,7 @@ def _publish_tx(
     timings: dict[str, float],
     t0: float,
     quicklooks: list[imagery.Quicklook],
+    index: IndexSettings,
 ) -> PublishResult:
     enc = manifest.encoder
     conn.execute("select pg_advisory_xact_lock(hashtext('embcat-publish:' || %s))", (cid,))
@@ -898,7 +905,7 @@ def _publish_tx(
     state = _MergeState(
         cid=cid, mode=mode, storage=storage, defer_index=defer_index,
         existing_stac=existing_stac, created=existing is None, manifest=manifest,
-        timings=timings, known_space=old_space,
+        timings=timings, known_space=old_space, index=index,
         thumbnails=any(imagery.shard_has_thumbnails(pq.read_schema(p)) for p in shard_paths),
     )  # fmt: skip
     for key in ("stage_s", "merge_items_s", "merge_embeddings_s"):
@@ -938,7 +945,7 @@ def _publish_tx(
     built = False
     if build:
         t = time.perf_counter()
-        built = spaces_mod.ensure_hnsw_index(conn, space)
+        built = spaces_mod.ensure_hnsw_index(conn, space, index=state.index)
         index_s = time.perf_counter() - t
     t = time.perf_counter()
     if inserted or updated:
@@ -1015,6 +1022,7 @@ class _MergeState:
     extent: list[Any] | None = None
     chunks: int = 0
     thumbnails: bool = False  # some shard has the thumbnail column
+    index: IndexSettings | None = None  # new space's kind, graph built (default: the code's)
 
 
 _DONE = object()
@@ -1207,6 +1215,7 @@ def _merge_chunk(
                 normalized=enc.normalized,
                 mlm=enc.mlm,
                 options=space_options(manifest),
+                index=state.index,
             )
         state.space = space
         if state.created:
@@ -1275,6 +1284,7 @@ def build_index(
     *,
     kind: spaces_mod.IndexKind | None = None,
     rebuild: bool = False,
+    index: IndexSettings | None = None,
 ) -> str | None:
     """Build the index of a collection's space if absent (``embcat index build``); with
     ``kind`` other than the space's, switch the space to it (new index, then swap); with
@@ -1294,7 +1304,9 @@ def build_index(
             # the global lock exclusively only to attach a partition (see the module)
             spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
             spaces_mod.merge_lock(conn, space.id, exclusive=True)
-            built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
+            built = spaces_mod.ensure_index(
+                conn, space, kind=kind, rebuild=rebuild, drop_old=False, index=index
+            )
         if built:  # the replaced index goes once the new one is committed, concurrently
             conn.commit()
             conn.autocommit = True

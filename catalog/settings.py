@@ -147,6 +147,26 @@ class MirrorSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
+def read_env(cls: type[S]) -> S:
+    """``cls()`` from the environment; a bad value is an InvalidInput naming its variable
+    (what a composition root reports as one line)."""
+    from pydantic import ValidationError
+
+    from embcat.catalog.errors import InvalidInput
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {}
+        field = ".".join(str(p) for p in first.get("loc", ())) or "?"
+        raise InvalidInput(
+            f"invalid setting: {prefix}{field.upper()}={first.get('input')!r}:"
+            f" {first.get('msg', exc)} (fix the environment variable or the .env file)"
+        ) from exc
+
+
 def defaults(cls: type[S]) -> S:
     """The code defaults of a settings class, without reading the environment (what a
     library call uses when its caller passes no settings)."""
@@ -183,8 +203,8 @@ def catalog_sections(database: DatabaseSettings | None = None) -> dict[str, Any]
     from embcat.catalog.spaces import IndexSettings
 
     return {
-        "database": database if database is not None else DatabaseSettings(),
-        "similarity": SimilaritySettings(),
-        "index": IndexSettings(),
-        "mirror": MirrorSettings(),
+        "database": database if database is not None else read_env(DatabaseSettings),
+        "similarity": read_env(SimilaritySettings),
+        "index": read_env(IndexSettings),
+        "mirror": read_env(MirrorSettings),
     }
