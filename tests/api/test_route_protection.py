@@ -18,7 +18,6 @@ from fastapi import APIRouter
 from helpers_server import start_server  # tests/ is on sys.path under pytest
 from shardgen import write_run
 
-from embcat.api import uploads
 from embcat.api.app import FEATURES, create_app
 from embcat.api.auth import scope_of
 from embcat.api.features import (
@@ -29,6 +28,7 @@ from embcat.api.features import (
     unprotected_routes,
 )
 from embcat.api.settings import ApiSettings, AppSettings, UploadSettings
+from embcat.api.upload_spool import upload_lock
 from embcat.catalog.errors import Conflict
 from embcat.catalog.keys import create_key
 
@@ -141,5 +141,5 @@ def test_two_apps_in_one_process_do_not_share_upload_locks(
 
 
 async def _try_lock(folder: Path) -> None:
-    async with uploads._lock(folder, wait_s=0):
+    async with upload_lock(folder, wait_s=0):
         pass
