@@ -1,22 +1,23 @@
 """The embcat STAC API: ``create_app(settings)`` for
 ``uvicorn --factory embcat.api.app:create_app``.
 
-Nothing is built at import time. The database pool is opened in the lifespan. Other
-packages add their routers through ``EXTRA_ROUTERS`` (one import + one list entry each).
+Nothing is built at import time. ``create_app`` builds the app's settings tree
+(``api.settings.AppSettings``) once, then the app: stac-fastapi's STAC routes with their
+scope checks (``api.features.stac_route_dependencies``), and every feature router of
+``FEATURES`` (``build_router(ctx)`` per feature module, called with the app's
+``FeatureContext``). An app with a route that has no scope check is refused
+(``api.features.check_protected``). The database pool is opened in the lifespan.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.dependencies.utils import get_parameterless_sub_dependant
-from fastapi.params import Depends
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.api.middleware import ProxyHeaderMiddleware
 from stac_fastapi.api.models import (
@@ -51,34 +52,31 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embcat.api import observability
-from embcat.api.auth import require_scope
+from embcat.api import exchange, explorer, imagery, observability, score, uploads
 from embcat.api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
 from embcat.api.db import connection, create_pool
 from embcat.api.errors import add_exception_handlers, error_body
-from embcat.api.exchange import router as exchange_router
-from embcat.api.explorer import router as explorer_router
-from embcat.api.imagery import router as imagery_router
+from embcat.api.features import FeatureContext, check_protected, stac_route_dependencies
 from embcat.api.limits import (
     ClientConcurrencyLimit,
     ExpensiveRequestLimit,
     TrustedProxyHeaders,
     parse_networks,
 )
-from embcat.api.score import SCORE_PATH, score_router
-from embcat.api.settings import ApiSettings
+from embcat.api.settings import ApiSettings, AppSettings
 from embcat.api.similarity import SimilarityExtension
 from embcat.api.transactions import transaction_extensions
-from embcat.api.uploads import router as uploads_router
 from embcat.catalog.stac import STAC_VERSION
 
-# Routers of other packages (uploads, exchange, explorer, ...): one import + one entry each.
-EXTRA_ROUTERS: list[APIRouter] = [
-    explorer_router,
-    exchange_router,
-    uploads_router,
-    imagery_router,
-]
+FeatureBuilder = Callable[[FeatureContext], APIRouter]
+# The feature routers, in the order they are included: one builder per feature module.
+FEATURES: tuple[FeatureBuilder, ...] = (
+    explorer.build_router,
+    exchange.build_router,
+    uploads.build_router,
+    imagery.build_router,
+    score.build_router,
+)
 
 FILTER_CLASSES = [
     FilterConformanceClasses.FILTER,
@@ -248,77 +246,10 @@ def _health(settings: ApiSettings) -> Callable[[Request], Awaitable[JSONResponse
     return health
 
 
-OPEN_PATHS = ("/health", "/api", "/api.html", "/docs", "/_mgmt")
-# The explorer's page and static files: no catalogue data (its data routes are protected).
-OPEN_ROUTES = frozenset(
-    {"/explorer", "/explorer/static/{name}", "/explorer/vendor/leaflet/{path:path}"}
-)
-# POST operations that only read (search bodies); every other POST/PUT/PATCH/DELETE writes.
-READ_ONLY_POSTS = frozenset({"/search", "/collections/{collection_id}/export", SCORE_PATH})
-# Reads without a collection in the path that a key limited to one collection may make:
-# their handlers narrow them to the key's collection (api.auth.scoped_collections).
-SCOPED_READS = frozenset({"/", "/search", "/collections"})
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PROTECTED = "__embcat_protection__"
+API_ASSETS = "/api-assets"  # Swagger UI's files (a mount: no catalogue data)
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    """Every APIRoute, also inside included routers (FastAPI keeps them nested)."""
-    out: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            out.append(route)
-        elif hasattr(route, "original_router"):
-            out.extend(_api_routes(route.original_router.routes))
-        elif getattr(route, "routes", None):
-            out.extend(_api_routes(route.routes))
-    return out
-
-
-def _protection(path: str, *, any_collection: bool) -> Callable[[Request], Awaitable[Any]]:
-    """The scope check of one route: read scope for reads (a no-op unless keys are required
-    or presented), write scope for everything that changes the catalogue."""
-    read = require_scope("read", any_collection=any_collection or path in SCOPED_READS)
-    write = require_scope("write", any_collection=any_collection)
-    read_post = path in READ_ONLY_POSTS
-
-    async def protect(request: Request) -> Any:
-        method = request.method.upper()
-        if method in READ_METHODS or (method == "POST" and read_post):
-            return await read(request)
-        return await write(request)
-
-    setattr(protect, _PROTECTED, True)
-    return protect
-
-
-def _protect_routes(app: FastAPI, extra: tuple[APIRouter, ...] = ()) -> None:
-    """Put a scope check on every route of ``app`` (its own and its included routers').
-
-    Routes of ``extra`` routers may do finer per-collection checks themselves (uploads
-    check the target collection at commit): on their paths without ``{collection_id}`` a
-    key limited to one collection passes this check. The routers of ``EXTRA_ROUTERS`` are
-    module objects shared by every app, so a route protected by an earlier app is left as
-    it is (the check reads the settings of the request's own app)."""
-    extra_endpoints = {id(r.endpoint) for router in extra for r in _api_routes(router.routes)}
-    for route in _api_routes(app.router.routes):
-        if route.path.startswith(OPEN_PATHS) or route.path in OPEN_ROUTES:
-            continue
-        if any(getattr(d.dependency, _PROTECTED, False) for d in route.dependencies):
-            continue
-        depends = Depends(
-            _protection(route.path, any_collection=id(route.endpoint) in extra_endpoints)
-        )
-        route.dependant.dependencies.insert(
-            0, get_parameterless_sub_dependant(depends=depends, path=route.path_format)
-        )
-        route.dependencies.append(depends)
-
-
-API_ASSETS = "/api-assets"  # Swagger UI's files (under OPEN_PATHS: "/api")
-
-
-def _add_api_docs(app: FastAPI, settings: ApiSettings) -> None:
+def _add_api_docs(app: FastAPI, settings: ApiSettings, ctx: FeatureContext) -> None:
     """/api.html: Swagger UI with its JavaScript and CSS served by this API from the
     swagger-ui-bundle package, so that the page works without the internet."""
     if not settings.docs_url or not settings.openapi_url:
@@ -348,12 +279,21 @@ def _add_api_docs(app: FastAPI, settings: ApiSettings) -> None:
         methods=["GET"],
         name="swagger_ui_html",
         include_in_schema=False,
+        dependencies=[ctx.public],
     )
 
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    """Build the API (pool opened in the lifespan; nothing connects before start-up)."""
-    settings = settings or ApiSettings()
+def create_app(
+    settings: ApiSettings | AppSettings | None = None,
+    features: Sequence[FeatureBuilder] = FEATURES,
+) -> FastAPI:
+    """Build the API (pool opened in the lifespan; nothing connects before start-up).
+
+    ``settings``: the app's settings tree, or its HTTP settings (the rest of the tree is
+    then read from the environment, here, once); default: all from the environment."""
+    tree = settings if isinstance(settings, AppSettings) else AppSettings.from_env(settings)
+    settings = tree.api
+    ctx = FeatureContext(tree)
     pool = create_pool(settings)
 
     @asynccontextmanager
@@ -433,19 +373,28 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         ],
         exceptions={},
+        route_dependencies=stac_route_dependencies(ctx),
     )
     app.state.pool = pool
     app.state.settings = settings
+    app.state.app_settings = tree
+    # The per-app handles of the tree that the routes read (a test may swap one).
+    app.state.similarity_settings = tree.similarity
+    app.state.upload_settings = tree.uploads
     app.state.export_slots = threading.BoundedSemaphore(settings.export_max_streams)
     app.state.stac_api = api
     add_exception_handlers(app)
     app.add_api_route(
-        "/health", _health(settings), methods=["GET"], name="health", tags=["Liveliness/Readiness"]
+        "/health",
+        _health(settings),
+        methods=["GET"],
+        name="health",
+        tags=["Liveliness/Readiness"],
+        dependencies=[ctx.public],
     )
-    observability.install(app, settings)
-    _add_api_docs(app, settings)
-    for router in EXTRA_ROUTERS:
-        app.include_router(router)
-    app.include_router(score_router())  # built per app (catalog.score)
-    _protect_routes(app, tuple(EXTRA_ROUTERS))
+    observability.install(app, tree.observability, dependencies=[ctx.read()])
+    _add_api_docs(app, settings, ctx)
+    for build in features:
+        app.include_router(build(ctx))
+    check_protected(app)
     return app

@@ -74,7 +74,16 @@ def require_scope(
         return principal
 
     dependency.__name__ = f"require_{scope}"
+    setattr(dependency, _SCOPE, (scope, any_collection))
     return dependency
+
+
+_SCOPE = "__embcat_scope__"
+
+
+def scope_of(dependency: object) -> tuple[str, bool] | None:
+    """(scope, any_collection) of a dependency made by ``require_scope``; None otherwise."""
+    return getattr(dependency, _SCOPE, None)
 
 
 def read_limit(request: Request) -> str | None:

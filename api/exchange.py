@@ -29,13 +29,13 @@ from urllib.parse import quote, urlencode
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from embcat.api.auth import require_scope
 from embcat.api.db import api_session_options, connection
 from embcat.api.db import base_url as request_base_url
+from embcat.api.features import FeatureContext
 from embcat.catalog.changes import changes_since
 from embcat.catalog.db import connect
 from embcat.catalog.errors import DatabaseUnavailable, InvalidInput, NotFound
@@ -58,9 +58,25 @@ log = logging.getLogger(__name__)
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 EXCHANGE_VERSION = "1"
 
-router = APIRouter(tags=["Exchange"], dependencies=[Depends(require_scope("read"))])
+# The routes of this module; ``build_router`` includes them in each app's own router with
+# the app's read-scope check.
+router = APIRouter(tags=["Exchange"])
 # The per-item vector asset alone (what a plain STAC API with vector assets serves).
-vector_router = APIRouter(tags=["Exchange"], dependencies=[Depends(require_scope("read"))])
+vector_router = APIRouter(tags=["Exchange"])
+
+
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The exchange routes of one app (read scope: exports and the change feed only read)."""
+    out = APIRouter(dependencies=[ctx.read()])
+    out.include_router(router)
+    return out
+
+
+def build_vector_router(ctx: FeatureContext) -> APIRouter:
+    """The vector asset route alone (a plain STAC API with vector assets; tests)."""
+    out = APIRouter(dependencies=[ctx.read()])
+    out.include_router(vector_router)
+    return out
 
 
 @router.get("/exchange", summary="Data exchange capabilities of this server")

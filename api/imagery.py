@@ -6,8 +6,8 @@
 
 Both answer ``image/png`` with an ``ETag`` (the sha256 of the bytes; ``If-None-Match``
 gets 304) and ``Cache-Control: max-age=3600`` (``private`` while reads need a key,
-``public`` otherwise). Read keys and collection scopes apply as for the item: the app
-puts the read-scope check of the path's collection on every route.
+``public`` otherwise). Read keys and collection scopes apply as for the item:
+``build_router`` declares the read-scope check of the path's collection on every route.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from embcat.api.db import connection
+from embcat.api.features import FeatureContext
 from embcat.catalog.imagery import PNG_MEDIA_TYPE, quicklook_png, thumbnail_png
 
 MAX_AGE_S = 3600
 
-router = APIRouter(tags=["Imagery"])
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {PNG_MEDIA_TYPE: {}}},
     304: {"description": "Not modified"},
@@ -41,12 +41,6 @@ def _png(request: Request, data: bytes, digest: str) -> Response:
     return Response(data, media_type=PNG_MEDIA_TYPE, headers=headers)
 
 
-@router.get(
-    "/collections/{collection_id}/items/{item_id}/thumbnail.png",
-    summary="The item's thumbnail (a PNG of the chip, rendered at encode time)",
-    response_class=Response,
-    responses=PNG_RESPONSE,
-)
 async def get_thumbnail(request: Request, collection_id: str, item_id: str) -> Response:
     def work() -> bytes:
         with connection(request) as conn:
@@ -56,12 +50,6 @@ async def get_thumbnail(request: Request, collection_id: str, item_id: str) -> R
     return _png(request, data, hashlib.sha256(data).hexdigest())
 
 
-@router.get(
-    "/collections/{collection_id}/quicklooks/{key}.png",
-    summary="A quicklook of one source scene of the collection (PNG, Web Mercator)",
-    response_class=Response,
-    responses=PNG_RESPONSE,
-)
 async def get_quicklook(request: Request, collection_id: str, key: str) -> Response:
     def work() -> tuple[bytes, str]:
         with connection(request) as conn:
@@ -69,3 +57,25 @@ async def get_quicklook(request: Request, collection_id: str, key: str) -> Respo
 
     data, digest = await run_in_threadpool(work)
     return _png(request, data, digest)
+
+
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The imagery routes of one app (read scope)."""
+    router = APIRouter(tags=["Imagery"], dependencies=[ctx.read()])
+    router.add_api_route(
+        "/collections/{collection_id}/items/{item_id}/thumbnail.png",
+        get_thumbnail,
+        methods=["GET"],
+        summary="The item's thumbnail (a PNG of the chip, rendered at encode time)",
+        response_class=Response,
+        responses=PNG_RESPONSE,
+    )
+    router.add_api_route(
+        "/collections/{collection_id}/quicklooks/{key}.png",
+        get_quicklook,
+        methods=["GET"],
+        summary="A quicklook of one source scene of the collection (PNG, Web Mercator)",
+        response_class=Response,
+        responses=PNG_RESPONSE,
+    )
+    return router

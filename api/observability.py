@@ -27,11 +27,11 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,9 +41,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embcat.api.settings import ObservabilitySettings
 from embcat.catalog import metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -55,15 +55,6 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "embcat_request_id", default=None
 )
 access_log = logging.getLogger("embcat.access")
-
-
-class ObservabilitySettings(BaseSettings):
-    """``EMBCAT_ACCESS_LOG`` (default on) and ``EMBCAT_METRICS`` (default on)."""
-
-    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore", env_file=None)
-
-    access_log: bool = True
-    metrics: bool = True
 
 
 # ------------------------------------------------------------------ request ids in log records
@@ -266,18 +257,23 @@ def _metrics_endpoint(app: FastAPI) -> Any:
     return metrics_view
 
 
-def install(app: FastAPI, settings: Any = None) -> None:
-    """Add the request-id/access-log/metrics middleware and ``GET /metrics`` to ``app``."""
-    obs = ObservabilitySettings()
+def install(
+    app: FastAPI, settings: ObservabilitySettings, dependencies: Sequence[params.Depends] = ()
+) -> None:
+    """Add the request-id/access-log/metrics middleware and ``GET /metrics`` (with the
+    scope check ``dependencies``) to ``app``."""
     _install_record_factory()
-    if obs.access_log:
+    if settings.access_log:
         _configure_access_logger()
-    app.add_middleware(RequestObservability, access=obs.access_log, record_metrics=obs.metrics)
-    if obs.metrics:
+    app.add_middleware(
+        RequestObservability, access=settings.access_log, record_metrics=settings.metrics
+    )
+    if settings.metrics:
         app.add_api_route(
             "/metrics",
             _metrics_endpoint(app),
             methods=["GET"],
             name="metrics",
             include_in_schema=False,
+            dependencies=list(dependencies),
         )

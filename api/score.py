@@ -20,6 +20,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from embcat.api.features import FeatureContext
 from embcat.api.similarity import similarity_settings
 from embcat.catalog.db import connect
 from embcat.catalog.score import MEDIA_TYPES, ScoreModel, ScoreRequest, fit, parse_request, stream
@@ -59,9 +60,9 @@ def _start(request: Request, collection_id: str, req: ScoreRequest) -> Streaming
     return StreamingResponse(body(), media_type=MEDIA_TYPES[req.format], headers=headers)
 
 
-def score_router() -> APIRouter:
-    """The scoring route (built by the app factory, one router per app)."""
-    router = APIRouter(tags=["Scoring"])
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The scoring route of one app (a POST that only reads: the read scope)."""
+    router = APIRouter(tags=["Scoring"], dependencies=[ctx.read()])
 
     @router.post(
         SCORE_PATH,

@@ -1,14 +1,19 @@
-"""API settings: the database settings plus the HTTP surface (prefix ``EMBCAT_``)."""
+"""API settings: the database settings plus the HTTP surface (prefix ``EMBCAT_``), and
+the app's settings tree ``AppSettings`` (the catalogue's ``Settings`` + HTTP, uploads,
+observability), built once by ``create_app`` (or ``embcat serve``) and passed down."""
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from stac_fastapi.types.config import ApiSettings as StacApiSettings
 
-from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings, Settings, catalog_sections, read_env
 
 
 class ApiSettings(DatabaseSettings, StacApiSettings):
@@ -104,3 +109,62 @@ class ApiSettings(DatabaseSettings, StacApiSettings):
 
         parse_networks(value)  # ValueError names the bad entry
         return value
+
+
+class UploadSettings(BaseSettings):
+    """Where uploads are spooled and how large they may be (prefix ``EMBCAT_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore")
+
+    upload_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "embcat-uploads",
+        description="Spool folder of remote publishes (needs room for the largest run).",
+    )
+    upload_max_bytes: int = Field(
+        200 << 30, ge=1, description="Largest run (sum of shard sizes) one upload may hold."
+    )
+    upload_chunk_bytes: int = Field(
+        8 << 20, ge=1 << 16, description="Largest chunk of a shard per request."
+    )
+    upload_key_max_bytes: int = Field(
+        200 << 30,
+        ge=1,
+        description="Most bytes of shards the uploads of one key may hold at once.",
+    )
+    upload_expire_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Uploads untouched this long are deleted (swept when a manifest arrives).",
+    )
+
+
+class ObservabilitySettings(BaseSettings):
+    """``EMBCAT_ACCESS_LOG`` (default on) and ``EMBCAT_METRICS`` (default on)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore", env_file=None)
+
+    access_log: bool = True
+    metrics: bool = True
+
+
+@dataclass(frozen=True)
+class AppSettings(Settings):
+    """The settings tree of one API app: the catalogue's (``database`` is ``api``) plus the
+    HTTP surface (``api``), remote publishing (``uploads``) and ``observability``."""
+
+    api: ApiSettings
+    uploads: UploadSettings
+    observability: ObservabilitySettings
+
+    @classmethod
+    def from_env(  # type: ignore[override]
+        cls, api: ApiSettings | None = None
+    ) -> AppSettings:
+        """The tree from the environment; ``api`` (e.g. a test's ApiSettings) if given."""
+        api = api if api is not None else read_env(ApiSettings)
+        return cls(
+            **catalog_sections(api),
+            api=api,
+            uploads=read_env(UploadSettings),
+            observability=read_env(ObservabilitySettings),
+        )

@@ -101,12 +101,8 @@ class SimilaritySearchPostRequest(BaseModel):
 
 
 def similarity_settings(request: Request) -> SimilaritySettings:
-    """The app's similarity settings (built once per app; shared with scoring)."""
-    state = request.app.state
-    found = getattr(state, "similarity_settings", None)
-    if found is None:
-        found = SimilaritySettings()
-        state.similarity_settings = found
+    """The app's similarity settings (its settings tree's, put there by create_app)."""
+    found: SimilaritySettings = request.app.state.similarity_settings
     return found
 
 

@@ -2,8 +2,9 @@
 
 Item PUT/PATCH answer 204 and DELETE is idempotent (204 also when the item was already
 gone; 404 only for an unknown collection), as stac-api-validator expects. The scope
-check is a route dependency added in api/app.py (``_protect_routes``); a key limited to
-one collection may only change that collection's items. Every body is validated
+check is a route dependency declared in api/features.py (``STAC_WRITES``, given to
+stac-fastapi's ``route_dependencies``); a key limited to one collection may only change
+that collection's items. Every body is validated
 (catalog.stac checks) before anything is written; each request is one transaction.
 
 PATCH takes a JSON Patch (RFC 6902, a list body; applied by ``jsonpatch``) or a JSON

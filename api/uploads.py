@@ -10,13 +10,14 @@ that collection. An upload lives in a spool folder per key (``EMBCAT_UPLOAD_DIR`
     POST   /publish/uploads/{upload_id}/commit?collection=&mode=&defer_index=
     DELETE /publish/uploads/{upload_id}
 
-Every request on one upload holds a lock on it: ``flock`` on a file beside its folder, so
-that the processes of ``embcat serve --workers N`` exclude each other (on a local file
-system; a spool shared by several hosts needs a file system whose ``flock`` is
-cluster-wide). A second commit of a running one is a 409 at once. Shard names that collide
-with the spool's own files (``manifest.json``, ``*.part``) are refused; uploads untouched
-for ``upload_expire_s`` are deleted when the next manifest arrives; the uploads of one key
-hold at most ``upload_key_max_bytes`` together (507 past it, as when the disk is full).
+Every request on one upload holds a lock on it (api.upload_spool, the spool's file-system
+side): ``flock`` on a file beside its folder, so that the processes of ``embcat serve
+--workers N`` exclude each other (on a local file system; a spool shared by several hosts
+needs a file system whose ``flock`` is cluster-wide). A second commit of a running one is
+a 409 at once. Shard names that collide with the spool's own files (``manifest.json``,
+``*.part``) are refused; uploads untouched for ``upload_expire_s`` are deleted when the
+next manifest arrives; the uploads of one key hold at most ``upload_key_max_bytes``
+together (507 past it, as when the disk is full).
 
 Shards travel in chunks of at most ``chunk_bytes`` (below the API's body limit), appended
 at ``offset``; a shard is complete when it reaches the manifest's size and its sha256
@@ -30,27 +31,31 @@ STAC MLM item (the target of the collection's ``emb:model`` link).
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import fcntl
 import hashlib
 import os
 import re
 import shutil
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from embcat.api.auth import principal_of, require_scope
+from embcat.api.auth import principal_of
 from embcat.api.db import base_url, connection
+from embcat.api.features import FeatureContext
+from embcat.api.settings import UploadSettings
+from embcat.api.upload_spool import (
+    expire_uploads,
+    held_by_key,
+    name_problem,
+    read_manifest,
+    shard_record,
+    spool_errors,
+    spool_state,
+    upload_lock,
+)
 from embcat.catalog.errors import (
     Conflict,
     EmbcatError,
@@ -58,7 +63,6 @@ from embcat.catalog.errors import (
     InvalidInput,
     NotFound,
     StorageFull,
-    StorageUnavailable,
     Unauthorized,
 )
 from embcat.catalog.keys import Principal
@@ -66,43 +70,13 @@ from embcat.catalog.settings import DatabaseSettings
 from embcat.encoders.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
 _MANIFEST_MAX = 16 << 20
 
 
-class UploadSettings(BaseSettings):
-    """Where uploads are spooled and how large they may be (prefix ``EMBCAT_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="EMBCAT_", extra="ignore")
-
-    upload_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "embcat-uploads",
-        description="Spool folder of remote publishes (needs room for the largest run).",
-    )
-    upload_max_bytes: int = Field(
-        200 << 30, ge=1, description="Largest run (sum of shard sizes) one upload may hold."
-    )
-    upload_chunk_bytes: int = Field(
-        8 << 20, ge=1 << 16, description="Largest chunk of a shard per request."
-    )
-    upload_key_max_bytes: int = Field(
-        200 << 30,
-        ge=1,
-        description="Most bytes of shards the uploads of one key may hold at once.",
-    )
-    upload_expire_s: int = Field(
-        7 * 24 * 3600,
-        ge=60,
-        description="Uploads untouched this long are deleted (swept when a manifest arrives).",
-    )
-
-
 def _settings(request: Request) -> UploadSettings:
-    cached = getattr(request.app.state, "upload_settings", None)
-    if cached is None:
-        cached = UploadSettings()
-        request.app.state.upload_settings = cached
-    return cached
+    """The app's upload settings (``create_app`` puts its settings tree's ``uploads`` here)."""
+    settings: UploadSettings = request.app.state.upload_settings
+    return settings
 
 
 def _chunk_bytes(request: Request) -> int:
@@ -119,165 +93,6 @@ def _folder(request: Request, principal: Principal, upload_id: str) -> Path:
     return _settings(request).upload_dir / owner / upload_id
 
 
-def _manifest(folder: Path) -> Manifest | None:
-    path = folder / MANIFEST_NAME
-    return Manifest.load(path) if path.exists() else None
-
-
-def _name_problem(name: str) -> str | None:
-    """Why a shard name cannot be stored in an upload's folder (None: it can)."""
-    if not _NAME.match(name):
-        return f"invalid shard name {name!r}"
-    if name.lower() == MANIFEST_NAME.lower():
-        return f"a shard cannot be named {MANIFEST_NAME!r} (the manifest's own file)"
-    if name.lower().endswith(".part"):
-        return f"a shard name cannot end in '.part' ({name!r}: the spool's partial files)"
-    return None
-
-
-def _shard_record(manifest: Manifest, name: str) -> Any:
-    problem = _name_problem(name)
-    if problem:
-        raise InvalidInput(problem)
-    for rec in manifest.shards:
-        if rec.path == name:
-            return rec
-    raise NotFound(f"shard {name!r} is not in the manifest of this upload")
-
-
-def _state(folder: Path, chunk: int) -> dict[str, Any]:
-    manifest = _manifest(folder)
-    shards: dict[str, Any] = {}
-    if manifest is not None:
-        for rec in manifest.shards:
-            done = folder / rec.path
-            part = folder / (rec.path + ".part")
-            if done.exists():
-                shards[rec.path] = {"received": rec.bytes, "complete": True, "sha256": rec.sha256}
-            else:
-                got = part.stat().st_size if part.exists() else 0
-                shards[rec.path] = {"received": got, "complete": False, "sha256": None}
-    return {
-        "upload_id": folder.name,
-        "chunk_bytes": chunk,
-        "manifest_sha256": manifest.checksum() if manifest is not None else None,
-        "shards": shards,
-        "complete": manifest is not None and all(s["complete"] for s in shards.values()),
-    }
-
-
-@contextmanager
-def _spool_errors() -> Iterator[None]:
-    """The spool's file-system errors as answers: 507 when full, 503 when not writable."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, EmbcatError):
-            raise
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise StorageFull(
-                "the server's upload spool is full; retry later or ask the operator to"
-                " free space in EMBCAT_UPLOAD_DIR"
-            ) from None
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise StorageUnavailable(
-                "the server's upload spool cannot be written (read-only or not"
-                " accessible); the operator must fix EMBCAT_UPLOAD_DIR"
-            ) from None
-        raise
-
-
-# How long a request waits for another one on the same upload (the same chunk sent twice
-# by a retrying client) before its 409; a commit does not wait.
-LOCK_WAIT_S = 5.0
-
-
-@asynccontextmanager
-async def _lock(folder: Path, *, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[None]:
-    """An exclusive lock on one upload, shared by every process of the server (``serve
-    --workers N``): ``flock`` on a file beside the upload's folder (it outlives the folder,
-    so that no process ever locks a file that another has replaced)."""
-    path = folder.parent / f".{folder.name}.lock"
-    with _spool_errors():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Conflict(
-                        f"another request is working on upload {folder.name!r}"
-                        " (a commit or the same chunk); ask its state and retry"
-                    ) from None
-                await asyncio.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _manifest_total(folder: Path) -> int:
-    try:
-        manifest = _manifest(folder)
-    except Exception:  # a half-written or foreign file: counts as nothing
-        return 0
-    return sum(rec.bytes for rec in manifest.shards) if manifest is not None else 0
-
-
-def _held_by_key(owner: Path, except_id: str) -> int:
-    """Bytes of shards the other uploads of one key are declared to hold."""
-    if not owner.is_dir():
-        return 0
-    return sum(
-        _manifest_total(child)
-        for child in owner.iterdir()
-        if child.is_dir() and child.name != except_id
-    )
-
-
-def _last_touched(folder: Path) -> float:
-    newest = folder.stat().st_mtime
-    for child in folder.iterdir():
-        try:
-            newest = max(newest, child.stat().st_mtime)
-        except FileNotFoundError:
-            continue
-    return newest
-
-
-def expire_uploads(root: Path, max_age_s: float, now: float | None = None) -> list[Path]:
-    """Delete the uploads (of every key) untouched for ``max_age_s``; return them."""
-    now = time.time() if now is None else now
-    gone: list[Path] = []
-    if not root.is_dir():
-        return gone
-    for owner in root.iterdir():
-        if not owner.is_dir():
-            continue
-        for child in owner.iterdir():
-            try:
-                if child.is_dir() and now - _last_touched(child) > max_age_s:
-                    shutil.rmtree(child, ignore_errors=True)
-                    gone.append(child)
-                elif child.name.startswith(".") and child.name.endswith(".lock"):
-                    if not (owner / child.name[1:-5]).exists() and (
-                        now - child.stat().st_mtime > max_age_s
-                    ):
-                        child.unlink(missing_ok=True)
-            except FileNotFoundError:
-                continue
-    return gone
-
-
-router = APIRouter(tags=["Publishing"])
-
-
 async def _write(request: Request) -> Principal:
     """A key with the write scope; a key limited to one collection is accepted here and
     checked against the target collection at commit."""
@@ -292,15 +107,13 @@ async def _write(request: Request) -> Principal:
 WritePrincipal = Annotated[Principal, Depends(_write)]
 
 
-@router.get("/publish/uploads/{upload_id}", summary="What the server holds of an upload")
 async def upload_state(
     request: Request, upload_id: str, principal: WritePrincipal
 ) -> dict[str, Any]:
     folder = _folder(request, principal, upload_id)
-    return await run_in_threadpool(_state, folder, _chunk_bytes(request))
+    return await run_in_threadpool(spool_state, folder, _chunk_bytes(request))
 
 
-@router.put("/publish/uploads/{upload_id}/manifest", summary="Upload the run's manifest.json")
 async def put_manifest(
     request: Request,
     upload_id: str,
@@ -327,7 +140,7 @@ async def put_manifest(
         raise InvalidInput(f"invalid manifest: {where}: {first['msg']}") from exc
     names = [rec.path for rec in manifest.shards]
     for name in names:
-        problem = _name_problem(name)
+        problem = name_problem(name)
         if problem:
             raise InvalidInput(f"{problem} in the manifest")
     if len({n.lower() for n in names}) != len(names):
@@ -349,27 +162,24 @@ async def put_manifest(
 
         await run_in_threadpool(check)
     await run_in_threadpool(expire_uploads, settings.upload_dir, settings.upload_expire_s)
-    held = await run_in_threadpool(_held_by_key, folder.parent, upload_id)
+    held = await run_in_threadpool(held_by_key, folder.parent, upload_id)
     if held + total > settings.upload_key_max_bytes:
         raise StorageFull(
             f"this key's other uploads hold {held} bytes; with this run's {total} that is"
             f" more than the {settings.upload_key_max_bytes} one key may hold: commit or"
             " delete them first"
         )
-    async with _lock(folder):
-        old = await run_in_threadpool(_manifest, folder)
-        with _spool_errors():
+    async with upload_lock(folder):
+        old = await run_in_threadpool(read_manifest, folder)
+        with spool_errors():
             if old is not None and old.checksum() != manifest.checksum():
                 # A different run under the same id: start over.
                 await run_in_threadpool(shutil.rmtree, folder, True)
             folder.mkdir(parents=True, exist_ok=True)
             manifest.dump(folder)
-        return await run_in_threadpool(_state, folder, _chunk_bytes(request))
+        return await run_in_threadpool(spool_state, folder, _chunk_bytes(request))
 
 
-@router.put(
-    "/publish/uploads/{upload_id}/shards/{name}", summary="Upload one chunk of a shard at offset"
-)
 async def put_shard_chunk(
     request: Request,
     upload_id: str,
@@ -378,14 +188,14 @@ async def put_shard_chunk(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     folder = _folder(request, principal, upload_id)
-    manifest = await run_in_threadpool(_manifest, folder)
+    manifest = await run_in_threadpool(read_manifest, folder)
     if manifest is None:
         raise Conflict("upload the manifest before the shards")
-    rec = _shard_record(manifest, name)
+    rec = shard_record(manifest, name)
     chunk = _chunk_bytes(request)
     done = folder / name
     part = folder / (name + ".part")
-    async with _lock(folder):
+    async with upload_lock(folder):
         if not folder.is_dir():
             raise NotFound(f"upload {upload_id!r} does not exist (committed or deleted)")
         if done.exists():
@@ -394,7 +204,7 @@ async def put_shard_chunk(
         if offset != have:
             raise Conflict(f"shard {name}: the server holds {have} bytes; send from offset {have}")
         received = 0
-        with _spool_errors(), open(part, "ab") as f:
+        with spool_errors(), open(part, "ab") as f:
             try:
                 async for piece in request.stream():
                     received += len(piece)
@@ -422,7 +232,6 @@ async def put_shard_chunk(
         return {"name": name, "received": size, "complete": False, "sha256": None}
 
 
-@router.post("/publish/uploads/{upload_id}/commit", summary="Publish an uploaded run")
 async def commit_upload(
     request: Request,
     upload_id: str,
@@ -435,13 +244,13 @@ async def commit_upload(
     from embcat.catalog.stacgen import default_collection_id
 
     folder = _folder(request, principal, upload_id)
-    state = await run_in_threadpool(_state, folder, _chunk_bytes(request))
+    state = await run_in_threadpool(spool_state, folder, _chunk_bytes(request))
     if state["manifest_sha256"] is None:
         raise NotFound(f"upload {upload_id!r} has no manifest")
     if not state["complete"]:
         missing = [n for n, s in state["shards"].items() if not s["complete"]]
         raise Conflict(f"upload {upload_id!r} is incomplete; missing shards: {missing[:10]}")
-    manifest = await run_in_threadpool(_manifest, folder)
+    manifest = await run_in_threadpool(read_manifest, folder)
     assert manifest is not None
     cid = default_collection_id(manifest) if collection is None else collection
     if not principal.allows("write", cid):
@@ -449,7 +258,7 @@ async def commit_upload(
     db: DatabaseSettings = request.app.state.settings
     # A second commit of the same upload (a retry while the first still runs, another
     # worker process) does not wait: 409 at once, and the first one's answer stands.
-    async with _lock(folder, wait_s=0):
+    async with upload_lock(folder, wait_s=0):
         if not (folder / MANIFEST_NAME).exists():
             raise NotFound(f"upload {upload_id!r} has no manifest (committed or deleted)")
         try:
@@ -459,6 +268,7 @@ async def commit_upload(
                 collection_id=cid,
                 mode=mode,
                 settings=db,
+                index=request.app.state.app_settings.index,
                 progress=False,
                 defer_index=defer_index,
                 origin=f"upload:{principal.key_id or 'anonymous'}",
@@ -474,20 +284,14 @@ async def commit_upload(
     return {**result.as_dict(), "summary": result.summary()}
 
 
-@router.delete("/publish/uploads/{upload_id}", summary="Discard an upload", status_code=204)
 async def delete_upload(request: Request, upload_id: str, principal: WritePrincipal) -> None:
     folder = _folder(request, principal, upload_id)
     if not folder.exists():
         raise NotFound(f"upload {upload_id!r} does not exist")
-    async with _lock(folder):
+    async with upload_lock(folder):
         await run_in_threadpool(shutil.rmtree, folder, True)
 
 
-@router.get(
-    "/collections/{collection_id}/model",
-    summary="The encoder of the collection's embedding space (STAC MLM item)",
-    dependencies=[Depends(require_scope("read"))],
-)
 async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
     from embcat.catalog.spaces import collection_space
     from embcat.catalog.stac import get_collection_row
@@ -507,3 +311,56 @@ async def collection_model(request: Request, collection_id: str) -> dict[str, An
         return out
 
     return await run_in_threadpool(run)
+
+
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The publishing routes of one app. Every upload route needs the write scope (a key
+    limited to one collection passes here and is checked against the target collection
+    at the manifest and the commit); reading an upload's state, the read scope too."""
+    router = APIRouter(tags=["Publishing"])
+    uploads = "/publish/uploads/{upload_id}"
+    write = [ctx.write(any_collection=True)]
+    router.add_api_route(
+        uploads,
+        upload_state,
+        methods=["GET"],
+        summary="What the server holds of an upload",
+        dependencies=[ctx.read(any_collection=True)],
+    )
+    router.add_api_route(
+        f"{uploads}/manifest",
+        put_manifest,
+        methods=["PUT"],
+        summary="Upload the run's manifest.json",
+        dependencies=write,
+    )
+    router.add_api_route(
+        f"{uploads}/shards/{{name}}",
+        put_shard_chunk,
+        methods=["PUT"],
+        summary="Upload one chunk of a shard at offset",
+        dependencies=write,
+    )
+    router.add_api_route(
+        f"{uploads}/commit",
+        commit_upload,
+        methods=["POST"],
+        summary="Publish an uploaded run",
+        dependencies=write,
+    )
+    router.add_api_route(
+        uploads,
+        delete_upload,
+        methods=["DELETE"],
+        summary="Discard an upload",
+        status_code=204,
+        dependencies=write,
+    )
+    router.add_api_route(
+        "/collections/{collection_id}/model",
+        collection_model,
+        methods=["GET"],
+        summary="The encoder of the collection's embedding space (STAC MLM item)",
+        dependencies=[ctx.read()],
+    )
+    return router

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.spaces import IndexSettings
 
 DEMO_COLLECTION = "demo-mosaiks"
 SCENE_SIZE = 1024
@@ -156,6 +157,7 @@ def prepare_demo(
     *,
     base_url: str = "http://127.0.0.1:8080",
     settings: DatabaseSettings | None = None,
+    index: IndexSettings | None = None,
     echo: Callable[[str], Any] = print,
     num_features: int = 64,
     scene_size: int = SCENE_SIZE,
@@ -187,7 +189,9 @@ def prepare_demo(
             datetime=datetime(2024, 6, 1, 10, 30, tzinfo=UTC),
         )
     migrate.upgrade(settings)
-    result = publish(run_dir, collection_id=DEMO_COLLECTION, mode="ignore", settings=settings)
+    result = publish(
+        run_dir, collection_id=DEMO_COLLECTION, mode="ignore", settings=settings, index=index
+    )
     echo(result.summary())
     import rasterio
 

@@ -62,7 +62,13 @@ from embcat.catalog.mirror_write import encode_rows, write_copy, write_page
 from embcat.catalog.publish import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space, ensure_index, get_or_create_space, get_space
+from embcat.catalog.spaces import (
+    IndexSettings,
+    Space,
+    ensure_index,
+    get_or_create_space,
+    get_space,
+)
 from embcat.catalog.stac import GENERATED_RELS
 from embcat.catalog.vectors import (
     EMBEDDINGS_ASSET,
@@ -101,6 +107,8 @@ class MirrorOptions:
     retry_wait_initial_s: float = 0.5
     retry_wait_max_s: float = 30.0
     retry_wait_jitter_s: float = 1.0
+    # The local space's index kind and graph (the caller's settings tree; default: the code's).
+    index: IndexSettings | None = None
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -229,6 +237,7 @@ def _prepare_local(
         normalized=bool(space_json.get("normalized", False)),
         mlm=space_json.get("mlm") or {},
         options=space_json["options"] if isinstance(space_json.get("options"), dict) else None,
+        index=opts.index,
     )
     local_stac = _strip_collection(stac, remote)
     if isinstance(local_stac.get("embcat:space"), dict):
@@ -500,7 +509,9 @@ def _page_budget(opts: MirrorOptions, pages: int, what: str) -> None:
 # --------------------------------------------------------------------------- bulk path
 
 
-def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None:
+def _ensure_index(
+    conn: psycopg.Connection, space: Space, analyze: bool, index: IndexSettings | None
+) -> None:
     """Build the space's index if it is absent or invalid (also on a rerun after a mirror
     killed between its last page and the build), under the publish merge lock, once for
     the whole initial phase."""
@@ -508,7 +519,7 @@ def _ensure_index(conn: psycopg.Connection, space: Space, analyze: bool) -> None
     # attach the space's partition, then the space's exclusively)
     spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
     spaces_mod.merge_lock(conn, space.id, exclusive=True)
-    built = ensure_index(conn, space)
+    built = ensure_index(conn, space, index=index)
     if built or analyze:
         conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
         table = spaces_mod.space_table(conn, space.id)  # its partition only (migration 0021)
@@ -658,7 +669,7 @@ def _bulk(
             cursor = int(state["cursor"])
         result.load_s = time.perf_counter() - started
         t = time.perf_counter()
-        _ensure_index(conn, space, analyze=initial)
+        _ensure_index(conn, space, analyze=initial, index=opts.index)
         result.index_s = time.perf_counter() - t
         reporter = _Reporter(on_progress, "incremental", 0, None)
         _incremental(http, opts, conn, space, cursor, base, reporter, result, on_page)
@@ -894,7 +905,7 @@ def _fallback(
         conn.commit()
         result.load_s = time.perf_counter() - started
         t = time.perf_counter()
-        _ensure_index(conn, space, analyze=True)
+        _ensure_index(conn, space, analyze=True, index=opts.index)
         result.index_s = time.perf_counter() - t
 
 

@@ -87,8 +87,8 @@ from embcat.catalog.publish_space import (
     existing_collection,
     space_conflict,
 )
-from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space
+from embcat.catalog.settings import DatabaseSettings, defaults
+from embcat.catalog.spaces import IndexSettings, Space
 from embcat.catalog.stacgen import build_collection
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,19 @@ def publish(
     defer_index: bool = False,
     storage: Literal["halfvec", "vector"] = "halfvec",
     origin: str = "local",
+    index: IndexSettings | None = None,
 ) -> PublishResult:
-    """Publish an encode run (its folder or manifest.json) into the catalogue, atomically."""
+    """Publish an encode run (its folder or manifest.json) into the catalogue, atomically.
+
+    ``index``: the kind of a new space and the graph built (the caller's settings tree;
+    default: the code's)."""
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     with metrics.publish_timer(mode) as counted:
         ctx = prepare(
             Path(source), collection_id=collection_id, mode=mode, storage=storage,
             defer_index=defer_index, progress=progress, origin=origin,
+            index=index or defaults(IndexSettings),
         )  # fmt: skip
         result = _publish(ctx, settings)
         counted["rows"] = result.rows

@@ -17,6 +17,7 @@ from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
 from embcat.catalog.publish_merge import MergeState
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.spaces import IndexSettings
 
 ANALYZE_ITEM_COLUMNS = (
     "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"
@@ -35,7 +36,7 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
     built = False
     if state.build:
         t = time.perf_counter()
-        built = spaces_mod.ensure_hnsw_index(conn, space)
+        built = spaces_mod.ensure_hnsw_index(conn, space, index=state.ctx.index)
         index_s = time.perf_counter() - t
     t = time.perf_counter()
     if state.inserted or state.updated:
@@ -57,6 +58,7 @@ def build_index(
     *,
     kind: spaces_mod.IndexKind | None = None,
     rebuild: bool = False,
+    index: IndexSettings | None = None,
 ) -> str | None:
     """Build the index of a collection's space if absent (``embcat index build``); with
     ``kind`` other than the space's, switch the space to it (new index, then swap); with
@@ -76,7 +78,9 @@ def build_index(
             # the global lock exclusively only to attach a partition (see the module)
             spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
             spaces_mod.merge_lock(conn, space.id, exclusive=True)
-            built = spaces_mod.ensure_index(conn, space, kind=kind, rebuild=rebuild, drop_old=False)
+            built = spaces_mod.ensure_index(
+                conn, space, kind=kind, rebuild=rebuild, drop_old=False, index=index
+            )
         if built:  # the replaced index goes once the new one is committed, concurrently
             conn.commit()
             conn.autocommit = True

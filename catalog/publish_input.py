@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from embcat.catalog import imagery
 from embcat.catalog.collections import validate_collection_id
 from embcat.catalog.errors import InvalidInput
+from embcat.catalog.spaces import IndexSettings
 from embcat.catalog.stacgen import default_collection_id
 from embcat.encoders.manifest import (
     MANIFEST_NAME,
@@ -178,6 +179,7 @@ class PublishContext:
     started_wall: datetime  # when the publish started (its record)
     t0: float  # time.perf_counter() then
     timings: dict[str, float]  # seconds per step (the record's details)
+    index: IndexSettings | None = None  # a new space's kind and graph (default: the code's)
 
     @property
     def total_bytes(self) -> int:
@@ -193,6 +195,7 @@ def prepare(
     defer_index: bool,
     progress: bool,
     origin: str,
+    index: IndexSettings | None = None,
 ) -> PublishContext:
     """Check a publish's input before the database is opened: the collection id, the
     manifest, every shard and quicklook (InvalidInput names what is wrong)."""
@@ -210,5 +213,5 @@ def prepare(
         manifest=manifest, shard_paths=shard_paths, quicklooks=quicklooks,
         collection_id=cid, mode=mode, storage=storage, defer_index=defer_index,
         progress=progress, origin=origin, started_wall=started_wall, t0=t0,
-        timings={"verify_s": time.perf_counter() - t0},
+        timings={"verify_s": time.perf_counter() - t0}, index=index,
     )  # fmt: skip

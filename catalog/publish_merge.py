@@ -98,6 +98,7 @@ def merge_chunk(
                 normalized=enc.normalized,
                 mlm=enc.mlm,
                 options=space_options(manifest),
+                index=ctx.index,
             )
         state.space = space
         if state.created:

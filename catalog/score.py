@@ -65,6 +65,7 @@ from embcat.catalog.score_output import (
     render_png,
 )
 from embcat.catalog.search import TRUE, spatial_filter, where_clause
+from embcat.catalog.settings import defaults
 from embcat.catalog.similarity import (
     _SPACES_SQL,
     ItemRef,
@@ -87,7 +88,7 @@ def fit(
     settings: SimilaritySettings | None = None,
 ) -> ScoreModel:
     """Validate the request against the catalogue and fit its model (nothing is written)."""
-    settings = settings or SimilaritySettings()
+    settings = settings or defaults(SimilaritySettings)  # never the environment (callers pass it)
     positive, negative = req.refs(collection_id)
     foreign = sorted({r.collection for r in [*positive, *negative]} - {collection_id})
     if foreign:

@@ -1,11 +1,23 @@
-"""Typed settings read from the environment (prefix ``EMBCAT_``)."""
+"""Typed settings read from the environment (prefix ``EMBCAT_``), and the settings tree.
+
+``Settings`` is the one object that holds them: built once from the environment at a
+composition root (the CLI; the API's ``api.settings.AppSettings`` extends it) and passed
+down. Library code takes the sub-settings it needs as arguments and never reads the
+environment itself; where an argument is left out it uses the code defaults
+(``defaults(cls)``), not the environment.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from embcat.catalog.similarity import SimilaritySettings
+    from embcat.catalog.spaces import IndexSettings
 
 DEFAULT_DATABASE_URL = "postgresql://embcat:embcat@127.0.0.1:5432/embcat"
 
@@ -130,3 +142,69 @@ class MirrorSettings(BaseSettings):
     retry_timeout_s: float = Field(
         120.0, gt=0, description="Seconds the tries of one request may take in all."
     )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_env(cls: type[S]) -> S:
+    """``cls()`` from the environment; a bad value is an InvalidInput naming its variable
+    (what a composition root reports as one line)."""
+    from pydantic import ValidationError
+
+    from embcat.catalog.errors import InvalidInput
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {}
+        field = ".".join(str(p) for p in first.get("loc", ())) or "?"
+        raise InvalidInput(
+            f"invalid setting: {prefix}{field.upper()}={first.get('input')!r}:"
+            f" {first.get('msg', exc)} (fix the environment variable or the .env file)"
+        ) from exc
+
+
+def defaults(cls: type[S]) -> S:
+    """The code defaults of a settings class, without reading the environment (what a
+    library call uses when its caller passes no settings)."""
+    return cast(S, cls.model_construct())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings tree of the catalogue: built once at a composition root, passed down.
+
+    ``database`` (``EMBCAT_DATABASE_URL``, pool, timeouts), ``similarity``
+    (``EMBCAT_SIMILARITY_*``), ``index`` (``EMBCAT_HNSW_*``), ``mirror``
+    (``EMBCAT_MIRROR_*``). The classes live beside the code they tune; this object is
+    their one home at run time."""
+
+    database: DatabaseSettings
+    similarity: SimilaritySettings
+    index: IndexSettings
+    mirror: MirrorSettings
+
+    @classmethod
+    def from_env(cls, database: DatabaseSettings | None = None) -> Settings:
+        """Every sub-settings read from the environment (``database`` if given)."""
+        return cls(**catalog_sections(database))
+
+    def sections(self) -> dict[str, Any]:
+        """The sub-settings by name (to extend the tree)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def catalog_sections(database: DatabaseSettings | None = None) -> dict[str, Any]:
+    """The catalogue's sub-settings read from the environment, by name."""
+    from embcat.catalog.similarity import SimilaritySettings
+    from embcat.catalog.spaces import IndexSettings
+
+    return {
+        "database": database if database is not None else read_env(DatabaseSettings),
+        "similarity": read_env(SimilaritySettings),
+        "index": read_env(IndexSettings),
+        "mirror": read_env(MirrorSettings),
+    }

@@ -73,6 +73,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog import metrics
 from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.settings import defaults
 from embcat.catalog.spaces import Space, space_table
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
@@ -660,7 +661,7 @@ def similar_with_plan(
     area: sql.Composable | None = None,
 ) -> tuple[list[Hit], Plan]:
     """``similar``, also returning how the query ran."""
-    settings = settings or SimilaritySettings()
+    settings = settings or defaults(SimilaritySettings)  # never the environment (callers pass it)
     if limit < 1 or offset < 0:
         raise InvalidInput("limit must be >= 1 and the offset >= 0")
     if offset + limit > settings.max_k:

@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
+from embcat.catalog.settings import defaults
 from embcat.encoders.manifest import options_sha256
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,9 @@ class Space:
 
 
 def default_kind(dimensions: int, configured: str | None = None) -> IndexKind:
-    """The kind of a new space: ``configured`` (IndexSettings.kind), "auto" by dimensions."""
-    configured = configured or IndexSettings().kind
+    """The kind of a new space: ``configured`` (IndexSettings.kind; default: the code's),
+    "auto" by dimensions."""
+    configured = configured or defaults(IndexSettings).kind
     if configured == "auto":
         return "ivfflat-bit" if dimensions >= AUTO_BIT_MIN_DIMS else "hnsw-halfvec"
     return configured  # type: ignore[return-value]
@@ -261,18 +263,19 @@ def get_or_create_space(
     mlm: dict[str, Any] | None = None,
     index_kind: IndexKind | None = None,
     options: dict[str, Any] | None = None,
+    index: IndexSettings | None = None,
 ) -> Space:
     """Register a space (idempotent on its identity) inside the caller's transaction.
 
-    ``index_kind`` (default: ``default_kind(dimensions)``) applies to a new space only; an
-    existing space keeps its kind (``ensure_index(..., kind=...)`` switches it).
+    ``index_kind`` (default: ``default_kind(dimensions, index.kind)``) applies to a new space
+    only; an existing space keeps its kind (``ensure_index(..., kind=...)`` switches it).
     ``options``: the canonical encoder options (encoders.manifest.space_options); their
     hash is part of the identity, so the same encoder with another seed, band list or
     checkpoint is another space. Without them (a mirror of a catalogue that records none)
     the space is one of unknown options.
     """
     if index_kind is None:
-        index_kind = default_kind(dimensions)
+        index_kind = default_kind(dimensions, index.kind if index is not None else None)
     if index_kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {index_kind!r}; use one of {list(INDEX_KINDS)}")
     if storage not in INDEX_MAX_DIMS:
@@ -499,6 +502,7 @@ def ensure_index(
     m: int | None = None,
     ef_construction: int | None = None,
     maintenance_work_mem_mb: int | None = None,
+    index: IndexSettings | None = None,
 ) -> bool:
     """Build the space's similarity index if absent or invalid. Returns True if built.
 
@@ -509,16 +513,16 @@ def ensure_index(
     transaction (so a failed publish rolls the index back too; readers keep the old index
     until it commits). ``drop_old`` False leaves the replaced index in place (readers are
     then never blocked, not even by the drop's lock): ``finish_swap`` drops it after the
-    commit. The HNSW graph's ``m`` and ``ef_construction`` come from
-    IndexSettings unless given; the build memory is sized from the row count unless
-    given, capped at 4 GiB.
+    commit. The HNSW graph's ``m`` and ``ef_construction`` come from ``index`` (the
+    caller's IndexSettings; default: the code's) unless given; the build memory is sized
+    from the row count unless given, capped at 4 GiB.
     """
     space = get_space(conn, space.id)  # as recorded now (a caller's copy may predate a build)
     kind = kind or space.index_kind
     if kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {kind!r}; use one of {list(INDEX_KINDS)}")
     if m is None or ef_construction is None:
-        graph = IndexSettings()
+        graph = index if index is not None else defaults(IndexSettings)
         m = graph.m if m is None else m
         ef_construction = graph.ef_construction if ef_construction is None else ef_construction
     if not kind_indexable(kind, space.storage, space.dimensions):
@@ -603,12 +607,13 @@ def ensure_hnsw_index(
     m: int | None = None,
     ef_construction: int | None = None,
     maintenance_work_mem_mb: int | None = None,
+    index: IndexSettings | None = None,
 ) -> bool:
     """The space's index of its recorded kind, if absent (the name of earlier versions,
     when every space had an HNSW index): ``ensure_index`` without a kind."""
     return ensure_index(
         conn, space, m=m, ef_construction=ef_construction,
-        maintenance_work_mem_mb=maintenance_work_mem_mb,
+        maintenance_work_mem_mb=maintenance_work_mem_mb, index=index,
     )  # fmt: skip
 
 

@@ -134,16 +134,17 @@ def test_killed_mirror_resumes_to_the_same_state(
 def test_fallback_against_a_plain_stac_api(
     remote: tuple[str, str], make_database: Callable[..., str]
 ) -> None:
-    from embcat.api.app import create_app
-    from embcat.api.exchange import router, vector_router
+    from embcat.api import exchange
+    from embcat.api.app import FEATURES, create_app
     from embcat.api.settings import ApiSettings
 
     a_url, _ = remote
-    app = create_app(ApiSettings(database_url=a_url, db_pool_max=4))
-    app.router.routes[:] = [
-        r for r in app.router.routes if getattr(r, "original_router", None) is not router
-    ]
-    app.include_router(vector_router)  # items keep their vector assets, nothing else
+    # No exchange routes: items keep their vector assets, nothing else.
+    plain_features = [f for f in FEATURES if f is not exchange.build_router]
+    app = create_app(
+        ApiSettings(database_url=a_url, db_pool_max=4),
+        features=[*plain_features, exchange.build_vector_router],
+    )
     plain: ServerHandle = start_server(app=app)
     try:
         b_url = make_database()

@@ -18,12 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from embcat.api.auth import require_scope
 from embcat.api.db import connection
+from embcat.api.features import FeatureContext
 from embcat.catalog import preview
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.spaces import collection_space
@@ -45,29 +45,23 @@ found at <code>{path}</code>.</p>
 </body></html>
 """
 
-router = APIRouter(tags=["Explorer"])
-read = [Depends(require_scope("read"))]
-
 
 def leaflet_installed() -> bool:
     return (LEAFLET_DIST / "leaflet.js").is_file() and (LEAFLET_DIST / "leaflet.css").is_file()
 
 
-@router.get("/explorer", response_class=HTMLResponse, include_in_schema=False)
 async def explorer_page() -> Response:
     if not leaflet_installed():
         return HTMLResponse(SETUP_MISSING.format(path=LEAFLET_DIST), status_code=503)
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@router.get("/explorer/static/{name}", include_in_schema=False)
 async def explorer_static(name: str) -> Response:
     if name not in STATIC_FILES:
         raise NotFound(f"no explorer file {name!r}")
     return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/explorer/vendor/leaflet/{path:path}", include_in_schema=False)
 async def explorer_vendor(path: str) -> Response:
     """Leaflet's distribution files (JS, CSS, marker images) from the npm installation."""
     if "\x00" in path:  # os.path refuses NUL bytes (a ValueError, not a missing file)
@@ -103,11 +97,6 @@ def _colours(
     return _cache(request).get(conn, collection_id)
 
 
-@router.get(
-    "/collections/{collection_id}/explorer/features",
-    dependencies=read,
-    summary="Footprints coloured by the first three principal components of their vectors",
-)
 async def explorer_features(
     request: Request,
     collection_id: str,
@@ -124,13 +113,6 @@ async def explorer_features(
     return Response(await run_in_threadpool(work), media_type=GEOJSON)
 
 
-@router.get(
-    "/collections/{collection_id}/preview.png",
-    dependencies=read,
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
-    summary="The false-colour embedding field of an area as a PNG",
-)
 async def preview_png(
     request: Request,
     collection_id: str,
@@ -147,6 +129,44 @@ async def preview_png(
             return preview.render_png(conn, colours, area, width=width, height=height)
 
     return Response(await run_in_threadpool(work), media_type="image/png")
+
+
+def build_router(ctx: FeatureContext) -> APIRouter:
+    """The explorer's routes of one app: the page and its static files are public (no
+    catalogue data); its two data routes need the read scope."""
+    router = APIRouter(tags=["Explorer"])
+    router.add_api_route(
+        "/explorer",
+        explorer_page,
+        methods=["GET"],
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        dependencies=[ctx.public],
+    )
+    for path, endpoint in (
+        ("/explorer/static/{name}", explorer_static),
+        ("/explorer/vendor/leaflet/{path:path}", explorer_vendor),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=["GET"], include_in_schema=False, dependencies=[ctx.public]
+        )
+    router.add_api_route(
+        "/collections/{collection_id}/explorer/features",
+        explorer_features,
+        methods=["GET"],
+        dependencies=[ctx.read()],
+        summary="Footprints coloured by the first three principal components of their vectors",
+    )
+    router.add_api_route(
+        "/collections/{collection_id}/preview.png",
+        preview_png,
+        methods=["GET"],
+        dependencies=[ctx.read()],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+        summary="The false-colour embedding field of an area as a PNG",
+    )
+    return router
 
 
 def _extent(conn: psycopg.Connection, collection_id: str) -> tuple[float, float, float, float]:

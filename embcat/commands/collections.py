@@ -6,6 +6,8 @@ import json
 
 import click
 
+from embcat.commands import cli_settings
+
 
 @click.group()
 def collections() -> None:
@@ -26,7 +28,7 @@ def collections_create(collection_id: str, title: str | None, description: str |
     from embcat.catalog.db import connect
 
     validate_collection_id(collection_id)
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         reserve_collection(conn, collection_id, title=title, description=description)
         conn.commit()
     click.echo(f"created collection {collection_id} (empty; its first publish sets its space)")
@@ -39,7 +41,7 @@ def collections_list(as_json: bool) -> None:
     from embcat.catalog.collections import list_collections
     from embcat.catalog.db import connect
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         found = list_collections(conn)
     if as_json:
         click.echo(json.dumps([c.as_dict() for c in found], indent=2))
@@ -65,7 +67,7 @@ def collections_delete(collection_id: str, yes: bool) -> None:
         f"Delete collection {collection_id!r} and all its items?", err=True
     ):
         raise click.ClickException("not deleted (confirm, or pass --yes)")
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         counts = delete_collection(conn, collection_id)
         conn.commit()
     click.echo(

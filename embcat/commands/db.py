@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import click
 
+from embcat.commands import cli_settings
+
 
 @contextmanager
 def _revision_errors(revision: str) -> Iterator[None]:
@@ -35,9 +37,8 @@ def db() -> None:
 def upgrade(revision: str) -> None:
     """Migrate the schema up to REVISION (idempotent)."""
     from embcat.catalog import migrate
-    from embcat.catalog.settings import DatabaseSettings
 
-    settings = DatabaseSettings()
+    settings = cli_settings().database
     before = migrate.current(settings)
     with _revision_errors(revision):
         migrate.upgrade(settings, revision)
@@ -56,8 +57,8 @@ def downgrade(revision: str) -> None:
     from embcat.catalog import migrate
 
     with _revision_errors(revision):
-        migrate.downgrade(revision=revision)
-    click.echo(f"database at revision {migrate.current()}")
+        migrate.downgrade(cli_settings().database, revision=revision)
+    click.echo(f"database at revision {migrate.current(cli_settings().database)}")
 
 
 @db.command()
@@ -67,7 +68,7 @@ def check() -> None:
     from embcat.catalog.checks import check_server
     from embcat.catalog.db import connect
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         v = check_server(conn, require_installed=False)
         rev = migrate.current_revision(conn)
     head = migrate.head_revision()

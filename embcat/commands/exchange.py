@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from embcat.commands import cli_settings
+
 DTYPE_CHOICE = click.Choice(["float32", "float16", "int8", "binary"])
 
 
@@ -126,7 +128,7 @@ def export_command(
         vector_layout=vector_layout,
     )
     if fmt == "neuco-csv":
-        with connect() as conn:
+        with connect(cli_settings().database) as conn:
             summary = export_csv_to_file(conn, req, out)
         click.echo(
             f"exported {summary.rows} vectors (NeuCo-Bench CSV) to {out}:"
@@ -144,7 +146,7 @@ def export_command(
         bars[0].set_postfix(rows=rows[0], refresh=False)
 
     try:
-        with connect() as conn:
+        with connect(cli_settings().database) as conn:
             summary = export_to_file(conn, req, out, progress)
     finally:
         for bar in bars:
@@ -190,11 +192,11 @@ def mirror_command(
 ) -> None:
     """Pull a remote collection into the local catalogue (incremental after the first run)."""
     from embcat.catalog.mirror import MirrorOptions, mirror
-    from embcat.catalog.settings import MirrorSettings
     from embcat.commands.publish import check_remote_url
 
     check_remote_url(remote_url, "REMOTE_URL")
-    bounds = MirrorSettings()
+    settings = cli_settings()
+    bounds = settings.mirror
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     opts = MirrorOptions(
         remote_url=remote_url,
@@ -212,6 +214,7 @@ def mirror_command(
         max_pages=bounds.max_pages,
         retry_attempts=bounds.retry_attempts,
         retry_timeout_s=bounds.retry_timeout_s,
+        index=settings.index,
     )
     from tqdm import tqdm
 
@@ -231,7 +234,7 @@ def mirror_command(
         bar.set_postfix(MB=round(p.bytes / 1e6, 1), refresh=False)
 
     try:
-        result = mirror(opts, on_progress=progress if show else None)
+        result = mirror(opts, settings.database, on_progress=progress if show else None)
     finally:
         for bar in bars.values():
             bar.close()
@@ -248,7 +251,7 @@ def stats_command(collection_id: str, sample: int, queries: int, as_json: bool) 
     from embcat.catalog.db import connect
     from embcat.catalog.stats import collection_stats
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         stats = collection_stats(conn, collection_id, sample=sample, queries=queries)
     if as_json:
         click.echo(json.dumps(stats.as_dict(), indent=2))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from embcat.commands import cli_settings
+
 MODE_HELP = (
     "insert: refuse ids that exist; upsert: replace changed items; ignore: keep existing ones."
 )
@@ -132,13 +134,16 @@ def publish(
         return
     from embcat.catalog.publish import publish as run_publish
 
+    settings = cli_settings()
     res = run_publish(
         source,
         collection_id=collection_id,
         mode=mode,  # type: ignore[arg-type]
+        settings=settings.database,
         progress=progress,
         defer_index=defer_index,
         storage=storage,  # type: ignore[arg-type]
+        index=settings.index,
     )
     if as_json:
         click.echo(json.dumps({**res.as_dict(), "summary": res.summary()}, indent=2, default=str))
@@ -155,7 +160,7 @@ def publishes(collection_id: str | None, limit: int, as_json: bool) -> None:
     from embcat.catalog.db import connect
     from embcat.catalog.publish import list_publishes
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         records = list_publishes(conn, collection_id, limit)
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
@@ -199,7 +204,14 @@ def index_build(collection_id: str, kind: str | None, rebuild: bool) -> None:
     from embcat.catalog.publish import build_index
 
     started = time.perf_counter()
-    built = build_index(collection_id, kind=kind, rebuild=rebuild)  # type: ignore[arg-type]
+    settings = cli_settings()
+    built = build_index(
+        collection_id,
+        settings.database,
+        kind=kind,  # type: ignore[arg-type]
+        rebuild=rebuild,
+        index=settings.index,
+    )
     if built:
         click.echo(
             f"built the {built} index of {collection_id} in {time.perf_counter() - started:.1f} s"
@@ -216,7 +228,7 @@ def index_status(collection_id: str) -> None:
     from embcat.catalog.errors import NotFound
     from embcat.catalog.spaces import collection_space, has_index
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         space = collection_space(conn, collection_id)
         if space is None:
             raise NotFound(f"collection {collection_id!r} has no embeddings")
@@ -241,13 +253,21 @@ def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
     """Make sample imagery, encode it with mosaiks, publish it and start the API."""
     from embcat.catalog.demo import prepare_demo
 
-    info = prepare_demo(directory, base_url=f"http://{host}:{port}", echo=click.echo)
+    settings = cli_settings()
+    info = prepare_demo(
+        directory,
+        base_url=f"http://{host}:{port}",
+        settings=settings.database,
+        index=settings.index,
+        echo=click.echo,
+    )
     click.echo(info.instructions())
     if no_serve:
         return
     import uvicorn
 
-    from embcat.api.observability import ObservabilitySettings
+    from embcat.api.settings import ObservabilitySettings
+    from embcat.catalog.settings import read_env
 
     os.environ.setdefault("EMBCAT_BASE_URL", f"http://{host}:{port}")
     uvicorn.run(
@@ -256,5 +276,5 @@ def demo(directory: Path, host: str, port: int, no_serve: bool) -> None:
         host=host,
         port=port,
         log_level="info",
-        access_log=not ObservabilitySettings().access_log,  # the app logs each request once
+        access_log=not read_env(ObservabilitySettings).access_log,  # the app logs each request once
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from embcat.commands import cli_settings
 from embcat.commands.exchange import _bbox, _filter
 
 SUFFIXES = {".geojson": "geojson", ".json": "geojson", ".parquet": "parquet", ".png": "png"}
@@ -83,8 +84,8 @@ def score_command(
     def on_batch(n: int) -> None:
         count[0] += n
 
-    with connect() as conn:
-        model = fit(conn, collection_id, req)
+    with connect(cli_settings().database) as conn:
+        model = fit(conn, collection_id, req, cli_settings().similarity)
         conn.rollback()
         partial = out.with_name(out.name + ".partial")
         try:

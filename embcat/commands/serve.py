@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
+
+from embcat.commands import cli_settings
 
 
 @click.command()
@@ -22,17 +23,13 @@ import click
 def serve(host: str | None, port: int | None, reload: bool, workers: int, log_level: str) -> None:
     """Serve the STAC API (uvicorn, factory api.app:create_app)."""
     import uvicorn
-    from pydantic import ValidationError
 
-    from embcat.api.observability import ObservabilitySettings
-    from embcat.api.settings import ApiSettings
-    from embcat.catalog.errors import InvalidInput
+    from embcat.api.settings import AppSettings
 
-    try:
-        settings = ApiSettings()
-        observability = ObservabilitySettings()
-    except ValidationError as exc:
-        raise InvalidInput(f"invalid setting: {settings_problem(exc)}") from exc
+    # The whole tree is read (and checked: a bad variable is one line naming it) before the
+    # server starts; each worker's create_app builds its own from the same environment.
+    tree = AppSettings.from_env()
+    settings, observability = tree.api, tree.observability
     levels = ("critical", "error", "warning", "info", "debug", "trace")
     if log_level.lower() not in levels:
         raise click.BadParameter(
@@ -50,19 +47,6 @@ def serve(host: str | None, port: int | None, reload: bool, workers: int, log_le
         # The app writes one JSON access line per request (embcat.access, with the
         # request id and latency); uvicorn's own access log would repeat each request.
         access_log=not observability.access_log,
-    )
-
-
-def settings_problem(exc: Any) -> str:
-    """The first problem of a pydantic-settings ValidationError, naming the variable."""
-    errors = exc.errors() if hasattr(exc, "errors") else []
-    if not errors:
-        return str(exc).splitlines()[0]
-    first = errors[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "?"
-    return (
-        f"EMBCAT_{field.upper()}={first.get('input')!r}: {first.get('msg')}"
-        " (fix the environment variable or the .env file)"
     )
 
 
@@ -87,7 +71,7 @@ def keys_create(name: str, scopes: tuple[str, ...], collection: str | None) -> N
     from embcat.catalog.db import connect
     from embcat.catalog.keys import create_key
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         key_id, secret = create_key(conn, name, list(scopes), collection)
         conn.commit()
     click.echo(f"key id: {key_id}", err=True)
@@ -102,7 +86,7 @@ def keys_list(as_json: bool) -> None:
     from embcat.catalog.db import connect
     from embcat.catalog.keys import list_keys
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         found = list_keys(conn)
     if as_json:
         click.echo(json.dumps([k.as_dict() for k in found], indent=2))
@@ -123,7 +107,7 @@ def keys_revoke(key_id: str) -> None:
     from embcat.catalog.db import connect
     from embcat.catalog.keys import revoke_key
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         revoke_key(conn, key_id)
         conn.commit()
     click.echo(f"revoked {key_id}")

@@ -2,7 +2,9 @@
 
 The functions are created by a migration (frozen text), so nothing keeps them in step
 with the Python settings but this test: ef_search (default and cap), the iterative scan
-mode, the scan budget, work_mem, the k bound and the exact-search bound.
+mode, the scan budget, work_mem, the k bound, the exact-search bound and the binary
+kinds' re-rank candidates and IVFFlat probes. It compares with the settings' code
+defaults (``catalog.settings.defaults``), not with whatever the environment sets.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import re
 import psycopg
 import pytest
 
+from embcat.catalog.settings import defaults
 from embcat.catalog.similarity import SimilaritySettings
 
-DEFAULTS = SimilaritySettings()
+DEFAULTS = defaults(SimilaritySettings)
 
 
 def _function(conn: psycopg.Connection, name: str) -> tuple[dict[str, str], str]:
@@ -59,3 +62,21 @@ def test_k_bound_is_the_api_max_k(conn: psycopg.Connection, name: str) -> None:
     bound = re.search(r"k IS NULL OR k < 1 OR k > (\d+)", source)
     assert bound is not None
     assert int(bound[1]) == DEFAULTS.max_k
+
+
+def test_binary_kinds_rerank_as_the_api(conn: psycopg.Connection) -> None:
+    """max(rerank_candidates, rerank_factor * k) candidates; ivfflat.probes."""
+    config, source = _function(conn, "_similar_to_vector")
+    rule = re.search(r"candidates := greatest\((\d+), (\d+) \* k\)", source)
+    assert rule is not None
+    assert (int(rule[1]), int(rule[2])) == (DEFAULTS.rerank_candidates, DEFAULTS.rerank_factor)
+    assert config["ivfflat.probes"] == str(DEFAULTS.ivfflat_probes)
+
+
+def test_defaults_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What this test compares with (and what a library call without settings uses) are
+    the code's defaults, whatever EMBCAT_SIMILARITY_* say."""
+    monkeypatch.setenv("EMBCAT_SIMILARITY_EF_SEARCH_DEFAULT", "77")
+    assert SimilaritySettings().ef_search_default == 77
+    declared = SimilaritySettings.model_fields["ef_search_default"].default
+    assert defaults(SimilaritySettings).ef_search_default == declared != 77
