@@ -33,7 +33,7 @@ from embcat.catalog.publish import (
     _field_lengths,
     _fixed,
 )
-from embcat.catalog.spaces import Space
+from embcat.catalog.spaces import Space, space_table
 
 _FIELDS = 10
 _NULL = b"\xff\xff\xff\xff"
@@ -209,7 +209,8 @@ def write_copy(
         else f"ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
     )
     conn.execute(
-        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
+        f"""INSERT INTO {space_table(conn, space.id)} AS embeddings
+                   (collection_id, item_id, space_id, geometry, {col})
             SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage {emb_conflict}""",
         (cid, space.id),
     )
