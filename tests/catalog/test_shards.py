@@ -1,0 +1,305 @@
+"""Shards (migration 0024, catalog/shards.py): a space's partition on other PostgreSQL
+servers answers as the same data on one server.
+
+Two local shard clusters (scripts/provision-shards.sh, reused across runs) hold one fresh
+database each per test session. Two catalogue databases get the same two runs published
+(an ivfflat-bit space of 256 dims and an hnsw-halfvec one of 16); in one of them both
+spaces are placed on the two shards. Every comparison is between the two databases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from helpers_server import start_server
+from psycopg import sql
+from shardgen import write_run
+
+from conftest import create_database, drop_database
+from embcat.catalog import shards, spaces
+from embcat.catalog.errors import InvalidInput
+from embcat.catalog.publish import publish
+from embcat.catalog.search import cql2_to_sql
+from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.similarity import SimilaritySettings, parse_spec, similar
+
+ROOT = Path(__file__).resolve().parents[2]
+N_SHARDS = 2
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def shard_urls() -> Iterator[list[str]]:
+    """One fresh database on each local shard cluster (created by
+    scripts/provision-shards.sh if missing; quick when they exist)."""
+    out = subprocess.run(
+        [str(ROOT / "scripts/provision-shards.sh"), str(N_SHARDS)],
+        check=True, capture_output=True, text=True, env=dict(os.environ),
+    ).stdout.split()  # fmt: skip
+    templates = [u for u in out if u.startswith("postgresql://")]
+    name = f"embcat_test_{uuid.uuid4().hex[:10]}"
+    urls = []
+    for t in templates:
+        with psycopg.connect(_with_db(t, "postgres"), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}" TEMPLATE embcat_shard_template')
+        urls.append(_with_db(t, name))
+    try:
+        yield urls
+    finally:
+        for u in urls:
+            with psycopg.connect(_with_db(u, "postgres"), autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Pair:
+    single: str
+    sharded: str
+    collections: dict[str, str]  # kind -> collection id (the same in both databases)
+    spaces: dict[str, int]  # kind -> space id in the sharded database
+
+
+def _publish_both(tmp: Path, urls: list[str]) -> tuple[dict[str, str], list[dict[str, int]]]:
+    runs = {
+        "ivfflat-bit": write_run(tmp / "bit", 300, dims=256, seed=3, encoder="shard-bit"),
+        "hnsw-halfvec": write_run(tmp / "hnsw", 300, dims=16, seed=4, encoder="shard-hnsw"),
+    }
+    cids = {k: f"shard-{k}" for k in runs}
+    found: list[dict[str, int]] = []
+    for url in urls:
+        ids = {}
+        for kind, run in runs.items():
+            res = publish(
+                run,
+                collection_id=cids[kind],
+                settings=DatabaseSettings(database_url=url),
+                progress=False,
+            )
+            ids[kind] = res.space_id
+        with psycopg.connect(url) as c:  # ten distinct days (the runs have one)
+            c.execute(
+                "update items set datetime = datetime"
+                " + make_interval(days => right(id, 2)::int % 10)"
+            )
+        found.append(ids)
+    return cids, found
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, shard_urls: list[str]) -> Iterator[Pair]:
+    single, sharded = create_database("embcat_shardtest"), create_database("embcat_shardtest")
+    try:
+        cids, ids = _publish_both(tmp_path_factory.mktemp("runs"), [single, sharded])
+        with psycopg.connect(sharded) as c:
+            for k, url in enumerate(shard_urls):
+                shards.add_shard(c, f"s{k}", url, home_url=sharded)
+            c.commit()
+            for kind, sid in ids[1].items():
+                assert spaces.get_space(c, sid).index_kind == kind
+                shards.place(c, sid, [f"s{k}" for k in range(len(shard_urls))])
+        yield Pair(single, sharded, cids, ids[1])
+    finally:
+        drop_database(single)
+        drop_database(sharded)
+
+
+def _hits(url: str, clause: dict[str, Any], where: sql.Composable | None = None,
+          settings: SimilaritySettings | None = None, area: sql.Composable | None = None,
+          limit: int = 10) -> list[tuple[str, str, float]]:  # fmt: skip
+    with psycopg.connect(url) as c:
+        hits = similar(c, parse_spec(clause), where, limit, settings=settings, area=area)
+    return [(h.collection_id, h.item_id, h.distance) for h in hits]
+
+
+def test_the_rows_live_on_the_shards(pair: Pair, shard_urls: list[str]) -> None:
+    counts = []
+    for url in shard_urls:
+        with psycopg.connect(url) as c:
+            counts.append(
+                c.execute(
+                    "select count(*) from embeddings where space_id = %s",
+                    (pair.spaces["ivfflat-bit"],),
+                ).fetchone()[0]  # type: ignore[index]
+            )
+    assert sum(counts) == 300 and all(0 < n < 300 for n in counts)
+    with psycopg.connect(pair.sharded) as c:
+        assert c.execute(
+            "select count(*) from embeddings where space_id = %s", (pair.spaces["ivfflat-bit"],)
+        ).fetchone() == (300,)
+
+
+@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_similarity_unfiltered_is_the_same(pair: Pair, kind: str, exact: bool) -> None:
+    cid = pair.collections[kind]
+    clause = {"item": {"collection": cid, "id": "chip-00000042"}, "exact": exact}
+    # exact_threshold 0: the index path, not the small-collection exact scan
+    s = SimilaritySettings(exact_threshold=0, exact_fraction=0)
+    one = _hits(pair.single, clause, settings=s)
+    assert len(one) == 10
+    assert _hits(pair.sharded, clause, settings=s) == one
+
+
+@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec"])
+@pytest.mark.parametrize("name", ["bbox", "datetime", "cql2"])
+def test_similarity_filtered_is_the_same(pair: Pair, kind: str, name: str) -> None:
+    cid = pair.collections[kind]
+    with psycopg.connect(pair.single) as c:
+        x0, y0, x1, y1, t0, t1 = c.execute(
+            "select min(bbox[1]), min(bbox[2]), max(bbox[3]), max(bbox[4]),"
+            " min(datetime), max(datetime) from items where collection_id = %s",
+            (cid,),
+        ).fetchone()  # type: ignore[misc]
+    area = where = None
+    if name == "bbox":
+        area = sql.SQL("ST_MakeEnvelope({}, {}, {}, {}, 4326)").format(
+            x0, y0, (x0 + x1) / 2, (y0 + y1) / 2
+        )
+    elif name == "datetime":
+        where = sql.SQL("i.datetime >= {}").format(t0 + dt.timedelta(days=6))
+    else:
+        where = cql2_to_sql({"op": "like", "args": [{"property": "id"}, "chip-0000001%"]})
+    clause = {"item": {"collection": cid, "id": "chip-00000042"}}
+    s = SimilaritySettings(exact_threshold=0, exact_fraction=0)
+    one = _hits(pair.single, clause, where=where, area=area, settings=s)
+    assert one
+    assert _hits(pair.sharded, clause, where=where, area=area, settings=s) == one
+
+
+def test_per_request_settings_reach_every_shard(pair: Pair) -> None:
+    """The settings travel as arguments and each shard applies them to its own query:
+    every shard answers with the values given, not its defaults."""
+    with psycopg.connect(pair.sharded) as c:
+        rows = c.execute(
+            "select collection_id, item_id from embcat.shard_ranked(%s, %s, %s, %s)",
+            (
+                pair.spaces["hnsw-halfvec"],
+                ["hnsw.ef_search", "ivfflat.probes", "hnsw.iterative_scan"],
+                ["123", "7", "relaxed_order"],
+                "select current_setting('hnsw.ef_search'), current_setting('ivfflat.probes')"
+                " || '/' || current_setting('hnsw.iterative_scan'), 0::float8",
+            ),
+        ).fetchall()
+    assert rows == [("123", "7/relaxed_order")] * N_SHARDS
+
+
+def test_similarity_forwards_the_session_settings(pair: Pair) -> None:
+    """What a similarity query sets for itself (here ef_search from the request) is what
+    ranked_across sends to the shards."""
+    with psycopg.connect(pair.sharded) as c:
+        c.execute("set hnsw.ef_search = 77")
+        q = shards.ranked_across(c, spaces.get_space(c, pair.spaces["hnsw-halfvec"]),
+                                 sql.SQL("select 1"), {}, 5)  # fmt: skip
+        text = q.as_string(c)
+    assert "hnsw.ef_search" in text and "'77'" in text.replace('"', "'") or "77" in text
+
+
+def test_changing_the_index_of_a_sharded_space_is_refused(pair: Pair) -> None:
+    with psycopg.connect(pair.sharded) as c:
+        space = spaces.get_space(c, pair.spaces["hnsw-halfvec"])
+        assert not spaces.ensure_index(c, space)
+        with pytest.raises(InvalidInput, match="placed on shards"):
+            spaces.ensure_index(c, space, kind="ivfflat-bit")
+
+
+def test_deleting_items_deletes_their_sharded_vectors(pair: Pair, tmp_path: Path) -> None:
+    with psycopg.connect(pair.sharded) as c:
+        sid = pair.spaces["hnsw-halfvec"]
+        cid = pair.collections["hnsw-halfvec"]
+        c.execute("delete from items where collection_id = %s and id = 'chip-00000007'", (cid,))
+        assert c.execute(
+            "select count(*) from embeddings where space_id = %s and item_id = 'chip-00000007'",
+            (sid,),
+        ).fetchone() == (0,)
+        c.rollback()
+
+
+# ------------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture(scope="module")
+def servers(pair: Pair) -> Iterator[tuple[str, str]]:
+    from embcat.api.settings import ApiSettings
+
+    a = start_server(ApiSettings(database_url=pair.single, db_pool_max=2))
+    b = start_server(ApiSettings(database_url=pair.sharded, db_pool_max=2))
+    try:
+        yield a.base_url, b.base_url
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _same(a: str, b: str, method: str, path: str, **kw: Any) -> Any:
+    ra = httpx.request(method, a + path, timeout=60, **kw)
+    rb = httpx.request(method, b + path, timeout=60, **kw)
+    assert ra.status_code == rb.status_code == 200, (ra.text[:300], rb.text[:300])
+    if ra.headers.get("content-type", "").startswith("application/"):
+        if "json" in ra.headers["content-type"]:
+            ja = ra.text.replace(a, "BASE")
+            jb = rb.text.replace(b, "BASE")
+            assert ja == jb
+            return ra.json()
+    assert ra.content.replace(a.encode(), b"BASE") == rb.content.replace(b.encode(), b"BASE")
+    return ra.content
+
+
+def test_stac_search_with_similarity_is_the_same(pair: Pair, servers: tuple[str, str]) -> None:
+    cid = pair.collections["ivfflat-bit"]
+    body = {
+        "collections": [cid],
+        "limit": 7,
+        "similarity": {"item": {"collection": cid, "id": "chip-00000011"}},
+    }
+    got = _same(*servers, "POST", "/search", json=body)
+    assert len(got["features"]) == 7
+
+
+def test_item_read_and_vector_asset_are_the_same(pair: Pair, servers: tuple[str, str]) -> None:
+    cid = pair.collections["hnsw-halfvec"]
+    item = _same(*servers, "GET", f"/collections/{cid}/items/chip-00000005")
+    href = item["assets"]["embeddings"]["href"].replace(servers[0], "")
+    _same(*servers, "GET", href)
+
+
+def test_export_is_the_same(pair: Pair, servers: tuple[str, str]) -> None:
+    cid = pair.collections["hnsw-halfvec"]
+    tables = []
+    for base in servers:
+        r = httpx.get(f"{base}/collections/{cid}/export", timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        tables.append(pq.read_table(io.BytesIO(r.content)).replace_schema_metadata(None))
+    assert tables[0].num_rows == 300
+    a, b = (
+        str(t.to_pylist()).replace(base, "BASE") for t, base in zip(tables, servers, strict=True)
+    )
+    assert a == b
+
+
+def test_change_feed_is_the_same(pair: Pair, servers: tuple[str, str]) -> None:
+    cid = pair.collections["hnsw-halfvec"]
+    feeds = []
+    for base in servers:
+        r = httpx.get(f"{base}/collections/{cid}/changes", timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        # the cursor numbers are the database's own sequence (another test used some)
+        feeds.append(
+            {k: v for k, v in r.json().items() if k not in ("next", "high_water", "links")}
+        )
+    assert feeds[0] == feeds[1]
