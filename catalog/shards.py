@@ -396,6 +396,16 @@ def _escaped(conn: psycopg.Connection, part: sql.Composable) -> sql.Composable:
     return part
 
 
+def session_settings(conn: psycopg.Connection) -> dict[str, str]:
+    """This session's current values of ``FORWARDED_SETTINGS`` (those it knows)."""
+    row = conn.execute(
+        "select array_agg(current_setting(n, true)) from unnest(%s::text[]) n",
+        (list(FORWARDED_SETTINGS),),
+    ).fetchone()
+    values = list(row[0]) if row and row[0] else []
+    return {n: v for n, v in zip(FORWARDED_SETTINGS, values, strict=True) if v is not None}
+
+
 def ranked_across(
     conn: psycopg.Connection, space: Space, ranked: sql.Composable, params: dict[str, Any], n: int
 ) -> sql.Composed:
@@ -404,12 +414,7 @@ def ranked_across(
     the shards' lists merged: the query to execute instead of ``ranked``."""
     # every % inside the query's literals doubled first (mogrify reads % as a placeholder)
     text = psycopg.ClientCursor(conn).mogrify(_escaped(conn, ranked).as_string(conn), params)
-    row = conn.execute(
-        "select array_agg(current_setting(n, true)) from unnest(%s::text[]) n",
-        (list(FORWARDED_SETTINGS),),
-    ).fetchone()
-    values = list(row[0]) if row and row[0] else []
-    keep = [(n, v) for n, v in zip(FORWARDED_SETTINGS, values, strict=True) if v is not None]
+    keep = list(session_settings(conn).items())
     return sql.SQL(
         "select collection_id, item_id, d from embcat.shard_ranked({s}, {names}, {vals}, {q})"
         " order by d, collection_id, item_id limit {n}"
@@ -435,4 +440,5 @@ __all__ = [
     "place",
     "placements",
     "ranked_across",
+    "session_settings",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import subprocess
 import uuid
@@ -200,14 +201,18 @@ def test_per_request_settings_reach_every_shard(pair: Pair) -> None:
 
 
 def test_similarity_forwards_the_session_settings(pair: Pair) -> None:
-    """What a similarity query sets for itself (here ef_search from the request) is what
-    ranked_across sends to the shards."""
+    """What a similarity query has set for itself is what goes to the shards."""
     with psycopg.connect(pair.sharded) as c:
+        c.execute("select '[1]'::vector")  # pgvector loaded: its settings known
         c.execute("set hnsw.ef_search = 77")
-        q = shards.ranked_across(c, spaces.get_space(c, pair.spaces["hnsw-halfvec"]),
-                                 sql.SQL("select 1"), {}, 5)  # fmt: skip
-        text = q.as_string(c)
-    assert "hnsw.ef_search" in text and "'77'" in text.replace('"', "'") or "77" in text
+        c.execute("set ivfflat.probes = 9")
+        got = shards.session_settings(c)
+        space = spaces.get_space(c, pair.spaces["hnsw-halfvec"])
+        query = shards.ranked_across(c, space, sql.SQL("select 1"), {}, 5).as_string(c)
+    assert got["hnsw.ef_search"] == "77" and got["ivfflat.probes"] == "9"
+    assert set(got) == set(shards.FORWARDED_SETTINGS)
+    names, vals = (",".join(x) for x in zip(*got.items(), strict=True))
+    assert "{" + names + "}" in query and "{" + vals + "}" in query
 
 
 def test_changing_the_index_of_a_sharded_space_is_refused(pair: Pair) -> None:
@@ -303,3 +308,45 @@ def test_change_feed_is_the_same(pair: Pair, servers: tuple[str, str]) -> None:
             {k: v for k, v in r.json().items() if k not in ("next", "high_water", "links")}
         )
     assert feeds[0] == feeds[1]
+
+
+def test_cli_lists_the_shards_and_refuses_an_unknown_one(pair: Pair) -> None:
+    from click.testing import CliRunner
+
+    from embcat.cli import main
+
+    env = {"EMBCAT_DATABASE_URL": pair.sharded}
+    listed = CliRunner().invoke(main, ["shard", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert [s["name"] for s in json.loads(listed.output)] == ["s0", "s1"]
+    refused = CliRunner().invoke(
+        main, ["shard", "place", pair.collections["hnsw-halfvec"], "nope"], env=env
+    )
+    assert refused.exit_code != 0
+    assert "not registered: nope" in refused.output
+
+
+def test_publish_into_a_sharded_space_writes_through(pair: Pair, tmp_path: Path) -> None:
+    """A second collection of the sharded space (same encoder): its rows go to the shards
+    (ignore mode: a second publish adds nothing) and rank as on one server. Last: it
+    changes both databases."""
+    run = write_run(tmp_path / "more", 120, dims=256, seed=9, encoder="shard-bit",
+                    id_prefix="more")  # fmt: skip
+    for url in (pair.single, pair.sharded):
+        for _ in range(2):
+            publish(run, collection_id="shard-more", settings=DatabaseSettings(database_url=url),
+                    progress=False)  # fmt: skip
+    with psycopg.connect(pair.sharded) as c:
+        assert c.execute(
+            "select count(*) from embeddings where collection_id = 'shard-more'"
+        ).fetchone() == (120,)
+        kinds = c.execute(  # the space's partition: foreign tables only, no local rows
+            "select c.relkind from pg_inherits h join pg_class c on c.oid = h.inhrelid"
+            " where h.inhparent = %s::regclass",
+            (spaces.partition_name(pair.spaces["ivfflat-bit"]),),
+        ).fetchall()
+        assert kinds == [("f",)] * N_SHARDS
+    clause = {"item": {"collection": "shard-more", "id": "more-00000003"}}
+    one = _hits(pair.single, clause)
+    assert len(one) == 10
+    assert _hits(pair.sharded, clause) == one
