@@ -200,6 +200,28 @@ def test_per_request_settings_reach_every_shard(pair: Pair) -> None:
     assert rows == [("123", "7/relaxed_order")] * N_SHARDS
 
 
+def test_similarity_overrides_the_shards_own_defaults(pair: Pair, shard_urls: list[str]) -> None:
+    """End to end: shards whose own defaults would answer approximately (the IVFFlat
+    index forced: no seq, bitmap or sort plans; pgvector's ivfflat.probes 1 and no
+    iterative scan: a handful of candidates per shard) still return the one-server hits, because the query's own probes and
+    iterative scan (which visit every list here) reach them. Fails without forwarding."""
+    for url in shard_urls:
+        with psycopg.connect(url, autocommit=True) as c:
+            for name in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+                c.execute(f'ALTER DATABASE "{urlsplit(url).path[1:]}" SET {name} = off')
+    try:
+        cid = pair.collections["ivfflat-bit"]
+        s = SimilaritySettings(exact_threshold=0, exact_fraction=0)
+        for row in (3, 42, 77):
+            clause = {"item": {"collection": cid, "id": f"chip-{row:08d}"}}
+            one = _hits(pair.single, clause, settings=s)
+            assert _hits(pair.sharded, clause, settings=s) == one
+    finally:
+        for url in shard_urls:
+            with psycopg.connect(url, autocommit=True) as c:
+                c.execute(f'ALTER DATABASE "{urlsplit(url).path[1:]}" RESET ALL')
+
+
 def test_similarity_forwards_the_session_settings(pair: Pair) -> None:
     """What a similarity query has set for itself is what goes to the shards."""
     with psycopg.connect(pair.sharded) as c:
