@@ -203,8 +203,9 @@ def test_per_request_settings_reach_every_shard(pair: Pair) -> None:
 def test_similarity_overrides_the_shards_own_defaults(pair: Pair, shard_urls: list[str]) -> None:
     """End to end: shards whose own defaults would answer approximately (the IVFFlat
     index forced: no seq, bitmap or sort plans; pgvector's ivfflat.probes 1 and no
-    iterative scan: a handful of candidates per shard) still return the one-server hits, because the query's own probes and
-    iterative scan (which visit every list here) reach them. Fails without forwarding."""
+    iterative scan: a handful of candidates per shard) still return the one-server hits,
+    because the query's own probes and iterative scan (which visit every list here) reach
+    them. Fails without forwarding."""
     for url in shard_urls:
         with psycopg.connect(url, autocommit=True) as c:
             for name in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
