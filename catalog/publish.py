@@ -946,10 +946,13 @@ def _publish_tx(
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
         conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        # the space's partition only (migration 0021)
-        conn.execute(
-            f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"
-        )
+        # the space's partition only (migration 0021); not a sharded one: postgres_fdw's
+        # ANALYZE reads every remote row (the shards' autovacuum keeps their own statistics)
+        if not shards.is_sharded(conn, space.id):
+            conn.execute(
+                f"analyze {spaces_mod.space_table(conn, space.id)}"
+                " (collection_id, item_id, space_id)"
+            )
     timings["analyze_s"] = time.perf_counter() - t
     skipped = rows - inserted - updated
     details = {
