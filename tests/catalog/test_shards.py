@@ -373,3 +373,28 @@ def test_publish_into_a_sharded_space_writes_through(pair: Pair, tmp_path: Path)
     one = _hits(pair.single, clause)
     assert len(one) == 10
     assert _hits(pair.sharded, clause) == one
+
+
+def _snapshot(url: str, cid: str) -> list[Any]:
+    with psycopg.connect(url) as c:
+        return c.execute(
+            "select i.id, st_astext(i.geometry), i.datetime, i.properties, e.embedding::text"
+            " from items i join embeddings e on e.collection_id = i.collection_id"
+            " and e.item_id = i.id where i.collection_id = %s order by i.id",
+            (cid,),
+        ).fetchall()
+
+
+def test_a_mirror_of_the_sharded_catalogue_is_the_mirror_of_one_server(
+    pair: Pair, servers: tuple[str, str], make_database: Any
+) -> None:
+    from embcat.catalog.mirror import MirrorOptions, mirror
+
+    cid = pair.collections["hnsw-halfvec"]
+    copies = []
+    for base in servers:
+        url = make_database()
+        done = mirror(MirrorOptions(base, cid, page_rows=100), DatabaseSettings(database_url=url))
+        assert done.upserted == 300
+        copies.append(_snapshot(url, cid))
+    assert copies[0] == copies[1]
