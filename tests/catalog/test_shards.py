@@ -49,10 +49,13 @@ def _with_db(url: str, name: str) -> str:
 def shard_urls() -> Iterator[list[str]]:
     """One fresh database on each local shard cluster (created by
     scripts/provision-shards.sh if missing; quick when they exist)."""
-    out = subprocess.run(
+    done = subprocess.run(
         [str(ROOT / "scripts/provision-shards.sh"), str(N_SHARDS)],
-        check=True, capture_output=True, text=True, env=dict(os.environ),
-    ).stdout.split()  # fmt: skip
+        capture_output=True, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"scripts/provision-shards.sh {N_SHARDS} failed: {done.stderr.strip()}")
+    out = done.stdout.split()
     templates = [u for u in out if u.startswith("postgresql://")]
     name = f"embcat_test_{uuid.uuid4().hex[:10]}"
     urls = []
