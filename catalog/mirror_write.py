@@ -23,6 +23,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embcat.catalog import shards
 from embcat.catalog.publish import (
     _COPY_HEADER,
     _COPY_TRAILER,
@@ -202,6 +203,11 @@ def write_copy(
                    assets, links FROM mirror_stage {items_conflict}""",
         (cid,),
     )
+    if shards.is_sharded(conn, space.id):  # written through to the shards
+        mode = "insert" if insert_only else "upsert"
+        shards.merge_embeddings(conn, space, mode, cid, source="mirror_stage", wkb="geom",
+                                vector="vec")  # fmt: skip
+        return
     col = space.column
     emb_conflict = (
         ""

@@ -254,6 +254,15 @@ def place(
     columns = embedding_columns(conn)
     # 1. the shards' tables, empty and unattached (a rerun after a failure starts over)
     for shard in names:
+        # a leftover of a failed place goes; a table the shard holds for a space never does
+        # (another catalogue with the same space id on the same shard database)
+        _remote(
+            conn,
+            shard,
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid ="
+            f" to_regclass('public.{part}')) THEN RAISE EXCEPTION"
+            f" 'this shard database already holds a placed {part}'; END IF; END $$",
+        )
         _remote(conn, shard, f"DROP TABLE IF EXISTS public.{part}")
         _remote(
             conn,
@@ -354,20 +363,32 @@ def ensure_index(conn: psycopg.Connection, space: Space, *, kind: str, rebuild: 
     )
 
 
-def merge_embeddings(conn: psycopg.Connection, space: Space, mode: str, cid: str) -> None:
-    """A publish chunk (``publish_staging``) into a sharded space, written through the
-    foreign partitions (postgres_fdw has no ON CONFLICT with a target: 'ignore' skips
-    the ids the space holds, 'upsert' updates them first)."""
+def merge_embeddings(
+    conn: psycopg.Connection,
+    space: Space,
+    mode: str,
+    cid: str,
+    *,
+    source: str = "publish_staging",
+    wkb: str = "wkb",
+    vector: str = "embedding",
+) -> None:
+    """Staged rows (publish's ``publish_staging``, or the mirror's stage: ``source`` with
+    columns id, ``wkb``, ``vector``) into a sharded space, written through the foreign
+    partitions (postgres_fdw has no ON CONFLICT with a target: 'ignore' skips the ids the
+    space holds, 'upsert' updates them first)."""
     col = sql.Identifier(space.column)
     table = sql.Identifier(partition_name(space.id))
+    src, wkb_col, vec = sql.Identifier(source), sql.Identifier(wkb), sql.Identifier(vector)
     params = {"cid": cid, "space": space.id}
     if mode == "upsert":
         conn.execute(
             sql.SQL(
-                "update public.{t} e set {col} = s.embedding from publish_staging s"
-                " where e.collection_id = %(cid)s and e.item_id = s.id"
-                " and e.{col} is distinct from s.embedding"
-            ).format(t=table, col=col),
+                "update public.{t} e set {col} = s.{vec}, geometry = ST_GeomFromWKB(s.{wkb}, 4326)"
+                " from {src} s where e.collection_id = %(cid)s and e.item_id = s.id"
+                " and (e.{col} is distinct from s.{vec}"
+                " or not ST_Equals(e.geometry, ST_GeomFromWKB(s.{wkb}, 4326)))"
+            ).format(t=table, col=col, vec=vec, wkb=wkb_col, src=src),
             params,
         )
     absent = (
@@ -381,9 +402,9 @@ def merge_embeddings(conn: psycopg.Connection, space: Space, mode: str, cid: str
     conn.execute(
         sql.SQL(
             "insert into public.{t} (collection_id, item_id, space_id, geometry, {col})"
-            " select %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326),"
-            " s.embedding from publish_staging s{absent}"
-        ).format(t=table, col=col, absent=absent),
+            " select %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.{wkb}, 4326),"
+            " s.{vec} from {src} s{absent}"
+        ).format(t=table, col=col, absent=absent, vec=vec, wkb=wkb_col, src=src),
         params,
     )
 

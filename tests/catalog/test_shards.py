@@ -401,3 +401,56 @@ def test_a_mirror_of_the_sharded_catalogue_is_the_mirror_of_one_server(
         assert done.upserted == 300
         copies.append(_snapshot(url, cid))
     assert copies[0] == copies[1]
+
+
+def test_a_sharded_mirror_follows_its_origin(
+    pair: Pair, servers: tuple[str, str], shard_urls: list[str], make_database: Any
+) -> None:
+    """A mirror whose space is placed on shards takes the origin's changes (an updated
+    vector, a deleted item) through them, and ends as a plain mirror of the same origin.
+    Last: it changes the one-server database."""
+    from embcat.catalog.mirror import MirrorOptions, mirror
+
+    cid, origin = pair.collections["hnsw-halfvec"], servers[0]
+    sharded, plain = make_database(), make_database()
+    mirror(MirrorOptions(origin, cid, page_rows=100), DatabaseSettings(database_url=sharded))
+    own = [_with_db(u, urlsplit(u).path[1:] + "_m") for u in shard_urls]
+    for u in own:
+        with psycopg.connect(_with_db(u, "postgres"), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{urlsplit(u).path[1:]}" TEMPLATE embcat_shard_template')
+    try:
+        with psycopg.connect(sharded) as c:
+            for k, u in enumerate(own):
+                shards.add_shard(c, f"m{k}", u, home_url=sharded)
+            c.commit()
+            space = spaces.collection_space(c, cid)
+            assert space is not None
+            shards.place(c, space.id, ["m0", "m1"])
+        with psycopg.connect(pair.single) as c:
+            c.execute(
+                "update embeddings set embedding = (select embedding from embeddings"
+                " where collection_id = %(c)s and item_id = 'chip-00000001')"
+                " where collection_id = %(c)s and item_id = 'chip-00000002'",
+                {"c": cid},
+            )
+            c.execute(
+                "update items set assets = jsonb_set(assets, '{embeddings,file:checksum}',"
+                " (select assets -> 'embeddings' -> 'file:checksum' from items"
+                "  where collection_id = %(c)s and id = 'chip-00000001'))"
+                " where collection_id = %(c)s and id = 'chip-00000002'",
+                {"c": cid},
+            )
+            c.execute("delete from items where collection_id = %s and id = 'chip-00000010'", (cid,))
+        again = mirror(
+            MirrorOptions(origin, cid, page_rows=100), DatabaseSettings(database_url=sharded)
+        )
+        assert (again.upserted, again.deleted) == (1, 1)
+        mirror(MirrorOptions(origin, cid, page_rows=100), DatabaseSettings(database_url=plain))
+        got = _snapshot(sharded, cid)
+        assert len(got) == 299
+        assert got == _snapshot(plain, cid)
+    finally:
+        drop_database(sharded)
+        for u in own:
+            with psycopg.connect(_with_db(u, "postgres"), autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{urlsplit(u).path[1:]}" WITH (FORCE)')
