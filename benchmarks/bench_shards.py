@@ -5,7 +5,7 @@ is published into a fresh catalogue database per layout: ``0`` shards (one serve
 reference) and then each ``--layouts`` count of local shard servers
 (scripts/provision-shards.sh, on this machine: every server shares its cores). Per layout:
 
-- publish s (into the coordinator), place s (``catalog.shards.place``: the rows moved
+- publish s (into the coordinator), place s (``catalog.shard_layout.place``: the rows moved
   through postgres_fdw in one transaction, then each shard's key, GiST and similarity
   index), and append s: a second collection of ``--append`` rows of the same space
   published into it (written through to the shards);
@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
 from bench_scale import BASE_DAY, K, filters, write_shards  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
-from embcat.catalog import shards  # noqa: E402
+from embcat.catalog import shard_layout  # noqa: E402
 from embcat.catalog.publish import publish  # noqa: E402
 from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 from embcat.catalog.similarity import SimilaritySpec, similar_with_plan  # noqa: E402
@@ -150,9 +150,9 @@ def main() -> None:
                 names = [f"b{k}" for k in range(count)]
                 with psycopg.connect(url) as c:
                     for name, su in zip(names, shard_urls, strict=True):
-                        shards.add_shard(c, name, su, home_url=url)
+                        shard_layout.add_shard(c, name, su, home_url=url)
                     c.commit()
-                    placed = shards.place(c, res.space_id, names)
+                    placed = shard_layout.place(c, res.space_id, names)
                 layout["place_s"] = placed["total_s"]
                 layout["place_move_s"] = placed["move_s"]
             t = time.perf_counter()

@@ -30,7 +30,7 @@ from psycopg import sql
 from shardgen import write_run
 
 from conftest import create_database, drop_database
-from embcat.catalog import shards, spaces
+from embcat.catalog import shard_layout, shards, spaces
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.publish import publish
 from embcat.catalog.search import cql2_to_sql
@@ -112,11 +112,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory, shard_urls: list[str]) -> Ite
         cids, ids = _publish_both(tmp_path_factory.mktemp("runs"), [single, sharded])
         with psycopg.connect(sharded) as c:
             for k, url in enumerate(shard_urls):
-                shards.add_shard(c, f"s{k}", url, home_url=sharded)
+                shard_layout.add_shard(c, f"s{k}", url, home_url=sharded)
             c.commit()
             for kind, sid in ids[1].items():
                 assert spaces.get_space(c, sid).index_kind == kind
-                shards.place(c, sid, [f"s{k}" for k in range(len(shard_urls))])
+                shard_layout.place(c, sid, [f"s{k}" for k in range(len(shard_urls))])
         yield Pair(single, sharded, cids, ids[1])
     finally:
         drop_database(single)
@@ -421,11 +421,11 @@ def test_a_sharded_mirror_follows_its_origin(
     try:
         with psycopg.connect(sharded) as c:
             for k, u in enumerate(own):
-                shards.add_shard(c, f"m{k}", u, home_url=sharded)
+                shard_layout.add_shard(c, f"m{k}", u, home_url=sharded)
             c.commit()
             space = spaces.collection_space(c, cid)
             assert space is not None
-            shards.place(c, space.id, ["m0", "m1"])
+            shard_layout.place(c, space.id, ["m0", "m1"])
         with psycopg.connect(pair.single) as c:
             c.execute(
                 "update embeddings set embedding = (select embedding from embeddings"
