@@ -259,15 +259,15 @@ def place(
         conn.rollback()
         raise
     moved_s = time.perf_counter() - started
-    # 3. each shard: attach (its primary key), geometry GiST, the similarity index, ANALYZE
-    for shard in names:
-        _remote(conn, shard, f"ALTER TABLE public.embeddings ATTACH PARTITION public.{part}"
-                f" FOR VALUES IN ({sid})")  # fmt: skip
-        _remote(conn, shard, f"CREATE INDEX IF NOT EXISTS {part}_geometry_idx"
-                f" ON public.{part} USING gist (geometry)")  # fmt: skip
-        if indexdef is not None:
-            _remote(conn, shard, "SET maintenance_work_mem = '512MB'; " + indexdef)
-        _remote(conn, shard, f"ANALYZE public.{part}")
+    # 3. every shard at once (dblink's asynchronous queries): attach (its primary key),
+    # geometry GiST, the similarity index, ANALYZE
+    build = [
+        f"ALTER TABLE public.embeddings ATTACH PARTITION public.{part} FOR VALUES IN ({sid})",
+        f"CREATE INDEX IF NOT EXISTS {part}_geometry_idx ON public.{part} USING gist (geometry)",
+        *([indexdef] if indexdef is not None else []),
+        f"ANALYZE public.{part}",
+    ]
+    _on_every_shard(conn, names, build)
     conn.execute(f"analyze public.{part}")
     conn.commit()
     result = {
@@ -279,6 +279,37 @@ def place(
     }
     log.info("space %s placed on %s: %s", sid, ", ".join(names), result)
     return result
+
+
+def _on_every_shard(conn: psycopg.Connection, names: Sequence[str], statements: list[str]) -> None:
+    """Run ``statements`` (one transaction) on every shard in ``names`` at the same time
+    and wait for all; the first shard error is raised after every shard has answered."""
+    block = (
+        "DO $embcat$ BEGIN PERFORM set_config('maintenance_work_mem', '512MB', true); "
+        + " ".join(f"EXECUTE {sql.Literal(st).as_string(conn)};" for st in statements)
+        + " END $embcat$"
+    )
+    links = [f"embcat_place_{shard}" for shard in names]
+    try:
+        for link, shard in zip(links, names, strict=True):
+            conn.execute("select dblink_connect(%s, %s)", (link, server_name(shard)))
+            conn.execute("select dblink_send_query(%s, %s)", (link, block))
+        failed: list[str] = []
+        for link, shard in zip(links, names, strict=True):
+            conn.execute("select * from dblink_get_result(%s, false) as t(status text)", (link,))
+            message = conn.execute("select dblink_error_message(%s)", (link,)).fetchone()
+            if message and message[0] not in (None, "OK", ""):
+                failed.append(f"{shard}: {message[0]}")
+            conn.execute("select * from dblink_get_result(%s, false) as t(status text)", (link,))
+        if failed:
+            raise InvalidInput("building the shards' indexes failed: " + "; ".join(failed))
+    finally:
+        for link in links:
+            conn.execute(
+                "select dblink_disconnect(%s) where %s = any(coalesce(dblink_get_connections(),"
+                " '{}'))",
+                (link, link),
+            )
 
 
 def _index_definition(conn: psycopg.Connection, space: Space) -> str | None:

@@ -142,6 +142,15 @@ def test_the_rows_live_on_the_shards(pair: Pair, shard_urls: list[str]) -> None:
                 ).fetchone()[0]  # type: ignore[index]
             )
     assert sum(counts) == 300 and all(0 < n < 300 for n in counts)
+    for url in shard_urls:  # each shard built the space's key, GiST and similarity index
+        with psycopg.connect(url) as c:
+            for kind, sid in pair.spaces.items():
+                names = {r[0] for r in c.execute(
+                    "select indexname from pg_indexes where tablename = %s",
+                    (spaces.partition_name(sid),),
+                ).fetchall()}  # fmt: skip
+                assert spaces.index_name(sid, kind) in names
+                assert f"{spaces.partition_name(sid)}_pkey" in names
     with psycopg.connect(pair.sharded) as c:
         assert c.execute(
             "select count(*) from embeddings where space_id = %s", (pair.spaces["ivfflat-bit"],)
