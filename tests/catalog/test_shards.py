@@ -2,9 +2,10 @@
 servers answers as the same data on one server.
 
 Two local shard clusters (scripts/provision-shards.sh, reused across runs) hold one fresh
-database each per test session. Two catalogue databases get the same two runs published
-(an ivfflat-bit space of 256 dims and an hnsw-halfvec one of 16); in one of them both
-spaces are placed on the two shards. Every comparison is between the two databases.
+database each per test session. Two catalogue databases get the same three runs published
+(an ivfflat-bit space of 256 dims, an hnsw-halfvec one of 16, an hnsw-bit one of 64); in
+one of them all spaces are placed on the two shards. Every comparison is between the two
+databases.
 """
 
 from __future__ import annotations
@@ -83,18 +84,23 @@ def _publish_both(tmp: Path, urls: list[str]) -> tuple[dict[str, str], list[dict
     runs = {
         "ivfflat-bit": write_run(tmp / "bit", 300, dims=256, seed=3, encoder="shard-bit"),
         "hnsw-halfvec": write_run(tmp / "hnsw", 300, dims=16, seed=4, encoder="shard-hnsw"),
+        "hnsw-bit": write_run(tmp / "hbit", 300, dims=64, seed=5, encoder="shard-hnswbit"),
     }
     cids = {k: f"shard-{k}" for k in runs}
     found: list[dict[str, int]] = []
     for url in urls:
         ids = {}
         for kind, run in runs.items():
-            res = publish(
-                run,
-                collection_id=cids[kind],
-                settings=DatabaseSettings(database_url=url),
-                progress=False,
-            )
+            os.environ["EMBCAT_HNSW_KIND"] = kind  # the kind of the new space
+            try:
+                res = publish(
+                    run,
+                    collection_id=cids[kind],
+                    settings=DatabaseSettings(database_url=url),
+                    progress=False,
+                )
+            finally:
+                os.environ.pop("EMBCAT_HNSW_KIND")
             ids[kind] = res.space_id
         with psycopg.connect(url) as c:  # ten distinct days (the runs have one)
             c.execute(
@@ -157,7 +163,7 @@ def test_the_rows_live_on_the_shards(pair: Pair, shard_urls: list[str]) -> None:
         ).fetchone() == (300,)
 
 
-@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec"])
+@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec", "hnsw-bit"])
 @pytest.mark.parametrize("exact", [False, True])
 def test_similarity_unfiltered_is_the_same(pair: Pair, kind: str, exact: bool) -> None:
     cid = pair.collections[kind]
@@ -169,7 +175,7 @@ def test_similarity_unfiltered_is_the_same(pair: Pair, kind: str, exact: bool) -
     assert _hits(pair.sharded, clause, settings=s) == one
 
 
-@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec"])
+@pytest.mark.parametrize("kind", ["ivfflat-bit", "hnsw-halfvec", "hnsw-bit"])
 @pytest.mark.parametrize("name", ["bbox", "datetime", "cql2"])
 def test_similarity_filtered_is_the_same(pair: Pair, kind: str, name: str) -> None:
     cid = pair.collections[kind]
