@@ -23,6 +23,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embcat.catalog import shards
 from embcat.catalog.publish import (
     _COPY_HEADER,
     _COPY_TRAILER,
@@ -33,7 +34,7 @@ from embcat.catalog.publish import (
     _field_lengths,
     _fixed,
 )
-from embcat.catalog.spaces import Space
+from embcat.catalog.spaces import Space, space_table
 
 _FIELDS = 10
 _NULL = b"\xff\xff\xff\xff"
@@ -202,6 +203,11 @@ def write_copy(
                    assets, links FROM mirror_stage {items_conflict}""",
         (cid,),
     )
+    if shards.is_sharded(conn, space.id):  # written through to the shards
+        mode = "insert" if insert_only else "upsert"
+        shards.merge_embeddings(conn, space, mode, cid, source="mirror_stage", wkb="geom",
+                                vector="vec")  # fmt: skip
+        return
     col = space.column
     emb_conflict = (
         ""
@@ -209,7 +215,8 @@ def write_copy(
         else f"ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
     )
     conn.execute(
-        f"""INSERT INTO embeddings (collection_id, item_id, space_id, geometry, {col})
+        f"""INSERT INTO {space_table(conn, space.id)} AS embeddings
+                   (collection_id, item_id, space_id, geometry, {col})
             SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage {emb_conflict}""",
         (cid, space.id),
     )

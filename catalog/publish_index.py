@@ -12,6 +12,7 @@ import time
 
 import psycopg
 
+from embcat.catalog import shards
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
@@ -44,10 +45,13 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
         conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        # the space's partition only (migration 0021)
-        conn.execute(
-            f"analyze {spaces_mod.space_table(conn, space.id)} (collection_id, item_id, space_id)"
-        )
+        # the space's partition only (migration 0021); not a sharded one: postgres_fdw's
+        # ANALYZE reads every remote row (the shards' autovacuum keeps their own statistics)
+        if not shards.is_sharded(conn, space.id):
+            conn.execute(
+                f"analyze {spaces_mod.space_table(conn, space.id)}"
+                " (collection_id, item_id, space_id)"
+            )
     timings["analyze_s"] = time.perf_counter() - t
     return built, index_s
 

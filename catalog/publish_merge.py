@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import imagery
+from embcat.catalog import imagery, shards
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.errors import Conflict, InvalidInput
 from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
@@ -155,8 +155,13 @@ def merge_chunk(
             _merge_embeddings_sql("insert", space, state.detached),
             {"cid": cid, "space": space.id},
         )
+    elif shards.is_sharded(conn, space.id):  # written through to the shards
+        shards.merge_embeddings(conn, space, mode, cid)
     else:
-        conn.execute(_merge_embeddings_sql(mode, space), {"cid": cid, "space": space.id})
+        conn.execute(
+            _merge_embeddings_sql(mode, space, spaces_mod.space_table(conn, space.id)),
+            {"cid": cid, "space": space.id},
+        )
     timings["merge_embeddings_s"] += time.perf_counter() - t
     conn.execute("TRUNCATE publish_staging")
 
@@ -203,7 +208,7 @@ def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") ->
         ).format(col=col),
     }[mode]
     return sql.SQL(
-        "INSERT INTO {table} (collection_id, item_id, space_id, geometry, {col})"
+        "INSERT INTO {table} AS embeddings (collection_id, item_id, space_id, geometry, {col})"
         " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
         " FROM publish_staging s {conflict}"
     ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))

@@ -71,7 +71,7 @@ from psycopg.adapt import PyFormat
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from embcat.catalog import metrics
+from embcat.catalog import metrics, shards
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.settings import defaults
 from embcat.catalog.spaces import Space, space_table
@@ -823,6 +823,7 @@ def _rank(
 
     strategy: Literal["exact", "index"] = "exact"
     estimate = -1.0
+    sharded = shards.is_sharded(conn, space.id)  # then ranked on every shard (catalog.shards)
     rows: list[tuple[Any, ...]] = []
     if spec.exact and settings.max_exact_rows > 0:
         # A cost cap: an exact scan reads every filtered vector (11 s for a 20,000-vertex
@@ -876,7 +877,9 @@ def _rank(
             d=distance, base=base, code=sql.SQL(space.code_sql("e")),
             dims=sql.Literal(space.dimensions), r=sql.Literal(candidates), n=n,
         )  # fmt: skip
-        cur = conn.execute(_with_items(ranked, item_columns), params)
+        if sharded:
+            ranked = shards.ranked_across(conn, space, ranked, params, wanted)
+        cur = conn.execute(_escaped(conn, _with_items(ranked, item_columns)), params)
         rows = cur.fetchall()
         if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
             strategy = "exact"
@@ -888,6 +891,8 @@ def _rank(
             ranked = sql.SQL(
                 "with c as materialized ({}) select collection_id, item_id, d from c order by d"
             ).format(ranked)
+        if sharded:
+            ranked = shards.ranked_across(conn, space, ranked, params, wanted)
         cur = conn.execute(_escaped(conn, _with_items(ranked, item_columns)), params)
         rows = cur.fetchall()
         if len(rows) < wanted:  # the scan budget ran out: fall back to an exact answer
@@ -898,6 +903,8 @@ def _rank(
             " select collection_id, item_id, d from c order by d, collection_id, item_id"
             " limit {n}"
         ).format(d=distance, base=base, n=n)
+        if sharded:
+            ranked = shards.ranked_across(conn, space, ranked, params, wanted)
         cur = conn.execute(_escaped(conn, _with_items(ranked, item_columns)), params)
         rows = cur.fetchall()
     names = [c.name for c in cur.description or ()][3:] if rows and item_columns else []

@@ -416,8 +416,9 @@ def attach_partition(conn: psycopg.Connection, space_id: int) -> int:
     with the rows of the space the default partition holds moved in first; returns how
     many moved. ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on ``embeddings``
     (readers and writers of the other partitions go on; CREATE TABLE .. PARTITION OF would
-    lock every reader out until commit); it builds the parent's indexes (primary key,
-    geometry GiST) on the partition and validates the foreign keys it clones, which locks
+    lock every reader out until commit); it builds the parent's geometry GiST on the
+    partition, and ``embcat.add_partition_keys`` (migration 0024) then builds its primary
+    key and validates its foreign keys, which locks
     ``items`` and ``embedding_spaces`` against writes until the caller commits. Callers
     hold the global publish merge lock exclusively, so that this never deadlocks with a
     concurrent publish."""
@@ -429,6 +430,9 @@ def attach_partition(conn: psycopg.Connection, space_id: int) -> int:
     conn.execute(
         f"alter table public.embeddings attach partition public.{name} for values in ({sid})"
     )
+    # the keys live on each local partition (migration 0024: a shard's foreign partition
+    # cannot sit under a parent with a primary key or foreign keys)
+    conn.execute("select embcat.add_partition_keys(%s)", (name,))
     log.info("space %s: partition %s attached (%d rows moved in)", sid, name, moved.rowcount)
     return moved.rowcount
 
@@ -534,6 +538,10 @@ def ensure_index(
             kind,
         )
         return False
+    from embcat.catalog import shards  # (it imports this module)
+
+    if shards.is_sharded(conn, space.id):
+        return shards.ensure_index(conn, space, kind=kind, rebuild=rebuild)
     if kind == space.index_kind and not rebuild and has_index(conn, space):
         return False
     ensure_partition(conn, space.id)

@@ -28,6 +28,7 @@ from embcat.commands import exchange as exchange_commands
 from embcat.commands import publish as publish_commands
 from embcat.commands import score as score_commands
 from embcat.commands import serve as serve_commands
+from embcat.commands import shards as shard_commands
 from embcat.errors import EmbcatError
 
 log = logging.getLogger("embcat.cli")
@@ -107,6 +108,7 @@ main.add_command(serve_commands.serve)
 main.add_command(serve_commands.keys)
 main.add_command(exchange_commands.export_command)
 main.add_command(exchange_commands.mirror_command)
+main.add_command(shard_commands.shard)
 main.add_command(exchange_commands.stats_command)
 main.add_command(collections_commands.collections)
 main.add_command(score_commands.score_command)
