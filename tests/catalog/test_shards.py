@@ -37,6 +37,7 @@ from embcat.catalog.publish import publish
 from embcat.catalog.search import cql2_to_sql
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.similarity import SimilaritySettings, parse_spec, similar
+from embcat.catalog.spaces import IndexSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SHARDS = 2
@@ -91,16 +92,13 @@ def _publish_both(tmp: Path, urls: list[str]) -> tuple[dict[str, str], list[dict
     for url in urls:
         ids = {}
         for kind, run in runs.items():
-            os.environ["EMBCAT_HNSW_KIND"] = kind  # the kind of the new space
-            try:
-                res = publish(
-                    run,
-                    collection_id=cids[kind],
-                    settings=DatabaseSettings(database_url=url),
-                    progress=False,
-                )
-            finally:
-                os.environ.pop("EMBCAT_HNSW_KIND")
+            res = publish(
+                run,
+                collection_id=cids[kind],
+                settings=DatabaseSettings(database_url=url),
+                progress=False,
+                index=IndexSettings(kind=kind),  # the kind of the new space
+            )
             ids[kind] = res.space_id
         with psycopg.connect(url) as c:  # ten distinct days (the runs have one)
             c.execute(
