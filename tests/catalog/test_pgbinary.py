@@ -88,12 +88,12 @@ def test_bits_round_trip_through_bit_send(conn: psycopg.Connection) -> None:
     np.testing.assert_array_equal(pgbinary.decode_bits(bytes(sent[0])), bits)
 
 
-def test_timestamps_are_microseconds_since_2000(conn: psycopg.Connection) -> None:
-    us = np.array([0, 1_717_237_800_123_456], dtype=np.int64)  # 1970, 2024-06-01 10:30:00.123456
+def test_timestamps_are_microseconds_since_2000_and_null_where_not_valid(
+    conn: psycopg.Connection,
+) -> None:
+    us = np.array([0, 1_717_237_800_123_456, 5], dtype=np.int64)  # 1970, 2024-06-01 ..., NULL
+    fields = pgbinary.timestamp_column(us, np.array([True, True, False]))
     conn.execute("CREATE TEMP TABLE t (n serial, d timestamptz)")
-    fields = pgbinary.fixed(
-        np.array([(8, v) for v in pgbinary.timestamp_values(us)], ">i4,>i8").tobytes(), 12, 2
-    )
     rows = pc.binary_join_element_wise(pgbinary.field_count(1), fields, b"")
     with conn.cursor().copy("COPY t (d) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(pgbinary.COPY_HEADER + bytes(pgbinary.rows_buffer(rows)))
@@ -101,4 +101,19 @@ def test_timestamps_are_microseconds_since_2000(conn: psycopg.Connection) -> Non
     got = conn.execute(
         "SELECT (extract(epoch from d) * 1000000)::bigint FROM t ORDER BY n"
     ).fetchall()
-    assert [g[0] for g in got] == us.tolist()
+    assert [g[0] for g in got] == [0, 1_717_237_800_123_456, None]
+
+
+@pytest.mark.parametrize("storage", ["halfvec", "vector"])
+def test_a_binary_copy_out_of_vectors_reads_as_copy_rows(
+    conn: psycopg.Connection, storage: str
+) -> None:
+    values = _values(6, storage)
+    _copy_in(conn, storage, values)
+    with conn.cursor().copy("COPY (SELECT e FROM v ORDER BY n) TO STDOUT (FORMAT BINARY)") as cp:
+        data = b"".join(bytes(chunk) for chunk in cp)
+    body = data[len(pgbinary.COPY_HEADER) : -len(pgbinary.COPY_TRAILER)]
+    rows = np.frombuffer(body, dtype=pgbinary.copy_row_dtype(DIMS, storage))
+    assert (rows["fields"] == 1).all()
+    assert (rows["size"] == pgbinary.value_size(DIMS, storage)).all()
+    np.testing.assert_array_equal(rows["v"].astype(np.float32), values)
