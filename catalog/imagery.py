@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from embcat.catalog import pgbinary
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.encoders.manifest import (
     QUICKLOOK_KEY_PATTERN,
@@ -57,7 +58,6 @@ MAX_QUICKLOOK_ASSETS = 1000  # listed on the collection (all are stored and serv
 THUMBNAIL_TITLE = "Chip quicklook (true colour)"
 THUMBNAIL_FIELDS = {"type": PNG_MEDIA_TYPE, "roles": ["thumbnail"], "title": THUMBNAIL_TITLE}
 _BIN = pa.binary()
-_NULL_FIELD = b"\xff\xff\xff\xff"  # a NULL field of binary COPY (length -1)
 
 
 # -- shards: the optional thumbnail column --------------------------------------------------
@@ -130,7 +130,7 @@ class ThumbnailEncoder:
         n = batch.num_rows
         col = self._column(batch)
         if col is None:
-            return [pa.array([_NULL_FIELD] * n, _BIN)]
+            return [pa.array([pgbinary.NULL_FIELD] * n, _BIN)]
         lengths = pc.fill_null(pc.binary_length(col), -1).to_numpy(zero_copy_only=False)
         header = np.asarray(lengths, dtype=">i4").tobytes()
         headers = pa.FixedSizeBinaryArray.from_buffers(

@@ -80,6 +80,8 @@ SOURCE_ASSET = "embcat:source_asset"
 WINDOW = "embcat:window"
 NODATA_FRACTION = "embcat:nodata_fraction"
 DERIVED_FROM = "derived_from"
+# The links the server adds to every item and collection it serves (never stored)
+GENERATED_RELS = {"self", "root", "parent", "collection", "items"}
 ASSET_ROLES = ["data", "embeddings"]
 SOURCE_MEDIA_TYPE = "image/tiff; application=geotiff"
 EMBEDDING_SUFFIX = "/embedding"

@@ -76,6 +76,18 @@ def timestamp_values(us: np.ndarray) -> np.ndarray:
     return np.asarray(us, dtype=np.int64) - PG_EPOCH_US
 
 
+def timestamp_column(us: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """The ``timestamptz`` COPY fields (length header included) of microseconds since
+    1970; NULL where ``valid`` (a boolean mask) is False."""
+    rec = np.dtype([("l", ">i4"), ("t", ">i8")])
+    out = np.empty(len(us), rec)
+    out["l"], out["t"] = 8, timestamp_values(us)
+    fields = fixed(out.tobytes(), rec.itemsize, len(us))
+    if valid is None or bool(np.all(valid)):
+        return fields
+    return pc.if_else(pa.array(np.asarray(valid, dtype=bool)), fields, const(NULL_FIELD))
+
+
 # -- pgvector ----------------------------------------------------------------------------------
 
 
@@ -133,6 +145,12 @@ def value_dtype(dims: int, storage: str) -> np.dtype:
     """numpy record of one ``halfvec``/``vector`` binary value (no COPY length)."""
     value = ">f2" if storage == "halfvec" else ">f4"
     return np.dtype([("hdr", ">u4"), ("v", value, (dims,))])
+
+
+def copy_row_dtype(dims: int, storage: str) -> np.dtype:
+    """numpy record of one row of ``COPY (SELECT <vector>) TO STDOUT (FORMAT BINARY)``:
+    int2 field count (1), int4 field length, the ``halfvec``/``vector`` value."""
+    return np.dtype([("fields", ">i2"), ("size", ">i4"), *value_dtype(dims, storage).descr])
 
 
 def decode_vectors(data: bytes, dims: int, storage: str, *, stored: bool = False) -> np.ndarray:

@@ -34,6 +34,23 @@ from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_size
 from embcat.encoders.manifest import Manifest
 
 _ID_OK = re.compile(r"[^A-Za-z0-9._-]+")
+SPACE = "embcat:space"  # the embedding space of a collection and of its model item
+
+
+def space_fields(space: Space, *, named: bool = True) -> dict[str, Any]:
+    """The ``embcat:space`` member: the space's identity (``named``: with its encoder's
+    name and version, as the collection carries it; the model item names them itself)."""
+    names = {"encoder": space.encoder_name, "version": space.encoder_version} if named else {}
+    return {
+        "id": space.id,
+        **names,
+        "dimensions": space.dimensions,
+        "storage": space.storage,
+        "metric": space.metric,
+        "normalized": space.normalized,
+        "options_sha256": space.options_sha256,
+        "options": space.options,
+    }
 
 
 def default_collection_id(manifest: Manifest) -> str:
@@ -115,17 +132,7 @@ def build_collection(
     if enc.bands:
         summaries["bands"] = [{"name": b} for b in enc.bands]
     coll.summaries = pystac.Summaries(summaries)
-    fields["embcat:space"] = {
-        "id": space.id,
-        "encoder": space.encoder_name,
-        "version": space.encoder_version,
-        "dimensions": space.dimensions,
-        "storage": space.storage,
-        "metric": space.metric,
-        "normalized": space.normalized,
-        "options_sha256": space.options_sha256,
-        "options": space.options,
-    }
+    fields[SPACE] = space_fields(space)
     # processing:* of a Collection belong to a provider (processing extension v1.2.0)
     coll.providers = [
         pystac.Provider(
@@ -248,15 +255,7 @@ def model_item(
     if not props.get("mlm:pretrained"):
         props["mlm:pretrained"] = False
         props["mlm:pretrained_source"] = None
-    props["embcat:space"] = {
-        "id": space.id,
-        "dimensions": space.dimensions,
-        "storage": space.storage,
-        "metric": space.metric,
-        "normalized": space.normalized,
-        "options_sha256": space.options_sha256,
-        "options": space.options,
-    }
+    props[SPACE] = space_fields(space, named=False)
     out = item.to_dict(include_self_link=False, transform_hrefs=False)
     out["stac_extensions"] = [MLM_SCHEMA]
     asset = space.mlm.get("embcat:model_asset")

@@ -20,8 +20,10 @@ def _values(seed: int, storage: str) -> np.ndarray:
     return v.astype(np.float16).astype(np.float32) if storage == "halfvec" else v
 
 
-def _copy_in(conn: psycopg.Connection, storage: str, values: np.ndarray) -> None:
-    """Binary COPY of ``values`` into a TEMP table, framed by catalog.pgbinary."""
+def _copy_in(conn: psycopg.Connection, storage: str, seed: int) -> np.ndarray:
+    """Binary COPY of seeded vectors into a TEMP table, framed by catalog.pgbinary; returns
+    the values the server holds."""
+    values = _values(seed, storage)
     conn.execute(f"CREATE TEMP TABLE v (n serial, e {storage}({DIMS}))")
     rows = pc.binary_join_element_wise(
         pgbinary.field_count(1), pgbinary.vector_column(values, storage), b""
@@ -30,16 +32,20 @@ def _copy_in(conn: psycopg.Connection, storage: str, values: np.ndarray) -> None
         copy.write(pgbinary.COPY_HEADER)
         copy.write(pgbinary.rows_buffer(rows))
         copy.write(pgbinary.COPY_TRAILER)
+    return values
+
+
+def _sent(conn: psycopg.Connection, storage: str) -> bytes:
+    """``<storage>_send`` of every staged vector, in order, concatenated."""
+    return b"".join(r[0] for r in conn.execute(f"SELECT {storage}_send(e) FROM v ORDER BY n"))
 
 
 @pytest.mark.parametrize("storage", ["halfvec", "vector"])
 def test_vectors_copied_in_binary_come_back_from_send_as_they_went(
     conn: psycopg.Connection, storage: str
 ) -> None:
-    values = _values(1, storage)
-    _copy_in(conn, storage, values)
-    sent = conn.execute(f"SELECT {storage}_send(e) FROM v ORDER BY n").fetchall()
-    back = pgbinary.decode_vectors(b"".join(r[0] for r in sent), DIMS, storage)
+    values = _copy_in(conn, storage, 1)
+    back = pgbinary.decode_vectors(_sent(conn, storage), DIMS, storage)
     np.testing.assert_array_equal(back, values)
 
 
@@ -47,8 +53,7 @@ def test_vectors_copied_in_binary_come_back_from_send_as_they_went(
 def test_a_vector_copied_in_binary_reads_as_its_text(
     conn: psycopg.Connection, storage: str
 ) -> None:
-    values = _values(2, storage)
-    _copy_in(conn, storage, values)
+    values = _copy_in(conn, storage, 2)
     texts = [r[0] for r in conn.execute("SELECT e::text FROM v ORDER BY n").fetchall()]
     parsed = np.array([[float(x) for x in t.strip("[]").split(",")] for t in texts])
     np.testing.assert_allclose(parsed, values, rtol=1e-6)
@@ -64,10 +69,8 @@ def test_one_encoded_vector_is_what_send_returns(conn: psycopg.Connection, stora
 
 
 def test_decoding_in_the_stored_type_keeps_float16(conn: psycopg.Connection) -> None:
-    values = _values(4, "halfvec")
-    _copy_in(conn, "halfvec", values)
-    sent = conn.execute("SELECT halfvec_send(e) FROM v ORDER BY n").fetchall()
-    back = pgbinary.decode_vectors(b"".join(r[0] for r in sent), DIMS, "halfvec", stored=True)
+    values = _copy_in(conn, "halfvec", 4)
+    back = pgbinary.decode_vectors(_sent(conn, "halfvec"), DIMS, "halfvec", stored=True)
     assert back.dtype == np.dtype("<f2")
     np.testing.assert_array_equal(back, values.astype(np.float16))
 
@@ -88,12 +91,12 @@ def test_bits_round_trip_through_bit_send(conn: psycopg.Connection) -> None:
     np.testing.assert_array_equal(pgbinary.decode_bits(bytes(sent[0])), bits)
 
 
-def test_timestamps_are_microseconds_since_2000(conn: psycopg.Connection) -> None:
-    us = np.array([0, 1_717_237_800_123_456], dtype=np.int64)  # 1970, 2024-06-01 10:30:00.123456
+def test_timestamps_are_microseconds_since_2000_and_null_where_not_valid(
+    conn: psycopg.Connection,
+) -> None:
+    us = np.array([0, 1_717_237_800_123_456, 5], dtype=np.int64)  # 1970, 2024-06-01 ..., NULL
+    fields = pgbinary.timestamp_column(us, np.array([True, True, False]))
     conn.execute("CREATE TEMP TABLE t (n serial, d timestamptz)")
-    fields = pgbinary.fixed(
-        np.array([(8, v) for v in pgbinary.timestamp_values(us)], ">i4,>i8").tobytes(), 12, 2
-    )
     rows = pc.binary_join_element_wise(pgbinary.field_count(1), fields, b"")
     with conn.cursor().copy("COPY t (d) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(pgbinary.COPY_HEADER + bytes(pgbinary.rows_buffer(rows)))
@@ -101,4 +104,18 @@ def test_timestamps_are_microseconds_since_2000(conn: psycopg.Connection) -> Non
     got = conn.execute(
         "SELECT (extract(epoch from d) * 1000000)::bigint FROM t ORDER BY n"
     ).fetchall()
-    assert [g[0] for g in got] == us.tolist()
+    assert [g[0] for g in got] == [0, 1_717_237_800_123_456, None]
+
+
+@pytest.mark.parametrize("storage", ["halfvec", "vector"])
+def test_a_binary_copy_out_of_vectors_reads_as_copy_rows(
+    conn: psycopg.Connection, storage: str
+) -> None:
+    values = _copy_in(conn, storage, 6)
+    with conn.cursor().copy("COPY (SELECT e FROM v ORDER BY n) TO STDOUT (FORMAT BINARY)") as cp:
+        data = b"".join(bytes(chunk) for chunk in cp)
+    body = data[len(pgbinary.COPY_HEADER) : -len(pgbinary.COPY_TRAILER)]
+    rows = np.frombuffer(body, dtype=pgbinary.copy_row_dtype(DIMS, storage))
+    assert (rows["fields"] == 1).all()
+    assert (rows["size"] == pgbinary.value_size(DIMS, storage)).all()
+    np.testing.assert_array_equal(rows["v"].astype(np.float32), values)
