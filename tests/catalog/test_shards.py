@@ -29,8 +29,8 @@ import pytest
 from helpers_server import start_server
 from psycopg import sql
 from shardgen import write_run
+from testdb import create_database, drop_database
 
-from conftest import create_database, drop_database
 from embcat.catalog import shard_layout, shards, spaces
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.publish import publish
