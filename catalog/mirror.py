@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import spaces as spaces_mod
+from embcat.catalog import partitions
 from embcat.catalog.db import connect
 from embcat.catalog.errors import Conflict, EmbcatError, InvalidInput, NotFound
 from embcat.catalog.export import read_metadata
@@ -62,13 +62,8 @@ from embcat.catalog.mirror_write import encode_rows, write_copy, write_page
 from embcat.catalog.publish import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, check_dtype, from_arrow
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import (
-    IndexSettings,
-    Space,
-    ensure_index,
-    get_or_create_space,
-    get_space,
-)
+from embcat.catalog.space_index import ensure_index
+from embcat.catalog.spaces import IndexSettings, Space, get_or_create_space, get_space
 from embcat.catalog.stac import GENERATED_RELS
 from embcat.catalog.vectors import (
     EMBEDDINGS_ASSET,
@@ -517,12 +512,12 @@ def _ensure_index(
     the whole initial phase."""
     # the merge locks as catalog.publish.build_index takes them (global exclusively only to
     # attach the space's partition, then the space's exclusively)
-    spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
-    spaces_mod.merge_lock(conn, space.id, exclusive=True)
+    partitions.merge_lock(conn, exclusive=not partitions.has_partition(conn, space.id))
+    partitions.merge_lock(conn, space.id, exclusive=True)
     built = ensure_index(conn, space, index=index)
     if built or analyze:
         conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        table = spaces_mod.space_table(conn, space.id)  # its partition only (migration 0021)
+        table = partitions.space_table(conn, space.id)  # its partition only (migration 0021)
         conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
     conn.commit()
 

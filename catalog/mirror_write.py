@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embcat.catalog import shards
+from embcat.catalog.partitions import space_table
 from embcat.catalog.publish import (
     _COPY_HEADER,
     _COPY_TRAILER,
@@ -34,7 +35,7 @@ from embcat.catalog.publish import (
     _field_lengths,
     _fixed,
 )
-from embcat.catalog.spaces import Space, space_table
+from embcat.catalog.spaces import Space
 
 _FIELDS = 10
 _NULL = b"\xff\xff\xff\xff"

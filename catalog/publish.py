@@ -40,7 +40,7 @@ The steps live in modules of their own, each handed the ``PublishContext``:
 The merge locks: ``embeddings`` is partitioned by space (migration 0021). A publish that
 builds a space's index holds a SHARE lock on that space's partition until commit, which
 would deadlock against another publish's ANALYZE or insert into the same space; so index
-builders take the space's merge lock (``spaces.merge_lock``) exclusively and every
+builders take the space's merge lock (``partitions.merge_lock``) exclusively and every
 other publish of that space takes it shared. Attaching a new space's partition locks
 ``items`` and ``embedding_spaces`` against writes until commit: that publish takes the
 global merge lock exclusively (before registering the space), every other publish takes

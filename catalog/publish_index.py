@@ -12,7 +12,7 @@ import time
 
 import psycopg
 
-from embcat.catalog import shards
+from embcat.catalog import partitions, shards, space_index
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
@@ -31,13 +31,13 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
     assert space is not None
     if state.detached:
         t = time.perf_counter()
-        spaces_mod.attach_partition(conn, space.id)
+        partitions.attach_partition(conn, space.id)
         timings["attach_s"] = time.perf_counter() - t
     index_s = 0.0
     built = False
     if state.build:
         t = time.perf_counter()
-        built = spaces_mod.ensure_hnsw_index(conn, space, index=state.ctx.index)
+        built = space_index.ensure_hnsw_index(conn, space, index=state.ctx.index)
         index_s = time.perf_counter() - t
     t = time.perf_counter()
     if state.inserted or state.updated:
@@ -49,7 +49,7 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
         # ANALYZE reads every remote row (the shards' autovacuum keeps their own statistics)
         if not shards.is_sharded(conn, space.id):
             conn.execute(
-                f"analyze {spaces_mod.space_table(conn, space.id)}"
+                f"analyze {partitions.space_table(conn, space.id)}"
                 " (collection_id, item_id, space_id)"
             )
     timings["analyze_s"] = time.perf_counter() - t
@@ -80,13 +80,13 @@ def build_index(
             if space is None:
                 raise NotFound(f"collection {collection_id!r} has no embeddings")
             # the global lock exclusively only to attach a partition (see the module)
-            spaces_mod.merge_lock(conn, exclusive=not spaces_mod.has_partition(conn, space.id))
-            spaces_mod.merge_lock(conn, space.id, exclusive=True)
-            built = spaces_mod.ensure_index(
+            partitions.merge_lock(conn, exclusive=not partitions.has_partition(conn, space.id))
+            partitions.merge_lock(conn, space.id, exclusive=True)
+            built = space_index.ensure_index(
                 conn, space, kind=kind, rebuild=rebuild, drop_old=False, index=index
             )
         if built:  # the replaced index goes once the new one is committed, concurrently
             conn.commit()
             conn.autocommit = True
-            spaces_mod.finish_swap(conn, space.id)
+            space_index.finish_swap(conn, space.id)
         return (kind or space.index_kind) if built else None

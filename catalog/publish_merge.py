@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import imagery, shards
+from embcat.catalog import imagery, partitions, shards, space_index
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.errors import Conflict, InvalidInput
 from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
@@ -81,8 +81,8 @@ def merge_chunk(
             dimensions=enc.dimensions, storage=ctx.storage, metric=enc.metric,
             options=space_options(manifest),
         )  # fmt: skip
-        new_partition = known is None or not spaces_mod.has_partition(conn, known.id)
-        spaces_mod.merge_lock(conn, exclusive=new_partition)
+        new_partition = known is None or not partitions.has_partition(conn, known.id)
+        partitions.merge_lock(conn, exclusive=new_partition)
         if state.known_space is not None:
             space = state.known_space
             if space.options_sha256 is None:  # registered before 0009; the run matched it
@@ -112,18 +112,18 @@ def merge_chunk(
             )
         # (checked again under the lock: a concurrent publish of the same new space may
         # have attached it while this one waited)
-        if new_partition and not spaces_mod.has_partition(conn, space.id):
-            if spaces_mod.holds_no_rows(conn, space.id):
+        if new_partition and not partitions.has_partition(conn, space.id):
+            if partitions.holds_no_rows(conn, space.id):
                 # its partition is filled as a table of its own and attached after the
                 # last chunk (indexes built in bulk, foreign keys checked by one join; see
-                # spaces.create_partition_table)
-                state.detached = spaces_mod.create_partition_table(conn, space.id)
+                # partitions.create_partition_table)
+                state.detached = partitions.create_partition_table(conn, space.id)
             else:  # rows in the default partition (a mirror's): move them in now
-                spaces_mod.ensure_partition(conn, space.id)
+                partitions.ensure_partition(conn, space.id)
         state.build = (
-            (not ctx.defer_index) and space.indexable and not spaces_mod.has_index(conn, space)
+            (not ctx.defer_index) and space.indexable and not space_index.has_index(conn, space)
         )
-        spaces_mod.merge_lock(conn, space.id, exclusive=state.build)
+        partitions.merge_lock(conn, space.id, exclusive=state.build)
     space = state.space
     # A collection this publish created holds nothing but what it merges, and the run's
     # ids are unique (checked above): plain INSERTs, without ON CONFLICT's speculative
@@ -159,7 +159,7 @@ def merge_chunk(
         shards.merge_embeddings(conn, space, mode, cid)
     else:
         conn.execute(
-            _merge_embeddings_sql(mode, space, spaces_mod.space_table(conn, space.id)),
+            _merge_embeddings_sql(mode, space, partitions.space_table(conn, space.id)),
             {"cid": cid, "space": space.id},
         )
     timings["merge_embeddings_s"] += time.perf_counter() - t

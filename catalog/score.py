@@ -46,6 +46,7 @@ from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.item_shape import rfc3339
+from embcat.catalog.partitions import space_table
 from embcat.catalog.score_model import (
     BATCH_ROWS,
     DEFAULT_THRESHOLD,
@@ -78,7 +79,7 @@ from embcat.catalog.similarity import (
     linear_direction,
     query_vector,
 )
-from embcat.catalog.spaces import Space, space_table
+from embcat.catalog.spaces import Space
 
 
 def fit(

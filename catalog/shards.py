@@ -33,7 +33,8 @@ import psycopg
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.spaces import Space, partition_name
+from embcat.catalog.partitions import partition_name
+from embcat.catalog.spaces import Space
 
 FORWARDED_SETTINGS: tuple[str, ...] = (
     "hnsw.ef_search",
@@ -78,7 +79,7 @@ def is_sharded(conn: psycopg.Connection, space_id: int) -> bool:
 
 
 def ensure_index(conn: psycopg.Connection, space: Space, *, kind: str, rebuild: bool) -> bool:
-    """``spaces.ensure_index`` of a sharded space: its index was built on every shard when
+    """``space_index.ensure_index`` of a sharded space: its index was built on every shard when
     it was placed; switching the kind or re-centring it is not built yet."""
     if kind == space.index_kind and not rebuild:
         return False

@@ -73,8 +73,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog import metrics, shards
 from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.partitions import space_table
 from embcat.catalog.settings import defaults
-from embcat.catalog.spaces import Space, space_table
+from embcat.catalog.spaces import Space
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
 

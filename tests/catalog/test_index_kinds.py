@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from vectorgen import EPOCH, grid_points, item_ids, load_collection, manifold_vectors
 
-from embcat.catalog import spaces
+from embcat.catalog import space_index, spaces
 from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
 
 N, DIMS, K = 3000, 256, 10
@@ -217,7 +217,7 @@ def test_switching_the_kind_swaps_the_index_without_leaving_readers(
         register_vector(writer)
         register_vector(reader)
         writer.execute("set lock_timeout = '5s'")
-        assert spaces.ensure_index(writer, d.space, kind="ivfflat-bit", drop_old=False)
+        assert space_index.ensure_index(writer, d.space, kind="ivfflat-bit", drop_old=False)
         # before the commit, a reader still finds the old kind and its index, unblocked
         reader.execute("set lock_timeout = '2s'")
         hits, plan = similar_with_plan(reader, spec, limit=K, where=None, settings=FORCE_INDEX)
@@ -227,10 +227,10 @@ def test_switching_the_kind_swaps_the_index_without_leaving_readers(
         hits_new, plan = similar_with_plan(reader, spec, limit=K, where=None, settings=FORCE_INDEX)
         assert plan.space.index_kind == "ivfflat-bit" and plan.strategy == "index"
         writer.autocommit = True
-        assert spaces.finish_swap(writer, d.space.id) == [
+        assert space_index.finish_swap(writer, d.space.id) == [
             spaces.index_name(d.space.id, "hnsw-halfvec")
         ]
-        names = spaces._index_names(writer, d.space.id)
+        names = space_index._index_names(writer, d.space.id)
         after, strategies = recall(reader, d, where=None)
     assert names == [spaces.index_name(d.space.id, "ivfflat-bit")]
     assert strategies == {"index"} and after >= 0.9
@@ -246,10 +246,10 @@ def test_rebuilding_the_same_kind_recentres_under_the_same_name(
             "update embeddings set embedding = embedding + %s::halfvec where collection_id = %s",
             (str([0.5] * DIMS), d.cid),
         )
-        assert spaces.ensure_index(c, d.space, rebuild=True)
+        assert space_index.ensure_index(c, d.space, rebuild=True)
         c.commit()
         space = spaces.get_space(c, d.space.id)
-        names = spaces._index_names(c, d.space.id)
+        names = space_index._index_names(c, d.space.id)
     assert space.center is not None
     shifted = d.stored + 0.5
     expected = (shifted / np.linalg.norm(shifted, axis=1, keepdims=True)).mean(axis=0)

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from embcat.catalog import spaces
+from embcat.catalog import partitions, space_index, spaces
 from embcat.catalog.publish import publish
 from embcat.catalog.settings import DatabaseSettings
 
@@ -36,7 +36,7 @@ def test_a_publish_puts_its_space_in_its_own_partition_with_its_index(
     url = db_settings.database_url
     run = write_run(tmp_path / "run", 60, dims=8, seed=1, encoder=_name())
     res = publish(run, collection_id=_name(), settings=db_settings, progress=False)
-    part = spaces.partition_name(res.space_id)
+    part = partitions.partition_name(res.space_id)
     with psycopg.connect(url) as c:
         assert c.execute(f"select count(*) from {part}").fetchone() == (60,)
         space = spaces.get_space(c, res.space_id)
@@ -71,10 +71,10 @@ def test_rows_of_a_space_without_partition_move_into_it_before_its_index(
                 " values (%s, %s, %s, %s::halfvec)",
                 (cid, f"i{k}", space.id, f"[1,{k},2]"),
             )
-        assert spaces.space_table(c, space.id) == spaces.DEFAULT_PARTITION
-        assert spaces.ensure_index(c, space)
+        assert partitions.space_table(c, space.id) == partitions.DEFAULT_PARTITION
+        assert space_index.ensure_index(c, space)
         c.commit()
-        part = spaces.partition_name(space.id)
+        part = partitions.partition_name(space.id)
         assert c.execute(f"select count(*) from {part}").fetchone() == (5,)
         assert c.execute(
             "select count(*) from embeddings_default where space_id = %s", (space.id,)
@@ -103,9 +103,9 @@ def test_an_index_build_of_one_space_does_not_block_a_publish_of_another(
     out: dict[str, Any] = {}
     with psycopg.connect(url) as builder:
         # what `embcat index build` of the first space holds while it builds
-        spaces.merge_lock(builder, exclusive=False)
-        spaces.merge_lock(builder, first.space_id, exclusive=True)
-        builder.execute(f"lock table {spaces.partition_name(first.space_id)} in share mode")
+        partitions.merge_lock(builder, exclusive=False)
+        partitions.merge_lock(builder, first.space_id, exclusive=True)
+        builder.execute(f"lock table {partitions.partition_name(first.space_id)} in share mode")
 
         def work() -> None:
             try:
@@ -153,6 +153,6 @@ def test_two_publishes_of_one_new_space_share_its_partition(
     sid = out[0]["result"].space_id
     assert out[1]["result"].space_id == sid
     with psycopg.connect(db_settings.database_url) as c:
-        part = spaces.partition_name(sid)
+        part = partitions.partition_name(sid)
         assert c.execute(f"select count(*) from {part}").fetchone() == (60,)
-        assert spaces.has_partition(c, sid)
+        assert partitions.has_partition(c, sid)

@@ -31,7 +31,7 @@ from psycopg import sql
 from shardgen import write_run
 from testdb import create_database, drop_database
 
-from embcat.catalog import shard_layout, shards, spaces
+from embcat.catalog import partitions, shard_layout, shards, space_index, spaces
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.publish import publish
 from embcat.catalog.search import cql2_to_sql
@@ -151,10 +151,10 @@ def test_the_rows_live_on_the_shards(pair: Pair, shard_urls: list[str]) -> None:
             for kind, sid in pair.spaces.items():
                 names = {r[0] for r in c.execute(
                     "select indexname from pg_indexes where tablename = %s",
-                    (spaces.partition_name(sid),),
+                    (partitions.partition_name(sid),),
                 ).fetchall()}  # fmt: skip
                 assert spaces.index_name(sid, kind) in names
-                assert f"{spaces.partition_name(sid)}_pkey" in names
+                assert f"{partitions.partition_name(sid)}_pkey" in names
     with psycopg.connect(pair.sharded) as c:
         assert c.execute(
             "select count(*) from embeddings where space_id = %s", (pair.spaces["ivfflat-bit"],)
@@ -257,9 +257,9 @@ def test_similarity_forwards_the_session_settings(pair: Pair) -> None:
 def test_changing_the_index_of_a_sharded_space_is_refused(pair: Pair) -> None:
     with psycopg.connect(pair.sharded) as c:
         space = spaces.get_space(c, pair.spaces["hnsw-halfvec"])
-        assert not spaces.ensure_index(c, space)
+        assert not space_index.ensure_index(c, space)
         with pytest.raises(InvalidInput, match="placed on shards"):
-            spaces.ensure_index(c, space, kind="ivfflat-bit")
+            space_index.ensure_index(c, space, kind="ivfflat-bit")
 
 
 def test_deleting_items_deletes_their_sharded_vectors(pair: Pair, tmp_path: Path) -> None:
@@ -382,7 +382,7 @@ def test_publish_into_a_sharded_space_writes_through(pair: Pair, tmp_path: Path)
         kinds = c.execute(  # the space's partition: foreign tables only, no local rows
             "select c.relkind from pg_inherits h join pg_class c on c.oid = h.inhrelid"
             " where h.inhparent = %s::regclass",
-            (spaces.partition_name(pair.spaces["ivfflat-bit"]),),
+            (partitions.partition_name(pair.spaces["ivfflat-bit"]),),
         ).fetchall()
         assert kinds == [("f",)] * N_SHARDS
     clause = {"item": {"collection": "shard-more", "id": "more-00000003"}}
