@@ -13,7 +13,6 @@ by ``EMBCAT_SIMILARITY_MAX_K``. The item searched by is left out of its own resu
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -30,7 +29,8 @@ from embcat.api.db import connection
 from embcat.api.responses import GeoJSONDocument
 from embcat.catalog import stac as stacrows
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.search import TRUE, SearchQuery, apply_fields, spatial_filter, where_clause
+from embcat.catalog.filters import Filter
+from embcat.catalog.search import SearchQuery, apply_fields
 from embcat.catalog.similarity import (
     Hit,
     SimilaritySettings,
@@ -138,21 +138,18 @@ def _search(
 ) -> list[dict[str, Any]]:
     if search.sortby:
         raise InvalidInput("sortby cannot be combined with similarity: results are ranked")
-    # The collections and the spatial filter apply to the embedding rows themselves (they
-    # carry the collection and the item's geometry); only the other filters join items.
-    area = spatial_filter(search)
-    rest = where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    # The filter renders the parts the embedding rows answer themselves; only the rest
+    # joins items (catalog.filters).
+    flt = Filter.from_search(search)
     with connection(request) as conn:
         hits = similar(
             conn,
             spec,
-            None if rest is TRUE else rest,
+            flt,
             search.limit,
             offset,
-            collections=search.collections,
             settings=similarity_settings(request),
             item_columns=stacrows.ITEM_COLUMNS,
-            area=area,
         )
     return _features(hits, search, base)
 

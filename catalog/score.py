@@ -45,7 +45,8 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embcat.catalog.errors import InvalidInput, translated
-from embcat.catalog.search import TRUE, SearchQuery, spatial_filter, where_clause
+from embcat.catalog.filters import Filter
+from embcat.catalog.search import SearchQuery
 from embcat.catalog.similarity import (
     _SPACES_SQL,
     ItemRef,
@@ -252,8 +253,7 @@ def fit(
         raise InvalidInput(f"at most {settings.max_examples} examples are allowed")
     search = req.search(collection_id)
     # Compose the filters now: a bad filter is a 400 before anything streams.
-    spatial_filter(search)
-    where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    Filter.from_search(search)
     with translated():
         _vector_adapters(conn)
         space = _space_of([collection_id], conn.execute(_SPACES_SQL, ([collection_id],)).fetchall())
@@ -408,19 +408,19 @@ def score_query(
         spread=sql.Literal(model.spread),
     )
     search = req.search(model.collection_id)
-    area = spatial_filter(search)
-    rest = where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    # The collection (the model's own) and the rows' own columns on embeddings e; the
+    # rest of the filter joins items (catalog.filters).
+    rows = replace(Filter.from_search(search), collections=()).for_embeddings()
     conditions: list[sql.Composable] = [
         sql.SQL("e.space_id = {}").format(sql.Literal(space.id)),
         sql.SQL("e.collection_id = {}").format(sql.Literal(model.collection_id)),
+        *rows.conditions,
     ]
-    if area is not None:
-        conditions.append(sql.SQL("ST_Intersects(e.geometry, {})").format(area))
-    if rest is not TRUE:
-        conditions.append(sql.SQL("({})").format(rest))
+    if rows.rest is not None:
+        conditions.append(sql.SQL("({})").format(rows.rest))
     source = (
         "embeddings e"
-        if rest is TRUE
+        if rows.rest is None
         else "embeddings e join items i on i.collection_id = e.collection_id and i.id = e.item_id"
     )
     inner = sql.SQL(

@@ -36,6 +36,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from embcat.catalog.errors import InvalidInput, translated
+from embcat.catalog.filters import ITEMS, Filter, interval_clause
 from embcat.catalog.geometry import check_geometry, geojson_text
 from embcat.catalog.stac import ITEM_COLUMNS, item_to_stac
 
@@ -163,20 +164,7 @@ def _ts(value: datetime | None, open_end: str) -> sql.Composable:
 
 def datetime_clause(value: str) -> sql.Composable:
     """Items whose datetime (or start/end range) intersects the instant or interval."""
-    start, end = parse_interval(value)
-    parts_dt: list[sql.Composable] = []
-    if start is not None:
-        parts_dt.append(sql.SQL("i.datetime >= {}").format(_ts(start, "-infinity")))
-    if end is not None:
-        parts_dt.append(sql.SQL("i.datetime <= {}").format(_ts(end, "infinity")))
-    parts_range: list[sql.Composable] = [sql.SQL("i.datetime IS NULL")]
-    if end is not None:
-        parts_range.append(sql.SQL("i.start_datetime <= {}").format(_ts(end, "infinity")))
-    if start is not None:
-        parts_range.append(sql.SQL("i.end_datetime >= {}").format(_ts(start, "-infinity")))
-    return sql.SQL("(({}) OR ({}))").format(
-        sql.SQL(" AND ").join(parts_dt), sql.SQL(" AND ").join(parts_range)
-    )
+    return interval_clause(parse_interval(value), ITEMS)
 
 
 # --------------------------------------------------------------------------- CQL2
@@ -678,32 +666,9 @@ def spatial_filter(q: SearchQuery) -> sql.Composable | None:
 
 
 def where_clause(q: SearchQuery) -> sql.Composable:
-    """Every filter of ``q`` as one boolean SQL expression over ``items i``."""
-    parts: list[sql.Composable] = []
-    if q.collections:
-        parts.append(
-            sql.SQL("i.collection_id = ANY({}::text[])").format(sql.Literal(list(q.collections)))
-        )
-    if q.ids:
-        parts.append(sql.SQL("i.id = ANY({}::text[])").format(sql.Literal(list(q.ids))))
-    check_depth(q.query, "query")
-    area = spatial_filter(q)
-    if area is not None:
-        parts.append(sql.SQL("ST_Intersects(i.geometry, {})").format(area))
-    if q.datetime:
-        parts.append(datetime_clause(q.datetime))
-    if q.filter is not None and q.filter != "":
-        lang = q.filter_lang
-        if lang not in (None, "cql2-json", "cql2-text"):
-            raise InvalidInput(f"unsupported filter-lang {lang!r}")
-        parts.append(cql2_to_sql(normalise_filter(q.filter, lang)))
-    if q.query:
-        parts.append(cql2_to_sql(query_to_cql2(q.query)))
-    if q.q:
-        parts.append(free_text_clause(q.q))
-    if not parts:
-        return TRUE
-    return sql.SQL(" AND ").join(parts)
+    """Every filter of ``q`` as one boolean SQL expression over ``items i``
+    (``catalog.filters.Filter``: built and rendered for the items table)."""
+    return Filter.from_search(q).for_items()
 
 
 # --------------------------------------------------------------------------- sorting / paging

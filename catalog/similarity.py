@@ -73,6 +73,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog import metrics
 from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.filters import Filter, RowFilter
 from embcat.catalog.spaces import Space, space_table
 
 IterativeScan = Literal["strict_order", "relaxed_order"]
@@ -616,7 +617,7 @@ def _explain_rows(conn: psycopg.Connection, union: sql.Composed, count: int) -> 
 def similar(
     conn: psycopg.Connection,
     spec: SimilaritySpec,
-    where: sql.Composable | None,
+    where: Filter | sql.Composable | None,
     limit: int,
     offset: int = 0,
     *,
@@ -625,12 +626,14 @@ def similar(
     item_columns: sql.Composable | None = None,
     area: sql.Composable | None = None,
 ) -> list[Hit]:
-    """Items most similar to the clause among those matching ``where`` (over ``items i``)
-    and intersecting ``area``.
+    """Items most similar to the clause among those matching ``where``.
 
-    ``area``: a geometry expression (EPSG:4326, e.g. ``catalog.search.spatial_filter``),
-    tested against the embedding rows' own copy of the item geometry, so that a spatial
-    filter needs no join to ``items``; give the other filters as ``where`` (None: none).
+    ``where``: a ``catalog.filters.Filter`` (the search's filters: it renders the parts
+    the embedding rows answer themselves on ``embeddings e`` and joins ``items`` only for
+    the rest; its collections also scope the search), or a boolean over ``items i``
+    (None: no filter) together with ``collections`` and ``area``: a geometry expression
+    (EPSG:4326, e.g. ``catalog.search.spatial_filter``) tested against the embedding
+    rows' own copy of the item geometry.
     ``item_columns``: a SELECT list over ``items i`` read in the same query for each hit
     (``Hit.item``, a dict by column name), e.g. ``catalog.stac.ITEM_COLUMNS``.
     """
@@ -650,7 +653,7 @@ def similar(
 def similar_with_plan(
     conn: psycopg.Connection,
     spec: SimilaritySpec,
-    where: sql.Composable | None,
+    where: Filter | sql.Composable | None,
     limit: int,
     offset: int = 0,
     *,
@@ -661,6 +664,9 @@ def similar_with_plan(
 ) -> tuple[list[Hit], Plan]:
     """``similar``, also returning how the query ran."""
     settings = settings or SimilaritySettings()
+    rows_filter = _rows_filter(where, collections, area)
+    if isinstance(where, Filter):
+        collections = list(where.collections) or collections
     if limit < 1 or offset < 0:
         raise InvalidInput("limit must be >= 1 and the offset >= 0")
     if offset + limit > settings.max_k:
@@ -680,14 +686,14 @@ def similar_with_plan(
             # SET LOCAL needs a transaction block: an explicit one.
             with conn.transaction():
                 hits, plan = _similar(
-                    conn, spec, where, limit, offset, collections, settings, item_columns, area
+                    conn, spec, rows_filter, limit, offset, collections, settings, item_columns
                 )
         elif conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             # A transaction of our own: its settings (SET LOCAL) end with it. Begun
             # implicitly by the first statements, so BEGIN travels with them.
             try:
                 hits, plan = _similar(
-                    conn, spec, where, limit, offset, collections, settings, item_columns, area
+                    conn, spec, rows_filter, limit, offset, collections, settings, item_columns
                 )
             except BaseException:
                 conn.rollback()
@@ -697,23 +703,42 @@ def similar_with_plan(
             # The caller's transaction: a savepoint, and the settings put back afterwards.
             with conn.transaction():
                 hits, plan = _similar(
-                    conn, spec, where, limit, offset, collections, settings, item_columns,
-                    area, restore=True,
+                    conn, spec, rows_filter, limit, offset, collections, settings,
+                    item_columns, restore=True,
                 )  # fmt: skip
     metrics.observe_similarity(time.perf_counter() - started, plan.strategy)
     return hits, plan
 
 
+def _rows_filter(
+    where: Filter | sql.Composable | None,
+    collections: Sequence[str] | None,
+    area: sql.Composable | None,
+) -> RowFilter:
+    """``similar``'s filter arguments as one RowFilter over ``embeddings e``."""
+    if isinstance(where, Filter):
+        if collections or area is not None:
+            raise ValueError("give collections and area in the Filter, not beside it")
+        return where.for_embeddings()
+    conditions: list[sql.Composable] = []
+    if collections:
+        conditions.append(
+            sql.SQL("e.collection_id = any({})").format(sql.Literal(list(collections)))
+        )
+    if area is not None:
+        conditions.append(sql.SQL("ST_Intersects(e.geometry, {})").format(area))
+    return RowFilter(tuple(conditions), where)
+
+
 def _similar(
     conn: psycopg.Connection,
     spec: SimilaritySpec,
-    where: sql.Composable | None,
+    rows_filter: RowFilter,
     limit: int,
     offset: int,
     collections: Sequence[str] | None,
     settings: SimilaritySettings,
     item_columns: sql.Composable | None,
-    area: sql.Composable | None,
     *,
     restore: bool = False,
 ) -> tuple[list[Hit], Plan]:
@@ -755,8 +780,8 @@ def _similar(
         found = vector_cur.fetchone() if vector_cur is not None else None
         q, op, indexable = query_vector(conn, spec, space, settings, item_vector=_stored(found))
         hits, strategy, estimate = _rank(
-            conn, spec, space, q, op, indexable, where, wanted, collections, settings,
-            item_columns, area, stats_cur.fetchone(),
+            conn, spec, space, q, op, indexable, rows_filter, wanted, settings,
+            item_columns, stats_cur.fetchone(),
         )  # fmt: skip
     finally:
         if restore:
@@ -771,28 +796,24 @@ def _rank(
     q: np.ndarray,
     op: str,
     indexable: bool,
-    where: sql.Composable | None,
+    rows_filter: RowFilter,
     wanted: int,
-    collections: Sequence[str] | None,
     settings: SimilaritySettings,
     item_columns: sql.Composable | None,
-    area: sql.Composable | None = None,
     stats: tuple[Any, ...] | None = None,
 ) -> tuple[list[Hit], Literal["exact", "index"], float]:
     """The ``wanted`` best hits, the strategy that found them and the filtered estimate."""
     vec = sql.SQL(space.vector_sql("e"))
     qv = sql.SQL("%(q)s::{}").format(sql.SQL(space.sql_type))
     distance = sql.SQL("{vec} {op} {q}").format(vec=vec, op=sql.SQL(op), q=qv)
-    conditions: list[sql.Composable] = [sql.SQL("e.space_id = {}").format(sql.Literal(space.id))]
-    if collections:
-        conditions.append(
-            sql.SQL("e.collection_id = any({})").format(sql.Literal(list(collections)))
-        )
-    if area is not None:
-        # On the embedding row's copy of the geometry (migration 0007): checked on the
-        # tuple the index scan already holds, and served by embeddings_geometry_idx for
-        # the exact strategy.
-        conditions.append(sql.SQL("ST_Intersects(e.geometry, {})").format(area))
+    # The parts of the filter the embedding rows answer themselves (collection, item id,
+    # their copy of the item geometry, migration 0007): checked on the tuple the index
+    # scan already holds, served by the rows' own indexes in the exact strategy.
+    conditions: list[sql.Composable] = [
+        sql.SQL("e.space_id = {}").format(sql.Literal(space.id)),
+        *rows_filter.conditions,
+    ]
+    where = rows_filter.rest
     if where is not None:
         conditions.append(sql.SQL("({})").format(where))
     # Without a filter on items the join is not needed (every vector has its item): the
@@ -843,9 +864,7 @@ def _rank(
         # Excluding the few example items is no filter: only a where clause or a
         # collection list can make the candidates a small fraction of the space. Both
         # estimates come from one EXPLAIN (a UNION ALL of the two counts' plans).
-        compare = settings.exact_fraction > 0 and (
-            where is not None or area is not None or bool(collections)
-        )
+        compare = settings.exact_fraction > 0 and not rows_filter.empty
         queries = [sql.SQL("select 1 {}").format(filtered)]
         if compare:
             queries.append(
