@@ -121,9 +121,9 @@ class Filter:
             conditions.append(_any(f"{ROWS}.item_id", self.ids))
         if self.area is not None:
             conditions.append(_intersects(ROWS, self.area))
+        if self.interval is not None:
+            conditions.append(interval_clause(self.interval, ROWS))
         rest = self._item_only()
-        if self.interval is not None:  # joins items until the rows carry the datetime
-            rest.insert(0, interval_clause(self.interval, ITEMS))
         return RowFilter(tuple(conditions), sql.SQL(" AND ").join(rest) if rest else None)
 
     def _item_only(self) -> list[sql.Composable]:

@@ -37,8 +37,10 @@ HNSW index applies.
 Filters: ``area`` (a geometry: the search's bbox or intersects) is tested on the
 embedding rows' own copy of the item geometry (``embeddings.geometry``, migration 0007),
 so that a spatial filter costs no join: the index scan checks it on the tuple it already
-holds, and the exact strategy reads ``embeddings`` through its GiST index. Only ``where``
-(any other filter, over ``items i``) joins the items.
+holds, and the exact strategy reads ``embeddings`` through its GiST index. A datetime
+window likewise runs on the rows' copy of the item's times (migration 0026) through their
+``(datetime)`` index. A ``catalog.filters.Filter`` renders those parts on ``embeddings e``;
+only the rest (CQL2 ``filter``, ``query``, ``q``: the item's properties) joins the items.
 
 Query strategy: the filtered row count F is estimated with ``EXPLAIN`` (remembered for a
 minute per filter while the tables' sizes and row counts stay the same). When F is below
