@@ -47,6 +47,8 @@ PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,255}$")
 MAX_JSON_DEPTH = 100  # objects + arrays: a CQL2 ``not`` level is two, a polygon six
 MAX_TEXT_DEPTH = 50  # parentheses (and ``NOT``s) in CQL2 text
 _NOT_TOKEN = re.compile(r"\bnot\b", re.IGNORECASE)
+# The one message of a bbox that is not 4 or 6 numbers, whatever route it came by.
+BBOX_MESSAGE = "bbox must be 4 or 6 numbers (minx,miny,maxx,maxy or with min/max z), got {!r}"
 TRUE = sql.SQL("TRUE")
 FALSE = sql.SQL("FALSE")
 
@@ -133,11 +135,11 @@ def bbox_literal(bbox: Sequence[Any]) -> sql.Composable:
     try:
         values = [float(v) for v in bbox]
     except (TypeError, ValueError):
-        raise InvalidInput(f"bbox must be numbers, got {bbox!r}") from None
+        raise InvalidInput(BBOX_MESSAGE.format(bbox)) from None
     if len(values) == 6:
         values = [values[0], values[1], values[3], values[4]]
     if len(values) != 4:
-        raise InvalidInput("bbox must have 4 or 6 numbers")
+        raise InvalidInput(BBOX_MESSAGE.format(bbox))
     minx, miny, maxx, maxy = values
     if not all(math.isfinite(v) for v in values):
         raise InvalidInput(f"bbox {bbox!r}: numbers must be finite")
