@@ -25,6 +25,15 @@ from typing import Any
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput
+from embcat.catalog.search_cql2 import cql2_to_sql, normalise_filter
+from embcat.catalog.search_text import free_text_clause, query_to_cql2
+from embcat.catalog.search_values import (
+    TRUE,
+    check_depth,
+    parse_interval,
+    spatial_filter,
+    ts_literal,
+)
 
 ITEMS = "i"  # the alias of ``items`` in every rendered filter
 ROWS = "e"  # the alias of ``embeddings``
@@ -63,14 +72,6 @@ class Filter:
 
         Checked in the order item search always checked them, so the first problem
         reported stays the same."""
-        from embcat.catalog.search import (
-            check_depth,
-            normalise_filter,
-            parse_interval,
-            query_to_cql2,
-            spatial_filter,
-        )
-
         check_depth(q.query, "query")
         area = spatial_filter(q)
         interval = parse_interval(q.datetime) if q.datetime else None
@@ -96,8 +97,6 @@ class Filter:
 
     def for_items(self) -> sql.Composable:
         """Every filter as one boolean expression over ``items i`` (TRUE when none)."""
-        from embcat.catalog.search import TRUE
-
         parts: list[sql.Composable] = []
         if self.collections:
             parts.append(_any(f"{ITEMS}.collection_id", self.collections))
@@ -128,8 +127,6 @@ class Filter:
 
     def _item_only(self) -> list[sql.Composable]:
         """The parts only ``items i`` can answer (properties): filter, query, q."""
-        from embcat.catalog.search import cql2_to_sql, free_text_clause
-
         parts: list[sql.Composable] = []
         if self.expression is not None:
             parts.append(cql2_to_sql(self.expression))
@@ -148,9 +145,9 @@ def _intersects(alias: str, area: sql.Composable) -> sql.Composable:
     return sql.SQL("ST_Intersects({}.geometry, {})").format(sql.SQL(alias), area)
 
 
-def _ts(value: datetime | None, open_end: str) -> sql.Composable:
-    text = open_end if value is None else value.isoformat()
-    return sql.SQL("{}::timestamptz").format(sql.Literal(text))
+def datetime_clause(value: str) -> sql.Composable:
+    """Items whose datetime (or start/end range) intersects the instant or interval."""
+    return interval_clause(parse_interval(value), ITEMS)
 
 
 def interval_clause(
@@ -160,19 +157,28 @@ def interval_clause(
     over ``alias`` (items and embedding rows carry the same three columns)."""
     start, end = interval
     a = sql.SQL(alias)
+    lo, hi = ts_literal(start, "-infinity"), ts_literal(end, "infinity")
     parts_dt: list[sql.Composable] = []
     if start is not None:
-        parts_dt.append(sql.SQL("{}.datetime >= {}").format(a, _ts(start, "-infinity")))
+        parts_dt.append(sql.SQL("{}.datetime >= {}").format(a, lo))
     if end is not None:
-        parts_dt.append(sql.SQL("{}.datetime <= {}").format(a, _ts(end, "infinity")))
+        parts_dt.append(sql.SQL("{}.datetime <= {}").format(a, hi))
     parts_range: list[sql.Composable] = [sql.SQL("{}.datetime IS NULL").format(a)]
     if end is not None:
-        parts_range.append(sql.SQL("{}.start_datetime <= {}").format(a, _ts(end, "infinity")))
+        parts_range.append(sql.SQL("{}.start_datetime <= {}").format(a, hi))
     if start is not None:
-        parts_range.append(sql.SQL("{}.end_datetime >= {}").format(a, _ts(start, "-infinity")))
+        parts_range.append(sql.SQL("{}.end_datetime >= {}").format(a, lo))
     return sql.SQL("(({}) OR ({}))").format(
         sql.SQL(" AND ").join(parts_dt), sql.SQL(" AND ").join(parts_range)
     )
 
 
-__all__ = ["FILTER_LANGS", "ITEMS", "ROWS", "Filter", "RowFilter", "interval_clause"]
+__all__ = [
+    "FILTER_LANGS",
+    "ITEMS",
+    "ROWS",
+    "Filter",
+    "RowFilter",
+    "datetime_clause",
+    "interval_clause",
+]
