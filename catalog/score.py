@@ -47,18 +47,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.filters import Filter
 from embcat.catalog.search import SearchQuery
-from embcat.catalog.similarity import (
-    _SPACES_SQL,
-    ItemRef,
-    SimilaritySettings,
-    SimilaritySpec,
-    _fetch_vectors,
-    _space_of,
-    _unit,
-    _vector_adapters,
-    linear_direction,
-    query_vector,
-)
+from embcat.catalog.similarity import _SPACES_SQL, _space_of
+from embcat.catalog.similarity_fewshot import _fetch_vectors, _unit, linear_direction, query_vector
+from embcat.catalog.similarity_session import _vector_adapters
+from embcat.catalog.similarity_settings import SimilaritySettings
+from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
 from embcat.catalog.spaces import Space, space_table
 from embcat.encoders.thumbnails import png_bytes
 
