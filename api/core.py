@@ -6,23 +6,20 @@ sync psycopg connections from ``api.db``. All SQL lives in catalog/ (search.py, 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
 import attr
 from fastapi import Request
 from pydantic import field_validator, model_validator
-from stac_fastapi.extensions.filter.client import AsyncBaseFiltersClient
-from stac_fastapi.extensions.sort.client import AsyncBaseSortablesClient
 from stac_fastapi.types.core import AsyncBaseCoreClient
-from stac_fastapi.types.requests import get_base_url
 from stac_fastapi.types.search import BaseSearchPostRequest
 from starlette.concurrency import run_in_threadpool
 
 from embcat.api.auth import read_limit, scoped_collections
 from embcat.api.db import base_url as request_base_url
 from embcat.api.db import connection
+from embcat.api.queryables import FiltersClient, SortablesClient  # re-exported for api.app
 from embcat.api.responses import GeoJSONDocument
 from embcat.catalog import stac as stacrows
 from embcat.catalog.errors import InvalidInput
@@ -37,8 +34,16 @@ from embcat.catalog.search import (
     estimate_matched,
     json_depth,
     parse_interval,
-    queryables,
     search_items,
+)
+from embcat.catalog.search_links import page_links
+from embcat.catalog.search_request import (
+    parse_bbox,
+    parse_datetime,
+    parse_fields,
+    parse_filter,
+    parse_json,
+    parse_sortby,
 )
 
 GEOJSON = "application/geo+json"
@@ -56,45 +61,6 @@ def _limit(request: Request, limit: int | None) -> int:
     if limit < 1:
         raise InvalidInput("limit must be at least 1")
     return min(int(limit), int(settings.max_limit))
-
-
-def _sortby_get(values: list[str] | None) -> list[dict[str, str]] | None:
-    if not values:
-        return None
-    out = []
-    for raw in values:
-        raw = raw.strip()
-        if not raw:
-            continue
-        direction = "desc" if raw.startswith("-") else "asc"
-        out.append({"field": raw.lstrip("+-").strip(), "direction": direction})
-    return out or None
-
-
-def _sortby_post(values: Any) -> list[dict[str, str]] | None:
-    if not values:
-        return None
-    out = []
-    for v in values:
-        if isinstance(v, dict):
-            out.append({"field": v["field"], "direction": str(v.get("direction", "asc"))})
-        else:
-            direction = getattr(v.direction, "value", v.direction)
-            out.append({"field": v.field, "direction": str(direction)})
-    return out
-
-
-def _fields_get(values: list[str] | None) -> dict[str, list[str]] | None:
-    if not values:
-        return None
-    include, exclude = [], []
-    for raw in values:
-        raw = raw.strip()
-        if raw.startswith("-"):
-            exclude.append(raw[1:])
-        elif raw:
-            include.append(raw.lstrip("+"))
-    return {"include": include, "exclude": exclude}
 
 
 def _fields_post(value: Any) -> dict[str, Any] | None:
@@ -127,60 +93,10 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _json_param(name: str, value: Any) -> Any:
-    if value is None or isinstance(value, dict):
-        check_depth(value, name)
-        return value
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: "[[[[..." thousands deep
-        raise InvalidInput(f"{name} must be JSON") from None
-    check_depth(parsed, name)
-    return parsed
-
-
-def _datetime_param(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    # stac-pydantic may hand over parsed datetimes or an interval tuple
-    if isinstance(value, tuple | list):
-        parts = [v.isoformat() if hasattr(v, "isoformat") else ".." for v in value]
-        return "/".join(parts)
-    return str(value.isoformat())
-
-
-def _search_link(base: str, path: str, params: dict[str, Any], token: str) -> str:
-    query = {k: v for k, v in params.items() if v is not None and k != "token"}
-    query["token"] = token
-    return f"{base}{path}?{urlencode(query, doseq=False)}"
-
-
-def _page_links_get(
-    request: Request, page: SearchPage, base: str, path: str
-) -> list[dict[str, Any]]:
-    params = dict(request.query_params)
-    links = []
-    if page.next_token:
-        links.append(
-            {
-                "rel": "next",
-                "type": GEOJSON,
-                "method": "GET",
-                "href": _search_link(base, path, params, page.next_token),
-            }
-        )
-    if page.prev_token:
-        links.append(
-            {
-                "rel": "prev",
-                "type": GEOJSON,
-                "method": "GET",
-                "href": _search_link(base, path, params, page.prev_token),
-            }
-        )
-    return links
+def _page_links(request: Request, page: SearchPage, base: str, path: str) -> list[dict[str, Any]]:
+    """The next / prev links of a GET search page (catalog.search_links)."""
+    pages = [("next", page.next_token), ("prev", page.prev_token)]
+    return page_links(base, path, pages, params=dict(request.query_params))
 
 
 def _item_collection(
@@ -215,19 +131,21 @@ def _get_query(
     ids: list[str] | None = None,
     intersects: Any = None,
 ) -> SearchQuery:
-    """The SearchQuery of a GET request (/search and /collections/{id}/items)."""
+    """The SearchQuery of a GET request (/search and /collections/{id}/items), through the
+    one parser of search parameters (catalog.search_request)."""
+    flt, lang = parse_filter(kwargs.get("filter_expr"), kwargs.get("filter_lang"))
     return SearchQuery(
         collections=collections,
         ids=ids,
-        bbox=bbox,
-        intersects=intersects,
-        datetime=_datetime_param(datetime),
-        filter=kwargs.get("filter_expr"),
-        filter_lang=kwargs.get("filter_lang"),
-        query=_json_param("query", kwargs.get("query")),
+        bbox=parse_bbox(bbox),
+        intersects=parse_json("intersects", intersects),
+        datetime=parse_datetime(datetime),
+        filter=flt,
+        filter_lang=lang,
+        query=parse_json("query", kwargs.get("query")),
         q=kwargs.get("q"),
-        sortby=_sortby_get(kwargs.get("sortby")),
-        fields=_fields_get(kwargs.get("fields")),
+        sortby=parse_sortby(kwargs.get("sortby")),
+        fields=parse_fields(kwargs.get("fields")),
         limit=_limit(request, limit),
         token=token,
     )
@@ -344,7 +262,7 @@ class CoreClient(AsyncBaseCoreClient):
         collections = _filter_collections(
             collections,
             bbox=kwargs.get("bbox"),
-            datetime=_datetime_param(kwargs.get("datetime")),
+            datetime=parse_datetime(kwargs.get("datetime")),
             q=kwargs.get("q"),
         )
         total = len(collections)
@@ -353,7 +271,7 @@ class CoreClient(AsyncBaseCoreClient):
         if offset < 0:
             raise InvalidInput("offset must be >= 0")
         page = collections[offset : offset + limit]
-        fields = _fields_get(kwargs.get("fields"))
+        fields = parse_fields(kwargs.get("fields"))
         if fields:
             page = [apply_fields(c, fields) for c in page]
         links: list[dict[str, Any]] = [
@@ -461,7 +379,7 @@ class CoreClient(AsyncBaseCoreClient):
                 "href": stacrows.collection_url(base, collection_id),
             },
             {"rel": "parent", "type": JSON, "href": stacrows.collection_url(base, collection_id)},
-            *_page_links_get(request, page, base, path),
+            *_page_links(request, page, base, path),
         ]
         return _item_collection(page.features, links, base, page)
 
@@ -479,13 +397,12 @@ class CoreClient(AsyncBaseCoreClient):
         base = request_base_url(request)
         search = _get_query(
             request, kwargs, collections=collections, ids=ids, bbox=bbox,
-            intersects=_json_param("intersects", intersects), datetime=datetime, limit=limit,
-            token=kwargs.get("token"),
+            intersects=intersects, datetime=datetime, limit=limit, token=kwargs.get("token"),
         )  # fmt: skip
         page = await run_in_threadpool(run_search, request, search)
         links = [
             {"rel": "self", "type": GEOJSON, "href": str(request.url)},
-            *_page_links_get(request, page, base, "/search"),
+            *_page_links(request, page, base, "/search"),
         ]
         return _item_collection(page.features, links, base, page)
 
@@ -501,18 +418,21 @@ class CoreClient(AsyncBaseCoreClient):
         body = search_request.model_dump(
             mode="json", by_alias=True, exclude_none=True, exclude_unset=True
         )
-        intersects = body.get("intersects")
+        flt, lang = parse_filter(
+            getattr(search_request, "filter_expr", None),
+            getattr(search_request, "filter_lang", None),
+        )
         search = SearchQuery(
             collections=search_request.collections,
             ids=search_request.ids,
-            bbox=search_request.bbox,
-            intersects=intersects,
-            datetime=_datetime_param(body.get("datetime")),
-            filter=getattr(search_request, "filter_expr", None),
-            filter_lang=getattr(search_request, "filter_lang", None),
+            bbox=parse_bbox(search_request.bbox),
+            intersects=body.get("intersects"),
+            datetime=parse_datetime(body.get("datetime")),
+            filter=flt,
+            filter_lang=lang,
             query=getattr(search_request, "query", None),
             q=getattr(search_request, "q", None),
-            sortby=_sortby_post(getattr(search_request, "sortby", None)),
+            sortby=parse_sortby(getattr(search_request, "sortby", None)),
             fields=(
                 _fields_post(search_request.fields)
                 if "fields" in search_request.model_fields_set
@@ -529,23 +449,14 @@ class CoreClient(AsyncBaseCoreClient):
 
             search.collections = scoped_collections(request, search.collections)
 
-            return await similarity_search(request, search, spec)
+            return await similarity_search(request, search, spec, body=body)
         page = await run_in_threadpool(run_search, request, search)
         links: list[dict[str, Any]] = [
-            {"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"}
+            {"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"},
+            *page_links(
+                base, "/search", [("next", page.next_token), ("prev", page.prev_token)], body=body
+            ),
         ]
-        for rel, token in (("next", page.next_token), ("prev", page.prev_token)):
-            if token:
-                links.append(
-                    {
-                        "rel": rel,
-                        "type": GEOJSON,
-                        "method": "POST",
-                        "href": f"{base}/search",
-                        "body": {**body, "token": token},
-                        "merge": False,
-                    }
-                )
         return _item_collection(page.features, links, base, page)
 
 
@@ -588,92 +499,4 @@ def _filter_collections(
     return out
 
 
-@attr.s
-class FiltersClient(AsyncBaseFiltersClient):
-    """Queryables derived from the data (property keys and JSON types of stored items)."""
-
-    async def get_queryables(
-        self, collection_id: str | None = None, **kwargs: Any
-    ) -> dict[str, Any]:
-        request: Request = kwargs["request"]
-        base = request_base_url(request)
-
-        def work() -> dict[str, Any]:
-            with connection(request) as conn:
-                if collection_id is not None:
-                    stacrows.get_collection_row(conn, collection_id)
-                return queryables(conn, collection_id)
-
-        props = await run_in_threadpool(work)
-        path = (
-            "/queryables"
-            if collection_id is None
-            else (f"/collections/{stacrows._q(collection_id)}/queryables")
-        )
-        return {
-            "$schema": "https://json-schema.org/draft/2019-09/schema",
-            "$id": base + path,
-            "type": "object",
-            "title": "Queryables" + (f" of {collection_id}" if collection_id else ""),
-            "properties": props,
-            "additionalProperties": True,
-        }
-
-
-SORTABLES = {
-    "id": {"title": "Item ID", "type": "string"},
-    "collection": {"title": "Collection ID", "type": "string"},
-    "datetime": {"title": "Acquisition time", "type": "string", "format": "date-time"},
-    "start_datetime": {"type": "string", "format": "date-time"},
-    "end_datetime": {"type": "string", "format": "date-time"},
-}
-
-
-@attr.s
-class SortablesClient(AsyncBaseSortablesClient):
-    """Sortables: the indexed columns plus the scalar properties found in the data."""
-
-    async def _sortables(self, request: Request, collection_id: str | None) -> dict[str, Any]:
-        base = get_base_url(request).rstrip("/")
-
-        def work() -> dict[str, Any]:
-            with connection(request) as conn:
-                if collection_id is not None:
-                    stacrows.get_collection_row(conn, collection_id)
-                return queryables(conn, collection_id)
-
-        props = await run_in_threadpool(work)
-        out = dict(SORTABLES)
-        for key, schema in props.items():
-            if key not in out and schema.get("type") in ("string", "number", "boolean"):
-                out[key] = schema
-        return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": f"{base}/sortables",
-            "type": "object",
-            "title": "Sortables",
-            "properties": out,
-            "additionalProperties": True,
-        }
-
-    async def get_sortables(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        return await self._sortables(kwargs["request"], None)
-
-    async def get_collection_sortables(  # type: ignore[override]
-        self, collection_id: str, **kwargs: Any
-    ) -> dict[str, Any]:
-        return await self._sortables(kwargs["request"], collection_id)
-
-    async def get_collections_sortables(  # type: ignore[override]
-        self, **kwargs: Any
-    ) -> dict[str, Any]:
-        request: Request = kwargs["request"]
-        base = get_base_url(request).rstrip("/")
-        return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": f"{base}/collections-sortables",
-            "type": "object",
-            "title": "Collection sortables",
-            "properties": {"id": {"type": "string"}},
-            "additionalProperties": True,
-        }
+__all__ = ["CoreClient", "FiltersClient", "SearchPostRequest", "SortablesClient", "run_search"]

@@ -12,10 +12,7 @@ by ``EMBCAT_SIMILARITY_MAX_K``. The item searched by is left out of its own resu
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import attr
 from fastapi import APIRouter, FastAPI, Path, Query, Request
@@ -30,7 +27,10 @@ from embcat.api.db import connection
 from embcat.api.responses import GeoJSONDocument
 from embcat.catalog import stac as stacrows
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.search import TRUE, SearchQuery, apply_fields, spatial_filter, where_clause
+from embcat.catalog.filters import Filter
+from embcat.catalog.search import SearchQuery, apply_fields
+from embcat.catalog.search_links import page_links
+from embcat.catalog.search_request import search_from_params
 from embcat.catalog.similarity import (
     Hit,
     SimilaritySettings,
@@ -134,21 +134,18 @@ def _search(
 ) -> list[dict[str, Any]]:
     if search.sortby:
         raise InvalidInput("sortby cannot be combined with similarity: results are ranked")
-    # The collections and the spatial filter apply to the embedding rows themselves (they
-    # carry the collection and the item's geometry); only the other filters join items.
-    area = spatial_filter(search)
-    rest = where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    # The filter renders the parts the embedding rows answer themselves; only the rest
+    # joins items (catalog.filters).
+    flt = Filter.from_search(search)
     with connection(request) as conn:
         hits = similar(
             conn,
             spec,
-            None if rest is TRUE else rest,
+            flt,
             search.limit,
             offset,
-            collections=search.collections,
             settings=similarity_settings(request),
             item_columns=stacrows.ITEM_COLUMNS,
-            area=area,
         )
     return _features(hits, search, base)
 
@@ -158,9 +155,11 @@ async def similarity_search(
     search: SearchQuery,
     spec: SimilaritySpec | dict[str, Any],
     *,
+    body: dict[str, Any] | None = None,
     get_path: str | None = None,
 ) -> GeoJSONDocument:
-    """A ranked ItemCollection for ``search`` + ``spec`` (POST links unless ``get_path``)."""
+    """A ranked ItemCollection for ``search`` + ``spec``: POST links echoing ``body`` (the
+    client's search body, as api.core serialised it once), or GET links to ``get_path``."""
     spec = parse_spec(spec)
     # Every collection the clause names (example items, a raw vector's space) is read too.
     check_read_collections(
@@ -173,32 +172,17 @@ async def similarity_search(
     features = await run_in_threadpool(_search, request, search, spec, offset, base)
     settings = similarity_settings(request)
     more = len(features) == search.limit and offset + 2 * search.limit <= settings.max_k
-    pages = []
-    if more:
-        pages.append(("next", offset + search.limit))
-    if offset > 0:
-        pages.append(("prev", max(offset - search.limit, 0)))
-    links: list[dict[str, Any]] = []
+    pages = [
+        ("next", f"{TOKEN_PREFIX}{offset + search.limit}" if more else None),
+        ("prev", f"{TOKEN_PREFIX}{max(offset - search.limit, 0)}" if offset > 0 else None),
+    ]
     if get_path is None:
-        body = await request.json()
-        links.append({"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"})
-        for rel, at in pages:
-            links.append(
-                {
-                    "rel": rel,
-                    "type": GEOJSON,
-                    "method": "POST",
-                    "href": f"{base}/search",
-                    "body": {**body, "token": f"{TOKEN_PREFIX}{at}"},
-                    "merge": False,
-                }
-            )
+        self_link = {"rel": "self", "type": GEOJSON, "href": f"{base}/search", "method": "POST"}
+        links = [self_link, *page_links(base, "/search", pages, body=body or {})]
     else:
-        links.append({"rel": "self", "type": GEOJSON, "href": str(request.url)})
-        params = {k: v for k, v in request.query_params.items() if k != "token"}
-        for rel, at in pages:
-            query = urlencode({**params, "token": f"{TOKEN_PREFIX}{at}"})
-            links.append({"rel": rel, "type": GEOJSON, "href": f"{base}{get_path}?{query}"})
+        self_link = {"rel": "self", "type": GEOJSON, "href": str(request.url)}
+        params = dict(request.query_params)
+        links = [self_link, *page_links(base, get_path, pages, params=params)]
     return GeoJSONDocument(
         {
             "type": "FeatureCollection",
@@ -207,38 +191,6 @@ async def similarity_search(
             "numberReturned": len(features),
         }
     )
-
-
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    return parts or None
-
-
-def _bbox(value: str | None) -> list[float] | None:
-    parts = _csv(value)
-    if parts is None:
-        return None
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        raise InvalidInput(f"bbox must be 4 or 6 comma-separated numbers, got {value!r}") from None
-    if len(numbers) not in (4, 6):
-        raise InvalidInput(f"bbox must be 4 or 6 comma-separated numbers, got {value!r}")
-    return numbers
-
-
-def _filter(value: str | None, lang: str | None) -> dict[str, Any] | str | None:
-    if value is None or value == "":
-        return None
-    if lang == "cql2-json" or (lang is None and value.lstrip().startswith("{")):
-        try:
-            parsed: dict[str, Any] = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"filter is not valid CQL2 JSON: {exc}") from None
-        return parsed
-    return value
 
 
 def similar_router() -> APIRouter:
@@ -289,14 +241,12 @@ def similar_router() -> APIRouter:
     ) -> GeoJSONDocument:
         app_settings = request.app.state.settings
         size = k or limit or int(app_settings.default_limit)
-        search = SearchQuery(
-            collections=_csv(collections) or [collection_id],
-            bbox=_bbox(bbox),
-            datetime=datetime,
-            filter=_filter(filter_, filter_lang),
-            filter_lang=filter_lang,
-            limit=min(size, int(app_settings.max_limit)),
-            token=token,
+        params = {
+            "collections": collections, "bbox": bbox, "datetime": datetime,
+            "filter": filter_, "filter-lang": filter_lang, "token": token,
+        }  # fmt: skip
+        search = search_from_params(
+            params, limit=min(size, int(app_settings.max_limit)), collections=[collection_id]
         )
         spec = parse_spec(
             {

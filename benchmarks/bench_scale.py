@@ -9,9 +9,10 @@ One run, one data set (``--data manifold``: tests/vectorgen.py's curved 32-d man
    builds the space's default index kind: publish seconds split into load and index;
 3. for each further kind: ``ensure_index(kind=...)`` (build s, index bytes per vector);
 4. per kind: 50 item queries through ``catalog.similarity.similar_with_plan`` (the API's
-   strategy, SQL path) and the STAC API (HTTP path), unfiltered, bbox 10 % / 1 % / 0.1 %
-   (as the API's area) and a datetime window of 1 %: p50 / p95 ms and recall@10 (mean,
-   worst query) against an exact numpy scan over the float16-rounded vectors, in chunks.
+   strategy, SQL path, with the API's filter object) and the STAC API (HTTP path),
+   unfiltered, bbox 10 % / 1 % / 0.1 % and a datetime window of 1 %: p50 / p95 ms and
+   recall@10 (mean, worst query) against an exact numpy scan over the float16-rounded
+   vectors, in chunks.
 
     nohup nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 1000000 \
         > benchmarks/results/bench_scale_1m.log 2>&1 &
@@ -48,7 +49,6 @@ import numpy as np
 import psycopg
 import pyarrow.parquet as pq
 import shapely
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
@@ -286,6 +286,8 @@ def run_queries(
     import httpx
     from pgvector.psycopg import register_vector
 
+    from embcat.catalog.filters import Filter
+    from embcat.catalog.search import SearchQuery
     from embcat.catalog.similarity import SimilaritySpec, similar_with_plan
 
     out = []
@@ -293,20 +295,21 @@ def run_queries(
     with psycopg.connect(url, autocommit=True) as c:
         register_vector(c)
         for fi, f in enumerate(flts):
-            area = where = None
             body: dict[str, Any] = {"collections": [CID], "limit": K}
             if "box" in f:
-                area = sql.SQL("st_makeenvelope({}, {}, {}, {}, 4326)").format(
-                    *map(sql.Literal, f["box"])
-                )
                 body["bbox"] = list(f["box"])
             if "day" in f:
                 lo = BASE_DAY + timedelta(days=f["day"])
                 hi = lo + timedelta(days=f["days"] - 1, hours=1)
-                where = sql.SQL("i.datetime >= {} and i.datetime < {}").format(
-                    sql.Literal(lo), sql.Literal(hi)
-                )
                 body["datetime"] = f"{lo.isoformat()}/{hi.isoformat()}".replace("+00:00", "Z")
+            # The API's filter (catalog.filters): bbox and datetime on the embedding rows.
+            where = Filter.from_search(
+                SearchQuery(
+                    collections=body["collections"],
+                    bbox=body.get("bbox"),
+                    datetime=body.get("datetime"),
+                )
+            )
             times, recalls, strategies = [], [], {}
             for qi, r in enumerate(rows):
                 item = {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
@@ -314,7 +317,7 @@ def run_queries(
                 for attempt in range(2):  # the first call warms the plan and the cache
                     t = time.perf_counter()
                     if path == "sql":
-                        hits, plan = similar_with_plan(c, spec, where, K, area=area)
+                        hits, plan = similar_with_plan(c, spec, where, K)
                         got = {h.item_id for h in hits}
                         strategy = plan.strategy
                     else:

@@ -208,7 +208,8 @@ def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") ->
         ).format(col=col),
     }[mode]
     return sql.SQL(
-        "INSERT INTO {table} AS embeddings (collection_id, item_id, space_id, geometry, {col})"
-        " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.embedding"
-        " FROM publish_staging s {conflict}"
+        "INSERT INTO {table} AS embeddings"
+        " (collection_id, item_id, space_id, geometry, datetime, {col})"
+        " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.datetime,"
+        " s.embedding FROM publish_staging s {conflict}"
     ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))

@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput, translated
+from embcat.catalog.filters import Filter
 from embcat.catalog.item_shape import rfc3339
 from embcat.catalog.partitions import space_table
 from embcat.catalog.score_model import (
@@ -65,20 +66,12 @@ from embcat.catalog.score_output import (
     png_text,
     render_png,
 )
-from embcat.catalog.search import TRUE, spatial_filter, where_clause
 from embcat.catalog.settings import defaults
-from embcat.catalog.similarity import (
-    _SPACES_SQL,
-    ItemRef,
-    SimilaritySettings,
-    SimilaritySpec,
-    _fetch_vectors,
-    _space_of,
-    _unit,
-    _vector_adapters,
-    linear_direction,
-    query_vector,
-)
+from embcat.catalog.similarity import _SPACES_SQL, _space_of
+from embcat.catalog.similarity_fewshot import _fetch_vectors, _unit, linear_direction, query_vector
+from embcat.catalog.similarity_session import _vector_adapters
+from embcat.catalog.similarity_settings import SimilaritySettings
+from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
 from embcat.catalog.spaces import Space
 
 
@@ -103,8 +96,7 @@ def fit(
         raise InvalidInput(f"at most {settings.max_examples} examples are allowed")
     search = req.search(collection_id)
     # Compose the filters now: a bad filter is a 400 before anything streams.
-    spatial_filter(search)
-    where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    Filter.from_search(search)
     with translated():
         _vector_adapters(conn)
         space = _space_of([collection_id], conn.execute(_SPACES_SQL, ([collection_id],)).fetchall())
@@ -259,19 +251,19 @@ def score_query(
         spread=sql.Literal(model.spread),
     )
     search = req.search(model.collection_id)
-    area = spatial_filter(search)
-    rest = where_clause(replace(search, collections=None, bbox=None, intersects=None))
+    # The collection (the model's own) and the rows' own columns on embeddings e; the
+    # rest of the filter joins items (catalog.filters).
+    rows = replace(Filter.from_search(search), collections=()).for_embeddings()
     conditions: list[sql.Composable] = [
         sql.SQL("e.space_id = {}").format(sql.Literal(space.id)),
         sql.SQL("e.collection_id = {}").format(sql.Literal(model.collection_id)),
+        *rows.conditions,
     ]
-    if area is not None:
-        conditions.append(sql.SQL("ST_Intersects(e.geometry, {})").format(area))
-    if rest is not TRUE:
-        conditions.append(sql.SQL("({})").format(rest))
+    if rows.rest is not None:
+        conditions.append(sql.SQL("({})").format(rows.rest))
     source = (
         "embeddings e"
-        if rest is TRUE
+        if rows.rest is None
         else "embeddings e join items i on i.collection_id = e.collection_id and i.id = e.item_id"
     )
     inner = sql.SQL(

@@ -13,10 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.search import SearchQuery
-from embcat.catalog.similarity import (
-    ItemRef,
-    _unit,
-)
+from embcat.catalog.similarity_fewshot import _unit
+from embcat.catalog.similarity_spec import ItemRef
 from embcat.catalog.spaces import Space
 
 MODEL_TYPE = "embcat:score-model"

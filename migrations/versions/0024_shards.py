@@ -24,14 +24,14 @@ The upgrade rebuilds each partition's primary key (one index build per space) an
 its foreign keys (one join each). The downgrade refuses while any space is sharded.
 
 Revision ID: 0024
-Revises: 0021
+Revises: 0026
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0024"
-down_revision = "0021"
+down_revision = "0026"
 branch_labels = None
 depends_on = None
 

@@ -211,3 +211,33 @@ def test_openapi_documents_the_clause_with_examples(live_server) -> None:
     assert "similarity" in examples["examples"]["by item"]["value"]
     assert "/collections/{collection_id}/items/{item_id}/similar" in doc["paths"]
     assert "SimilaritySpec" in doc["components"]["schemas"]
+
+
+def test_get_similar_and_get_search_refuse_a_bad_bbox_with_the_same_message(
+    live_server, coll
+) -> None:
+    cid = coll[0]
+    similar = httpx.get(
+        f"{live_server}/collections/{cid}/items/{item_ids(N)[QUERY]}/similar",
+        params={"bbox": "1,2,x"},
+        timeout=30,
+    )
+    items = httpx.post(f"{live_server}/search", json={"bbox": [1, 2, 3]}, timeout=30)
+    assert similar.status_code == 400, similar.text
+    assert "bbox must be 4 or 6 numbers" in similar.text
+    assert items.status_code == 400
+
+
+def test_post_similarity_next_link_echoes_the_client_body(live_server, coll) -> None:
+    cid = coll[0]
+    sent = {
+        "collections": [cid],
+        "limit": 2,
+        "similarity": {"item": {"collection": cid, "id": item_ids(N)[QUERY]}},
+    }
+    r = post(live_server, sent)
+    assert r.status_code == 200, r.text
+    (link,) = [link for link in r.json()["links"] if link["rel"] == "next"]
+    assert link["body"] == {**sent, "token": "sim:2"}
+    again = post(live_server, link["body"])
+    assert again.status_code == 200 and again.json()["numberReturned"] == 2
