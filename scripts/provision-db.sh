@@ -64,6 +64,16 @@ fi
 
 su_psql_port() { runuser -u postgres -- psql -p "$PORT" -XAtq -v ON_ERROR_STOP=1 "$@"; }
 
+# catalogue_cluster: "version name port status" of the catalogue's cluster: the one on
+# ${PORT}, else the first that is not one of scripts/provision-shards.sh's shard clusters
+# (pg_lsclusters sorts by name, so "embcat_shard1" comes before "main"); empty if none.
+catalogue_cluster() {
+  local line
+  line=$(pg_lsclusters -h | awk -v p="$PORT" '$3 == p {print; exit}')
+  [ -n "$line" ] || line=$(pg_lsclusters -h | awk '$2 !~ /^embcat_shard/ {print; exit}')
+  printf '%s\n' "$line"
+}
+
 # tune_cluster: Debian's defaults (shared_buffers 128MB, max_wal_size 1GB) make a bulk
 # publish evict dirty pages and flush WAL mid-load, and HNSW search read every page
 # through the OS cache. Set the usual sizing (shared_buffers a quarter of RAM, at most
@@ -72,7 +82,7 @@ su_psql_port() { runuser -u postgres -- psql -p "$PORT" -XAtq -v ON_ERROR_STOP=1
 tune_cluster() {
   [ "${EMBCAT_DB_TUNE:-1}" != 0 ] || { say "EMBCAT_DB_TUNE=0: server settings left alone"; return; }
   local mem_mb sb_mb ec_mb changed=0 name want have cver cname
-  read -r cver cname _ < <(pg_lsclusters -h | head -n1)
+  read -r cver cname _ < <(catalogue_cluster)
   mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
   sb_mb=$((mem_mb / 4)); [ "$sb_mb" -le 8192 ] || sb_mb=8192; [ "$sb_mb" -ge 128 ] || sb_mb=128
   ec_mb=$((mem_mb / 2)); [ "$ec_mb" -ge 512 ] || ec_mb=512
@@ -158,10 +168,10 @@ if ! vector_ok; then
   fi
 fi
 
-if ! pg_lsclusters -h | grep -q .; then
+if [ -z "$(catalogue_cluster)" ]; then
   say "creating cluster ${PGV}/main"; pg_createcluster "$PGV" main --port "$PORT" >/dev/null
 fi
-read -r cver cname cport cstatus _ < <(pg_lsclusters -h | head -n1)
+read -r cver cname cport cstatus _ < <(catalogue_cluster)
 if [ "$cstatus" != online ]; then
   say "starting cluster ${cver}/${cname}"
   pg_ctlcluster --skip-systemctl-redirect "$cver" "$cname" start

@@ -29,7 +29,7 @@ import pytest
 from helpers_server import start_server
 from psycopg import sql
 from shardgen import write_run
-from testdb import create_database, drop_database
+from testdb import BASE_URL, create_database, drop_database
 
 from embcat.catalog import partitions, shard_layout, shards, space_index, spaces
 from embcat.catalog.errors import InvalidInput
@@ -467,3 +467,24 @@ def test_a_sharded_mirror_follows_its_origin(
         for u in own:
             with psycopg.connect(_with_db(u, "postgres"), autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{urlsplit(u).path[1:]}" WITH (FORCE)')
+
+
+def test_provisioning_the_catalogue_ignores_the_shard_clusters(shard_urls: list[str]) -> None:
+    # pg_lsclusters lists "embcat_shard1" before "main": the catalogue's provisioning took
+    # the first cluster and refused ("listens on 5442, not 5432") once shards existed.
+    name = f"embcat_provtest_{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if k != "EMBCAT_DATABASE_URL"}
+    env.update(EMBCAT_DB_NAME=name, EMBCAT_DB_TUNE="0")
+    try:
+        done = subprocess.run(
+            [str(ROOT / "scripts/provision-db.sh")], env=env, capture_output=True, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"127.0.0.1:5432/{name}" in done.stdout
+    finally:
+        with psycopg.connect(_with_db(BASE_URL, "postgres"), autocommit=True) as c:
+            for db in (name, f"{name}_template"):
+                if c.execute("select 1 from pg_database where datname = %s", (db,)).fetchone():
+                    c.execute(f'ALTER DATABASE "{db}" IS_TEMPLATE false')
+                    c.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
