@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embcat.catalog.errors import Conflict
-from embcat.catalog.export import DATETIME_COLUMNS
+from embcat.catalog.exchange_format import DATETIME_COLUMNS, NESTED, json_texts
 from embcat.catalog.imagery import THUMBNAIL_ASSET
 from embcat.catalog.mirror_write import (
     _FIELDS,
@@ -84,10 +84,8 @@ def _json_value(col: pa.Array, kind: str) -> pa.Array:
         return _json_strings(col)
     if kind in ("int64", "float64", "bool"):
         return pc.cast(col, _S)
-    if kind == "list_string":
-        return pa.array(
-            [None if v is None else orjson.dumps(v).decode() for v in col.to_pylist()], _S
-        )
+    if kind in ("list_string", NESTED):
+        return json_texts(col)
     raise ValueError(f"unknown column kind {kind!r}")
 
 
