@@ -98,6 +98,10 @@ class ExportPlan:
     quantization: Quantization | None
     schema: pa.Schema
     details: ShapeDetails = field(default_factory=lambda: ShapeDetails())
+    # constant columns built once per batch length (catalog.export_rows)
+    constant_columns: dict[tuple[str, int], pa.Array] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
 
 @dataclass
