@@ -20,10 +20,14 @@ An export (catalog/export.py) writes, and a mirror (catalog/mirror*.py) reads:
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embcat.catalog.errors import InvalidInput
 
 FORMAT_VERSION = "1"
 META_KEY = b"embcat"
@@ -31,19 +35,21 @@ EMBEDDINGS_KEY = b"embeddings"
 GEO_KEY = b"geo"
 STAC_GEOPARQUET_KEY = b"stac-geoparquet"
 EMBEDDING_COLUMN = "embedding"
+ID_COLUMN, GEOMETRY_COLUMN, BBOX_COLUMN = "id", "geometry", "bbox"
+LINKS_COLUMN, ASSETS_COLUMN = "links", "assets"
 DATETIME_COLUMNS = ("datetime", "start_datetime", "end_datetime")
 ITEM_HEAD = (
     "type",
     "stac_version",
     "stac_extensions",
-    "id",
-    "geometry",
-    "bbox",
+    ID_COLUMN,
+    GEOMETRY_COLUMN,
+    BBOX_COLUMN,
     "collection",
-    "links",
+    LINKS_COLUMN,
 )
-MINIMAL_COLUMNS = ("id", "geometry", "datetime", EMBEDDING_COLUMN)
-RESERVED = {*ITEM_HEAD, "assets", EMBEDDING_COLUMN, *DATETIME_COLUMNS}
+MINIMAL_COLUMNS = (ID_COLUMN, GEOMETRY_COLUMN, "datetime", EMBEDDING_COLUMN)
+RESERVED = {*ITEM_HEAD, ASSETS_COLUMN, EMBEDDING_COLUMN, *DATETIME_COLUMNS}
 LINK_TYPE = pa.struct(
     [("rel", pa.string()), ("href", pa.string()), ("type", pa.string()), ("title", pa.string())]
 )
@@ -86,3 +92,11 @@ def python_value(value: Any, kind: str) -> Any:
     if value is not None and kind == "json":
         return orjson.loads(value)
     return value
+
+
+def read_metadata(source: Any) -> dict[str, Any]:
+    """The ``embcat`` metadata of an export file (path, file object or buffer)."""
+    meta = pq.read_schema(source).metadata or {}
+    if META_KEY not in meta:
+        raise InvalidInput("not an embcat export: the parquet file has no 'embcat' metadata")
+    return dict(json.loads(meta[META_KEY]))

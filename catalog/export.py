@@ -35,7 +35,6 @@ and the same ``as_of``.
 from __future__ import annotations
 
 import hashlib
-import json
 import queue
 import threading
 import time
@@ -51,7 +50,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput, translated
-from embcat.catalog.exchange_format import DATETIME_COLUMNS, META_KEY
+from embcat.catalog.exchange_format import DATETIME_COLUMNS, read_metadata
 from embcat.catalog.export_plan import (
     ExportPlan,
     ExportRequest,
@@ -445,14 +444,6 @@ def write_checksum(path: Path, hexdigest: str) -> Path:
     tmp.write_text(f"{hexdigest}  {path.name}\n")
     tmp.replace(side)
     return side
-
-
-def read_metadata(source: Any) -> dict[str, Any]:
-    """The ``embcat`` metadata of an export file (path, file object or buffer)."""
-    meta = pq.read_schema(source).metadata or {}
-    if META_KEY not in meta:
-        raise InvalidInput("not an embcat export: the parquet file has no 'embcat' metadata")
-    return dict(json.loads(meta[META_KEY]))
 
 
 # --------------------------------------------------------------------------- NeuCo-Bench CSV

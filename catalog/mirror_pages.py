@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embcat.catalog.errors import EmbcatError
-from embcat.catalog.export import read_metadata
+from embcat.catalog.exchange_format import EMBEDDING_COLUMN, read_metadata
 from embcat.catalog.http import HttpClient, RemoteError, RetryPolicy
 from embcat.catalog.mirror_columns import encode_page, page_file_fields
 from embcat.catalog.mirror_options import MirrorOptions, _Reporter
@@ -128,16 +128,16 @@ def _page_vectors(table: pa.Table, meta: dict[str, Any], cid: str, space: Space)
     the local space (the remote's /space and its export disagree) or do not decode."""
     what = f"export of {cid!r}"
     meta_dims = int(meta["space"]["dimensions"])
-    if "embedding" not in table.column_names:
+    if EMBEDDING_COLUMN not in table.column_names:
         raise RemoteError(f"{what}: the page has no embedding column; nothing was written")
-    width = getattr(table.schema.field("embedding").type, "list_size", meta_dims)
+    width = getattr(table.schema.field(EMBEDDING_COLUMN).type, "list_size", meta_dims)
     for dims in (meta_dims, width):
         if dims != space.dimensions:
             _check_dimensions(what, space, dims, np.zeros((0, dims)))
     q = meta.get("emb:quantization")
     try:
         quant = Quantization.from_stac(q) if q else None
-        vectors = from_arrow(table.column("embedding"), meta["dtype"], meta_dims, quant)
+        vectors = from_arrow(table.column(EMBEDDING_COLUMN), meta["dtype"], meta_dims, quant)
     except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
         raise RemoteError(f"{what}: the page does not decode: {exc}; nothing was written") from None
     if table.num_rows:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embcat.catalog.exchange_format import DATETIME_COLUMNS, python_value
+from embcat.catalog.exchange_format import DATETIME_COLUMNS, EMBEDDING_COLUMN, python_value
 from embcat.catalog.imagery import THUMBNAIL_ASSET
 from embcat.catalog.mirror_columns import iso_texts, verify_columns
 from embcat.catalog.mirror_write import Row as _Row
@@ -72,8 +72,8 @@ def rows_from_table(
     dims = int(meta["space"]["dimensions"])
     q = meta.get("emb:quantization")
     quant = Quantization.from_stac(q) if q else None
-    vectors = from_arrow(table.column("embedding"), meta["dtype"], dims, quant)
-    columns = [c for c in table.column_names if c != "embedding"]
+    vectors = from_arrow(table.column(EMBEDDING_COLUMN), meta["dtype"], dims, quant)
+    columns = [c for c in table.column_names if c != EMBEDDING_COLUMN]
     records = table.select(columns).to_pylist()
     props_map = meta.get("properties", [])
     texts = {name: _iso_column(table, name) for name in DATETIME_COLUMNS}
