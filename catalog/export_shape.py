@@ -145,7 +145,11 @@ def _discover(
             continue
         column = f"properties.{key}" if key in RESERVED else key
         if kind == "json" and key in structured:
-            nested = _nested_type(conn, where, key)
+            # a constant's one value is all there is to read (no pass over the rows)
+            constant = value is not _NOT_CONSTANT
+            nested = _infer([orjson.dumps(value).decode()]) if constant else None
+            if not constant:
+                nested = _nested_type(conn, where, key)
             if nested is not None:
                 kind = NESTED
                 details.types[key] = nested
