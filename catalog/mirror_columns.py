@@ -29,7 +29,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embcat.catalog.errors import Conflict
-from embcat.catalog.export import DATETIME_COLUMNS
+from embcat.catalog.exchange_format import (
+    ASSETS_COLUMN,
+    BBOX_COLUMN,
+    DATETIME_COLUMNS,
+    GEOMETRY_COLUMN,
+    ID_COLUMN,
+    LINKS_COLUMN,
+    NESTED,
+    json_texts,
+)
 from embcat.catalog.imagery import THUMBNAIL_ASSET
 from embcat.catalog.mirror_write import (
     _FIELDS,
@@ -84,10 +93,8 @@ def _json_value(col: pa.Array, kind: str) -> pa.Array:
         return _json_strings(col)
     if kind in ("int64", "float64", "bool"):
         return pc.cast(col, _S)
-    if kind == "list_string":
-        return pa.array(
-            [None if v is None else orjson.dumps(v).decode() for v in col.to_pylist()], _S
-        )
+    if kind in ("list_string", NESTED):
+        return json_texts(col)
     raise ValueError(f"unknown column kind {kind!r}")
 
 
@@ -133,9 +140,9 @@ def _assets(
 ) -> pa.Array:  # fmt: skip
     n = table.num_rows
     described = meta.get("assets") or {}
-    if "assets" not in table.column_names or not described:
+    if ASSETS_COLUMN not in table.column_names or not described:
         return pa.array(["{}"] * n, _S)
-    column = table.column("assets").combine_chunks()
+    column = table.column(ASSETS_COLUMN).combine_chunks()
     parts: list[pa.Array] = []
     for key, fields in described.items():
         asset = pc.struct_field(column, key)
@@ -165,9 +172,9 @@ def _assets(
 
 def _links(table: pa.Table, remote_base: str) -> pa.Array:
     n = table.num_rows
-    if "links" not in table.column_names:
+    if LINKS_COLUMN not in table.column_names:
         return pa.array(["[]"] * n, _S)
-    column = table.column("links").combine_chunks()
+    column = table.column(LINKS_COLUMN).combine_chunks()
     flat = column.flatten()
     members: list[pa.Array] = []
     for f in ("rel", "href", "type", "title"):
@@ -201,9 +208,9 @@ def _href_maker(collection_id: str) -> Callable[[pa.Array], pa.Array]:
 def page_file_fields(table: pa.Table) -> tuple[list[Any], list[Any]]:
     """``file:checksum`` and ``file:size`` of each row's ``embeddings`` asset (None: absent)."""
     none = [None] * table.num_rows
-    if "assets" not in table.column_names:
+    if ASSETS_COLUMN not in table.column_names:
         return none, none
-    column = table.column("assets").combine_chunks()
+    column = table.column(ASSETS_COLUMN).combine_chunks()
     if column.type.get_field_index(EMBEDDINGS_ASSET) < 0:
         return none, none
     asset = pc.struct_field(column, EMBEDDINGS_ASSET)
@@ -264,7 +271,7 @@ def page_documents(
     table: pa.Table, meta: dict[str, Any], local_cid: str, remote_base: str
 ) -> list[pa.Array]:
     """The properties, assets and links JSON texts of each row of an export page."""
-    ids = table.column("id").combine_chunks().cast(_S)
+    ids = table.column(ID_COLUMN).combine_chunks().cast(_S)
     return [
         _properties(table, meta),
         _assets(table, meta, ids, _href_maker(local_cid), remote_base),
@@ -283,12 +290,12 @@ def encode_page(
     """(ids, checksums verified, COPY BINARY rows of the staging table) of an export page
     whose vectors ``vectors`` (float32) are exactly what the local storage will hold."""
     n = table.num_rows
-    ids = table.column("id").combine_chunks().cast(_S)
+    ids = table.column(ID_COLUMN).combine_chunks().cast(_S)
     id_list: list[str] = ids.to_pylist()
     stored = stored_values(vectors, space.storage).reshape(n, space.dimensions)
     checksums, sizes = page_file_fields(table)
     verified = verify_columns(id_list, checksums, stored, sizes)
-    bbox = table.column("bbox").combine_chunks()
+    bbox = table.column(BBOX_COLUMN).combine_chunks()
     bounds = np.column_stack(
         [
             pc.struct_field(bbox, k).to_numpy(zero_copy_only=False)
@@ -297,7 +304,7 @@ def encode_page(
     )
     docs = page_documents(table, meta, local_cid, remote_base)
     id_bytes = ids.cast(pa.binary())
-    wkbs = table.column("geometry").combine_chunks().cast(pa.binary())
+    wkbs = table.column(GEOMETRY_COLUMN).combine_chunks().cast(pa.binary())
     joined = pc.binary_join_element_wise(
         _const(_FIELDS.to_bytes(2, "big")),
         _field_lengths(id_bytes), id_bytes,

@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
-from embcat.catalog.export import DATETIME_COLUMNS
+from embcat.catalog.exchange_format import DATETIME_COLUMNS, EMBEDDING_COLUMN, python_value
 from embcat.catalog.imagery import THUMBNAIL_ASSET
 from embcat.catalog.mirror_columns import iso_texts, verify_columns
 from embcat.catalog.mirror_write import Row as _Row
@@ -73,8 +72,8 @@ def rows_from_table(
     dims = int(meta["space"]["dimensions"])
     q = meta.get("emb:quantization")
     quant = Quantization.from_stac(q) if q else None
-    vectors = from_arrow(table.column("embedding"), meta["dtype"], dims, quant)
-    columns = [c for c in table.column_names if c != "embedding"]
+    vectors = from_arrow(table.column(EMBEDDING_COLUMN), meta["dtype"], dims, quant)
+    columns = [c for c in table.column_names if c != EMBEDDING_COLUMN]
     records = table.select(columns).to_pylist()
     props_map = meta.get("properties", [])
     texts = {name: _iso_column(table, name) for name in DATETIME_COLUMNS}
@@ -89,7 +88,7 @@ def rows_from_table(
             value = rec.get(p["column"])
             if value is None:
                 continue
-            props[p["name"]] = orjson.loads(value) if p["kind"] == "json" else value
+            props[p["name"]] = python_value(value, p["kind"])
         assets: dict[str, Any] = {}
         for key, fields in (meta.get("assets") or {}).items():
             asset = (rec.get("assets") or {}).get(key)
@@ -100,7 +99,7 @@ def rows_from_table(
                 v = asset.get(f)
                 if v is None:
                     continue
-                out[f] = orjson.loads(v) if kind == "json" else v
+                out[f] = python_value(v, kind)
             if "href" in out and key != THUMBNAIL_ASSET:
                 # a mirror holds no thumbnail PNGs: that asset keeps the origin's URL
                 out["href"] = _local_href(out["href"], remote_base)

@@ -30,14 +30,14 @@ time of each space's index). The definitions wait in ``embcat_0026_indexes`` unt
 index is built, so that an interrupted upgrade builds what is missing when run again.
 
 Revision ID: 0026
-Revises: 0021
+Revises: 0022
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0026"
-down_revision = "0021"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 

@@ -120,13 +120,6 @@ def test_read_back_typed_properties_equal_the_api_items(
         assert {k: item["properties"].get(k) for k in served} == served, iid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catalog/export.py writes object and non-string array properties (emb:quantization,"
-    " emb:runtime_parameters, proj:shape, embcat:window) as JSON text columns, so"
-    " stac-geoparquet reads them back as strings, not as the objects/arrays the API serves"
-    " (reported to the export owner, issue 16)",
-)
 def test_read_back_object_and_array_properties_equal_the_api_items(
     read_back: dict[str, dict[str, Any]], api_items: dict[str, dict[str, Any]]
 ) -> None:

@@ -289,3 +289,37 @@ def test_downgrade_from_0021_restores_one_table_and_the_partial_index(
         assert len(c.execute("select * from embcat.similar('m', 'i3', 5)").fetchall()) == 5
     migrate.upgrade(settings)
     assert _partitions(url) == {"embeddings_default": 0, f"embeddings_space_{space}": 20}
+
+
+def _export_order_index(url: str) -> list[str]:
+    with psycopg.connect(url) as c:
+        rows = c.execute(
+            "select indexdef from pg_indexes where indexname = 'items_export_order_idx'"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_upgrade_to_0022_adds_the_export_order_index_and_drops_kept_shapes(
+    make_database: Callable[..., str],
+) -> None:
+    """0022 on a catalogue with items and a kept export shape: the btree over (collection,
+    geometry, id) exists, the shape without constants is gone (the next export
+    rediscovers it), and the downgrade removes both additions."""
+    url = make_database(migrated=False)
+    _catalogue_at_0006(url)
+    settings = DatabaseSettings(database_url=url)
+    migrate.upgrade(settings, "0021")
+    with psycopg.connect(url) as c:
+        c.execute(
+            "insert into export_shapes (collection_id, seq, properties, assets)"
+            " select id, 0, '[]', '{}' from collections"
+        )
+    migrate.upgrade(settings, "0022")
+    assert _export_order_index(url) == [
+        "CREATE INDEX items_export_order_idx ON public.items"
+        " USING btree (collection_id, geometry, id)"
+    ]
+    with psycopg.connect(url) as c:
+        assert c.execute("select count(*) from export_shapes").fetchone() == (0,)
+    migrate.downgrade(settings, "0021")
+    assert _export_order_index(url) == []

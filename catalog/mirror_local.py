@@ -1,0 +1,188 @@
+"""The local side of a mirror: the collection and its embedding space prepared here, item
+rows written and deleted, the space's index built once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from embcat.catalog import partitions
+from embcat.catalog.errors import Conflict, InvalidInput, NotFound
+from embcat.catalog.imagery import QUICKLOOK_ASSET_PREFIX
+from embcat.catalog.mirror_options import MirrorOptions
+from embcat.catalog.mirror_rows import (
+    _local_href,
+)
+from embcat.catalog.mirror_write import Row as _Row
+from embcat.catalog.mirror_write import write_page
+from embcat.catalog.publish import ANALYZE_ITEM_COLUMNS
+from embcat.catalog.space_index import ensure_index
+from embcat.catalog.spaces import IndexSettings, Space, get_or_create_space, get_space
+from embcat.catalog.stac import GENERATED_RELS
+
+log = logging.getLogger(__name__)
+
+
+def _strip_collection(stac: dict[str, Any], remote_base: str) -> dict[str, Any]:
+    out = dict(stac)
+    # the origin's queryables link is replaced by this server's (generated); the origin
+    # collection itself is linked as `via`
+    out["links"] = [
+        {**link, "href": _local_href(link.get("href"), remote_base)}
+        for link in stac.get("links", [])
+        if link.get("rel") not in GENERATED_RELS and link.get("rel") not in ("queryables", "via")
+    ]
+    origin = (
+        next(
+            (link.get("href") for link in stac.get("links", []) if link.get("rel") == "self"), None
+        )
+        or f"{remote_base.rstrip('/')}/collections/{quote(str(stac.get('id')), safe='')}"
+    )
+    out["links"].append(
+        {"rel": "via", "href": origin, "type": "application/json", "title": "Origin of this mirror"}
+    )
+    if isinstance(out.get("assets"), dict):
+        out["assets"] = {  # scene quicklooks stay on the origin (a mirror holds no PNGs)
+            k: a
+            if k.startswith(QUICKLOOK_ASSET_PREFIX)
+            else {**a, "href": _local_href(a.get("href"), remote_base)}
+            for k, a in out["assets"].items()
+        }
+    return out
+
+
+def space_from_collection(stac: dict[str, Any]) -> dict[str, Any]:
+    """The space of a collection from its STAC fields (plain STAC APIs have no /space)."""
+    declared = stac.get("embcat:space")
+    if isinstance(declared, dict) and {"encoder", "version", "dimensions"} <= set(declared):
+        return {
+            "encoder_name": declared["encoder"],
+            "encoder_version": declared["version"],
+            "dimensions": int(declared["dimensions"]),
+            "storage": declared.get("storage", "halfvec"),
+            "metric": declared.get("metric", "cosine"),
+            "normalized": bool(declared.get("normalized", False)),
+            "mlm": {},
+            "options": declared.get("options"),
+        }
+    dims = stac.get("emb:dimensions")
+    if not isinstance(dims, int):
+        raise InvalidInput(
+            f"collection {stac.get('id')!r} has no emb:dimensions; cannot mirror its vectors"
+        )
+    name = stac.get("mlm:name") or stac.get("embcat:encoder") or stac.get("id")
+    return {
+        "encoder_name": str(name),
+        "encoder_version": str(stac.get("embcat:encoder_version") or stac.get("version") or "1"),
+        "dimensions": dims,
+        "storage": "halfvec" if stac.get("data_type") == "float16" else "vector",
+        "metric": stac.get("embcat:metric") or "cosine",
+        "normalized": bool(stac.get("embcat:normalized", False)),
+        "mlm": {},
+    }
+
+
+# --------------------------------------------------------------------------- local writes
+
+
+def _prepare_local(
+    conn: psycopg.Connection, opts: MirrorOptions, stac: dict[str, Any], space_json: dict
+) -> tuple[Space, dict[str, Any] | None]:
+    """Create or check the local collection + space; return the space and the state row."""
+    cid = opts.collection_id
+    remote = opts.remote_url
+    state = conn.execute(
+        "SELECT phase, as_of, after_id, cursor, dtype, filters, rows_total FROM mirror_state"
+        " WHERE remote_url = %s AND remote_collection = %s",
+        (remote, cid),
+    ).fetchone()
+    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (cid,)).fetchone()
+    if row is not None and state is None:
+        raise Conflict(
+            f"collection {cid!r} exists locally and is not a mirror of {remote}; remove it first"
+        )
+    space = get_or_create_space(
+        conn,
+        encoder_name=space_json["encoder_name"],
+        encoder_version=space_json["encoder_version"],
+        dimensions=int(space_json["dimensions"]),
+        storage=space_json["storage"],
+        metric=space_json["metric"],
+        normalized=bool(space_json.get("normalized", False)),
+        mlm=space_json.get("mlm") or {},
+        options=space_json["options"] if isinstance(space_json.get("options"), dict) else None,
+        index=opts.index,
+    )
+    local_stac = _strip_collection(stac, remote)
+    if isinstance(local_stac.get("embcat:space"), dict):
+        local_stac["embcat:space"] = {**local_stac["embcat:space"], "id": space.id}
+    body = Jsonb(local_stac)
+    if row is None:
+        conn.execute(
+            "INSERT INTO collections (id, stac, space_id) VALUES (%s, %s, %s)",
+            (cid, body, space.id),
+        )
+    else:
+        if row[0] is not None and row[0] != space.id:
+            raise Conflict(f"local collection {cid!r} holds another embedding space")
+        conn.execute(
+            "UPDATE collections SET stac = %s, space_id = %s, updated_at = now() WHERE id = %s",
+            (body, space.id, cid),
+        )
+    if state is None:
+        conn.execute(
+            "INSERT INTO mirror_state (remote_url, remote_collection, collection_id, phase,"
+            " dtype, filters) VALUES (%s, %s, %s, 'initial', %s, %s)",
+            (remote, cid, cid, opts.dtype, Jsonb(opts.filters())),
+        )
+        return space, None
+    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters", "rows_total")
+    return space, dict(zip(keys, state, strict=True))
+
+
+def _dumps(obj: Any) -> bytes:
+    """JSON for the jsonb columns (orjson: several times json.dumps's speed)."""
+    return orjson.dumps(obj)
+
+
+def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Row]) -> None:
+    """Upsert items + embeddings (binary COPY into staging, then merge), in the caller's tx."""
+    write_page(conn, cid, space, rows)
+
+
+def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
+    if not ids:
+        return 0
+    cur = conn.execute("DELETE FROM items WHERE collection_id = %s AND id = ANY(%s)", (cid, ids))
+    return cur.rowcount
+
+
+def _ensure_index(
+    conn: psycopg.Connection, space: Space, analyze: bool, index: IndexSettings | None = None
+) -> None:
+    """Build the space's index if it is absent or invalid (also on a rerun after a mirror
+    killed between its last page and the build), under the publish merge lock, once for
+    the whole initial phase."""
+    # the merge locks as catalog.publish.build_index takes them (global exclusively only to
+    # attach the space's partition, then the space's exclusively)
+    partitions.merge_lock(conn, exclusive=not partitions.has_partition(conn, space.id))
+    partitions.merge_lock(conn, space.id, exclusive=True)
+    built = ensure_index(conn, space, index=index)
+    if built or analyze:
+        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
+        table = partitions.space_table(conn, space.id)  # its partition only (migration 0021)
+        conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
+    conn.commit()
+
+
+def local_space(conn: psycopg.Connection, collection_id: str) -> Space:
+    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (collection_id,))
+    found = row.fetchone()
+    if found is None or found[0] is None:
+        raise NotFound(f"collection {collection_id!r} does not exist locally")
+    return get_space(conn, found[0])
