@@ -40,14 +40,17 @@ from embcat.catalog.exchange_format import (
     json_texts,
 )
 from embcat.catalog.imagery import THUMBNAIL_ASSET
-from embcat.catalog.mirror_write import (
-    _FIELDS,
-    _NULL,
-    _fixed_bboxes,
-    _jsonb_fields,
-    _vector_tail,
+from embcat.catalog.item_shape import rfc3339_texts
+from embcat.catalog.mirror_write import _FIELDS, _fixed_bboxes
+from embcat.catalog.pgbinary import (
+    NULL_FIELD,
+    field_count,
+    field_lengths,
+    jsonb_fields,
+    rows_buffer,
+    timestamp_column,
+    vector_column,
 )
-from embcat.catalog.publish import _PG_EPOCH_US, _const, _field_lengths, _fixed
 from embcat.catalog.spaces import Space
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, npy_bytes, stored_values
 
@@ -108,13 +111,6 @@ def _local_hrefs(col: pa.Array, remote_base: str) -> pa.Array:
     return pc.replace_substring_regex(col.cast(_S), "^" + re.escape(remote_base) + "/", "/")
 
 
-def iso_texts(col: pa.Array) -> pa.Array:
-    """RFC 3339 UTC text (microseconds only when non-zero), as catalog.mirror.iso."""
-    col = pc.cast(col, pa.timestamp("us", tz="UTC"))
-    text = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S")
-    return pc.replace_substring_regex(text, r"\.000000$", "")
-
-
 def _properties(table: pa.Table, meta: dict[str, Any]) -> pa.Array:
     n = table.num_rows
     parts: list[pa.Array] = []
@@ -122,7 +118,7 @@ def _properties(table: pa.Table, meta: dict[str, Any]) -> pa.Array:
         if name not in table.column_names:
             continue
         col = table.column(name).combine_chunks()
-        value = _join(_text('"'), iso_texts(col), _text('Z"'))
+        value = _join(_text('"'), rfc3339_texts(col), _text('"'))
         if name == "datetime":  # a null datetime is written as null (STAC requires the key)
             value = pc.fill_null(value, _text("null"))
         parts.append(_member(name, value))
@@ -255,16 +251,11 @@ def verify_columns(
 def _timestamp_fields(table: pa.Table, name: str) -> pa.Array:
     n = table.num_rows
     if name not in table.column_names:
-        return pa.array([_NULL] * n, pa.binary())
+        return pa.array([NULL_FIELD] * n, pa.binary())
     col = pc.cast(table.column(name).combine_chunks(), pa.timestamp("us", tz="UTC"))
     us = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-    rec = np.dtype([("l", ">i4"), ("t", ">i8")])
-    out = np.empty(n, rec)
-    out["l"], out["t"] = 8, us - _PG_EPOCH_US
-    fields = _fixed(out.tobytes(), rec.itemsize, n)
-    if not col.null_count:
-        return fields
-    return pc.if_else(pc.is_valid(col), fields, _const(_NULL))
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False) if col.null_count else None
+    return timestamp_column(us, valid)
 
 
 def page_documents(
@@ -306,16 +297,13 @@ def encode_page(
     id_bytes = ids.cast(pa.binary())
     wkbs = table.column(GEOMETRY_COLUMN).combine_chunks().cast(pa.binary())
     joined = pc.binary_join_element_wise(
-        _const(_FIELDS.to_bytes(2, "big")),
-        _field_lengths(id_bytes), id_bytes,
-        _field_lengths(wkbs), wkbs,
+        field_count(_FIELDS),
+        field_lengths(id_bytes), id_bytes,
+        field_lengths(wkbs), wkbs,
         _fixed_bboxes(bounds),
         *[_timestamp_fields(table, name) for name in DATETIME_COLUMNS],
-        *[f for doc in docs for f in _jsonb_fields(doc.cast(pa.binary()))],
-        _vector_tail(stored, space),
+        *[f for doc in docs for f in jsonb_fields(doc.cast(pa.binary()))],
+        vector_column(stored, space.storage),
         b"",
     )  # fmt: skip
-    offsets = np.frombuffer(
-        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
-    )
-    return id_list, verified, memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+    return id_list, verified, rows_buffer(joined)

@@ -14,16 +14,16 @@ from psycopg.types.json import Jsonb
 from embcat.catalog import partitions
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
 from embcat.catalog.imagery import QUICKLOOK_ASSET_PREFIX
+from embcat.catalog.item_shape import EMB_DIMENSIONS, GENERATED_RELS
 from embcat.catalog.mirror_options import MirrorOptions
 from embcat.catalog.mirror_rows import (
     _local_href,
 )
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_page
-from embcat.catalog.publish import ANALYZE_ITEM_COLUMNS
+from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.space_index import ensure_index
 from embcat.catalog.spaces import IndexSettings, Space, get_or_create_space, get_space
-from embcat.catalog.stac import GENERATED_RELS
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ def space_from_collection(stac: dict[str, Any]) -> dict[str, Any]:
             "mlm": {},
             "options": declared.get("options"),
         }
-    dims = stac.get("emb:dimensions")
+    dims = stac.get(EMB_DIMENSIONS)
     if not isinstance(dims, int):
         raise InvalidInput(
-            f"collection {stac.get('id')!r} has no emb:dimensions; cannot mirror its vectors"
+            f"collection {stac.get('id')!r} has no {EMB_DIMENSIONS}; cannot mirror its vectors"
         )
     name = stac.get("mlm:name") or stac.get("embcat:encoder") or stac.get("id")
     return {

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from embcat.catalog.errors import EmbcatError
 from embcat.catalog.exchange_format import EMBEDDING_COLUMN, read_metadata
 from embcat.catalog.http import HttpClient, RemoteError, RetryPolicy
+from embcat.catalog.item_shape import EMB_QUANTIZATION
 from embcat.catalog.mirror_columns import encode_page, page_file_fields
 from embcat.catalog.mirror_options import MirrorOptions, _Reporter
 from embcat.catalog.mirror_rows import (
@@ -134,7 +135,7 @@ def _page_vectors(table: pa.Table, meta: dict[str, Any], cid: str, space: Space)
     for dims in (meta_dims, width):
         if dims != space.dimensions:
             _check_dimensions(what, space, dims, np.zeros((0, dims)))
-    q = meta.get("emb:quantization")
+    q = meta.get(EMB_QUANTIZATION)
     try:
         quant = Quantization.from_stac(q) if q else None
         vectors = from_arrow(table.column(EMBEDDING_COLUMN), meta["dtype"], meta_dims, quant)

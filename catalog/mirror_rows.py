@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -17,18 +17,13 @@ import pyarrow as pa
 
 from embcat.catalog.exchange_format import DATETIME_COLUMNS, EMBEDDING_COLUMN, python_value
 from embcat.catalog.imagery import THUMBNAIL_ASSET
-from embcat.catalog.mirror_columns import iso_texts, verify_columns
+from embcat.catalog.item_shape import EMB_QUANTIZATION, GENERATED_RELS, rfc3339, rfc3339_texts
+from embcat.catalog.mirror_columns import verify_columns
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, from_arrow
-from embcat.catalog.stac import GENERATED_RELS
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, file_fields, stored_values
 
-
-def iso(value: datetime) -> str:
-    """``2024-06-01T10:30:00Z`` (``.ffffff`` when there are microseconds), as publish writes."""
-    value = value.astimezone(UTC)
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ"
-    return value.strftime(fmt)
+iso = rfc3339  # an item's RFC 3339 datetime text, as publish writes it (catalog.item_shape)
 
 
 def _local_href(href: Any, remote_base: str) -> Any:
@@ -58,11 +53,10 @@ def _href_maker(collection_id: str) -> Callable[[str], str]:
 
 
 def _iso_column(table: pa.Table, name: str) -> list[str | None]:
-    """The ``iso`` texts of a timestamp column, formatted column-wise (None where null)."""
+    """The ``rfc3339`` texts of a timestamp column, formatted column-wise (None where null)."""
     if name not in table.column_names or table.num_rows == 0:
         return [None] * table.num_rows
-    text = iso_texts(table.column(name).combine_chunks())
-    return [None if v is None else v + "Z" for v in text.to_pylist()]
+    return rfc3339_texts(table.column(name).combine_chunks()).to_pylist()
 
 
 def rows_from_table(
@@ -70,7 +64,7 @@ def rows_from_table(
 ) -> tuple[list[_Row], np.ndarray]:
     """Items (STAC storage form, hrefs made local) and the float32 vectors of an export."""
     dims = int(meta["space"]["dimensions"])
-    q = meta.get("emb:quantization")
+    q = meta.get(EMB_QUANTIZATION)
     quant = Quantization.from_stac(q) if q else None
     vectors = from_arrow(table.column(EMBEDDING_COLUMN), meta["dtype"], dims, quant)
     columns = [c for c in table.column_names if c != EMBEDDING_COLUMN]

@@ -1,7 +1,7 @@
 """The mirror's local writes: a page of items as one binary COPY into a staging table,
 then INSERT .. SELECT into items and embeddings (the bulk-load path of publish).
 
-``encode_rows`` builds the page's COPY BINARY bytes column-wise with publish's COPY
+``encode_rows`` builds the page's COPY BINARY bytes column-wise with catalog.pgbinary's
 helpers (field headers, the jsonb version byte, the vector tail as one numpy record array:
 no Python object per value, no per-row adapter calls); it runs in the mirror's decoder
 thread, so the writing thread only sends bytes and merges. ``write_page`` merges them in
@@ -25,20 +25,21 @@ import pyarrow.compute as pc
 
 from embcat.catalog import shards
 from embcat.catalog.partitions import space_table
-from embcat.catalog.publish import (
-    _COPY_HEADER,
-    _COPY_TRAILER,
-    _JSONB_V1,
-    _PG_EPOCH_US,
-    _TOAST_TARGET_MAX,
-    _const,
-    _field_lengths,
-    _fixed,
+from embcat.catalog.pgbinary import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    field_count,
+    field_lengths,
+    fixed,
+    jsonb_fields,
+    rows_buffer,
+    timestamp_column,
+    vector_column,
 )
+from embcat.catalog.publish_copy import TOAST_TARGET_MAX
 from embcat.catalog.spaces import Space
 
 _FIELDS = 10
-_NULL = b"\xff\xff\xff\xff"
 _FLOAT8_OID = 701
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -74,7 +75,7 @@ def _fixed_bboxes(bounds: np.ndarray) -> pa.Array:
     out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * k, 1, _FLOAT8_OID, k, 1
     out["v"]["l"] = 8
     out["v"]["x"] = bounds
-    return _fixed(out.tobytes(), rec.itemsize, n)
+    return fixed(out.tobytes(), rec.itemsize, n)
 
 
 def _bboxes(rows: list[Row]) -> pa.Array:
@@ -95,43 +96,19 @@ def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
     """``timestamptz`` fields (COPY header included), NULL where None."""
     n = len(values)
     us = np.zeros(n, np.int64)
-    null = np.zeros(n, bool)
+    valid = np.ones(n, bool)
     for k, v in enumerate(values):
         if v is None:
-            null[k] = True
+            valid[k] = False
         else:
             if v.tzinfo is None:  # a STAC datetime without an offset is UTC
                 v = v.replace(tzinfo=dt.UTC)
             us[k] = (v - _EPOCH) // dt.timedelta(microseconds=1)
-    rec = np.dtype([("l", ">i4"), ("t", ">i8")])
-    out = np.empty(n, rec)
-    out["l"], out["t"] = 8, us - _PG_EPOCH_US
-    fields = _fixed(out.tobytes(), rec.itemsize, n)
-    if not null.any():
-        return fields
-    return pc.if_else(pa.array(null), _const(_NULL), fields)
-
-
-def _jsonb_fields(text: pa.Array) -> list[pa.Array]:
-    """The parts of ``jsonb`` fields (COPY header, version byte, JSON text)."""
-    return [_field_lengths(text, extra=1), _JSONB_V1, text]
+    return timestamp_column(us, valid)
 
 
 def _jsonb(docs: list[Any]) -> list[pa.Array]:
-    return _jsonb_fields(_binary([orjson.dumps(d) for d in docs]))
-
-
-def _vector_tail(values: np.ndarray, space: Space) -> pa.Array:
-    """The vector fields (pgvector's binary ``halfvec``/``vector``, COPY header included) of
-    an ``(n, D)`` float32 array, as one record array."""
-    n, dims = values.shape
-    half = space.storage == "halfvec"
-    rec = np.dtype([("l", ">i4"), ("dim", ">u2"), ("unused", ">u2"),
-                    ("v", ">f2" if half else ">f4", (dims,))])  # fmt: skip
-    tail = np.empty(n, rec)
-    tail["l"], tail["dim"], tail["unused"] = 4 + (2 if half else 4) * dims, dims, 0
-    tail["v"] = values
-    return _fixed(tail.tobytes(), rec.itemsize, n)
+    return jsonb_fields(_binary([orjson.dumps(d) for d in docs]))
 
 
 def encode_rows(rows: list[Row], space: Space) -> memoryview:
@@ -141,9 +118,9 @@ def encode_rows(rows: list[Row], space: Space) -> memoryview:
     ids = _binary([r.id.encode() for r in rows])
     wkbs = _binary([bytes(r.geometry) for r in rows])
     joined = pc.binary_join_element_wise(
-        _const(struct.pack(">h", _FIELDS)),
-        _field_lengths(ids), ids,
-        _field_lengths(wkbs), wkbs,
+        field_count(_FIELDS),
+        field_lengths(ids), ids,
+        field_lengths(wkbs), wkbs,
         _bboxes(rows),
         _timestamps([r.datetime for r in rows]),
         _timestamps([r.start_datetime for r in rows]),
@@ -151,20 +128,17 @@ def encode_rows(rows: list[Row], space: Space) -> memoryview:
         *_jsonb([r.properties for r in rows]),
         *_jsonb([r.assets for r in rows]),
         *_jsonb([r.links for r in rows]),
-        _vector_tail(vectors, space),
+        vector_column(vectors, space.storage),
         b"",
     )  # fmt: skip
-    offsets = np.frombuffer(
-        joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset
-    )
-    return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+    return rows_buffer(joined)
 
 
 def stage_sql(space: Space) -> str:
     return (
         "CREATE TEMP TABLE IF NOT EXISTS mirror_stage (id text, geom bytea, bbox float8[],"
         " dt timestamptz, sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb,"
-        f" links jsonb, vec {space.storage}) WITH (toast_tuple_target = {_TOAST_TARGET_MAX})"
+        f" links jsonb, vec {space.storage}) WITH (toast_tuple_target = {TOAST_TARGET_MAX})"
         " ON COMMIT DELETE ROWS"
     )
 
@@ -193,9 +167,9 @@ def write_copy(
     conn.execute(stage_sql(space))
     conn.execute("TRUNCATE mirror_stage")
     with conn.cursor().copy("COPY mirror_stage FROM STDIN (FORMAT BINARY)") as copy:
-        copy.write(_COPY_HEADER)
+        copy.write(COPY_HEADER)
         copy.write(data)
-        copy.write(_COPY_TRAILER)
+        copy.write(COPY_TRAILER)
     items_conflict = "" if insert_only else _ITEMS_CONFLICT
     conn.execute(
         f"""INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
