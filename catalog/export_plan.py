@@ -14,6 +14,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from embcat.catalog import pgbinary
 from embcat.catalog.changes import safe_high_water
 from embcat.catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
 from embcat.catalog.export_schema import schema_of
@@ -167,9 +168,6 @@ def _resolve_as_of(conn: psycopg.Connection, collection_id: str, requested: int 
     return requested
 
 
-_COPY_HEADER = 19  # binary COPY: signature (11 bytes), flags (4), header extension length (4)
-
-
 def _vector_batches(
     conn: psycopg.Connection, space: Space, where: sql.Composable, batch_size: int
 ) -> Iterator[np.ndarray]:
@@ -186,18 +184,10 @@ def _vector_batches(
         src=_from(space),
         w=where,
     )
-    width = 2 if space.storage == "halfvec" else 4
-    record = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("size", ">i4"),
-            ("hdr", ">u4"),
-            ("v", f">f{width}", (space.dimensions,)),
-        ]
-    )
-    size = 4 + width * space.dimensions
+    record = pgbinary.copy_row_dtype(space.dimensions, space.storage)
+    size = pgbinary.value_size(space.dimensions, space.storage)
     buf = bytearray()
-    skip = _COPY_HEADER
+    skip = len(pgbinary.COPY_HEADER)
 
     def take(rows: int) -> np.ndarray:
         block = bytes(buf[: rows * record.itemsize])

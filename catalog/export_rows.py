@@ -22,26 +22,19 @@ from embcat.catalog.exchange_format import (
 )
 from embcat.catalog.export_plan import KIND_PG_TYPES, ExportPlan
 from embcat.catalog.export_schema import asset_type, extensions
+from embcat.catalog.item_shape import (
+    DRIVE_PATH,
+    GENERATED_RELS,
+    URI_SCHEME,
+    source_uri,
+    stac_version_for,
+)
+from embcat.catalog.pgbinary import PG_EPOCH_US, decode_vectors
 from embcat.catalog.quantize import (
     array_of,
     quantize,
 )
-from embcat.catalog.spaces import Space
-from embcat.catalog.stac import (
-    GENERATED_RELS,
-    SERVED_PREFIXES,
-    SOURCE_RELS,
-    source_uri,
-    stac_version_for,
-)
-
-
-def _decode_vectors(raw: list[bytes], space: Space) -> np.ndarray:
-    """``(n, D)`` float32 from pgvector binary values, in one vectorised step."""
-    width = 2 if space.storage == "halfvec" else 4
-    record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
-    arr = np.frombuffer(b"".join(raw), dtype=record)
-    return arr["v"].astype(np.float32)
+from embcat.catalog.stac import SERVED_PREFIXES, SOURCE_RELS
 
 
 def _embedding_array(raw: Any, plan: ExportPlan) -> pa.Array:
@@ -50,12 +43,11 @@ def _embedding_array(raw: Any, plan: ExportPlan) -> pa.Array:
     byte-swapped, not converted; the column then shares the swapped array's memory."""
     space, dtype, layout = plan.space, plan.request.dtype, plan.request.vector_layout
     stored = "float16" if space.storage == "halfvec" else "float32"
+    data = b"".join(raw)
     if dtype != stored:
-        data = quantize(_decode_vectors(list(raw), space), dtype, plan.quantization)
-        return array_of(data, dtype, space.dimensions, layout)
-    width = 2 if stored == "float16" else 4
-    record = np.dtype([("hdr", ">u4"), ("v", f">f{width}", (space.dimensions,))])
-    values = np.frombuffer(b"".join(raw), dtype=record)["v"].astype(f"<f{width}")
+        values = decode_vectors(data, space.dimensions, space.storage)
+        return array_of(quantize(values, dtype, plan.quantization), dtype, space.dimensions, layout)
+    values = decode_vectors(data, space.dimensions, space.storage, stored=True)
     return array_of(values, dtype, space.dimensions, layout)
 
 
@@ -99,7 +91,6 @@ def _vector_bytes(plan: ExportPlan) -> sql.Composable:
     )
 
 
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 (binary timestamptz) - 1970-01-01, in µs
 _NULL_TIME = "'\\x8000000000000000'::bytea"
 _FIXED = np.dtype(
     [("xmin", ">f8"), ("ymin", ">f8"), ("xmax", ">f8"), ("ymax", ">f8")]
@@ -207,7 +198,7 @@ def _read_lines(texts: Any, plan: ExportPlan) -> pa.Table:
 def _timestamps(values: Any) -> pa.Array:
     """Binary timestamptz values (int8 µs since 2000-01-01) as timestamp[us, UTC]."""
     raw = pa.array(values, pa.int64())
-    return pc.add(raw, pa.scalar(_PG_EPOCH_US, pa.int64())).cast(pa.timestamp("us", tz="UTC"))
+    return pc.add(raw, pa.scalar(PG_EPOCH_US, pa.int64())).cast(pa.timestamp("us", tz="UTC"))
 
 
 def _fixed_columns(values: Any) -> tuple[pa.Array, list[pa.Array]]:
@@ -221,13 +212,9 @@ def _fixed_columns(values: Any) -> tuple[pa.Array, list[pa.Array]]:
     for c in DATETIME_COLUMNS:
         v = rec[c].astype("<i8")
         null = v == np.iinfo(np.int64).min
-        arr = pa.array(v + _PG_EPOCH_US, pa.int64(), mask=null if null.any() else None)
+        arr = pa.array(v + PG_EPOCH_US, pa.int64(), mask=null if null.any() else None)
         times.append(arr.cast(pa.timestamp("us", tz="UTC")))
     return bbox, times
-
-
-_URI = r"^[A-Za-z][A-Za-z0-9+.-]*:"  # what catalog.stac.source_uri leaves as it is
-_DRIVE = r"^[A-Za-z]:[\\/]"
 
 
 def _served(href: pa.Array) -> pa.Array:
@@ -259,7 +246,8 @@ def _links(lists: pa.Array, base: str | None) -> pa.Array:
     served = _served(href)
     source = pc.fill_null(pc.is_in(rel, pa.array(sorted(SOURCE_RELS))), False)
     uri = pc.and_(
-        pc.match_substring_regex(href, _URI), pc.invert(pc.match_substring_regex(href, _DRIVE))
+        pc.match_substring_regex(href, URI_SCHEME),
+        pc.invert(pc.match_substring_regex(href, DRIVE_PATH)),
     )
     fix = np.flatnonzero(
         pc.and_(pc.and_(source, pc.invert(served)), pc.invert(pc.fill_null(uri, True))).to_numpy(

@@ -19,12 +19,15 @@ from embcat.catalog.exchange_format import (
     META_KEY,
     NESTED,
 )
+from embcat.catalog.item_shape import (
+    EMB_MODEL,
+    EMB_QUANTIZATION,
+    EMB_SOURCE_DATA,
+    extension_schemas,
+)
 from embcat.catalog.quantize import (
     NUMPY_DTYPES,
     arrow_type,
-)
-from embcat.catalog.stac import (
-    EXTENSION_SCHEMAS,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +41,7 @@ def asset_type(fields: dict[str, str]) -> pa.DataType:
 def _embedding_field(plan: ExportPlan) -> pa.Field:
     emb_meta = {}
     if plan.quantization is not None:
-        emb_meta[b"emb:quantization"] = json.dumps(plan.quantization.as_stac()).encode()
+        emb_meta[EMB_QUANTIZATION.encode()] = json.dumps(plan.quantization.as_stac()).encode()
     return pa.field(
         "embedding",
         arrow_type(plan.request.dtype, plan.space.dimensions, plan.request.vector_layout),
@@ -90,16 +93,15 @@ def schema_of(plan: ExportPlan) -> pa.Schema:
 
 def extensions(plan: ExportPlan) -> list[str]:
     keys = [p[0] for p in plan.properties] + [f for fields in plan.assets.values() for f in fields]
-    prefixes = {k.partition(":")[0] for k in keys if ":" in k}
-    return sorted({EXTENSION_SCHEMAS[p] for p in prefixes if p in EXTENSION_SCHEMAS})
+    return extension_schemas(dict.fromkeys(keys))
 
 
 def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, Any]:
     """The ``embeddings`` key: what a reader needs to use the vectors without embcat."""
     req, space, quant = plan.request, plan.space, plan.quantization
     links = plan.collection.get("links") or []
-    model = next((lk.get("href") for lk in links if lk.get("rel") == "emb:model"), None)
-    source = [lk.get("href") for lk in links if lk.get("rel") == "emb:source-data"]
+    model = next((lk.get("href") for lk in links if lk.get("rel") == EMB_MODEL), None)
+    source = [lk.get("href") for lk in links if lk.get("rel") == EMB_SOURCE_DATA]
     if quant is None:
         dequantize = None
     elif req.dtype == "int8":
@@ -139,7 +141,7 @@ def _embeddings_meta(plan: ExportPlan, collection: dict[str, Any]) -> dict[str, 
         "metric": space.metric,
         "normalized": space.normalized,
         "quantization": None if quant is None else {**quant.as_stac(), "dequantize": dequantize},
-        "source": {"collection": req.collection_id, "emb:source-data": source},
+        "source": {"collection": req.collection_id, EMB_SOURCE_DATA: source},
         "order": req.resolved_order(),
         "profile": req.columns,
         "license": collection.get("license"),
@@ -184,7 +186,7 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
         },
         "dtype": req.dtype,
         "vector_layout": req.vector_layout,
-        "emb:quantization": plan.quantization.as_stac() if plan.quantization else None,
+        EMB_QUANTIZATION: plan.quantization.as_stac() if plan.quantization else None,
         "query": req.describe(),
         "as_of": plan.as_of,
         "rows": plan.rows,

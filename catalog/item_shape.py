@@ -89,6 +89,8 @@ EMBEDDING_SUFFIX = "/embedding"
 _BIN = pa.binary()
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _URL_SAFE = r"^[A-Za-z0-9._~-]+$"  # what quote(safe="") leaves as it is
+URI_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*:"  # an href with a scheme: a URI (source_uri)
+DRIVE_PATH = r"^[A-Za-z]:[\\/]"  # ... unless it is a Windows drive path
 
 
 # -- timestamps --------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ def source_uri(href: str) -> str | None:
     relative path, the label of an in-memory STAC object)."""
     if not href:
         return None
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", href) and not re.match(r"^[A-Za-z]:[\\/]", href):
+    if re.match(URI_SCHEME, href) and not re.match(DRIVE_PATH, href):
         return href
     if href.startswith("/") and not href.startswith("//"):
         return "file://" + quote(str(PurePosixPath(href)), safe="/:@!$&'()*+,;=-._~")
