@@ -64,12 +64,12 @@ import psycopg
 import pyarrow.parquet as pq
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import imagery, metrics, pgbinary
+from embcat.catalog import imagery, metrics
 from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import EmbcatError, InvalidInput, translated
 from embcat.catalog.item_shape import item_template
-from embcat.catalog.publish_copy import TOAST_TARGET_MAX, stage_sql
+from embcat.catalog.publish_copy import stage_sql
 from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS, build_index, finish_space
 from embcat.catalog.publish_input import (
     MODES,
@@ -92,17 +92,6 @@ from embcat.catalog.spaces import IndexSettings, Space
 from embcat.catalog.stacgen import build_collection
 
 log = logging.getLogger(__name__)
-
-# Names catalog.mirror_write and catalog.mirror_columns import from here (their owner is
-# catalog.pgbinary now; kept until those modules import it).
-_COPY_HEADER = pgbinary.COPY_HEADER
-_COPY_TRAILER = pgbinary.COPY_TRAILER
-_JSONB_V1 = pgbinary.JSONB_V1
-_PG_EPOCH_US = pgbinary.PG_EPOCH_US
-_TOAST_TARGET_MAX = TOAST_TARGET_MAX
-_const = pgbinary.const
-_field_lengths = pgbinary.field_lengths
-_fixed = pgbinary.fixed
 
 
 @dataclass
