@@ -41,11 +41,12 @@ from embcat.catalog.exchange_format import (
 )
 from embcat.catalog.imagery import THUMBNAIL_ASSET
 from embcat.catalog.item_shape import rfc3339_texts
-from embcat.catalog.mirror_write import _FIELDS, _fixed_bboxes
+from embcat.catalog.mirror_write import _FIELDS
 from embcat.catalog.pgbinary import (
     NULL_FIELD,
     field_count,
     field_lengths,
+    float8_array_column,
     jsonb_fields,
     rows_buffer,
     timestamp_column,
@@ -300,7 +301,7 @@ def encode_page(
         field_count(_FIELDS),
         field_lengths(id_bytes), id_bytes,
         field_lengths(wkbs), wkbs,
-        _fixed_bboxes(bounds),
+        float8_array_column(bounds),
         *[_timestamp_fields(table, name) for name in DATETIME_COLUMNS],
         *[f for doc in docs for f in jsonb_fields(doc.cast(pa.binary()))],
         vector_column(stored, space.storage),

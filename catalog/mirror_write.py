@@ -13,7 +13,6 @@ upserts for change-feed pages and the item fallback.
 from __future__ import annotations
 
 import datetime as dt
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from embcat.catalog.pgbinary import (
     COPY_TRAILER,
     field_count,
     field_lengths,
-    fixed,
+    float8_arrays,
     jsonb_fields,
     rows_buffer,
     timestamp_column,
@@ -40,7 +39,6 @@ from embcat.catalog.publish_copy import TOAST_TARGET_MAX
 from embcat.catalog.spaces import Space
 
 _FIELDS = 10
-_FLOAT8_OID = 701
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -62,34 +60,6 @@ class Row:
 
 def _binary(values: list[bytes]) -> pa.Array:
     return pa.array(values, pa.binary())
-
-
-def _fixed_bboxes(bounds: np.ndarray) -> pa.Array:
-    """``float8[]`` fields (COPY header included) of an ``(n, k)`` array of bounds: one
-    record array, no Python object per value."""
-    n, k = bounds.shape
-    value = np.dtype([("l", ">i4"), ("x", ">f8")])
-    rec = np.dtype([("l", ">i4"), ("nd", ">i4"), ("nul", ">i4"), ("oid", ">i4"),
-                    ("dim", ">i4"), ("lb", ">i4"), ("v", value, (k,))])  # fmt: skip
-    out = np.zeros(n, rec)
-    out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * k, 1, _FLOAT8_OID, k, 1
-    out["v"]["l"] = 8
-    out["v"]["x"] = bounds
-    return fixed(out.tobytes(), rec.itemsize, n)
-
-
-def _bboxes(rows: list[Row]) -> pa.Array:
-    """``float8[]`` fields (COPY header included): a one-dimensional array without nulls."""
-    lengths = {len(r.bbox) for r in rows}
-    if len(lengths) == 1:  # one shape (nearly always 4 numbers)
-        return _fixed_bboxes(np.asarray([r.bbox for r in rows], dtype=np.float64))
-    parts = []
-    for r in rows:
-        body = struct.pack(">iiiii", 1, 0, _FLOAT8_OID, len(r.bbox), 1) + b"".join(
-            struct.pack(">id", 8, float(v)) for v in r.bbox
-        )
-        parts.append(struct.pack(">i", len(body)) + body)
-    return _binary(parts)
 
 
 def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
@@ -121,7 +91,7 @@ def encode_rows(rows: list[Row], space: Space) -> memoryview:
         field_count(_FIELDS),
         field_lengths(ids), ids,
         field_lengths(wkbs), wkbs,
-        _bboxes(rows),
+        float8_arrays([r.bbox for r in rows]),
         _timestamps([r.datetime for r in rows]),
         _timestamps([r.start_datetime for r in rows]),
         _timestamps([r.end_datetime for r in rows]),

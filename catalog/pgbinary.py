@@ -2,7 +2,7 @@
 
 * COPY BINARY framing: the file header and trailer, a row's field count, a field's 4-byte
   length (-1: NULL), ``jsonb`` fields (version byte 1, then the JSON text), ``timestamptz``
-  (int8 microseconds since 2000-01-01).
+  (int8 microseconds since 2000-01-01), one-dimensional ``float8[]`` (the bboxes).
 * pgvector's binary values (``vector_send`` / ``vector_recv`` and the ``halfvec`` and
   ``bit`` counterparts):
 
@@ -86,6 +86,36 @@ def timestamp_column(us: np.ndarray, valid: np.ndarray | None = None) -> pa.Arra
     if valid is None or bool(np.all(valid)):
         return fields
     return pc.if_else(pa.array(np.asarray(valid, dtype=bool)), fields, const(NULL_FIELD))
+
+
+FLOAT8_OID = 701
+
+
+def float8_array_column(values: np.ndarray) -> pa.Array:
+    """One-dimensional ``float8[]`` COPY fields (length header included, no NULL elements)
+    of the rows of an ``(n, k)`` array, as one record array: no Python object per value."""
+    n, k = values.shape
+    value = np.dtype([("l", ">i4"), ("x", ">f8")])
+    rec = np.dtype([("l", ">i4"), ("nd", ">i4"), ("nul", ">i4"), ("oid", ">i4"),
+                    ("dim", ">i4"), ("lb", ">i4"), ("v", value, (k,))])  # fmt: skip
+    out = np.zeros(n, rec)
+    out["l"], out["nd"], out["oid"], out["dim"], out["lb"] = 20 + 12 * k, 1, FLOAT8_OID, k, 1
+    out["v"]["l"] = 8
+    out["v"]["x"] = values
+    return fixed(out.tobytes(), rec.itemsize, n)
+
+
+def float8_arrays(rows: list[list[float]]) -> pa.Array:
+    """``float8_array_column`` of rows of any lengths (the record array where all share one)."""
+    if len({len(r) for r in rows}) == 1:
+        return float8_array_column(np.asarray(rows, dtype=np.float64))
+    parts = []
+    for r in rows:
+        body = struct.pack(">iiiii", 1, 0, FLOAT8_OID, len(r), 1) + b"".join(
+            struct.pack(">id", 8, float(v)) for v in r
+        )
+        parts.append(struct.pack(">i", len(body)) + body)
+    return pa.array(parts, BIN)
 
 
 # -- pgvector ----------------------------------------------------------------------------------

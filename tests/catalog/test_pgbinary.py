@@ -119,3 +119,20 @@ def test_a_binary_copy_out_of_vectors_reads_as_copy_rows(
     assert (rows["fields"] == 1).all()
     assert (rows["size"] == pgbinary.value_size(DIMS, storage)).all()
     np.testing.assert_array_equal(rows["v"].astype(np.float32), values)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[[-1.5, 2.25, 3.0, 4.125], [0.0, -0.0, 1e300, -1e-300]], [[1.0, 2.0, 3.0, 4.0], [5.5, 6.5]]],
+    ids=["one-length", "ragged"],
+)
+def test_float8_arrays_copied_in_binary_read_back_as_they_went(
+    conn: psycopg.Connection, rows: list[list[float]]
+) -> None:
+    conn.execute("CREATE TEMP TABLE b (n serial, a float8[])")
+    joined = pc.binary_join_element_wise(pgbinary.field_count(1), pgbinary.float8_arrays(rows), b"")
+    with conn.cursor().copy("COPY b (a) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(pgbinary.COPY_HEADER + bytes(pgbinary.rows_buffer(joined)))
+        copy.write(pgbinary.COPY_TRAILER)
+    got = conn.execute("SELECT a, array_ndims(a), array_lower(a, 1) FROM b ORDER BY n")
+    assert [tuple(r) for r in got.fetchall()] == [(r, 1, 1) for r in rows]
