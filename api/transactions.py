@@ -134,15 +134,7 @@ class TransactionsClient(AsyncBaseTransactionsClient):
         if body.get("id") != item_id:
             raise InvalidInput(f"the body's id {body.get('id')!r} differs from the path's")
         record = stacrows.validate_item(body, collection_id)
-        base = base_url(request)
-
-        def work() -> None:
-            with connection(request) as conn:
-                stacrows.update_item(conn, record)
-                stacrows.get_item(conn, collection_id, item_id, base)  # servable, or roll back
-
-        await run_in_threadpool(work)
-        return Response(status_code=204)
+        return await _replace(request, record, collection_id, item_id)
 
     async def patch_item(
         self, collection_id: str, item_id: str, patch: Any, **kwargs: Any
@@ -155,15 +147,7 @@ class TransactionsClient(AsyncBaseTransactionsClient):
         if patched.get("id") != item_id:
             raise InvalidInput("a patch cannot change the item id")
         record = stacrows.validate_item(patched, collection_id)
-        base = base_url(request)
-
-        def work() -> None:
-            with connection(request) as conn:
-                stacrows.update_item(conn, record)
-                stacrows.get_item(conn, collection_id, item_id, base)  # servable, or roll back
-
-        await run_in_threadpool(work)
-        return Response(status_code=204)
+        return await _replace(request, record, collection_id, item_id)
 
     async def delete_item(self, item_id: str, collection_id: str, **kwargs: Any) -> Response:
         request: Request = kwargs["request"]
@@ -338,3 +322,17 @@ def transaction_extensions(settings: ApiSettings) -> list[ApiExtension]:
         ItemTransactionExtension(client=TransactionsClient(), settings=settings),
         ItemsBulkTransactionExtension(client=BulkTransactionsClient()),
     ]
+
+
+async def _replace(request: Request, record: Any, collection_id: str, item_id: str) -> Response:
+    """Write a validated item over the stored one (PUT and PATCH), in one transaction that
+    rolls back unless the stored item can be served again."""
+    base = base_url(request)
+
+    def work() -> None:
+        with connection(request) as conn:
+            stacrows.update_item(conn, record)
+            stacrows.get_item(conn, collection_id, item_id, base)  # servable, or roll back
+
+    await run_in_threadpool(work)
+    return Response(status_code=204)
