@@ -168,6 +168,28 @@ class InputSpec:
         if self.chip_size <= 0:
             raise EncoderOptionError(f"chip size must be positive, got {self.chip_size}")
 
+    @classmethod
+    def any_size(
+        cls,
+        bands: Sequence[str],
+        chip_size: int,
+        gsd: float | None,
+        scaling: dict[str, Any] | None,
+    ) -> InputSpec:
+        """The input of an encoder that pools any chip size to its dimensions, from its
+        options: Sentinel-2 L1C digital numbers scaled by 1/10000 unless ``scaling`` says."""
+        return cls(
+            bands=tuple(bands),
+            chip_size=int(chip_size),
+            gsd=float(gsd) if gsd is not None else None,
+            scaling=(
+                Scaling.from_dict(scaling)
+                if scaling is not None
+                else Scaling(type="scale", value=10000.0)
+            ),
+            variable_chip_size=True,
+        )
+
 
 @dataclass(frozen=True)
 class OutputSpec:

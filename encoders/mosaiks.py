@@ -27,7 +27,6 @@ from embcat.encoders.base import (
     Encoder,
     InputSpec,
     OutputSpec,
-    Scaling,
     parse_bands,
 )
 from embcat.encoders.errors import EncoderOptionError
@@ -109,18 +108,7 @@ class MosaiksEncoder(Encoder):
                 f"mosaiks: patch_size must be in 1..chip_size ({chip_size}): {patch_size}"
             )
         band_names = parse_bands(bands, SENTINEL2_L1C_BANDS)
-        scale = (
-            Scaling.from_dict(scaling)
-            if scaling is not None
-            else Scaling(type="scale", value=10000.0)
-        )
-        input_spec = InputSpec(
-            bands=band_names,
-            chip_size=int(chip_size),
-            gsd=float(gsd) if gsd is not None else None,
-            scaling=scale,
-            variable_chip_size=True,
-        )
+        input_spec = InputSpec.any_size(band_names, chip_size, gsd, scaling)
         output_spec = OutputSpec(
             dimensions=2 * num_features,
             dtype=dtype,  # type: ignore[arg-type]
@@ -140,7 +128,7 @@ class MosaiksEncoder(Encoder):
                 "bands": list(band_names),
                 "chip_size": int(chip_size),
                 "gsd": input_spec.gsd,
-                "scaling": scale.to_dict(),
+                "scaling": input_spec.scaling.to_dict(),
                 "dtype": dtype,
                 "patch_source": "seeded-generator",
             },

@@ -18,7 +18,6 @@ from embcat.encoders.base import (
     Encoder,
     InputSpec,
     OutputSpec,
-    Scaling,
     parse_bands,
 )
 from embcat.encoders.errors import EncoderOptionError
@@ -54,19 +53,9 @@ class SpectralStatsEncoder(Encoder):
                 ) from None
         if any(not 0.0 <= q <= 1.0 for q in qs):
             raise EncoderOptionError(f"spectral-stats: quantiles must lie in [0, 1]: {qs}")
-        scale = (
-            Scaling.from_dict(scaling)
-            if scaling is not None
-            else Scaling(type="scale", value=10000.0)
-        )
+        input_spec = InputSpec.any_size(band_names, chip_size, gsd, scaling)
         super().__init__(
-            input_spec=InputSpec(
-                bands=band_names,
-                chip_size=int(chip_size),
-                gsd=float(gsd) if gsd is not None else None,
-                scaling=scale,
-                variable_chip_size=True,
-            ),
+            input_spec=input_spec,
             output_spec=OutputSpec(
                 dimensions=len(band_names) * (2 + len(qs)),
                 dtype=dtype,  # type: ignore[arg-type]
@@ -78,7 +67,7 @@ class SpectralStatsEncoder(Encoder):
                 "quantiles": qs,
                 "chip_size": int(chip_size),
                 "gsd": float(gsd) if gsd is not None else None,
-                "scaling": scale.to_dict(),
+                "scaling": input_spec.scaling.to_dict(),
                 "dtype": dtype,
             },
         )
