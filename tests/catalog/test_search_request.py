@@ -53,3 +53,8 @@ def test_post_links_echo_the_body_with_the_token() -> None:
 def test_get_links_replace_the_token_of_the_request() -> None:
     (link,) = page_links("http://h", "/search", [("next", "T2")], params={"token": "T1", "a": "1"})
     assert link["href"] == "http://h/search?a=1&token=T2"
+
+
+def test_a_bbox_that_is_neither_text_nor_a_list_is_refused_with_the_bbox_message() -> None:
+    assert "4 or 6 numbers" in _message(parse_bbox, 5)
+    assert "4 or 6 numbers" in _message(parse_bbox, {"a": 1})
