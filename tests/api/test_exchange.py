@@ -16,6 +16,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from vectorgen import load_collection
 
+from embcat.catalog.search import BBOX_MESSAGE
 from embcat.catalog.vectors import multihash_sha256
 
 CID = "xchg-api"
@@ -195,3 +196,33 @@ def test_client_export_arrays_decode_the_vector_column(
     stored = vectors.astype(np.float16).astype(np.float32)[[int(i[-2:]) for i in ids]]
     assert values.shape == (30, DIMS)
     assert np.allclose(values, stored, atol=0 if dtype == "float16" else 0.05)
+
+
+@pytest.mark.parametrize("bbox", ["1,2,x", "1,2,3"])
+def test_export_get_refuses_a_bad_bbox_with_the_shared_message(
+    live_server: str, vectors: np.ndarray, bbox: str
+) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"bbox": bbox})
+    assert r.status_code == 400, r.text
+    assert r.json()["description"] == BBOX_MESSAGE.format(bbox)
+
+
+def test_export_post_refuses_a_bad_bbox_with_the_shared_message(
+    live_server: str, vectors: np.ndarray
+) -> None:
+    r = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": [1, 2, 3]})
+    assert r.status_code == 400, r.text
+    assert r.json()["description"] == BBOX_MESSAGE.format([1, 2, 3])
+
+
+def test_export_post_refuses_a_number_as_bbox(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": 5})
+    assert r.status_code == 400, r.text
+    assert "bbox must be 4 or 6 numbers" in r.json()["description"]
+
+
+def test_export_get_takes_cql2_json_as_text(live_server: str, vectors: np.ndarray) -> None:
+    flt = '{"op": "=", "args": [{"property": "id"}, "nope"]}'
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"filter": flt})
+    assert r.status_code == 200, r.text
+    assert pq.read_table(io.BytesIO(r.content)).num_rows == 0
