@@ -226,3 +226,13 @@ def test_export_get_takes_cql2_json_as_text(live_server: str, vectors: np.ndarra
     r = httpx.get(f"{live_server}/collections/{CID}/export", params={"filter": flt})
     assert r.status_code == 200, r.text
     assert pq.read_table(io.BytesIO(r.content)).num_rows == 0
+
+
+@pytest.mark.parametrize("bbox", ["1,2,x", "1,2,3"])
+def test_search_items_and_export_refuse_a_bad_bbox_with_one_message(
+    live_server: str, vectors: np.ndarray, bbox: str
+) -> None:
+    urls = ["/search", f"/collections/{CID}/items", f"/collections/{CID}/export"]
+    answers = [httpx.get(live_server + url, params={"bbox": bbox}) for url in urls]
+    assert [r.status_code for r in answers] == [400, 400, 400], [r.text for r in answers]
+    assert {r.json()["description"] for r in answers} == {BBOX_MESSAGE.format(bbox)}
