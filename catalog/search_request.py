@@ -69,8 +69,9 @@ def parse_datetime(value: Any) -> str | None:
 
 def parse_json(name: str, value: Any) -> Any:
     """A parameter that holds JSON (``intersects``, ``query``): text is parsed, objects are
-    taken as they are; nesting deeper than the cap is refused."""
-    if value is None or isinstance(value, dict):
+    taken as they are (a JSON body's list or number too: what it must be is checked where
+    it is used); nesting deeper than the cap is refused."""
+    if not isinstance(value, str):
         check_depth(value, name)
         return value
     try:

@@ -236,3 +236,12 @@ def test_search_items_and_export_refuse_a_bad_bbox_with_one_message(
     answers = [httpx.get(live_server + url, params={"bbox": bbox}) for url in urls]
     assert [r.status_code for r in answers] == [400, 400, 400], [r.text for r in answers]
     assert {r.json()["description"] for r in answers} == {BBOX_MESSAGE.format(bbox)}
+
+
+def test_export_refuses_a_query_that_is_not_an_object_as_search_does(
+    live_server: str, vectors: np.ndarray
+) -> None:
+    search = httpx.get(f"{live_server}/search", params={"query": "[1]"})
+    export = httpx.post(f"{live_server}/collections/{CID}/export", json={"query": [1]})
+    assert search.status_code == export.status_code == 400, export.text
+    assert export.json()["description"] == search.json()["description"]
