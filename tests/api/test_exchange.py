@@ -245,3 +245,15 @@ def test_export_refuses_a_query_that_is_not_an_object_as_search_does(
     export = httpx.post(f"{live_server}/collections/{CID}/export", json={"query": [1]})
     assert search.status_code == export.status_code == 400, export.text
     assert export.json()["description"] == search.json()["description"]
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3], 5, "0,0,1,1"])
+def test_post_search_and_post_export_refuse_a_bad_bbox_with_one_message(
+    live_server: str, vectors: np.ndarray, bbox: object
+) -> None:
+    search = httpx.post(f"{live_server}/search", json={"bbox": bbox})
+    export = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": bbox})
+    assert search.status_code == 400, search.text
+    assert search.json()["description"] == BBOX_MESSAGE.format(bbox)
+    if not isinstance(bbox, str):  # export's body takes the text form too, as before
+        assert export.json()["description"] == search.json()["description"]
