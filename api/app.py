@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.api.middleware import ProxyHeaderMiddleware
 from stac_fastapi.api.models import (
-    ItemCollectionUri,
     create_get_request_model,
     create_post_request_model,
     create_request_model,
@@ -63,6 +62,7 @@ from embcat.api.limits import (
     TrustedProxyHeaders,
     parse_networks,
 )
+from embcat.api.search_get import ItemsGetRequest, SearchGetRequest
 from embcat.api.settings import ApiSettings, AppSettings
 from embcat.api.similarity import SimilarityExtension
 from embcat.api.transactions import transaction_extensions
@@ -332,13 +332,15 @@ def create_app(
         ),
         stac_version=STAC_VERSION,
         extensions=extensions,
-        search_get_request_model=create_get_request_model(ext["search"]),
+        search_get_request_model=create_get_request_model(
+            ext["search"], base_model=SearchGetRequest
+        ),
         search_post_request_model=create_post_request_model(
             search_post_extensions, base_model=SearchPostRequest
         ),
         items_get_request_model=create_request_model(  # type: ignore[arg-type]
             "ItemCollectionUri",
-            base_model=ItemCollectionUri,
+            base_model=ItemsGetRequest,
             extensions=ext["items"],
             request_type="GET",
         ),

@@ -38,6 +38,7 @@ from embcat.catalog.search import (
 )
 from embcat.catalog.search_links import page_links
 from embcat.catalog.search_request import (
+    BBOX_MESSAGE,
     parse_bbox,
     parse_datetime,
     parse_fields,
@@ -211,6 +212,15 @@ class SearchPostRequest(BaseSearchPostRequest):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return [v for v in value.split(",") if v] if isinstance(value, str) else value
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _shared_bbox(cls, value: Any) -> Any:
+        # InvalidInput (not a ValueError): the handler answers the parser's own message,
+        # the one GET search, export and the CLI give, not pydantic's tuple variants.
+        if isinstance(value, str):  # a body's bbox is a list (GET's is the text form)
+            raise InvalidInput(BBOX_MESSAGE.format(value))
+        return parse_bbox(value)
 
 
 @attr.s

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import tempfile
 import threading
@@ -48,8 +47,9 @@ from embcat.catalog.export import (
     stream_csv,
     stream_export,
 )
+from embcat.catalog.filters import Filter
 from embcat.catalog.quantize import DTYPES, LAYOUTS
-from embcat.catalog.search import SearchQuery
+from embcat.catalog.search_request import search_from_params
 from embcat.catalog.spaces import collection_space
 from embcat.catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
 
@@ -165,13 +165,6 @@ router.include_router(vector_router)
 # --------------------------------------------------------------------------- export
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InvalidInput(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 def _export_request(collection_id: str, params: dict[str, Any], base: str) -> ExportRequest:
     known = {
         "dtype", "bbox", "intersects", "datetime", "filter", "filter-lang", "filter_lang",
@@ -181,28 +174,6 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidInput(f"unknown export parameter(s) {unknown}")
-    bbox = params.get("bbox")
-    if isinstance(bbox, str):
-        bbox = _floats(bbox, "bbox")
-    ids = params.get("ids")
-    if isinstance(ids, str):
-        ids = [v for v in ids.split(",") if v]
-    intersects = params.get("intersects")
-    if isinstance(intersects, str):
-        try:
-            intersects = json.loads(intersects)
-        except ValueError:
-            raise InvalidInput("intersects must be a GeoJSON geometry") from None
-    filt = params.get("filter")
-    lang = params.get("filter-lang") or params.get("filter_lang")
-    if isinstance(filt, str) and lang in (None, "cql2-json") and filt.lstrip().startswith("{"):
-        try:
-            filt = json.loads(filt)
-        except (ValueError, RecursionError):
-            raise InvalidInput("filter is not valid CQL2 JSON") from None
-        lang = "cql2-json"
-    if filt is not None and not isinstance(filt, str | dict):
-        raise InvalidInput("filter must be CQL2 text or a CQL2 JSON object")
     after = params.get("after")
     if after is not None and not isinstance(after, str):
         raise InvalidInput("after must be the id of the last item received (a string)")
@@ -216,26 +187,10 @@ def _export_request(collection_id: str, params: dict[str, Any], base: str) -> Ex
             )
         ):
             raise InvalidInput(f"{name} must be a string")
-    if ids is not None and (not isinstance(ids, list) or any(not isinstance(v, str) for v in ids)):
-        raise InvalidInput("ids must be a list of strings")
-    query_param = params.get("query")
-    if isinstance(query_param, str):
-        try:
-            query_param = json.loads(query_param)
-        except (ValueError, RecursionError):
-            raise InvalidInput("query must be a JSON object") from None
-    if query_param is not None and not isinstance(query_param, dict):
-        raise InvalidInput("query must be a JSON object")
-    query = SearchQuery(
-        ids=ids,
-        bbox=bbox,
-        intersects=intersects,
-        datetime=params.get("datetime"),
-        filter=filt,
-        filter_lang=lang or ("cql2-text" if isinstance(filt, str) else None),
-        query=query_param,
-        q=params.get("q"),
-    )
+    # The search part is parsed as GET and POST /search parse theirs (one parser, one set
+    # of messages); export's ``limit`` is its own (rows in all, none by default).
+    query = search_from_params({k: v for k, v in params.items() if k != "limit"})
+    Filter.from_search(query)  # a bad filter is refused before the response starts
 
     def _int(name: str) -> int | None:
         value = params.get(name)

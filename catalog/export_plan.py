@@ -19,6 +19,7 @@ from embcat.catalog.changes import safe_high_water
 from embcat.catalog.errors import DatabaseUnavailable, InvalidInput, NotFound, translated
 from embcat.catalog.export_schema import schema_of
 from embcat.catalog.export_shape import ShapeDetails, item_shape, keep_shape
+from embcat.catalog.filters import Filter
 from embcat.catalog.quantize import (
     BINARY_QUANTIZATION,
     Quantization,
@@ -27,7 +28,7 @@ from embcat.catalog.quantize import (
     check_layout,
     int8_quantization,
 )
-from embcat.catalog.search import SearchQuery, where_clause
+from embcat.catalog.search import SearchQuery
 from embcat.catalog.spaces import Space, get_space
 
 MAX_WAIT_FOR_WRITERS_S = 10.0
@@ -129,7 +130,7 @@ def _base_where(req: ExportRequest, space: Space, as_of: int) -> sql.Composable:
         sql.SQL("i.change_seq <= {}").format(sql.Literal(as_of)),
     ]
     q = SearchQuery(**{**asdict(req.query), "collections": None, "sortby": None, "token": None})
-    parts.append(where_clause(q))
+    parts.append(Filter.from_search(q).for_items())
     if req.after is not None:
         parts.append(sql.SQL("i.id > {}").format(sql.Literal(req.after)))
     return sql.SQL(" AND ").join(parts)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from embcat.catalog.search_request import parse_filter, parse_json
+
 if TYPE_CHECKING:
     from embcat.catalog.spaces import IndexSettings
 
@@ -50,9 +52,12 @@ class MirrorOptions:
             out["bbox"] = list(self.bbox)
         if self.datetime:
             out["datetime"] = self.datetime
-        if self.filter not in (None, ""):
-            out["filter"] = self.filter
-            out["filter-lang"] = "cql2-json" if isinstance(self.filter, dict) else "cql2-text"
+        flt, lang = parse_filter(self.filter, None)
+        if flt is not None:
+            if lang == "cql2-json" and isinstance(flt, str):  # CQL2 JSON as text: an object
+                flt = parse_json("filter", flt)
+            out["filter"] = flt
+            out["filter-lang"] = lang
         return out
 
 

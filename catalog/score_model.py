@@ -99,15 +99,15 @@ class ScoreRequest(BaseModel):
         return [ref(r) for r in self.positive], [ref(r) for r in self.negative]
 
     def search(self, collection_id: str) -> SearchQuery:
-        lang = self.filter_lang
-        if self.filter is not None and lang is None:
-            lang = "cql2-json" if isinstance(self.filter, dict) else "cql2-text"
+        from embcat.catalog.search_request import parse_filter
+
+        flt, lang = parse_filter(self.filter, self.filter_lang)
         return SearchQuery(
             collections=[collection_id],
             bbox=self.bbox,
             intersects=self.intersects,
             datetime=self.datetime,
-            filter=self.filter,
+            filter=flt,
             filter_lang=lang,
         )
 

@@ -37,7 +37,11 @@ def parse_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 def parse_bbox(value: str | Sequence[Any] | None) -> list[float] | None:
     """``minx,miny,maxx,maxy`` (or 6 numbers, or a JSON list) -> floats; None when absent."""
-    if value is None or value == "" or (not isinstance(value, str) and len(value) == 0):
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | list | tuple):  # a number or an object in a JSON body
+        raise InvalidInput(BBOX_MESSAGE.format(value))
+    if len(value) == 0:
         return None
     parts: Sequence[Any] = value.split(",") if isinstance(value, str) else value
     try:
@@ -65,8 +69,9 @@ def parse_datetime(value: Any) -> str | None:
 
 def parse_json(name: str, value: Any) -> Any:
     """A parameter that holds JSON (``intersects``, ``query``): text is parsed, objects are
-    taken as they are; nesting deeper than the cap is refused."""
-    if value is None or isinstance(value, dict):
+    taken as they are (a JSON body's list or number too: what it must be is checked where
+    it is used); nesting deeper than the cap is refused."""
+    if not isinstance(value, str):
         check_depth(value, name)
         return value
     try:

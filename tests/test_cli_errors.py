@@ -14,6 +14,7 @@ import stamina
 from click.testing import CliRunner
 from shardgen import write_run
 
+from embcat.catalog.search import BBOX_MESSAGE
 from embcat.cli import main
 
 BAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens on loopback port 9
@@ -202,3 +203,24 @@ def test_serve_logs_each_request_once(tmp_path: Path, database_url: str) -> None
         proc.wait(timeout=30)
     lines = [line for line in log.read_text().splitlines() if "/conformance" in line]
     assert len(lines) == 1, lines
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "nope-collection", "{tmp}/x.parquet", "--bbox", "1,2,x"],
+        ["mirror", BAD_URL, "--collection", "c", "--bbox", "1,2,x"],
+    ],
+    ids=["export", "mirror"],
+)
+def test_a_bad_bbox_gets_the_message_of_the_api(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.stderr
+    assert BBOX_MESSAGE.format("1,2,x") in result.stderr
+
+
+def test_a_filter_that_looks_like_json_but_is_not_gets_the_api_message(tmp_path: Path) -> None:
+    argv = ["export", "nope-collection", str(tmp_path / "x.parquet"), "--filter", "{nope"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.stderr
+    assert "filter must be JSON" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,24 +15,29 @@ DTYPE_CHOICE = click.Choice(["float32", "float16", "int8", "binary"])
 
 
 def _bbox(value: str | None) -> list[float] | None:
-    if value is None:
-        return None
+    """``--bbox``: parsed as the API parses a bbox (``catalog.search_request``)."""
+    from embcat.catalog.errors import InvalidInput
+    from embcat.catalog.search_request import parse_bbox
+
     try:
-        out = [float(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter("bbox must be four comma-separated numbers") from None
-    if len(out) not in (4, 6):
-        raise click.BadParameter("bbox must have 4 (or 6) numbers")
-    return out
+        return parse_bbox(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="'--bbox'") from None
 
 
-def _filter(value: str | None) -> str | dict | None:
-    if value and value.lstrip().startswith("{"):
+def _filter(value: str | None) -> str | dict[str, Any] | None:
+    """``--filter``: the language decided as the API decides it; CQL2 JSON becomes an
+    object (what a POST body and the mirror's saved filters hold)."""
+    from embcat.catalog.errors import InvalidInput
+    from embcat.catalog.search_request import parse_filter, parse_json
+
+    flt, lang = parse_filter(value, None)
+    if lang == "cql2-json" and isinstance(flt, str):
         try:
-            return dict(json.loads(value))
-        except ValueError:
-            raise click.BadParameter("filter looks like JSON but does not parse") from None
-    return value
+            flt = parse_json("filter", flt)
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc), param_hint="'--filter'") from None
+    return flt
 
 
 @click.command("export")
@@ -100,6 +106,7 @@ def export_command(
     from embcat.catalog.db import connect
     from embcat.catalog.export import ExportRequest, export_csv_to_file, export_to_file
     from embcat.catalog.search import SearchQuery
+    from embcat.catalog.search_request import parse_datetime, parse_filter, parse_list
 
     folder = out.expanduser().parent
     if not folder.is_dir():
@@ -109,13 +116,13 @@ def export_command(
         )
     if not os.access(folder, os.W_OK):
         raise click.BadParameter(f"the folder {folder} is not writable", param_hint="OUT")
-    flt = _filter(filter_)
+    flt, lang = parse_filter(_filter(filter_), None)
     query = SearchQuery(
         bbox=_bbox(bbox),
-        datetime=datetime_,
+        datetime=parse_datetime(datetime_),
         filter=flt,
-        filter_lang=("cql2-json" if isinstance(flt, dict) else "cql2-text") if flt else None,
-        ids=[v for v in ids.split(",") if v] if ids else None,
+        filter_lang=lang,
+        ids=parse_list(ids),
     )
     req = ExportRequest(
         collection_id,

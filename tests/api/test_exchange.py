@@ -16,6 +16,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from vectorgen import load_collection
 
+from embcat.catalog.search import BBOX_MESSAGE
 from embcat.catalog.vectors import multihash_sha256
 
 CID = "xchg-api"
@@ -195,3 +196,64 @@ def test_client_export_arrays_decode_the_vector_column(
     stored = vectors.astype(np.float16).astype(np.float32)[[int(i[-2:]) for i in ids]]
     assert values.shape == (30, DIMS)
     assert np.allclose(values, stored, atol=0 if dtype == "float16" else 0.05)
+
+
+@pytest.mark.parametrize("bbox", ["1,2,x", "1,2,3"])
+def test_export_get_refuses_a_bad_bbox_with_the_shared_message(
+    live_server: str, vectors: np.ndarray, bbox: str
+) -> None:
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"bbox": bbox})
+    assert r.status_code == 400, r.text
+    assert r.json()["description"] == BBOX_MESSAGE.format(bbox)
+
+
+def test_export_post_refuses_a_bad_bbox_with_the_shared_message(
+    live_server: str, vectors: np.ndarray
+) -> None:
+    r = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": [1, 2, 3]})
+    assert r.status_code == 400, r.text
+    assert r.json()["description"] == BBOX_MESSAGE.format([1, 2, 3])
+
+
+def test_export_post_refuses_a_number_as_bbox(live_server: str, vectors: np.ndarray) -> None:
+    r = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": 5})
+    assert r.status_code == 400, r.text
+    assert "bbox must be 4 or 6 numbers" in r.json()["description"]
+
+
+def test_export_get_takes_cql2_json_as_text(live_server: str, vectors: np.ndarray) -> None:
+    flt = '{"op": "=", "args": [{"property": "id"}, "nope"]}'
+    r = httpx.get(f"{live_server}/collections/{CID}/export", params={"filter": flt})
+    assert r.status_code == 200, r.text
+    assert pq.read_table(io.BytesIO(r.content)).num_rows == 0
+
+
+@pytest.mark.parametrize("bbox", ["1,2,x", "1,2,3"])
+def test_search_items_and_export_refuse_a_bad_bbox_with_one_message(
+    live_server: str, vectors: np.ndarray, bbox: str
+) -> None:
+    urls = ["/search", f"/collections/{CID}/items", f"/collections/{CID}/export"]
+    answers = [httpx.get(live_server + url, params={"bbox": bbox}) for url in urls]
+    assert [r.status_code for r in answers] == [400, 400, 400], [r.text for r in answers]
+    assert {r.json()["description"] for r in answers} == {BBOX_MESSAGE.format(bbox)}
+
+
+def test_export_refuses_a_query_that_is_not_an_object_as_search_does(
+    live_server: str, vectors: np.ndarray
+) -> None:
+    search = httpx.get(f"{live_server}/search", params={"query": "[1]"})
+    export = httpx.post(f"{live_server}/collections/{CID}/export", json={"query": [1]})
+    assert search.status_code == export.status_code == 400, export.text
+    assert export.json()["description"] == search.json()["description"]
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3], 5, "0,0,1,1"])
+def test_post_search_and_post_export_refuse_a_bad_bbox_with_one_message(
+    live_server: str, vectors: np.ndarray, bbox: object
+) -> None:
+    search = httpx.post(f"{live_server}/search", json={"bbox": bbox})
+    export = httpx.post(f"{live_server}/collections/{CID}/export", json={"bbox": bbox})
+    assert search.status_code == 400, search.text
+    assert search.json()["description"] == BBOX_MESSAGE.format(bbox)
+    if not isinstance(bbox, str):  # export's body takes the text form too, as before
+        assert export.json()["description"] == search.json()["description"]

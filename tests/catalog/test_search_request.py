@@ -7,7 +7,7 @@ import pytest
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.search import bbox_literal
 from embcat.catalog.search_links import page_links
-from embcat.catalog.search_request import parse_bbox, parse_filter, search_from_params
+from embcat.catalog.search_request import parse_bbox, parse_filter, parse_json, search_from_params
 
 
 def _message(call, *args) -> str:
@@ -53,3 +53,13 @@ def test_post_links_echo_the_body_with_the_token() -> None:
 def test_get_links_replace_the_token_of_the_request() -> None:
     (link,) = page_links("http://h", "/search", [("next", "T2")], params={"token": "T1", "a": "1"})
     assert link["href"] == "http://h/search?a=1&token=T2"
+
+
+def test_a_bbox_that_is_neither_text_nor_a_list_is_refused_with_the_bbox_message() -> None:
+    assert "4 or 6 numbers" in _message(parse_bbox, 5)
+    assert "4 or 6 numbers" in _message(parse_bbox, {"a": 1})
+
+
+def test_a_json_body_value_that_is_not_an_object_is_taken_as_it_is() -> None:
+    assert parse_json("query", [1]) == [1]
+    assert parse_json("intersects", 5) == 5
