@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -37,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_database
 
+from benchcommon import in_child, rss_mb  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
@@ -56,25 +55,6 @@ PROFILES = [
     "minimal:binary",
 ]
 PAYLOAD = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1 / 8}  # bytes per dim
-
-
-def rss_mb() -> float:
-    """This process's peak RSS (VmHWM: per address space; ru_maxrss would carry the peak of
-    the parent a spawned child was forked from)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def in_child(target: Any, *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    out: dict[str, Any] = queue.get()
-    proc.join()
-    return out
 
 
 def _child_publish(url: str, run: str, queue: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import socket
@@ -36,30 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_database
 
+from benchcommon import in_child, rss_mb  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
 from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 
 CID = "bench-mirror"
-
-
-def rss_mb() -> float:
-    """This process's peak RSS (VmHWM; a spawned child does not inherit its parent's)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def in_child(target: Any, *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    out: dict[str, Any] = queue.get()
-    proc.join()
-    return out
 
 
 def _child_publish(url: str, run: str, queue: Any) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -37,6 +36,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchcommon import in_child  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
@@ -69,16 +69,6 @@ def _child_index(url: str, queue: Any) -> None:
     t = time.perf_counter()
     built = build_index(CID, DatabaseSettings(database_url=url))
     queue.put({"built": built, "seconds": time.perf_counter() - t})
-
-
-def in_child(target: Any, *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    out: dict[str, Any] = queue.get()
-    proc.join()
-    return out
 
 
 def superuser(sql: str, db: str = "postgres") -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -53,6 +52,7 @@ import shapely
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
 
+from benchcommon import in_child  # noqa: E402
 from shardgen import chip_rows, table_from_rows  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
@@ -190,16 +190,6 @@ def _child_publish(url: str, run: str, queue: Any) -> None:
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put({**res.as_dict(), "summary": res.summary(), "rss_mb": rss})
-
-
-def in_child(target: Any, *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    out: dict[str, Any] = queue.get()
-    proc.join()
-    return out
 
 
 def filters(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:

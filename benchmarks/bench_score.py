@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from dataclasses import replace
@@ -41,21 +40,11 @@ from pgvector.psycopg import register_vector
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from benchcommon import rss_mb  # noqa: E402
 from vectorgen import grid_points, item_ids, load_collection, manifold_vectors  # noqa: E402
 
 from embcat.catalog import migrate, score  # noqa: E402
 from embcat.catalog.settings import DatabaseSettings, to_libpq_url  # noqa: E402
-
-
-def rss_mb() -> float:
-    """Peak RSS since the last ``reset_peak`` (VmHWM), in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def reset_peak() -> None:
