@@ -51,6 +51,7 @@ from embcat.catalog.filters import Filter
 from embcat.catalog.quantize import DTYPES, LAYOUTS
 from embcat.catalog.search_request import search_from_params
 from embcat.catalog.spaces import collection_space
+from embcat.catalog.store.vectors import item_vector
 from embcat.catalog.vectors import NPY_MEDIA_TYPE, multihash_sha256, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -101,22 +102,7 @@ def capabilities() -> dict[str, Any]:
 
 def _vector(request: Request, cid: str, iid: str) -> tuple[np.ndarray, str | None]:
     with connection(request) as conn:
-        row = conn.execute(
-            """SELECT coalesce(e.embedding_f32, e.embedding::vector),
-                      i.assets -> 'embeddings' ->> 'file:checksum'
-                 FROM items i
-                 JOIN collections c ON c.id = i.collection_id
-                 JOIN embeddings e ON e.collection_id = i.collection_id AND e.item_id = i.id
-                                  AND e.space_id = c.space_id
-                WHERE i.collection_id = %s AND i.id = %s""",
-            (cid, iid),
-        ).fetchone()
-        if row is None:
-            exists = conn.execute("SELECT 1 FROM collections WHERE id = %s", (cid,)).fetchone()
-            if exists is None:
-                raise NotFound(f"collection {cid!r} does not exist")
-            raise NotFound(f"item {iid!r} of collection {cid!r} does not exist or has no vector")
-    return np.asarray(row[0].to_numpy(), dtype=np.float32), row[1]
+        return item_vector(conn, cid, iid)
 
 
 @vector_router.get(
