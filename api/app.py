@@ -52,7 +52,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embcat.api import exchange, explorer, imagery, observability, score, uploads
-from embcat.api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
+from embcat.api.core import CoreClient
+from embcat.api.core_search import SearchPostRequest
 from embcat.api.db import connection, create_pool
 from embcat.api.errors import add_exception_handlers, error_body
 from embcat.api.features import FeatureContext, check_protected, stac_route_dependencies
@@ -62,6 +63,7 @@ from embcat.api.limits import (
     TrustedProxyHeaders,
     parse_networks,
 )
+from embcat.api.queryables import FiltersClient, SortablesClient
 from embcat.api.search_get import ItemsGetRequest, SearchGetRequest
 from embcat.api.settings import ApiSettings, AppSettings
 from embcat.api.similarity import SimilarityExtension
