@@ -104,7 +104,7 @@ async def explorer_features(
     bbox: str | None = Query(None, description="west,south,east,north (WGS84)"),
     limit: int = Query(10_000, description="Most footprints returned (1..100000)"),
 ) -> Response:
-    box = preview.parse_bbox(bbox)
+    box = preview.preview_area(bbox)
 
     def work() -> bytes:
         with connection(request) as conn:
@@ -121,7 +121,7 @@ async def preview_png(
     width: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
     height: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
 ) -> Response:
-    box = preview.parse_bbox(bbox)
+    box = preview.preview_area(bbox)
 
     def work() -> bytes:
         with connection(request) as conn:
