@@ -46,15 +46,15 @@ from stac_fastapi.extensions.query.query import QueryConformanceClasses
 from stac_fastapi.extensions.sort.sort import SortConformanceClasses
 from stac_fastapi.types.extension import ApiExtension
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embcat.api import exchange, explorer, imagery, observability, score, uploads
-from embcat.api.core import CoreClient, FiltersClient, SearchPostRequest, SortablesClient
+from embcat.api.body_limit import BodySizeLimit
+from embcat.api.core import CoreClient
+from embcat.api.core_search import SearchPostRequest
 from embcat.api.db import connection, create_pool
-from embcat.api.errors import add_exception_handlers, error_body
+from embcat.api.errors import add_exception_handlers
 from embcat.api.features import FeatureContext, check_protected, stac_route_dependencies
 from embcat.api.limits import (
     ClientConcurrencyLimit,
@@ -62,6 +62,7 @@ from embcat.api.limits import (
     TrustedProxyHeaders,
     parse_networks,
 )
+from embcat.api.queryables import FiltersClient, SortablesClient
 from embcat.api.search_get import ItemsGetRequest, SearchGetRequest
 from embcat.api.settings import ApiSettings, AppSettings
 from embcat.api.similarity import SimilarityExtension
@@ -96,63 +97,6 @@ FILTER_CLASSES = [
 # clients written against 1.0 (pystac-client 0.9) match "https://api.stacspec.org/v1.0.*".
 SORT_V100_SEARCH = "https://api.stacspec.org/v1.0.0/item-search#sort"
 SORT_V100_FEATURES = "https://api.stacspec.org/v1.0.0/ogcapi-features#sort"
-
-
-class BodySizeLimit:
-    """Rejects request bodies over ``max_bytes`` with 413 (declared or streamed size)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
-            return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(scope, receive, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            error_body("PayloadTooLarge", f"request body larger than {self.max_bytes} bytes"),
-            status_code=413,
-        )
-        await response(scope, receive, send)
-
-
-class _TooLarge(StarletteHTTPException):
-    """Raised from ``receive`` once a streamed body passes the limit. An HTTPException, so
-    that FastAPI's body parsing lets it through (any other error there becomes a 400
-    "error parsing the body") and the app's handler answers 413 with the JSON error."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 def _extensions(settings: ApiSettings) -> dict[str, Any]:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def connect(
-    settings: DatabaseSettings | None = None,
+    settings: DatabaseSettings,
     *,
     options: str = "",
     application_name: str = "embcat",
@@ -37,9 +37,9 @@ def connect(
     It carries TCP keepalives, ``tcp_user_timeout`` and the server-side
     ``client_connection_check_interval`` (``settings.libpq_kwargs()``): a job killed with
     SIGKILL leaves no backend running on for minutes. ``options`` adds ``-c name=value``
-    session settings.
+    session settings. ``settings`` come from the caller (its composition root, or
+    ``catalog.settings.defaults(DatabaseSettings)`` for a library caller given none).
     """
-    settings = settings or DatabaseSettings()
     kwargs = settings.libpq_kwargs()
     kwargs["options"] = f"{kwargs['options']} {options}".strip()
     with translated():

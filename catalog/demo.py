@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.spaces import IndexSettings
 
 DEMO_COLLECTION = "demo-mosaiks"
@@ -169,6 +169,7 @@ def prepare_demo(
     from embcat.encoders.job import run_encode
     from embcat.encoders.manifest import MANIFEST_NAME
 
+    settings = settings or defaults(DatabaseSettings)
     directory = Path(directory)
     scene = directory / "scene.tif"
     run_dir = directory / "run"

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 from embcat.catalog.checks import check_server
 from embcat.catalog.errors import EmbcatError, translated
-from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings, defaults
 
 MIGRATIONS_PACKAGE = "embcat.migrations"
 
@@ -38,7 +38,9 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(settings: DatabaseSettings | None = None) -> Config:
-    settings = settings or DatabaseSettings()
+    """Alembic's configuration for ``settings``' database (none: the code defaults, for
+    what reads the scripts only, such as ``head_revision``)."""
+    settings = settings or defaults(DatabaseSettings)
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     # '%' must be doubled for configparser interpolation.
@@ -52,15 +54,13 @@ def preflight(settings: DatabaseSettings) -> None:
         check_server(conn, require_installed=False)
 
 
-def upgrade(settings: DatabaseSettings | None = None, revision: str = "head") -> None:
-    settings = settings or DatabaseSettings()
+def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
     preflight(settings)
     with translated():
         command.upgrade(alembic_config(settings), revision)
 
 
-def downgrade(settings: DatabaseSettings | None = None, revision: str = "base") -> None:
-    settings = settings or DatabaseSettings()
+def downgrade(settings: DatabaseSettings, revision: str = "base") -> None:
     with translated():
         command.downgrade(alembic_config(settings), revision)
 
@@ -78,8 +78,7 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return found[0] if found else None
 
 
-def current(settings: DatabaseSettings | None = None) -> str | None:
-    settings = settings or DatabaseSettings()
+def current(settings: DatabaseSettings) -> str | None:
     with translated(), psycopg.connect(settings.libpq_url, connect_timeout=5) as conn:
         return current_revision(conn)
 

@@ -166,7 +166,7 @@ def publish(
 
 
 def _publish(ctx: PublishContext, settings: DatabaseSettings | None) -> PublishResult:
-    with connect(settings) as conn:
+    with connect(settings or defaults(DatabaseSettings)) as conn:
         conn.execute("set temp_buffers = '256MB'")
         conn.execute("set statement_timeout = 0")
         conn.execute("set jit = off")

@@ -17,7 +17,7 @@ from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
 from embcat.catalog.publish_merge import MergeState
-from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.spaces import IndexSettings
 
 ANALYZE_ITEM_COLUMNS = (
@@ -73,7 +73,7 @@ def build_index(
     """
     from embcat.catalog.errors import NotFound
 
-    with connect(settings) as conn, translated():
+    with connect(settings or defaults(DatabaseSettings)) as conn, translated():
         with conn.transaction():
             conn.execute("set local statement_timeout = 0")
             space = spaces_mod.collection_space(conn, collection_id)

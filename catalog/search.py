@@ -6,7 +6,9 @@ intersects, datetime, CQL2 ``filter``, ``query``, free-text ``q``) into one
 The jobs live in their own modules, re-exported here under their old names:
 
 - ``catalog.search_values``: timestamps, intervals, bbox / geometry literals, depth caps;
-- ``catalog.search_cql2``: the CQL2 translator, the Query extension, free text;
+- ``catalog.search_cql2``: the CQL2 translator (its operands and comparisons in
+  ``search_cql2_operands``, its spatial and temporal functions in ``search_cql2_functions``),
+  the Query extension, free text;
 - ``catalog.search_paging``: sort keys, keyset tokens;
 - ``catalog.search_fields``: the Fields extension and the queryables;
 - ``catalog.search_request``: request parameters to a ``SearchQuery`` (one parser).
@@ -24,13 +26,8 @@ from psycopg.rows import dict_row
 
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.filters import Filter, datetime_clause
-from embcat.catalog.search_cql2 import (
-    COLUMNS,
-    PROPERTY_NAME,
-    cql2_to_sql,
-    normalise_filter,
-    property_name,
-)
+from embcat.catalog.search_cql2 import cql2_to_sql, normalise_filter
+from embcat.catalog.search_cql2_operands import COLUMNS, PROPERTY_NAME, property_name
 from embcat.catalog.search_fields import apply_fields, queryables
 from embcat.catalog.search_paging import (
     SortKey,

@@ -17,7 +17,7 @@ from typing import Any
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.search_cql2 import jsonb_property, property_name
+from embcat.catalog.search_cql2_operands import jsonb_property, property_name
 from embcat.catalog.search_values import FALSE, parse_timestamp, ts_literal
 
 # --------------------------------------------------------------------------- sorting / paging

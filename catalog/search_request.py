@@ -8,9 +8,9 @@ came from. Values may come as text (query parameters, CLI options) or as JSON va
 
 - ``search_from_params(params, ...)``: key/value parameters (a query string), e.g.
   ``{"bbox": "5,45,8,48", "filter": "eo:cloud_cover < 20", "filter-lang": "cql2-text"}``.
-- the single-value parsers (``parse_bbox``, ``parse_datetime``, ``parse_filter``,
-  ``parse_json``, ``parse_list``, ``parse_sortby``, ``parse_fields``) for callers that hold
-  typed values already (a validated POST body).
+- the single-value parsers (``parse_bbox`` and ``parse_bounds``, ``parse_datetime``,
+  ``parse_filter``, ``parse_json``, ``parse_list``, ``parse_sortby``, ``parse_fields``) for
+  callers that hold typed values already (a validated POST body).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.filters import FILTER_LANGS
 from embcat.catalog.search import BBOX_MESSAGE, SearchQuery, check_depth
+from embcat.catalog.search_values import bbox_bounds
 
 
 def parse_list(value: str | Sequence[str] | None) -> list[str] | None:
@@ -51,6 +52,14 @@ def parse_bbox(value: str | Sequence[Any] | None) -> list[float] | None:
     if len(numbers) not in (4, 6):
         raise InvalidInput(BBOX_MESSAGE.format(value))
     return numbers
+
+
+def parse_bounds(value: str | Sequence[Any] | None) -> tuple[float, float, float, float] | None:
+    """A bbox as ``(minx, miny, maxx, maxy)`` for callers that need the 2D box itself (the
+    explorer's areas): ``parse_bbox``, then the checks a search applies to it (finite,
+    latitudes in range; 6 numbers drop z); None when absent."""
+    bbox = parse_bbox(value)
+    return None if bbox is None else bbox_bounds(bbox)
 
 
 def parse_datetime(value: Any) -> str | None:
@@ -179,6 +188,7 @@ def search_from_params(
 __all__ = [
     "BBOX_MESSAGE",
     "parse_bbox",
+    "parse_bounds",
     "parse_datetime",
     "parse_fields",
     "parse_filter",

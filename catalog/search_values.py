@@ -80,7 +80,9 @@ def geometry_literal(geom: dict[str, Any]) -> sql.Composable:
     )
 
 
-def bbox_literal(bbox: Sequence[Any]) -> sql.Composable:
+def bbox_bounds(bbox: Sequence[Any]) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of a bbox of 4 or 6 numbers (z dropped), checked: finite,
+    latitudes within [-90, 90] with min <= max. ``minx > maxx`` crosses the antimeridian."""
     try:
         values = [float(v) for v in bbox]
     except (TypeError, ValueError):
@@ -94,6 +96,11 @@ def bbox_literal(bbox: Sequence[Any]) -> sql.Composable:
         raise InvalidInput(f"bbox {bbox!r}: numbers must be finite")
     if miny > maxy or not (-90 <= miny <= 90 and -90 <= maxy <= 90):
         raise InvalidInput(f"bbox {bbox!r}: latitudes must be within [-90, 90] with min <= max")
+    return minx, miny, maxx, maxy
+
+
+def bbox_literal(bbox: Sequence[Any]) -> sql.Composable:
+    minx, miny, maxx, maxy = bbox_bounds(bbox)
     if minx > maxx:  # crosses the antimeridian: two boxes
         return sql.SQL("ST_Union({}, {})").format(
             _envelope(minx, miny, 180.0, maxy), _envelope(-180.0, miny, maxx, maxy)

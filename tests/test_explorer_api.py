@@ -20,6 +20,7 @@ from rasterio.io import MemoryFile
 import embcat.api.explorer as explorer
 from embcat.api.settings import ApiSettings
 from embcat.catalog.preview import false_colour
+from embcat.catalog.search_values import BBOX_MESSAGE
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,12 @@ def test_features_carry_the_false_colour_of_each_chip(
     }
 
 
-def test_features_with_a_bad_bbox_get_400_with_a_message(
+def test_features_with_a_bad_bbox_get_400_with_the_search_message(
     server: str, chips: tuple[str, list[str]]
 ) -> None:
     response = httpx.get(f"{server}/collections/{chips[0]}/explorer/features?bbox=1,2,x,4")
-    assert response.status_code == 400 and "bbox" in response.json()["description"]
+    assert response.status_code == 400
+    assert response.json()["description"] == BBOX_MESSAGE.format("1,2,x,4")
 
 
 def test_preview_png_renders_the_requested_size(server: str, chips: tuple[str, list[str]]) -> None:

@@ -134,7 +134,7 @@ def test_killed_mirror_resumes_to_the_same_state(
 def test_fallback_against_a_plain_stac_api(
     remote: tuple[str, str], make_database: Callable[..., str]
 ) -> None:
-    from embcat.api import exchange
+    from embcat.api import exchange, exchange_vectors
     from embcat.api.app import FEATURES, create_app
     from embcat.api.settings import ApiSettings
 
@@ -143,7 +143,7 @@ def test_fallback_against_a_plain_stac_api(
     plain_features = [f for f in FEATURES if f is not exchange.build_router]
     app = create_app(
         ApiSettings(database_url=a_url, db_pool_max=4),
-        features=[*plain_features, exchange.build_vector_router],
+        features=[*plain_features, exchange_vectors.build_router],
     )
     plain: ServerHandle = start_server(app=app)
     try:

@@ -25,8 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from embcat.api.db import connection
 from embcat.api.features import FeatureContext
 from embcat.catalog import preview
-from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.errors import NotFound, translated
 from embcat.catalog.spaces import collection_space
+from embcat.catalog.store.vectors import item_extent
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -103,7 +104,7 @@ async def explorer_features(
     bbox: str | None = Query(None, description="west,south,east,north (WGS84)"),
     limit: int = Query(10_000, description="Most footprints returned (1..100000)"),
 ) -> Response:
-    box = preview.parse_bbox(bbox)
+    box = preview.preview_area(bbox)
 
     def work() -> bytes:
         with connection(request) as conn:
@@ -120,7 +121,7 @@ async def preview_png(
     width: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
     height: int | None = Query(None, description=f"pixels, 1..{preview.MAX_PNG_SIDE}"),
 ) -> Response:
-    box = preview.parse_bbox(bbox)
+    box = preview.preview_area(bbox)
 
     def work() -> bytes:
         with connection(request) as conn:
@@ -171,14 +172,7 @@ def build_router(ctx: FeatureContext) -> APIRouter:
 
 def _extent(conn: psycopg.Connection, collection_id: str) -> tuple[float, float, float, float]:
     """The items' extent, widened by 2 % (and to a minimum size) so edge chips show whole."""
-    row = conn.execute(
-        "select ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)"
-        " from (select ST_Extent(geometry) as e from items where collection_id = %s) x",
-        (collection_id,),
-    ).fetchone()
-    if row is None or row[0] is None:
-        raise InvalidInput(f"collection {collection_id!r} has no items to render")
-    west, south, east, north = (float(v) for v in row)
+    west, south, east, north = item_extent(conn, collection_id)
     pad_x = max((east - west) * 0.02, 1e-4)
     pad_y = max((north - south) * 0.02, 1e-4)
     return (

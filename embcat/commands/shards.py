@@ -6,6 +6,8 @@ import json
 
 import click
 
+from embcat.commands import cli_settings
+
 
 @click.group()
 def shard() -> None:
@@ -24,9 +26,9 @@ def add(name: str, url: str, home_url: str | None) -> None:
     """Register shard NAME at URL (postgresql://user:password@host:port/db) and prepare it."""
     from embcat.catalog import shard_layout
     from embcat.catalog.db import connect
-    from embcat.catalog.settings import DatabaseSettings, to_libpq_url
+    from embcat.catalog.settings import to_libpq_url
 
-    settings = DatabaseSettings()
+    settings = cli_settings().database
     with connect(settings) as conn:
         shard_layout.add_shard(
             conn, name, url, home_url=home_url or to_libpq_url(settings.database_url)
@@ -45,7 +47,7 @@ def place(collection: str, names: tuple[str, ...]) -> None:
     from embcat.catalog.errors import InvalidInput
     from embcat.catalog.spaces import collection_space
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         space = collection_space(conn, collection)
         if space is None:
             raise InvalidInput(f"collection {collection!r} has no embeddings to place")
@@ -62,5 +64,5 @@ def list_command() -> None:
     from embcat.catalog import shard_layout
     from embcat.catalog.db import connect
 
-    with connect() as conn:
+    with connect(cli_settings().database) as conn:
         click.echo(json.dumps(shard_layout.list_shards(conn), indent=2))

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from embcat.catalog import migrate
-from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.settings import DEFAULT_DATABASE_URL, DatabaseSettings
 
 TABLES = {
     "collections",
@@ -323,3 +323,11 @@ def test_upgrade_to_0022_adds_the_export_order_index_and_drops_kept_shapes(
         assert c.execute("select count(*) from export_shapes").fetchone() == (0,)
     migrate.downgrade(settings, "0021")
     assert _export_order_index(url) == []
+
+
+def test_alembic_config_without_settings_takes_the_code_defaults_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBCAT_DATABASE_URL", "postgresql://someone:else@192.0.2.1:6543/other")
+    url = migrate.alembic_config().get_main_option("sqlalchemy.url")
+    assert url == DEFAULT_DATABASE_URL

@@ -12,16 +12,19 @@ from rasterio.io import MemoryFile
 from vectorgen import load_collection
 
 from embcat.catalog.errors import InvalidInput, NotFound
+from embcat.catalog.filters import Filter
 from embcat.catalog.preview import (
     FalseColourCache,
     false_colour,
     features,
-    parse_bbox,
     png_size,
+    preview_area,
     principal_components,
     render_png,
     robust_rgb,
 )
+from embcat.catalog.search_request import search_from_params
+from embcat.catalog.search_values import BBOX_MESSAGE
 
 
 def four_clusters(per: int = 15, dims: int = 16, seed: int = 0) -> np.ndarray:
@@ -108,13 +111,42 @@ def test_cache_recomputes_only_after_the_collection_changes(conn: psycopg.Connec
     assert second is not first and second.version > first.version and cache.computed == 2
 
 
+DRAW_AREA = "an area to draw needs -180 <= west < east <= 180 and south < north"
+
+
 @pytest.mark.parametrize(
-    "text",
-    ["1,2,3", "a,b,c,d", "0,0,200,1", "5,0,1,1", "0,0,1,nan"],
+    ("text", "message"),
+    [
+        ("1,2,3", BBOX_MESSAGE.format("1,2,3")),
+        ("a,b,c,d", BBOX_MESSAGE.format("a,b,c,d")),
+        ("0,0,200,1", f"bbox [0.0, 0.0, 200.0, 1.0]: {DRAW_AREA}"),
+        ("5,0,1,1", f"bbox [5.0, 0.0, 1.0, 1.0]: {DRAW_AREA}"),
+        ("0,0,1,nan", "bbox [0.0, 0.0, 1.0, nan]: numbers must be finite"),
+        (
+            "0,95,1,96",
+            "bbox [0.0, 95.0, 1.0, 96.0]: latitudes must be within [-90, 90] with min <= max",
+        ),
+    ],
 )
-def test_parse_bbox_refuses_malformed_boxes(text: str) -> None:
-    with pytest.raises(InvalidInput, match="bbox"):
-        parse_bbox(text)
+def test_preview_area_refuses_malformed_boxes_with_the_search_messages(
+    text: str, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        preview_area(text)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "0,0,1,nan", "0,95,1,96"])
+def test_preview_area_and_search_refuse_a_bad_bbox_with_one_message(text: str) -> None:
+    with pytest.raises(InvalidInput) as searched:
+        Filter.from_search(search_from_params({"bbox": text}))
+    with pytest.raises(InvalidInput) as previewed:
+        preview_area(text)
+    assert str(previewed.value) == str(searched.value)
+
+
+def test_preview_area_takes_a_box_of_six_numbers_without_its_heights() -> None:
+    assert preview_area("1,2,-5,3,4,7") == (1.0, 2.0, 3.0, 4.0)
 
 
 def test_png_size_refuses_sides_above_the_limit() -> None:
