@@ -42,6 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
 from embcat.catalog.settings import defaults
+from embcat.catalog.store import collections as store_collections
 from embcat.encoders.manifest import options_sha256
 
 log = logging.getLogger(__name__)
@@ -240,12 +241,10 @@ def get_space(conn: psycopg.Connection, space_id: int) -> Space:
 
 def collection_space(conn: psycopg.Connection, collection_id: str) -> Space | None:
     """The collection's space (None: the collection has no embeddings yet)."""
-    row = conn.execute(
-        "select c.space_id from collections c where c.id = %s", (collection_id,)
-    ).fetchone()
-    if row is None:
+    found, space_id = store_collections.space_id(conn, collection_id)
+    if not found:
         raise NotFound(f"collection {collection_id!r} does not exist")
-    return get_space(conn, row[0]) if row[0] is not None else None
+    return get_space(conn, space_id) if space_id is not None else None
 
 
 def list_spaces(conn: psycopg.Connection) -> list[Space]:
