@@ -103,7 +103,7 @@ def _prepare_local(
         " WHERE remote_url = %s AND remote_collection = %s",
         (remote, cid),
     ).fetchone()
-    found, local_space_id = store_collections.space_id(conn, cid)
+    found, local_space_id = store_collections.find_space_id(conn, cid)
     if found and state is None:
         raise Conflict(
             f"collection {cid!r} exists locally and is not a mirror of {remote}; remove it first"
@@ -173,7 +173,7 @@ def _ensure_index(
 
 
 def local_space(conn: psycopg.Connection, collection_id: str) -> Space:
-    _, space_id = store_collections.space_id(conn, collection_id)
+    _, space_id = store_collections.find_space_id(conn, collection_id)
     if space_id is None:
         raise NotFound(f"collection {collection_id!r} does not exist locally")
     return get_space(conn, space_id)

@@ -259,7 +259,7 @@ def get_space(conn: psycopg.Connection, space_id: int) -> Space:
 
 def collection_space(conn: psycopg.Connection, collection_id: str) -> Space | None:
     """The collection's space (None: the collection has no embeddings yet)."""
-    found, space_id = store_collections.space_id(conn, collection_id)
+    found, space_id = store_collections.find_space_id(conn, collection_id)
     if not found:
         raise NotFound(f"collection {collection_id!r} does not exist")
     return get_space(conn, space_id) if space_id is not None else None

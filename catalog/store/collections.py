@@ -68,7 +68,7 @@ def get(
     return _row(conn.execute(f"{_ROW} where id = %s{suffix}", (collection_id,)).fetchone())
 
 
-def space_id(conn: psycopg.Connection, collection_id: str) -> tuple[bool, int | None]:
+def find_space_id(conn: psycopg.Connection, collection_id: str) -> tuple[bool, int | None]:
     """(found, space id) of the collection, without reading its document."""
     found = conn.execute("select space_id from collections where id = %s", (collection_id,))
     row = found.fetchone()
