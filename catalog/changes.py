@@ -30,6 +30,8 @@ from typing import Any, Literal
 import psycopg
 
 from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import items as store_items
 
 MAX_LIMIT = 10_000
 
@@ -110,8 +112,7 @@ def safe_high_water(
 
 def _require_collection(conn: psycopg.Connection, collection_id: str) -> None:
     with translated():
-        found = conn.execute("select 1 from collections where id = %s", (collection_id,))
-        if found.fetchone() is None:
+        if not store_collections.exists(conn, collection_id):
             raise NotFound(f"collection {collection_id!r} does not exist")
 
 
@@ -133,16 +134,7 @@ def changes_since(
     if high is None or high <= since:
         return ChangePage(collection_id, since, [], since, max(high or 0, since), False, pending)
     with translated():
-        rows = conn.execute(
-            """select op, id, change_seq from (
-                 select 'upsert' as op, id, change_seq from items
-                  where collection_id = %(c)s and change_seq > %(s)s and change_seq <= %(h)s
-                 union all
-                 select 'delete', item_id, change_seq from item_tombstones
-                  where collection_id = %(c)s and change_seq > %(s)s and change_seq <= %(h)s
-               ) x order by change_seq limit %(n)s""",
-            {"c": collection_id, "s": since, "h": high, "n": limit + 1},
-        ).fetchall()
+        rows = store_items.changes(conn, collection_id, since, high, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     changes = [Change(op, iid, int(seq)) for op, iid, seq in rows]

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound, translated
+from embcat.catalog.store import collections as store_collections
 
 # The same rule as the check constraint on collections.id (migration 0001).
 COLLECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
@@ -98,32 +98,26 @@ def reserve_collection(
     """Create an empty collection without a space; Conflict if the id exists."""
     validate_collection_id(collection_id)
     with translated():
-        row = conn.execute(
-            "insert into collections (id, stac, space_id) values (%s, %s, null)"
-            " on conflict (id) do nothing returning id",
-            (collection_id, Jsonb(reserved_stac(collection_id, title, description))),
-        ).fetchone()
-    if row is None:
+        inserted = store_collections.insert(
+            conn, collection_id, reserved_stac(collection_id, title, description), if_absent=True
+        )
+    if not inserted:
         raise Conflict(f"collection {collection_id!r} already exists")
 
 
 def list_collections(conn: psycopg.Connection) -> list[CollectionInfo]:
     """Every collection with its item count and space, by id."""
     with translated():
-        rows = conn.execute(
-            "select c.id, c.stac->>'title', c.created_at,"
-            " (select count(*) from items i where i.collection_id = c.id),"
-            " s.encoder_name, s.encoder_version, s.dimensions, s.metric"
-            " from collections c left join embedding_spaces s on s.id = c.space_id"
-            " order by c.id"
-        ).fetchall()
+        rows = store_collections.summaries(conn)
     return [
         CollectionInfo(
-            id=r[0],
-            title=r[1],
-            created_at=r[2],
-            items=int(r[3]),
-            space=None if r[4] is None else f"{r[4]} {r[5]} ({r[6]}d, {r[7]})",
+            id=r.id,
+            title=r.title,
+            created_at=r.created_at,
+            items=r.items,
+            space=None
+            if r.encoder_name is None
+            else f"{r.encoder_name} {r.encoder_version} ({r.dimensions}d, {r.metric})",
         )
         for r in rows
     ]
@@ -132,17 +126,8 @@ def list_collections(conn: psycopg.Connection) -> list[CollectionInfo]:
 def delete_collection(conn: psycopg.Connection, collection_id: str) -> dict[str, int]:
     """Delete a collection and what belongs to it; NotFound if absent. Returns counts."""
     with translated():
-        found = conn.execute(
-            "select id from collections where id = %s for update", (collection_id,)
-        ).fetchone()
-        if found is None:
+        if store_collections.get(conn, collection_id, lock="update") is None:
             raise NotFound(f"collection {collection_id!r} does not exist")
-        counts = conn.execute(
-            "select (select count(*) from items where collection_id = %(c)s),"
-            " (select count(*) from api_keys where collection_id = %(c)s),"
-            " (select count(*) from mirror_state where collection_id = %(c)s)",
-            {"c": collection_id},
-        ).fetchone()
-        assert counts is not None
-        conn.execute("delete from collections where id = %s", (collection_id,))
-    return {"items": int(counts[0]), "keys": int(counts[1]), "mirrors": int(counts[2])}
+        items, keys, mirrors = store_collections.dependents(conn, collection_id)
+        store_collections.delete(conn, collection_id)
+    return {"items": items, "keys": keys, "mirrors": mirrors}

@@ -30,6 +30,7 @@ from embcat.catalog.quantize import (
 )
 from embcat.catalog.search import SearchQuery
 from embcat.catalog.spaces import Space, get_space
+from embcat.catalog.store import collections as store_collections
 
 MAX_WAIT_FOR_WRITERS_S = 10.0
 PROFILES = ("full", "minimal")
@@ -235,14 +236,12 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         raise InvalidInput(f"row_group_bytes must be >= 1, got {req.row_group_bytes}")
     with translated():
         conn.execute("SET LOCAL jit = off")  # JIT compiles the jsonb aggregates for seconds
-        row = conn.execute(
-            "SELECT stac, space_id FROM collections WHERE id = %s", (req.collection_id,)
-        ).fetchone()
+        row = store_collections.get(conn, req.collection_id)
         if row is None:
             raise NotFound(f"collection {req.collection_id!r} does not exist")
-        if row[1] is None:
+        if row.space_id is None:
             raise NotFound(f"collection {req.collection_id!r} has no embeddings yet")
-        collection, space = row[0], get_space(conn, row[1])
+        collection, space = row.stac, get_space(conn, row.space_id)
         as_of = _resolve_as_of(conn, req.collection_id, req.as_of)
         where = _base_where(req, space, as_of)
         part: sql.Composable

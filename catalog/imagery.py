@@ -38,6 +38,8 @@ from psycopg import sql
 
 from embcat.catalog import pgbinary
 from embcat.catalog.errors import InvalidInput, NotFound, translated
+from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import items as store_items
 from embcat.encoders.manifest import (
     QUICKLOOK_KEY_PATTERN,
     THUMBNAIL_COLUMN,
@@ -301,12 +303,8 @@ def thumbnail_png(conn: psycopg.Connection, collection_id: str, item_id: str) ->
         ).fetchone()
         if row is not None:
             return bytes(row[0])
-        if conn.execute("SELECT 1 FROM collections WHERE id = %s", (collection_id,)).fetchone():
-            found = conn.execute(
-                "SELECT 1 FROM items WHERE collection_id = %s AND id = %s",
-                (collection_id, item_id),
-            ).fetchone()
-            if found:
+        if store_collections.exists(conn, collection_id):
+            if store_items.exists(conn, collection_id, item_id):
                 raise NotFound(f"item {item_id!r} of collection {collection_id!r} has no thumbnail")
             raise NotFound(f"item {item_id!r} does not exist in collection {collection_id!r}")
     raise NotFound(f"collection {collection_id!r} does not exist")
@@ -326,6 +324,6 @@ def quicklook_png(conn: psycopg.Connection, collection_id: str, key: str) -> tup
         ).fetchone()
         if row is not None:
             return bytes(row[0]), str(row[1])
-        if conn.execute("SELECT 1 FROM collections WHERE id = %s", (collection_id,)).fetchone():
+        if store_collections.exists(conn, collection_id):
             raise NotFound(f"no quicklook {key!r} in collection {collection_id!r}")
     raise NotFound(f"collection {collection_id!r} does not exist")

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from embcat.catalog.errors import InvalidInput, NotFound, Unauthorized, translated
+from embcat.catalog.store import collections as store_collections
 
 SCOPES = ("read", "write", "admin")
 _IMPLIES = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
@@ -87,8 +88,7 @@ def create_key(
         raise InvalidInput(f"unknown scope(s) {bad}; choose from {list(SCOPES)}")
     with translated():
         if collection_id is not None:
-            found = conn.execute("select 1 from collections where id = %s", (collection_id,))
-            if found.fetchone() is None:
+            if not store_collections.exists(conn, collection_id):
                 raise NotFound(
                     f"collection {collection_id!r} does not exist; reserve it first with"
                     f" `embcat collections create {collection_id}`"

@@ -29,6 +29,7 @@ from embcat.catalog.mirror_rows import (
 )
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.spaces import Space
+from embcat.catalog.store import items as store_items
 from embcat.catalog.vectors import (
     EMBEDDINGS_ASSET,
     multihash_sha256,
@@ -146,13 +147,7 @@ def _fallback(
         reporter = _Reporter(on_progress, "items", 0, total)
         for features in _fallback_pages(http, opts, reporter):
             ids = [str(f.get("id")) for f in features]
-            local = dict(
-                conn.execute(
-                    "SELECT i.id, i.assets -> 'embeddings' ->> 'file:checksum' FROM items i"
-                    " WHERE i.collection_id = %s AND i.id = ANY(%s)",
-                    (cid, ids),
-                ).fetchall()
-            )
+            local = store_items.asset_checksums(conn, cid, ids, EMBEDDINGS_ASSET)
             rows = []
             for item in features:
                 asset = (item.get("assets") or {}).get(EMBEDDINGS_ASSET)
@@ -181,12 +176,7 @@ def _fallback(
             reporter.rows(len(rows))
             if on_page is not None:
                 on_page(result)
-        cur = conn.execute(
-            "DELETE FROM items i WHERE i.collection_id = %s"
-            " AND NOT EXISTS (SELECT 1 FROM mirror_seen s WHERE s.id = i.id)",
-            (cid,),
-        )
-        result.deleted += cur.rowcount
+        result.deleted += store_items.delete_unlisted(conn, cid, "mirror_seen")
         conn.execute(
             "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
             " WHERE remote_url = %s AND remote_collection = %s",

@@ -24,6 +24,8 @@ from embcat.catalog.mirror_write import write_page
 from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.space_index import ensure_index
 from embcat.catalog.spaces import IndexSettings, Space, get_or_create_space, get_space
+from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import items as store_items
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,8 @@ def _prepare_local(
         " WHERE remote_url = %s AND remote_collection = %s",
         (remote, cid),
     ).fetchone()
-    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (cid,)).fetchone()
-    if row is not None and state is None:
+    found, local_space_id = store_collections.find_space_id(conn, cid)
+    if found and state is None:
         raise Conflict(
             f"collection {cid!r} exists locally and is not a mirror of {remote}; remove it first"
         )
@@ -121,19 +123,12 @@ def _prepare_local(
     local_stac = _strip_collection(stac, remote)
     if isinstance(local_stac.get("embcat:space"), dict):
         local_stac["embcat:space"] = {**local_stac["embcat:space"], "id": space.id}
-    body = Jsonb(local_stac)
-    if row is None:
-        conn.execute(
-            "INSERT INTO collections (id, stac, space_id) VALUES (%s, %s, %s)",
-            (cid, body, space.id),
-        )
+    if not found:
+        store_collections.insert(conn, cid, local_stac, space.id)
     else:
-        if row[0] is not None and row[0] != space.id:
+        if local_space_id is not None and local_space_id != space.id:
             raise Conflict(f"local collection {cid!r} holds another embedding space")
-        conn.execute(
-            "UPDATE collections SET stac = %s, space_id = %s, updated_at = now() WHERE id = %s",
-            (body, space.id, cid),
-        )
+        store_collections.set_stac_and_space(conn, cid, local_stac, space.id)
     if state is None:
         conn.execute(
             "INSERT INTO mirror_state (remote_url, remote_collection, collection_id, phase,"
@@ -156,10 +151,7 @@ def _write_rows(conn: psycopg.Connection, cid: str, space: Space, rows: list[_Ro
 
 
 def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
-    if not ids:
-        return 0
-    cur = conn.execute("DELETE FROM items WHERE collection_id = %s AND id = ANY(%s)", (cid, ids))
-    return cur.rowcount
+    return store_items.delete_ids(conn, cid, ids)
 
 
 def _ensure_index(
@@ -181,8 +173,7 @@ def _ensure_index(
 
 
 def local_space(conn: psycopg.Connection, collection_id: str) -> Space:
-    row = conn.execute("SELECT space_id FROM collections WHERE id = %s", (collection_id,))
-    found = row.fetchone()
-    if found is None or found[0] is None:
+    _, space_id = store_collections.find_space_id(conn, collection_id)
+    if space_id is None:
         raise NotFound(f"collection {collection_id!r} does not exist locally")
-    return get_space(conn, found[0])
+    return get_space(conn, space_id)

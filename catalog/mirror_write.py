@@ -37,6 +37,7 @@ from embcat.catalog.pgbinary import (
 )
 from embcat.catalog.publish_copy import TOAST_TARGET_MAX
 from embcat.catalog.spaces import Space
+from embcat.catalog.store import items as store_items
 
 _FIELDS = 10
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -105,18 +106,13 @@ def encode_rows(rows: list[Row], space: Space) -> memoryview:
 
 
 def stage_sql(space: Space) -> str:
+    """The staging table: the item columns of catalog.store.items' staged rows, then the
+    vector (``encode_rows`` and ``mirror_columns.encode_page`` write this layout)."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in store_items.STAGE_COLUMNS)
     return (
-        "CREATE TEMP TABLE IF NOT EXISTS mirror_stage (id text, geom bytea, bbox float8[],"
-        " dt timestamptz, sdt timestamptz, edt timestamptz, properties jsonb, assets jsonb,"
-        f" links jsonb, vec {space.storage}) WITH (toast_tuple_target = {TOAST_TARGET_MAX})"
-        " ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS mirror_stage ({columns}, vec {space.storage})"
+        f" WITH (toast_tuple_target = {TOAST_TARGET_MAX}) ON COMMIT DELETE ROWS"
     )
-
-
-_ITEMS_CONFLICT = """ON CONFLICT (collection_id, id) DO UPDATE SET
-  geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
-  start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
-  properties = excluded.properties, assets = excluded.assets, links = excluded.links"""
 
 
 def write_page(
@@ -140,12 +136,10 @@ def write_copy(
         copy.write(COPY_HEADER)
         copy.write(data)
         copy.write(COPY_TRAILER)
-    items_conflict = "" if insert_only else _ITEMS_CONFLICT
     conn.execute(
-        f"""INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,
-                               end_datetime, properties, assets, links)
-            SELECT %s, id, ST_GeomFromWKB(geom, 4326), bbox, dt, sdt, edt, properties,
-                   assets, links FROM mirror_stage {items_conflict}""",
+        store_items.write_sql(
+            store_items.table_source("mirror_stage"), "wkb", upsert=not insert_only
+        ),
         (cid,),
     )
     if shards.is_sharded(conn, space.id):  # written through to the shards

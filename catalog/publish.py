@@ -90,6 +90,7 @@ from embcat.catalog.publish_space import (
 from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.spaces import IndexSettings, Space
 from embcat.catalog.stacgen import build_collection
+from embcat.catalog.store import collections as store_collections
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,8 @@ def _publish_tx(conn: psycopg.Connection, ctx: PublishContext) -> PublishResult:
         stac, cid, ctx.quicklooks, state.existing_stac, thumbnails=state.thumbnails
     )
     imagery.store_quicklooks(conn, cid, ctx.quicklooks)
-    conn.execute(
-        "update collections set stac = %s, space_id = %s,"
-        " updated_at = case when %s then updated_at else now() end"
-        " where id = %s and (stac, space_id) is distinct from (%s::jsonb, %s)",
-        (Jsonb(stac), space.id, state.created, cid, Jsonb(stac), space.id),
+    store_collections.set_stac_and_space(
+        conn, cid, stac, space.id, only_if_changed=True, keep_updated_at=state.created
     )
     built, index_s = finish_space(conn, state)
     return _record(conn, state, rows, built, index_s)

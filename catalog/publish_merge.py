@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from embcat.catalog import imagery, partitions, shards, space_index
 from embcat.catalog import spaces as spaces_mod
@@ -23,6 +22,7 @@ from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
 from embcat.catalog.publish_rows import union
 from embcat.catalog.spaces import Space
 from embcat.catalog.stacgen import build_collection
+from embcat.catalog.store import collections as store_collections
 from embcat.encoders.manifest import space_options
 
 
@@ -106,10 +106,7 @@ def merge_chunk(
                 manifest, cid, space, bbox=state.extent[:4],
                 interval=(state.extent[4], state.extent[5]),
             )  # fmt: skip
-            conn.execute(
-                "insert into collections (id, stac, space_id) values (%s, %s, %s)",
-                (cid, Jsonb(stac), space.id),
-            )
+            store_collections.insert(conn, cid, stac, space.id)
         # (checked again under the lock: a concurrent publish of the same new space may
         # have attached it while this one waited)
         if new_partition and not partitions.has_partition(conn, space.id):

@@ -15,6 +15,7 @@ from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.errors import Conflict, InvalidInput, translated
 from embcat.catalog.item_shape import EMB_CHIP_LAYOUT
 from embcat.catalog.spaces import Space
+from embcat.catalog.store import collections as store_collections
 from embcat.encoders.manifest import (
     Manifest,
     make_space_options,
@@ -28,14 +29,11 @@ def existing_collection(
     conn: psycopg.Connection, collection_id: str
 ) -> tuple[dict[str, Any], Space | None] | None:
     """The collection's STAC and space, its row locked ``FOR NO KEY UPDATE`` (None: new)."""
-    row = conn.execute(
-        "select stac, space_id from collections where id = %s for no key update",
-        (collection_id,),
-    ).fetchone()
+    row = store_collections.get(conn, collection_id, lock="no key update")
     if row is None:
         return None
-    space = spaces_mod.get_space(conn, row[1]) if row[1] is not None else None
-    return row[0], space
+    space = spaces_mod.get_space(conn, row.space_id) if row.space_id is not None else None
+    return row.stac, space
 
 
 def check_space(
@@ -59,12 +57,10 @@ def check_target(conn: psycopg.Connection, manifest: Manifest, collection_id: st
             " or '-', starting with a letter or digit"
         )
     with translated():
-        row = conn.execute(
-            "select stac, space_id from collections where id = %s", (collection_id,)
-        ).fetchone()
-        if row is None or row[1] is None:
+        row = store_collections.get(conn, collection_id)
+        if row is None or row.space_id is None:
             return  # a new collection, or one without vectors yet: any space may start it
-        check_space(collection_id, spaces_mod.get_space(conn, row[1]), manifest, row[0])
+        check_space(collection_id, spaces_mod.get_space(conn, row.space_id), manifest, row.stac)
 
 
 def _legacy_options(space: Space, stac: dict[str, Any] | None) -> dict[str, Any]:

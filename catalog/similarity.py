@@ -81,13 +81,9 @@ from embcat.catalog.similarity_rank import RankContext, rank
 from embcat.catalog.similarity_session import _put_back, _set_local_query, _vector_adapters
 from embcat.catalog.similarity_settings import IterativeScan, SimilaritySettings
 from embcat.catalog.similarity_spec import Hit, ItemRef, Plan, SimilaritySpec, parse_spec
-from embcat.catalog.spaces import Space
+from embcat.catalog.spaces import COLLECTION_SPACES_SQL, Space, space_from_row
 
-_SPACES_SQL = (
-    "select c.id, s.id, s.encoder_name, s.encoder_version, s.dimensions, s.storage,"
-    " s.metric, s.normalized, s.mlm, s.index_kind, s.index_center from collections c"
-    " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)"
-)
+_SPACES_SQL = COLLECTION_SPACES_SQL
 
 
 # The stored vector of one item in its collection's space, in both storage columns (one is
@@ -123,18 +119,7 @@ def _space_of(scope: list[str], rows: Sequence[tuple[Any, ...]]) -> Space:
         if found[0] is None:
             without.append(cid)
         else:
-            spaces[cid] = Space(
-                id=found[0],
-                encoder_name=found[1],
-                encoder_version=found[2],
-                dimensions=found[3],
-                storage=found[4],
-                metric=found[5],
-                normalized=found[6],
-                mlm=found[7] or {},
-                index_kind=found[8],
-                center=tuple(found[9]) if found[9] is not None else None,
-            )
+            spaces[cid] = space_from_row(found)
     if without:
         raise InvalidInput(
             f"collection(s) without embeddings cannot be searched by similarity: "

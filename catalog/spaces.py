@@ -31,6 +31,7 @@ index in the same transaction: readers always find an index for the kind they re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
 from embcat.catalog.settings import defaults
+from embcat.catalog.store import collections as store_collections
 from embcat.encoders.manifest import options_sha256
 
 log = logging.getLogger(__name__)
@@ -215,13 +217,30 @@ def kind_indexable(kind: str, storage: str, dimensions: int) -> bool:
     return dimensions <= INDEX_MAX_DIMS[storage]
 
 
-_COLUMNS = (
-    "id, encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,"
-    " index_kind, index_center, options_sha256, options"
+_SPACE_COLUMNS = (
+    "id", "encoder_name", "encoder_version", "dimensions", "storage", "metric", "normalized",
+    "mlm", "index_kind", "index_center", "options_sha256", "options",
+)  # fmt: skip
+
+
+def space_columns(alias: str | None = None) -> str:
+    """The SELECT list of ``embedding_spaces`` that :func:`space_from_row` reads (columns
+    of the table ``alias`` when given)."""
+    return ", ".join(f"{alias}.{c}" if alias else c for c in _SPACE_COLUMNS)
+
+
+_COLUMNS = space_columns()
+
+# The space of each of some collections: the collection's id, then ``space_columns``
+# (all NULL for a collection without vectors); collections not found give no row.
+COLLECTION_SPACES_SQL = (
+    f"select c.id, {space_columns('s')} from collections c"
+    " left join embedding_spaces s on s.id = c.space_id where c.id = any(%s)"
 )
 
 
-def _row_to_space(row: tuple[Any, ...]) -> Space:
+def space_from_row(row: Sequence[Any]) -> Space:
+    """The one place a :class:`Space` is made of a database row (``space_columns``)."""
     sid, name, version, dims, storage, metric, normalized, mlm, kind, center, sha, options = row
     return Space(
         sid, name, version, dims, storage, metric, normalized, mlm or {}, kind,
@@ -235,22 +254,20 @@ def get_space(conn: psycopg.Connection, space_id: int) -> Space:
     ).fetchone()
     if row is None:
         raise NotFound(f"embedding space {space_id} does not exist")
-    return _row_to_space(row)
+    return space_from_row(row)
 
 
 def collection_space(conn: psycopg.Connection, collection_id: str) -> Space | None:
     """The collection's space (None: the collection has no embeddings yet)."""
-    row = conn.execute(
-        "select c.space_id from collections c where c.id = %s", (collection_id,)
-    ).fetchone()
-    if row is None:
+    found, space_id = store_collections.find_space_id(conn, collection_id)
+    if not found:
         raise NotFound(f"collection {collection_id!r} does not exist")
-    return get_space(conn, row[0]) if row[0] is not None else None
+    return get_space(conn, space_id) if space_id is not None else None
 
 
 def list_spaces(conn: psycopg.Connection) -> list[Space]:
     rows = conn.execute(f"select {_COLUMNS} from embedding_spaces order by id").fetchall()
-    return [_row_to_space(r) for r in rows]
+    return [space_from_row(r) for r in rows]
 
 
 def get_or_create_space(
@@ -302,7 +319,7 @@ def get_or_create_space(
         ),
     ).fetchone()  # fmt: skip
     assert row is not None
-    space = _row_to_space(row)
+    space = space_from_row(row)
     if space.normalized != normalized:
         raise Conflict(
             f"space {encoder_name} {encoder_version} ({dimensions}d) is registered with"
@@ -329,7 +346,7 @@ def find_space(
         " and options_sha256 is not distinct from %s",
         (encoder_name, encoder_version, dimensions, storage, metric, sha),
     ).fetchone()
-    return _row_to_space(row) if row is not None else None
+    return space_from_row(row) if row is not None else None
 
 
 def adopt_options(conn: psycopg.Connection, space: Space, options: dict[str, Any]) -> Space:
@@ -349,4 +366,4 @@ def adopt_options(conn: psycopg.Connection, space: Space, options: dict[str, Any
             returning {_COLUMNS}""",
         (sha, Jsonb(options), space.id, sha),
     ).fetchone()
-    return _row_to_space(row) if row is not None else space
+    return space_from_row(row) if row is not None else space

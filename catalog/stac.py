@@ -17,8 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
 
 from embcat.catalog.errors import NotFound, translated
 from embcat.catalog.item_shape import (
@@ -50,15 +48,13 @@ from embcat.catalog.stac_write import (
     validate_collection,
     validate_item,
 )
+from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import items as store_items
+from embcat.catalog.store.items import ITEM_COLUMNS as ITEM_COLUMNS
 
 GEOJSON = "application/geo+json"
 JSON = "application/json"
 
-# Items: the SELECT list every reader uses (the row mapping item_to_stac expects).
-ITEM_COLUMNS = sql.SQL(
-    "i.collection_id, i.id, ST_AsGeoJSON(i.geometry, 15)::text AS geometry, i.bbox,"
-    " i.properties, i.assets, i.links"
-)
 
 # Root-relative hrefs that this server serves (made absolute with the base URL); any other
 # href is the publisher's and is served as given.
@@ -205,11 +201,8 @@ def collection_to_stac(row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
 
 def get_item_row(conn: psycopg.Connection, collection_id: str, item_id: str) -> dict[str, Any]:
     """The items row of one item (NotFound names what is missing)."""
-    query = sql.SQL("SELECT {} FROM items i WHERE i.collection_id = %s AND i.id = %s").format(
-        ITEM_COLUMNS
-    )
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query, (collection_id, item_id)).fetchone()
+    with translated():
+        row = store_items.get_row(conn, collection_id, item_id)
         if row is None:
             if not collection_exists(conn, collection_id):
                 raise NotFound(f"collection {collection_id!r} does not exist")
@@ -224,13 +217,12 @@ def get_item(
 
 
 def get_collection_row(conn: psycopg.Connection, collection_id: str) -> dict[str, Any]:
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            "SELECT id, stac, space_id FROM collections WHERE id = %s", (collection_id,)
-        ).fetchone()
+    """The collections row (id, stac, space_id) as a mapping; NotFound if absent."""
+    with translated():
+        row = store_collections.get(conn, collection_id)
     if row is None:
         raise NotFound(f"collection {collection_id!r} does not exist")
-    return row
+    return row.mapping()
 
 
 def get_collection(conn: psycopg.Connection, collection_id: str, base_url: str) -> dict[str, Any]:
@@ -238,8 +230,8 @@ def get_collection(conn: psycopg.Connection, collection_id: str, base_url: str) 
 
 
 def list_collection_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT id, stac, space_id FROM collections ORDER BY id").fetchall()
+    with translated():
+        return [row.mapping() for row in store_collections.list_rows(conn)]
 
 
 __all__ = [

@@ -17,6 +17,8 @@ import psycopg
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.geometry import check_item_geometry
 from embcat.catalog.item_shape import GENERATED_RELS
+from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import items as store_items
 
 ITEM_ID = re.compile(r"^[^/\x00-\x1f]{1,1024}$")
 COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -37,9 +39,9 @@ class ItemRecord:
     assets: dict[str, Any]
     links: list[dict[str, Any]]
 
-    def params(self) -> tuple[Any, ...]:
+    def stage_row(self) -> tuple[Any, ...]:
+        """The item as a staged row of ``catalog.store.items`` (STAGE_COLUMNS order)."""
         return (
-            self.collection_id,
             self.id,
             self.geometry,
             self.bbox,
@@ -163,26 +165,9 @@ def validate_item(item: Mapping[str, Any], collection_id: str) -> ItemRecord:
     )
 
 
-_ITEM_INSERT = (
-    "INSERT INTO items (collection_id, id, geometry, bbox, datetime, start_datetime,"
-    " end_datetime, properties, assets, links) VALUES (%s, %s,"
-    " ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326), %s, %s::timestamptz, %s::timestamptz,"
-    " %s::timestamptz, %s::jsonb, %s::jsonb, %s::jsonb)"
-)
-_ITEM_UPSERT = _ITEM_INSERT + (
-    " ON CONFLICT (collection_id, id) DO UPDATE SET geometry = EXCLUDED.geometry,"
-    " bbox = EXCLUDED.bbox, datetime = EXCLUDED.datetime,"
-    " start_datetime = EXCLUDED.start_datetime, end_datetime = EXCLUDED.end_datetime,"
-    " properties = EXCLUDED.properties, assets = EXCLUDED.assets, links = EXCLUDED.links"
-)
-
-
 def collection_exists(conn: psycopg.Connection, collection_id: str) -> bool:
     with translated():
-        return (
-            conn.execute("SELECT 1 FROM collections WHERE id = %s", (collection_id,)).fetchone()
-            is not None
-        )
+        return store_collections.exists(conn, collection_id)
 
 
 def _require_collection(conn: psycopg.Connection, collection_id: str) -> None:
@@ -199,24 +184,22 @@ def insert_items(
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise InvalidInput("the same item id appears more than once")
-    for cid in {r.collection_id for r in records}:
+    by_collection: dict[str, list[tuple[Any, ...]]] = {}
+    for r in records:
+        by_collection.setdefault(r.collection_id, []).append(r.stage_row())
+    for cid in by_collection:
         _require_collection(conn, cid)
-    with translated(), conn.cursor() as cur:
-        cur.executemany(_ITEM_UPSERT if upsert else _ITEM_INSERT, [r.params() for r in records])
+    with translated():
+        for cid, rows in by_collection.items():
+            store_items.insert_rows(conn, cid, rows, upsert=upsert)
     return len(records)
 
 
 def update_item(conn: psycopg.Connection, record: ItemRecord) -> None:
     _require_collection(conn, record.collection_id)
     with translated():
-        row = conn.execute(
-            "UPDATE items SET geometry = ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326), bbox = %s,"
-            " datetime = %s::timestamptz, start_datetime = %s::timestamptz,"
-            " end_datetime = %s::timestamptz, properties = %s::jsonb, assets = %s::jsonb,"
-            " links = %s::jsonb WHERE collection_id = %s AND id = %s RETURNING id",
-            (*record.params()[2:], record.collection_id, record.id),
-        ).fetchone()
-    if row is None:
+        found = store_items.update_row(conn, record.collection_id, record.stage_row())
+    if not found:
         raise NotFound(f"item {record.id!r} does not exist in collection {record.collection_id!r}")
 
 
@@ -225,11 +208,8 @@ def delete_item(
 ) -> None:
     _require_collection(conn, collection_id)
     with translated():
-        row = conn.execute(
-            "DELETE FROM items WHERE collection_id = %s AND id = %s RETURNING id",
-            (collection_id, item_id),
-        ).fetchone()
-    if row is None and not missing_ok:
+        found = store_items.delete(conn, collection_id, item_id)
+    if not found and not missing_ok:
         raise NotFound(f"item {item_id!r} does not exist in collection {collection_id!r}")
 
 
@@ -327,10 +307,7 @@ def insert_collection(conn: psycopg.Connection, stac: Mapping[str, Any]) -> str:
     """Create a collection (no embedding space until vectors are published)."""
     stored = validate_collection(stac)
     with translated():
-        conn.execute(
-            "INSERT INTO collections (id, stac) VALUES (%s, %s::jsonb)",
-            (stored["id"], json.dumps(stored)),
-        )
+        store_collections.insert(conn, stored["id"], stored)
     return str(stored["id"])
 
 
@@ -343,19 +320,13 @@ def update_collection(
             f"the body's id {stored['id']!r} differs from the path's {collection_id!r}"
         )
     with translated():
-        row = conn.execute(
-            "UPDATE collections SET stac = %s::jsonb, updated_at = now() WHERE id = %s"
-            " RETURNING id",
-            (json.dumps(stored), collection_id),
-        ).fetchone()
-    if row is None:
+        found = store_collections.update_stac(conn, collection_id, stored)
+    if not found:
         raise NotFound(f"collection {collection_id!r} does not exist")
 
 
 def delete_collection(conn: psycopg.Connection, collection_id: str) -> None:
     with translated():
-        row = conn.execute(
-            "DELETE FROM collections WHERE id = %s RETURNING id", (collection_id,)
-        ).fetchone()
-    if row is None:
+        found = store_collections.delete(conn, collection_id)
+    if not found:
         raise NotFound(f"collection {collection_id!r} does not exist")

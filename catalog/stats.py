@@ -40,6 +40,7 @@ from embcat.catalog.quantize import (
     quantize,
 )
 from embcat.catalog.spaces import Space, collection_space
+from embcat.catalog.store import collections as store_collections
 
 
 @dataclass
@@ -113,16 +114,16 @@ def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
     rewritten manifest of the same chips, an upsert of new vectors for them) adds nothing.
     Collections without publish records fall back to ``embcat:source_bytes``."""
     row = conn.execute(
-        """SELECT coalesce(
-                 (SELECT round(sum((details ->> 'source_bytes')::numeric * inserted
-                                   / nullif(rows_in, 0)))
-                    FROM publishes
-                   WHERE collection_id = %(c)s AND details ? 'source_bytes'),
-                 (SELECT (stac ->> 'embcat:source_bytes')::bigint FROM collections
-                   WHERE id = %(c)s))""",
+        """SELECT round(sum((details ->> 'source_bytes')::numeric * inserted
+                            / nullif(rows_in, 0)))
+             FROM publishes
+            WHERE collection_id = %(c)s AND details ? 'source_bytes'""",
         {"c": collection_id},
     ).fetchone()
-    return int(row[0]) if row and row[0] else None
+    found = row[0] if row else None
+    if found is None:
+        found = store_collections.stac_bigint(conn, collection_id, "embcat:source_bytes")
+    return int(found) if found else None
 
 
 def _sample(conn: psycopg.Connection, cid: str, space: Space, n: int, seed: int) -> np.ndarray:
