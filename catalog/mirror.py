@@ -309,7 +309,7 @@ def _incremental(
 
 def mirror(
     opts: MirrorOptions,
-    settings: DatabaseSettings | None = None,
+    settings: DatabaseSettings,
     on_page: Callable[[MirrorResult], None] | None = None,
     on_progress: ProgressHook | None = None,
 ) -> MirrorResult:
@@ -318,7 +318,6 @@ def mirror(
     ``on_progress`` is called after each committed page with a ``MirrorProgress`` (rows,
     total, bytes, rate, ETA); ``on_page`` with the running ``MirrorResult``.
     """
-    settings = settings or DatabaseSettings()
     check_dtype(opts.dtype)
     if opts.dtype == "binary":
         raise InvalidInput(
