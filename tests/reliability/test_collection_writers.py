@@ -265,8 +265,8 @@ def test_index_builders_still_wait_for_each_other(
         thread = _in_thread(run, "pw-c-" + uuid.uuid4().hex[:6], db_settings, out)
         _wait_for(
             url,
-            "select 1 from pg_stat_activity where wait_event = 'advisory'"
-            " and query ilike '%embcat-publish-merge%'",
+            "select 1 from pg_stat_activity where datname = current_database()"
+            " and wait_event = 'advisory' and query ilike '%embcat-publish-merge%'",
         )
         builder.rollback()
         thread.join(60)
