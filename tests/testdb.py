@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,10 +134,25 @@ def create_database(
     return url
 
 
-def drop_database(url: str) -> None:
+def drop_database(url: str, wait_s: float = 10.0) -> None:
+    """Drop the database, ending its sessions. A session of another role (one a test made)
+    cannot be ended by ours: its closing is waited for (up to ``wait_s``), then it is tried
+    again once."""
     name = urlsplit(url).path.lstrip("/")
     with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.errors.InsufficientPrivilege:
+            deadline = time.monotonic() + wait_s
+            while (
+                time.monotonic() < deadline
+                and conn.execute(
+                    "select 1 from pg_stat_activity where datname = %s and usename <> current_user",
+                    (name,),
+                ).fetchone()
+            ):
+                time.sleep(0.1)
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
