@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -117,3 +118,28 @@ def test_two_sessions_missing_the_template_build_it_once(
                 "select datname from pg_database where datname like %s", (name + "%",)
             ).fetchall():
                 conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+def test_drop_waits_for_a_session_it_may_not_end() -> None:
+    """WITH (FORCE) may not end another role's session (nor an autovacuum worker): the drop
+    waits for it to close instead of failing the test that made the database."""
+    url = testdb.create_database("embcat_droptest")
+    name, password = f"embcat_droptest_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with testdb._admin() as conn:
+        conn.execute(f"create role {name} login password '{password}'")
+    parts = urlsplit(url)
+    other = urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port}"))
+    try:
+        session = psycopg.connect(other)
+        closer = threading.Timer(1.0, session.close)
+        closer.start()
+        testdb.drop_database(url)
+        closer.join()
+        with testdb._admin() as conn:
+            assert not conn.execute(
+                "select 1 from pg_database where datname = %s", (parts.path[1:],)
+            ).fetchone()
+    finally:
+        testdb.drop_database(url)
+        with testdb._admin() as conn:
+            conn.execute(f"drop role {name}")
