@@ -43,8 +43,9 @@ stac-browser:
 typecheck-tree:
 	@./scripts/dev/typecheck-tree.sh
 
+# Two workers (CI has two cores), each test file on one worker (its module fixtures once).
 test: setup browser stac-browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: venv typecheck-tree
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ extensions, migrates it, and drops it at the end. No mocks of PostgreSQL anywher
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,29 @@ import pytest
 from testdb import BASE_URL, create_database, drop_database  # noqa: E402,F401
 
 from embcat.catalog.settings import DatabaseSettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets a nodeid of its own, or the run stops (a usage error).
+
+    schemathesis 4 builds its per-operation items with ``originalname`` set, and pytest 9.2
+    builds a nodeid from ``originalname`` and a callspec only, so all of an API test's
+    operations shared one nodeid: pytest-xdist's file scheduler keys tests by nodeid and
+    ran one operation of each. Such an item gets its name's "[operation]" back as the
+    nodeid's params."""
+    for item in items:
+        original = getattr(item, "originalname", None)
+        tail = item.nodeid.rsplit("::", 1)[-1]
+        if (
+            isinstance(original, str)
+            and item.name.startswith(original + "[")
+            and tail != item.name
+            and item.parent is not None
+        ):
+            item._id = item.parent.id.child(original).with_params(item.name[len(original) + 1 : -1])
+    twice = sorted(n for n, k in Counter(item.nodeid for item in items).items() if k > 1)
+    if twice:
+        raise pytest.UsageError(f"tests sharing a nodeid (xdist would run one): {twice[:5]}")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +105,11 @@ def explorer_server(database_url: str) -> Iterator[str]:
             "Leaflet is not installed under api/explorer/node_modules: run"
             " scripts/setup-explorer.sh (or make setup)"
         )
-    handle = start_server(ApiSettings(database_url=database_url, db_pool_max=4))
+    # No per-client bound: the page's many parallel requests (thumbnails), slowed by a busy
+    # machine (two xdist workers), went past the default 8 in flight and the page's own
+    # explorer.js got a 429 (tests/reliability/test_client_limits.py tests the bound).
+    settings = ApiSettings(database_url=database_url, db_pool_max=4, max_requests_per_client=0)
+    handle = start_server(settings)
     try:
         yield handle.base_url
     finally:

@@ -21,12 +21,13 @@ import sys
 import sysconfig
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from testdb import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 # folder in the checkout -> package it installs as
@@ -123,10 +124,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def served(installed: Installed, make_database: Callable[..., str]) -> Iterator[tuple[str, str]]:
-    """(base URL of `embcat serve` from the wheel, its database URL), after `db upgrade`."""
-    url = make_database(migrated=False)
+@pytest.fixture(scope="module")
+def served_database() -> Iterator[str]:
+    """An unmigrated database of this module's own (the tests below only read it)."""
+    url = create_database("embcat_extra", migrated=False)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def served(installed: Installed, served_database: str) -> Iterator[tuple[str, str]]:
+    """(base URL of `embcat serve` from the wheel, its database URL), after `db upgrade`;
+    started once per module (its tests only read)."""
+    url = served_database
     env = {**installed.env, "EMBCAT_DATABASE_URL": url}
     _run([installed.bin / "embcat", "db", "upgrade"], cwd="/", env=env)
     port = _free_port()

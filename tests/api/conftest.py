@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 from apidata import collection_json, insert_collection, insert_items, make_item
 from helpers_server import start_server  # tests/ is on sys.path under pytest
+from testdb import create_database, drop_database
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +32,8 @@ def live_server(api_settings: Any) -> Iterator[str]:
         handle.stop()
 
 
-@pytest.fixture(scope="module")
-def seeded(database_url: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A committed collection with 25 generated items (seeded); dropped afterwards."""
+@contextmanager
+def _seeded(database_url: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     cid = f"apitest-{uuid.uuid4().hex[:8]}"
     rng = random.Random(5)
     items = [make_item(cid, n, rng) for n in range(25)]
@@ -44,6 +45,47 @@ def seeded(database_url: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     finally:
         with psycopg.connect(database_url) as conn:
             conn.execute("DELETE FROM collections WHERE id = %s", (cid,))
+
+
+@pytest.fixture(scope="module")
+def seeded(database_url: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A committed collection with 25 generated items (seeded); dropped afterwards."""
+    with _seeded(database_url) as out:
+        yield out
+
+
+# A module whose tests read the whole catalogue (the validator walks every collection, STAC
+# Browser's item search lists every item) runs on a database of its own: under xdist, or in
+# any order, what other modules left in the session database would reach it.
+
+
+@pytest.fixture(scope="module")
+def own_database() -> Iterator[str]:
+    """A migrated database of the module's own (a copy of the migrated template)."""
+    url = create_database("embcat_module")
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def own_server(own_database: str) -> Iterator[str]:
+    """Base URL of the real API (the session's settings) on the module's own database."""
+    from embcat.api.settings import ApiSettings
+
+    handle = start_server(ApiSettings(database_url=own_database, db_pool_max=4, max_limit=200))
+    try:
+        yield handle.base_url
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="module")
+def own_seeded(own_database: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """``seeded`` on the module's own database."""
+    with _seeded(own_database) as out:
+        yield out
 
 
 @pytest.fixture

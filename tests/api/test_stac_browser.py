@@ -34,6 +34,18 @@ DIST = ROOT / "build" / "stac-browser" / "dist"
 SHOTS = ROOT / "docs" / "img"
 
 
+# STAC Browser's item search lists every item of the catalogue: this module's API and data
+# are on a database of its own (tests/api/conftest.py), whatever ran before it.
+@pytest.fixture(scope="module")
+def live_server(own_server: str) -> str:
+    return own_server
+
+
+@pytest.fixture(scope="module")
+def db_settings(own_database: str) -> DatabaseSettings:
+    return DatabaseSettings(database_url=own_database)
+
+
 @pytest.fixture(scope="module")
 def published(
     tmp_path_factory: pytest.TempPathFactory, db_settings: DatabaseSettings

@@ -26,12 +26,13 @@ CLASSES = [
 ]
 
 
-def test_stac_api_validator_passes(live_server, seeded, database_url, capsys) -> None:
+def test_stac_api_validator_passes(own_server, own_seeded, own_database, capsys) -> None:
+    """On a database of its own (tests/api/conftest.py): it walks every collection."""
     from stac_api_validator.validations import QueryConfig, validate_api
 
     install()
-    cid, items = seeded
-    with psycopg.connect(database_url) as conn:
+    live_server, (cid, items) = own_server, own_seeded
+    with psycopg.connect(own_database) as conn:
         _, secret = create_key(conn, "validator", ["write"], collection_id=cid)
     logging.getLogger("stac_validator").setLevel(logging.WARNING)
     geometry = json.dumps(items[0]["geometry"])

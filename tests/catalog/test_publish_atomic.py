@@ -97,7 +97,8 @@ def test_sigkill_after_staging_before_commit_leaves_nothing(
         try:
             _wait_for(
                 database_url,
-                "select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                "select 1 from pg_stat_activity where datname = current_database()"
+                " and wait_event_type = 'Lock'"
                 " and wait_event = 'advisory' and query ilike '%embcat-publish-merge%'",
             )
             proc.send_signal(signal.SIGKILL)
@@ -109,7 +110,8 @@ def test_sigkill_after_staging_before_commit_leaves_nothing(
             holder.execute("select pg_advisory_unlock(hashtext('embcat-publish-merge'))")
     _wait_for(
         database_url,
-        "select 1 where not exists (select 1 from pg_stat_activity where wait_event = 'advisory'"
+        "select 1 where not exists (select 1 from pg_stat_activity"
+        " where datname = current_database() and wait_event = 'advisory'"
         " and query ilike '%embcat-publish-merge%')",
     )
     assert _snapshot(database_url) == before
@@ -150,8 +152,8 @@ def test_publishes_to_one_collection_serialise_others_proceed(
         thread_a = _publish_in_thread(run_a, busy, db_settings, out_a)
         _wait_for(
             url,
-            "select 1 from pg_stat_activity where wait_event = 'advisory'"
-            " and query ilike '%embcat-publish:%'",
+            "select 1 from pg_stat_activity where datname = current_database()"
+            " and wait_event = 'advisory' and query ilike '%embcat-publish:%'",
         )
         res_b = publish(run_b, collection_id=free, settings=db_settings, progress=False)
         assert res_b.inserted == 50  # another collection is not held up

@@ -29,7 +29,7 @@ import pytest
 from helpers_server import start_server
 from psycopg import sql
 from shardgen import write_run
-from testdb import BASE_URL, create_database, drop_database
+from testdb import BASE_URL, create_database, drop_database, provisioning_lock
 
 from embcat.catalog import partitions, shard_layout, shards, space_index, spaces
 from embcat.catalog.errors import InvalidInput
@@ -51,10 +51,11 @@ def _with_db(url: str, name: str) -> str:
 def shard_urls() -> Iterator[list[str]]:
     """One fresh database on each local shard cluster (created by
     scripts/provision-shards.sh if missing; quick when they exist)."""
-    done = subprocess.run(
-        [str(ROOT / "scripts/provision-shards.sh"), str(N_SHARDS)],
-        capture_output=True, text=True, env=dict(os.environ),
-    )  # fmt: skip
+    with provisioning_lock():  # xdist workers each run this fixture
+        done = subprocess.run(
+            [str(ROOT / "scripts/provision-shards.sh"), str(N_SHARDS)],
+            capture_output=True, text=True, env=dict(os.environ),
+        )  # fmt: skip
     if done.returncode != 0:
         pytest.fail(f"scripts/provision-shards.sh {N_SHARDS} failed: {done.stderr.strip()}")
     out = done.stdout.split()
@@ -476,10 +477,11 @@ def test_provisioning_the_catalogue_ignores_the_shard_clusters(shard_urls: list[
     env = {k: v for k, v in os.environ.items() if k != "EMBCAT_DATABASE_URL"}
     env.update(EMBCAT_DB_NAME=name, EMBCAT_DB_TUNE="0")
     try:
-        done = subprocess.run(
-            [str(ROOT / "scripts/provision-db.sh")], env=env, capture_output=True, text=True,
-            timeout=300, check=False,
-        )  # fmt: skip
+        with provisioning_lock():
+            done = subprocess.run(
+                [str(ROOT / "scripts/provision-db.sh")], env=env, capture_output=True, text=True,
+                timeout=300, check=False,
+            )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert f"127.0.0.1:5432/{name}" in done.stdout
     finally:
