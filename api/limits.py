@@ -117,7 +117,9 @@ class TrustedProxyHeaders:
 class ClientConcurrencyLimit:
     """429 for a client address past ``max_in_flight`` requests at once (0: no limit)."""
 
-    EXEMPT = ("/health",)
+    # /health, and the explorer page's own files (no database work): a browser fetches
+    # those in parallel, and a 429 for its CSS or script leaves the page unusable
+    EXEMPT = ("/health", "/explorer/static/", "/explorer/vendor/")
 
     def __init__(self, app: ASGIApp, max_in_flight: int, networks: list[Network]) -> None:
         self.app = app

@@ -106,8 +106,10 @@ def explorer_server(database_url: str) -> Iterator[str]:
             " scripts/setup-explorer.sh (or make setup)"
         )
     # No per-client bound: the page's many parallel requests (thumbnails), slowed by a busy
-    # machine (two xdist workers), went past the default 8 in flight and the page's own
-    # explorer.js got a 429 (tests/reliability/test_client_limits.py tests the bound).
+    # machine (two xdist workers), go past the default 8 in flight; the page waits out a
+    # 429 (test_explorer_browser's test_the_page_waits_out_a_busy_servers_429s, with a bound
+    # of one) but the imagery tests' thumbnails would then arrive late
+    # (tests/reliability/test_client_limits.py tests the bound).
     settings = ApiSettings(database_url=database_url, db_pool_max=4, max_requests_per_client=0)
     handle = start_server(settings)
     try:

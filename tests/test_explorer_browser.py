@@ -144,3 +144,28 @@ def test_a_collection_larger_than_one_response_is_refetched_for_the_view(
     # Zoom onto chip 90 (north-east, beyond the first 20 by id): the view's chips load.
     browser.execute_script("window.explorerMap.setView([45.075, 10.065], 15, {animate: false})")
     wait_for(browser, f"window.explorerChipIds().includes({ids[90]!r})")
+
+
+def test_the_page_waits_out_a_busy_servers_429s(
+    chips: tuple[str, list[str]], database_url: str, browser: Any
+) -> None:
+    """One request in flight per client: the page's parallel requests (collection,
+    footprints, thumbnails) meet 429 with Retry-After; it asks again and still shows
+    every chip and a click's results (it reported the 429 as an error before)."""
+    from helpers_server import start_server
+
+    from embcat.api.settings import ApiSettings
+
+    cid, ids = chips
+    settings = ApiSettings(database_url=database_url, db_pool_max=4, max_requests_per_client=1)
+    handle = start_server(settings)
+    try:
+        open_explorer(browser, handle.base_url, cid, timeout=60)
+        wait_for(browser, f"window.explorerChipIds().length === {len(ids)}", 60)
+        click_chip(browser, ids[12])
+        _wait_for_search(browser, ids[12])
+        rows = browser.find_elements(By.CSS_SELECTOR, "#result-list li")
+        assert len(rows) == 10
+        assert "error" not in (browser.find_element(By.ID, "status").get_attribute("class") or "")
+    finally:
+        handle.stop()

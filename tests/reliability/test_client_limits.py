@@ -101,13 +101,14 @@ def test_the_client_is_served_again_when_its_requests_end(two_per_client: str) -
     assert results == [200, 200]
 
 
-def test_health_is_not_counted(two_per_client: str) -> None:
+@pytest.mark.parametrize("path", ["/health", "/explorer/static/explorer.js"])
+def test_health_and_the_explorers_files_are_not_counted(two_per_client: str, path: str) -> None:
     results: list[int] = []
     threads = [threading.Thread(target=_slow_search, args=(two_per_client, results)) for _ in "ab"]
     for t in threads:
         t.start()
     time.sleep(0.6)
-    r = httpx.get(two_per_client + "/health")
+    r = httpx.get(two_per_client + path)
     for t in threads:
         t.join()
     assert r.status_code == 200, r.text

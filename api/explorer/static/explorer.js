@@ -44,8 +44,19 @@
     $("status").classList.toggle("error", Boolean(isError));
   }
 
-  async function getJSON(url, options) {
+  // A busy server answers 429 (this client has too many requests in flight: the page's
+  // thumbnails count too) or 503 (saturated), both with Retry-After: wait that long (with
+  // jitter, at most 5 s) and ask again, up to RETRIES times, before reporting the error.
+  const RETRIES = 5;
+  const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
+  async function getJSON(url, options, attempt = 0) {
     const response = await fetch(url, options);
+    if ((response.status === 429 || response.status === 503) && attempt < RETRIES) {
+      const after = Math.min(Number(response.headers.get("Retry-After")) || 1, 5);
+      await sleep(after * 1000 * (0.5 + Math.random() / 2));
+      return getJSON(url, options, attempt + 1); // an aborted request's fetch throws
+    }
     const body = await response.json().catch(() => null);
     if (!response.ok) {
       throw new Error((body && body.description) || `${response.status} ${response.statusText}`);
