@@ -18,7 +18,7 @@ from embcat.api.db import connection
 from embcat.api.features import FeatureContext
 from embcat.catalog.changes import changes_since
 from embcat.catalog.errors import NotFound
-from embcat.catalog.spaces import collection_space
+from embcat.catalog.store.spaces import collection_space
 
 CHANGES_PATH = "/collections/{collection_id}/changes"
 SPACE_PATH = "/collections/{collection_id}/space"

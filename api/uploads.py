@@ -293,9 +293,9 @@ async def delete_upload(request: Request, upload_id: str, principal: WritePrinci
 
 
 async def collection_model(request: Request, collection_id: str) -> dict[str, Any]:
-    from embcat.catalog.spaces import collection_space
     from embcat.catalog.stac import get_collection_row
     from embcat.catalog.stacgen import model_item
+    from embcat.catalog.store.spaces import collection_space
 
     def run() -> dict[str, Any]:
         with connection(request) as conn:

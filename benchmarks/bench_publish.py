@@ -215,7 +215,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     o, b = out["ours"], out["bare_copy"]
-    from embcat.catalog.spaces import IndexSettings
+    from embcat.catalog.store.spaces import IndexSettings
 
     graph = IndexSettings()
     rows = [

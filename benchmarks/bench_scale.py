@@ -433,8 +433,8 @@ def main() -> None:
         truth = masks_and_truth(a.data, a.n, a.dims, a.seed, rows, flts)
         result["truth_s"] = time.perf_counter() - t
         save()
-        from embcat.catalog.space_index import ensure_index, finish_swap
-        from embcat.catalog.spaces import get_space
+        from embcat.catalog.store.space_index import ensure_index, finish_swap
+        from embcat.catalog.store.spaces import get_space
 
         with psycopg.connect(url) as c:
             space = get_space(c, pub["space_id"])

@@ -42,10 +42,10 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "benchmarks")]
 from bench_scale import BASE_DAY, K, filters, write_shards  # noqa: E402
 
 from conftest import create_database, drop_database  # noqa: E402
-from embcat.catalog import shard_layout  # noqa: E402
 from embcat.catalog.publish import publish  # noqa: E402
 from embcat.catalog.settings import DatabaseSettings  # noqa: E402
 from embcat.catalog.similarity import SimilaritySpec, similar_with_plan  # noqa: E402
+from embcat.catalog.store import shard_layout  # noqa: E402
 
 CID = "bench-shards"
 

@@ -112,8 +112,8 @@ def load(url: str, vectors: np.ndarray, points: np.ndarray) -> dict[str, float]:
         )  # fmt: skip
         c.commit()
         loaded = time.perf_counter()
-        from embcat.catalog.space_index import ensure_hnsw_index
-        from embcat.catalog.spaces import collection_space
+        from embcat.catalog.store.space_index import ensure_hnsw_index
+        from embcat.catalog.store.spaces import collection_space
 
         space = collection_space(c, "bench")
         assert space is not None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embcat.catalog.settings import DatabaseSettings, defaults
-from embcat.catalog.spaces import IndexSettings
+from embcat.catalog.store.spaces import IndexSettings
 
 DEMO_COLLECTION = "demo-mosaiks"
 SCENE_SIZE = 1024

@@ -29,8 +29,8 @@ from embcat.catalog.quantize import (
     int8_quantization,
 )
 from embcat.catalog.search import SearchQuery
-from embcat.catalog.spaces import Space, get_space
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store.spaces import Space, get_space
 
 MAX_WAIT_FOR_WRITERS_S = 10.0
 PROFILES = ("full", "minimal")

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from embcat import __version__
 from embcat.catalog import imagery
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_size
 from embcat.encoders.manifest import Manifest
 

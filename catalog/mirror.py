@@ -74,7 +74,7 @@ from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_copy
 from embcat.catalog.quantize import check_dtype
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 
 log = logging.getLogger(__name__)
 

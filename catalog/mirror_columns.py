@@ -52,7 +52,7 @@ from embcat.catalog.pgbinary import (
     timestamp_column,
     vector_column,
 )
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, embedding_href, npy_bytes, stored_values
 
 _S = pa.string()

@@ -28,8 +28,8 @@ from embcat.catalog.mirror_rows import (
     _item_to_row,
 )
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space
 from embcat.catalog.store import items as store_items
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import (
     EMBEDDINGS_ASSET,
     multihash_sha256,

@@ -11,7 +11,6 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import partitions
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
 from embcat.catalog.imagery import QUICKLOOK_ASSET_PREFIX
 from embcat.catalog.item_shape import EMB_DIMENSIONS, GENERATED_RELS
@@ -22,10 +21,11 @@ from embcat.catalog.mirror_rows import (
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_page
 from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
-from embcat.catalog.space_index import ensure_index
-from embcat.catalog.spaces import IndexSettings, Space, get_or_create_space, get_space
 from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import items as store_items
+from embcat.catalog.store import partitions
+from embcat.catalog.store.space_index import ensure_index
+from embcat.catalog.store.spaces import IndexSettings, Space, get_or_create_space, get_space
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from embcat.catalog.search_request import parse_filter, parse_json
 
 if TYPE_CHECKING:
-    from embcat.catalog.spaces import IndexSettings
+    from embcat.catalog.store.spaces import IndexSettings
 
 
 @dataclass

@@ -28,7 +28,7 @@ from embcat.catalog.mirror_rows import (
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import encode_rows
 from embcat.catalog.quantize import LOSSLESS_FOR, Quantization, from_arrow
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embcat.catalog import shards
-from embcat.catalog.partitions import space_table
 from embcat.catalog.pgbinary import (
     COPY_HEADER,
     COPY_TRAILER,
@@ -36,8 +34,10 @@ from embcat.catalog.pgbinary import (
     vector_column,
 )
 from embcat.catalog.publish_copy import TOAST_TARGET_MAX
-from embcat.catalog.spaces import Space
 from embcat.catalog.store import items as store_items
+from embcat.catalog.store import shards
+from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store.spaces import Space
 
 _FIELDS = 10
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

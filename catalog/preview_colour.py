@@ -25,7 +25,7 @@ import numpy as np
 import psycopg
 
 from embcat.catalog.errors import NotFound, translated
-from embcat.catalog.spaces import Space, collection_space
+from embcat.catalog.store.spaces import Space, collection_space
 
 SAMPLE_SIZE = 10_000
 LOW_PERCENTILE, HIGH_PERCENTILE = 2.0, 98.0

@@ -65,7 +65,6 @@ import pyarrow.parquet as pq
 from psycopg.types.json import Jsonb
 
 from embcat.catalog import imagery, metrics
-from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import EmbcatError, InvalidInput, translated
 from embcat.catalog.item_shape import item_template
@@ -88,9 +87,10 @@ from embcat.catalog.publish_space import (
     space_conflict,
 )
 from embcat.catalog.settings import DatabaseSettings, defaults
-from embcat.catalog.spaces import IndexSettings, Space
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import spaces as spaces_mod
+from embcat.catalog.store.spaces import IndexSettings, Space
 
 log = logging.getLogger(__name__)
 

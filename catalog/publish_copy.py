@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from embcat.catalog import imagery, pgbinary
 from embcat.catalog.item_shape import ItemColumns, ItemTemplate
 from embcat.catalog.publish_rows import datetime_us
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import npy_digests
 
 STAGE_FIELDS = 8

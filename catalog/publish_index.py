@@ -12,13 +12,13 @@ import time
 
 import psycopg
 
-from embcat.catalog import partitions, shards, space_index
-from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
 from embcat.catalog.publish_merge import MergeState
 from embcat.catalog.settings import DatabaseSettings, defaults
-from embcat.catalog.spaces import IndexSettings
+from embcat.catalog.store import partitions, shards, space_index
+from embcat.catalog.store import spaces as spaces_mod
+from embcat.catalog.store.spaces import IndexSettings
 
 ANALYZE_ITEM_COLUMNS = (
     "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from embcat.catalog import imagery
 from embcat.catalog.collections import validate_collection_id
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.spaces import IndexSettings
 from embcat.catalog.stacgen import default_collection_id
+from embcat.catalog.store.spaces import IndexSettings
 from embcat.encoders.manifest import (
     MANIFEST_NAME,
     THUMBNAIL_COLUMN,

@@ -15,14 +15,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from embcat.catalog import imagery, partitions, shards, space_index
-from embcat.catalog import spaces as spaces_mod
+from embcat.catalog import imagery
 from embcat.catalog.errors import Conflict, InvalidInput
 from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
 from embcat.catalog.publish_rows import union
-from embcat.catalog.spaces import Space
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import partitions, shards, space_index
+from embcat.catalog.store import spaces as spaces_mod
+from embcat.catalog.store.spaces import Space
 from embcat.encoders.manifest import space_options
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import psycopg
 
-from embcat.catalog import spaces as spaces_mod
 from embcat.catalog.errors import Conflict, InvalidInput, translated
 from embcat.catalog.item_shape import EMB_CHIP_LAYOUT
-from embcat.catalog.spaces import Space
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import spaces as spaces_mod
+from embcat.catalog.store.spaces import Space
 from embcat.encoders.manifest import (
     Manifest,
     make_space_options,

@@ -47,7 +47,6 @@ from psycopg import sql
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.filters import Filter
 from embcat.catalog.item_shape import rfc3339
-from embcat.catalog.partitions import space_table
 from embcat.catalog.score_model import (
     BATCH_ROWS,
     DEFAULT_THRESHOLD,
@@ -72,7 +71,8 @@ from embcat.catalog.similarity_fewshot import _fetch_vectors, _unit, linear_dire
 from embcat.catalog.similarity_session import _vector_adapters
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store.spaces import Space
 
 
 def fit(

@@ -15,7 +15,7 @@ from embcat.catalog.errors import InvalidInput
 from embcat.catalog.search import SearchQuery
 from embcat.catalog.similarity_fewshot import _unit
 from embcat.catalog.similarity_spec import ItemRef
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 
 MODEL_TYPE = "embcat:score-model"
 MODEL_VERSION = 1

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from embcat.catalog.similarity import SimilaritySettings
-    from embcat.catalog.spaces import IndexSettings
+    from embcat.catalog.store.spaces import IndexSettings
 
 DEFAULT_DATABASE_URL = "postgresql://embcat:embcat@127.0.0.1:5432/embcat"
 
@@ -200,7 +200,7 @@ class Settings:
 def catalog_sections(database: DatabaseSettings | None = None) -> dict[str, Any]:
     """The catalogue's sub-settings read from the environment, by name."""
     from embcat.catalog.similarity import SimilaritySettings
-    from embcat.catalog.spaces import IndexSettings
+    from embcat.catalog.store.spaces import IndexSettings
 
     return {
         "database": database if database is not None else read_env(DatabaseSettings),

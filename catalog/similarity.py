@@ -81,7 +81,7 @@ from embcat.catalog.similarity_rank import RankContext, rank
 from embcat.catalog.similarity_session import _put_back, _set_local_query, _vector_adapters
 from embcat.catalog.similarity_settings import IterativeScan, SimilaritySettings
 from embcat.catalog.similarity_spec import Hit, ItemRef, Plan, SimilaritySpec, parse_spec
-from embcat.catalog.spaces import COLLECTION_SPACES_SQL, Space, space_from_row
+from embcat.catalog.store.spaces import COLLECTION_SPACES_SQL, Space, space_from_row
 
 _SPACES_SQL = COLLECTION_SPACES_SQL
 

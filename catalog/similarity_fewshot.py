@@ -10,10 +10,10 @@ import psycopg
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput, NotFound
-from embcat.catalog.partitions import space_table
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store.spaces import Space
 
 
 def _fetch_vectors(conn: psycopg.Connection, space: Space, refs: Sequence[ItemRef]) -> np.ndarray:

@@ -11,14 +11,14 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg import sql
 
-from embcat.catalog import shards
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.filters import RowFilter
 from embcat.catalog.similarity_estimates import _estimates
 from embcat.catalog.similarity_session import _set_local
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import Hit, SimilaritySpec
-from embcat.catalog.spaces import Space
+from embcat.catalog.store import shards
+from embcat.catalog.store.spaces import Space
 
 Strategy = Literal["exact", "index"]
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 
 
 class ItemRef(BaseModel):

@@ -29,7 +29,7 @@ from embcat.catalog.item_shape import (
     processing_fields,
     source_uri,
 )
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, npy_size
 from embcat.encoders.manifest import Manifest
 

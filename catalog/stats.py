@@ -39,8 +39,8 @@ from embcat.catalog.quantize import (
     int8_quantization,
     quantize,
 )
-from embcat.catalog.spaces import Space, collection_space
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store.spaces import Space, collection_space
 
 
 @dataclass

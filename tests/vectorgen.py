@@ -19,8 +19,8 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg.types.json import Jsonb
 
-from embcat.catalog.space_index import ensure_index
-from embcat.catalog.spaces import Space, get_or_create_space, get_space
+from embcat.catalog.store.space_index import ensure_index
+from embcat.catalog.store.spaces import Space, get_or_create_space, get_space
 from embcat.catalog.vectors import EMBEDDINGS_ASSET, NPY_MEDIA_TYPE, embedding_href, file_fields
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)

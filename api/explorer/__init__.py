@@ -26,7 +26,7 @@ from embcat.api.db import connection
 from embcat.api.features import FeatureContext
 from embcat.catalog import preview
 from embcat.catalog.errors import NotFound, translated
-from embcat.catalog.spaces import collection_space
+from embcat.catalog.store.spaces import collection_space
 from embcat.catalog.store.vectors import item_extent
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from embcat.catalog.settings import DatabaseSettings, MirrorSettings, Settings
     from embcat.catalog.similarity import SimilaritySettings
-    from embcat.catalog.spaces import IndexSettings
+    from embcat.catalog.store.spaces import IndexSettings
 
 _KEY = "embcat.settings"
 
@@ -38,7 +38,7 @@ class CliSettings:
     @cached_property
     def index(self) -> IndexSettings:
         from embcat.catalog.settings import read_env
-        from embcat.catalog.spaces import IndexSettings
+        from embcat.catalog.store.spaces import IndexSettings
 
         return read_env(IndexSettings)
 

@@ -226,8 +226,8 @@ def index_status(collection_id: str) -> None:
     """Whether COLLECTION's space has a valid index of its kind."""
     from embcat.catalog.db import connect
     from embcat.catalog.errors import NotFound
-    from embcat.catalog.space_index import has_index
-    from embcat.catalog.spaces import collection_space
+    from embcat.catalog.store.space_index import has_index
+    from embcat.catalog.store.spaces import collection_space
 
     with connect(cli_settings().database) as conn:
         space = collection_space(conn, collection_id)

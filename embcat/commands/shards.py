@@ -24,9 +24,9 @@ def shard() -> None:
 )
 def add(name: str, url: str, home_url: str | None) -> None:
     """Register shard NAME at URL (postgresql://user:password@host:port/db) and prepare it."""
-    from embcat.catalog import shard_layout
     from embcat.catalog.db import connect
     from embcat.catalog.settings import to_libpq_url
+    from embcat.catalog.store import shard_layout
 
     settings = cli_settings().database
     with connect(settings) as conn:
@@ -42,10 +42,10 @@ def add(name: str, url: str, home_url: str | None) -> None:
 @click.argument("names", nargs=-1, required=True)
 def place(collection: str, names: tuple[str, ...]) -> None:
     """Move COLLECTION's embedding space onto the shards NAMES (hash of the item id)."""
-    from embcat.catalog import shard_layout
     from embcat.catalog.db import connect
     from embcat.catalog.errors import InvalidInput
-    from embcat.catalog.spaces import collection_space
+    from embcat.catalog.store import shard_layout
+    from embcat.catalog.store.spaces import collection_space
 
     with connect(cli_settings().database) as conn:
         space = collection_space(conn, collection)
@@ -61,8 +61,8 @@ def place(collection: str, names: tuple[str, ...]) -> None:
 @shard.command("list")
 def list_command() -> None:
     """The shards and the spaces each holds, as JSON."""
-    from embcat.catalog import shard_layout
     from embcat.catalog.db import connect
+    from embcat.catalog.store import shard_layout
 
     with connect(cli_settings().database) as conn:
         click.echo(json.dumps(shard_layout.list_shards(conn), indent=2))

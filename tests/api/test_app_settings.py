@@ -11,7 +11,7 @@ from embcat.api.app import create_app
 from embcat.api.settings import ApiSettings, AppSettings
 from embcat.catalog.settings import Settings
 from embcat.catalog.similarity import SimilaritySettings
-from embcat.catalog.spaces import default_kind
+from embcat.catalog.store.spaces import default_kind
 
 
 def test_create_app_reads_the_environment_once(

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from vectorgen import load_collection, manifold_vectors
 
-from embcat.catalog import space_index
+from embcat.catalog.store import space_index
 
 ROWS, DIMS, LISTS = 20_000, 64, 300
 

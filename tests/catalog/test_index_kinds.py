@@ -17,8 +17,8 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from vectorgen import EPOCH, grid_points, item_ids, load_collection, manifold_vectors
 
-from embcat.catalog import space_index, spaces
 from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
+from embcat.catalog.store import space_index, spaces
 
 N, DIMS, K = 3000, 256, 10
 QUERIES = list(range(0, N, 150))  # 20 item queries

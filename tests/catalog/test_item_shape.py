@@ -26,8 +26,8 @@ from embcat.catalog.item_shape import (
 )
 from embcat.catalog.publish import load_manifest, publish
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.spaces import Space
 from embcat.catalog.stac import item_to_stac
+from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import file_fields, npy_digests, stored_values
 from embcat.encoders.manifest import THUMBNAIL_COLUMN
 

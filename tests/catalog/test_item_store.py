@@ -12,9 +12,9 @@ import pytest
 from embcat.catalog.errors import Conflict
 from embcat.catalog.mirror_rows import _item_to_row
 from embcat.catalog.mirror_write import write_page
-from embcat.catalog.spaces import Space, get_or_create_space
 from embcat.catalog.stac_write import insert_items, update_item, validate_item
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store.spaces import Space, get_or_create_space
 
 ORIGIN = "https://origin.example"
 

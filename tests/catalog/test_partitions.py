@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from shardgen import write_run  # tests/ is on sys.path under pytest
 
-from embcat.catalog import partitions, space_index, spaces
 from embcat.catalog.publish import publish
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.store import partitions, space_index, spaces
 
 
 def _name() -> str:

@@ -8,7 +8,7 @@ import pytest
 from pgvector import HalfVector
 from psycopg.types.json import Jsonb
 
-from embcat.catalog import space_index, spaces
+from embcat.catalog.store import space_index, spaces
 
 
 def _collection(conn: psycopg.Connection, cid: str) -> None:

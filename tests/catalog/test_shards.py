@@ -1,4 +1,4 @@
-"""Shards (migration 0024, catalog/shards.py): a space's partition on other PostgreSQL
+"""Shards (migration 0024, catalog/store/shards.py): a space's partition on other PostgreSQL
 servers answers as the same data on one server.
 
 Two local shard clusters (scripts/provision-shards.sh, reused across runs) hold one fresh
@@ -31,13 +31,13 @@ from psycopg import sql
 from shardgen import write_run
 from testdb import BASE_URL, create_database, drop_database, provisioning_lock
 
-from embcat.catalog import partitions, shard_layout, shards, space_index, spaces
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.publish import publish
 from embcat.catalog.search import cql2_to_sql
 from embcat.catalog.settings import DatabaseSettings
 from embcat.catalog.similarity import SimilaritySettings, parse_spec, similar
-from embcat.catalog.spaces import IndexSettings
+from embcat.catalog.store import partitions, shard_layout, shards, space_index, spaces
+from embcat.catalog.store.spaces import IndexSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SHARDS = 2

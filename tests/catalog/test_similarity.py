@@ -29,7 +29,7 @@ from embcat.catalog.similarity import (
     similar,
     similar_with_plan,
 )
-from embcat.catalog.spaces import collection_space
+from embcat.catalog.store.spaces import collection_space
 
 N, DIMS, K = 3000, 32, 10
 QUERY_ROWS = list(range(0, 2400, 120))  # 20 queries, each followed by 10 planted neighbours

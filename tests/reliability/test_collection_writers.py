@@ -26,9 +26,9 @@ from vectorgen import load_collection
 
 from embcat.catalog.changes import changes_since, safe_high_water
 from embcat.catalog.db import connect
-from embcat.catalog.partitions import merge_lock
 from embcat.catalog.publish import PublishResult, publish
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.store.partitions import merge_lock
 
 
 @pytest.fixture(scope="module")

@@ -289,7 +289,7 @@ def test_mirror_killed_after_its_last_page_builds_the_index_on_rerun(
     rel_server: str, source_cid: str, local: DatabaseSettings
 ) -> None:
     from embcat.catalog.mirror import local_space
-    from embcat.catalog.space_index import has_index
+    from embcat.catalog.store.space_index import has_index
 
     def kill_after_last_page(result: object) -> None:
         if getattr(result, "upserted", 0) == N:

@@ -33,8 +33,8 @@ import psycopg
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.partitions import partition_name
-from embcat.catalog.spaces import Space
+from embcat.catalog.store.partitions import partition_name
+from embcat.catalog.store.spaces import Space
 
 FORWARDED_SETTINGS: tuple[str, ...] = (
     "hnsw.ef_search",

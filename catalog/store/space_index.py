@@ -13,9 +13,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from embcat.catalog.errors import InvalidInput
-from embcat.catalog.partitions import DEFAULT_PARTITION, ensure_partition, partition_name
 from embcat.catalog.settings import defaults
-from embcat.catalog.spaces import (
+from embcat.catalog.store.partitions import DEFAULT_PARTITION, ensure_partition, partition_name
+from embcat.catalog.store.spaces import (
     INDEX_KINDS,
     IndexKind,
     IndexSettings,
@@ -150,7 +150,7 @@ def ensure_index(
             kind,
         )
         return False
-    from embcat.catalog import shards  # (it imports this module)
+    from embcat.catalog.store import shards  # (it imports this module)
 
     if shards.is_sharded(conn, space.id):
         return shards.ensure_index(conn, space, kind=kind, rebuild=rebuild)

@@ -15,9 +15,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
-from embcat.catalog.partitions import has_partition, merge_lock, partition_name
-from embcat.catalog.shards import is_sharded, server_name
-from embcat.catalog.spaces import Space, get_space, index_name
+from embcat.catalog.store.partitions import has_partition, merge_lock, partition_name
+from embcat.catalog.store.shards import is_sharded, server_name
+from embcat.catalog.store.spaces import Space, get_space, index_name
 
 log = logging.getLogger(__name__)
 
