@@ -270,6 +270,7 @@ def run_queries(
     truth: list[list[list[int]]],
     path: str = "sql",
     base: str | None = None,
+    probes: int | None = None,
 ) -> list[dict[str, Any]]:
     """The queries through ``path``: ``sql`` (catalog.similarity on one connection) or
     ``http`` (POST /search of the API at ``base``, one keep-alive client)."""
@@ -278,7 +279,9 @@ def run_queries(
 
     from embcat.catalog.filters import Filter
     from embcat.catalog.search import SearchQuery
-    from embcat.catalog.similarity import SimilaritySpec, similar_with_plan
+    from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
+
+    settings = SimilaritySettings(ivfflat_probes=probes) if probes else None
 
     out = []
     http = httpx.Client()
@@ -307,7 +310,7 @@ def run_queries(
                 for attempt in range(2):  # the first call warms the plan and the cache
                     t = time.perf_counter()
                     if path == "sql":
-                        hits, plan = similar_with_plan(c, spec, where, K)
+                        hits, plan = similar_with_plan(c, spec, where, K, settings=settings)
                         got = {h.item_id for h in hits}
                         strategy = plan.strategy
                     else:
@@ -373,8 +376,15 @@ def main() -> None:
     p.add_argument(
         "--url", default=None, help="a database a --keep run left (skips shards and publish)"
     )
+    p.add_argument(
+        "--probes", type=int, default=None,
+        help="ivfflat.probes for the queries (SQL and the HTTP server; default: the setting's)",
+    )  # fmt: skip
     a = p.parse_args()
     suffix = "_shards" if a.shards_only else "_publish" if a.publish_only else ""
+    if a.probes:
+        suffix += f"_probes{a.probes}"
+        os.environ["EMBCAT_SIMILARITY_IVFFLAT_PROBES"] = str(a.probes)  # the HTTP server's
     out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
@@ -430,7 +440,15 @@ def main() -> None:
         rows = sorted(int(r) for r in rng.choice(a.n, a.queries, replace=False))
         flts = filters(a.n, rng)
         t = time.perf_counter()
-        truth = masks_and_truth(a.data, a.n, a.dims, a.seed, rows, flts)
+        # the exact answers are kept beside the shards (11 minutes at 10M): a --url run of
+        # the same data, seed and queries reads them back
+        cached = run / f"truth_{a.seed}_{a.queries}.json"
+        if cached.exists():
+            truth = json.loads(cached.read_text())
+        else:
+            truth = masks_and_truth(a.data, a.n, a.dims, a.seed, rows, flts)
+            run.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(truth))
         result["truth_s"] = time.perf_counter() - t
         save()
         from embcat.catalog.store.space_index import ensure_index, finish_swap
@@ -473,7 +491,7 @@ def main() -> None:
                         print("http: the API could not start; HTTP path skipped", flush=True)
                         continue
                     base = server[1]
-                entry["queries"] += run_queries(url, rows, flts, truth, path, base)
+                entry["queries"] += run_queries(url, rows, flts, truth, path, base, a.probes)
                 save()
     finally:
         if server is not None:
