@@ -271,6 +271,7 @@ def run_queries(
     path: str = "sql",
     base: str | None = None,
     probes: int | None = None,
+    exact: bool = False,
 ) -> list[dict[str, Any]]:
     """The queries through ``path``: ``sql`` (catalog.similarity on one connection) or
     ``http`` (POST /search of the API at ``base``, one keep-alive client)."""
@@ -305,7 +306,9 @@ def run_queries(
             )
             times, recalls, strategies = [], [], {}
             for qi, r in enumerate(rows):
-                item = {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
+                item: dict[str, Any] = {"item": {"collection": CID, "id": f"chip-{r:08d}"}}
+                if exact and f["name"] != "none":
+                    item["exact"] = True
                 spec = SimilaritySpec.model_validate(item)
                 for attempt in range(2):  # the first call warms the plan and the cache
                     t = time.perf_counter()
@@ -380,8 +383,12 @@ def main() -> None:
         "--probes", type=int, default=None,
         help="ivfflat.probes for the queries (SQL and the HTTP server; default: the setting's)",
     )  # fmt: skip
+    p.add_argument(
+        "--exact", action="store_true", help="the filtered queries ask for the exact answer"
+    )
     a = p.parse_args()
     suffix = "_shards" if a.shards_only else "_publish" if a.publish_only else ""
+    suffix += "_exact" if a.exact else ""
     if a.probes:
         suffix += f"_probes{a.probes}"
         os.environ["EMBCAT_SIMILARITY_IVFFLAT_PROBES"] = str(a.probes)  # the HTTP server's
@@ -491,7 +498,9 @@ def main() -> None:
                         print("http: the API could not start; HTTP path skipped", flush=True)
                         continue
                     base = server[1]
-                entry["queries"] += run_queries(url, rows, flts, truth, path, base, a.probes)
+                entry["queries"] += run_queries(
+                    url, rows, flts, truth, path, base, a.probes, a.exact
+                )
                 save()
     finally:
         if server is not None:
