@@ -4,6 +4,7 @@ and a process's peak RSS."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_mod
 import resource
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,15 @@ def in_child(target: Any, *args: Any) -> dict[str, Any]:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    out: dict[str, Any] = queue.get()
+    while True:  # a child that dies without a result (an exception, a kill) ends the wait
+        try:
+            out: dict[str, Any] = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(
+                    f"{getattr(target, '__name__', target)} exited ({proc.exitcode})"
+                    " without a result; its traceback is above"
+                ) from None
     proc.join()
     return out
