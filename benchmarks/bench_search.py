@@ -288,13 +288,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             " CREATE EXTENSION IF NOT EXISTS unaccent;",
             peer_db,
         )
-        # pgstac's roles are cluster-wide: made by an earlier run as another user (the
-        # publish benchmark migrates as postgres), embcat needs their membership to SET them.
+        # pgstac's roles are cluster-wide and its migration SETs them: made here (on a fresh
+        # cluster; PostgreSQL 15 does not make the CREATEROLE user that creates a role its
+        # member) or by an earlier run as another user, embcat needs their membership.
         psql_superuser(
             "DO $$ DECLARE r text; BEGIN FOREACH r IN ARRAY"
             " ARRAY['pgstac_admin', 'pgstac_ingest', 'pgstac_read'] LOOP"
-            " IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN"
-            f" EXECUTE format('GRANT %I TO %I', r, '{user}'); END IF; END LOOP; END $$;",
+            " IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN"
+            " EXECUTE format('CREATE ROLE %I', r); END IF;"
+            f" EXECUTE format('GRANT %I TO %I', r, '{user}'); END LOOP; END $$;",
             peer_db,
         )
         # embcat owns the database and has CREATEROLE: pypgstac migrate runs as embcat
