@@ -190,6 +190,13 @@ def _index_scan(
         candidates = _candidates(settings, ctx.wanted)
         if space.index_kind == "hnsw-bit":
             _set_local(ctx.conn, {"hnsw.ef_search": str(min(max(candidates, 40), 1000))})
+        probes = ivfflat_probes(settings, space)
+        if space.index_kind == "ivfflat-bit" and probes != settings.ivfflat_probes:
+            _set_local(
+                ctx.conn,
+                {"ivfflat.probes": str(probes),
+                 "ivfflat.max_probes": str(max(probes, settings.ivfflat_max_probes))},
+            )  # fmt: skip
         direction = bool(ctx.spec.positive) and ctx.spec.method == "linear"
         params["code"] = space.code_of(ctx.query, direction=direction)
         ranked = sql.SQL(
@@ -226,6 +233,13 @@ def _hits(
         )
         for r in rows
     ]
+
+
+def ivfflat_probes(settings: SimilaritySettings, space: Space) -> int:
+    """``ivfflat.probes`` for the space's IVFFlat index: the setting, or the share
+    ``ivfflat_probes_fraction`` of the lists it was built with when that is more."""
+    lists = int((space.index_params or {}).get("lists") or 0)
+    return max(settings.ivfflat_probes, math.ceil(settings.ivfflat_probes_fraction * lists))
 
 
 def _candidates(settings: SimilaritySettings, wanted: int) -> int:

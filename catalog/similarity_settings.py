@@ -59,6 +59,15 @@ class SimilaritySettings(BaseSettings):
         default=10, ge=1, le=1000, description="Binary kinds: candidates per result asked for."
     )
     ivfflat_probes: int = Field(default=10, ge=1, description="ivfflat.probes (ivfflat-bit).")
+    # 10 probes are 1 % of the lists at 1M (1,000 lists, recall@10 0.998) but 0.3 % at 10M
+    # (3,162 lists: 0.936); probing a fixed share of the lists keeps the share of the space
+    # scanned, and so the recall, as it grows (benchmarks/README.md, Scale, round 4).
+    ivfflat_probes_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="ivfflat-bit: probe at least this share of the index's lists.",
+    )
     ivfflat_max_probes: int = Field(
         default=300, ge=1, description="ivfflat.max_probes of an iterative scan (ivfflat-bit)."
     )

@@ -113,6 +113,8 @@ class Space:
     # a space registered before migration 0009 that no publish has matched since.
     options_sha256: str | None = None
     options: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    # the index's build record (kind-specific: lists or m/ef_construction, rows, build_s)
+    index_params: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def column(self) -> str:
@@ -219,7 +221,7 @@ def kind_indexable(kind: str, storage: str, dimensions: int) -> bool:
 
 _SPACE_COLUMNS = (
     "id", "encoder_name", "encoder_version", "dimensions", "storage", "metric", "normalized",
-    "mlm", "index_kind", "index_center", "options_sha256", "options",
+    "mlm", "index_kind", "index_center", "options_sha256", "options", "index_params",
 )  # fmt: skip
 
 
@@ -241,10 +243,24 @@ COLLECTION_SPACES_SQL = (
 
 def space_from_row(row: Sequence[Any]) -> Space:
     """The one place a :class:`Space` is made of a database row (``space_columns``)."""
-    sid, name, version, dims, storage, metric, normalized, mlm, kind, center, sha, options = row
+    (
+        sid,
+        name,
+        version,
+        dims,
+        storage,
+        metric,
+        normalized,
+        mlm,
+        kind,
+        center,
+        sha,
+        options,
+        params,
+    ) = row
     return Space(
         sid, name, version, dims, storage, metric, normalized, mlm or {}, kind,
-        tuple(center) if center is not None else None, sha, options,
+        tuple(center) if center is not None else None, sha, options, params,
     )  # fmt: skip
 
 

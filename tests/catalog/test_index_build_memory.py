@@ -72,3 +72,19 @@ def test_a_large_spaces_centre_is_the_mean_of_a_repeatable_sample(
     agree = np.mean(np.sign(unit - sampled) == np.sign(unit - full))
     assert agree > 0.98
     conn.rollback()
+
+
+def test_ivfflat_probes_keep_a_share_of_the_lists() -> None:
+    from embcat.catalog.similarity_rank import ivfflat_probes
+    from embcat.catalog.similarity_settings import SimilaritySettings
+    from embcat.catalog.store.spaces import Space
+
+    def space(lists: int | None) -> Space:
+        params = {"lists": lists} if lists is not None else None
+        return Space(1, "e", "1", 768, index_kind="ivfflat-bit", index_params=params)
+
+    s = SimilaritySettings()
+    assert ivfflat_probes(s, space(1000)) == 10  # 1M rows: the setting
+    assert ivfflat_probes(s, space(3162)) == 32  # 10M rows: 1 % of the lists
+    assert ivfflat_probes(s, space(None)) == 10  # never built (or built before the record)
+    assert ivfflat_probes(SimilaritySettings(ivfflat_probes_fraction=0), space(3162)) == 10

@@ -122,6 +122,16 @@ def test_each_kind_recalls_the_neighbours_within_a_datetime_window(conn, data: D
     assert r >= 0.9
 
 
+def test_ivfflat_probing_every_list_recalls_at_least_the_default(conn, data: Data) -> None:
+    if data.space.index_kind != "ivfflat-bit":
+        return
+    default, _ = recall(conn, data, where=None)
+    every = SimilaritySettings(exact_threshold=0, exact_fraction=0, ivfflat_probes_fraction=1)
+    full, strategies = recall(conn, data, settings=every, where=None)
+    assert strategies == {"index"}
+    assert full >= default and full >= 0.95
+
+
 def test_each_kind_answers_exactly_with_the_escape_hatch(conn, data: Data) -> None:
     r, strategies = recall(conn, data, where=None, spec={"exact": True})
     assert strategies == {"exact"}
