@@ -143,3 +143,24 @@ def test_drop_waits_for_a_session_it_may_not_end() -> None:
         testdb.drop_database(url)
         with testdb._admin() as conn:
             conn.execute(f"drop role {name}")
+
+
+def test_an_extension_added_to_the_template_mid_session_gets_a_new_migrated_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """scripts/provision-shards.sh adds postgres_fdw to ``<db>_template`` during a session:
+    a copy of the migrated template made before then would lack it (a fresh CI machine)."""
+    base = f"embcat_tsrc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(testdb.BASE_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{base}_template" TEMPLATE "{testdb._base_db()}_template"')
+    try:
+        monkeypatch.setattr(testdb, "_base_db", lambda: base)
+        _, before = testdb._template_source()
+        with psycopg.connect(testdb._with_database(testdb.BASE_URL, f"{base}_template")) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # a trusted extension
+            c.commit()
+        _, after = testdb._template_source()
+        assert after != before
+    finally:
+        with psycopg.connect(testdb.BASE_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{base}_template" WITH (FORCE)')

@@ -14,7 +14,6 @@ upgrade path (tests/catalog/test_migrations.py).
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import os
 import tempfile
@@ -63,11 +62,13 @@ def migrations_digest() -> str:
     return digest.hexdigest()
 
 
-@functools.cache
 def _template_source() -> tuple[str, str]:
-    """The database a migrated template is cloned from and its template's name (once per
-    process): the digest covers the migrations, the source's oid and its extensions, so a
-    re-provisioned or extended ``<db>_template`` gets a new migrated template too."""
+    """The database a migrated template is cloned from and its template's name: the digest
+    covers the migrations, the source's oid and its extensions, so a re-provisioned or
+    extended ``<db>_template`` gets a new migrated template too. Read on every call, not
+    once per process: scripts/provision-shards.sh adds postgres_fdw and dblink to
+    ``<db>_template`` during a session (tests/catalog/test_shards.py), and a database copied
+    from the migrated template of before then lacked them (a fresh machine's CI run)."""
     base = f"{_base_db()}_template"
     with _admin() as conn:
         row = conn.execute("select oid from pg_database where datname = %s", (base,)).fetchone()
