@@ -54,12 +54,7 @@ async def get_space_of(request: Request, collection_id: str) -> dict[str, Any]:
             if space is None:
                 raise NotFound(f"collection {collection_id!r} has no embeddings yet")
             return {
-                "encoder_name": space.encoder_name,
-                "encoder_version": space.encoder_version,
-                "dimensions": space.dimensions,
-                "storage": space.storage,
-                "metric": space.metric,
-                "normalized": space.normalized,
+                **space.identity(),
                 "options_sha256": space.options_sha256,
                 "options": space.options,
                 "mlm": space.mlm,

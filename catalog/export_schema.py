@@ -176,14 +176,7 @@ def _metadata(plan: ExportPlan) -> dict[bytes, bytes]:
     embcat = {
         "format_version": FORMAT_VERSION,
         "collection": req.collection_id,
-        "space": {
-            "encoder_name": space.encoder_name,
-            "encoder_version": space.encoder_version,
-            "dimensions": space.dimensions,
-            "storage": space.storage,
-            "metric": space.metric,
-            "normalized": space.normalized,
-        },
+        "space": space.identity(),
         "dtype": req.dtype,
         "vector_layout": req.vector_layout,
         EMB_QUANTIZATION: plan.quantization.as_stac() if plan.quantization else None,

@@ -128,6 +128,18 @@ class Space:
         """The cast expression the space's index is built on, e.g. ``e.embedding::halfvec(768)``."""
         return f"({alias}.{self.column}::{self.sql_type})"
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two collections' vectors comparable, as the exchange names it (the
+        export's ``embcat`` metadata, ``GET /collections/{id}/space``)."""
+        return {
+            "encoder_name": self.encoder_name,
+            "encoder_version": self.encoder_version,
+            "dimensions": self.dimensions,
+            "storage": self.storage,
+            "metric": self.metric,
+            "normalized": self.normalized,
+        }
+
     @property
     def distance_op(self) -> str:
         """pgvector operator: ``<=>`` cosine, ``<->`` L2, ``<#>`` negative inner product."""
