@@ -51,10 +51,14 @@ def _with_db(url: str, name: str) -> str:
 def shard_urls() -> Iterator[list[str]]:
     """One fresh database on each local shard cluster (created by
     scripts/provision-shards.sh if missing; quick when they exist)."""
+    # The script adds postgres_fdw and dblink to the catalogue database it is given and to
+    # its template: the server's base one (whose template the test databases come from),
+    # not the session database that the database_url fixture may have exported by now.
+    env = {**os.environ, "EMBCAT_DATABASE_URL": BASE_URL}
     with provisioning_lock():  # xdist workers each run this fixture
         done = subprocess.run(
             [str(ROOT / "scripts/provision-shards.sh"), str(N_SHARDS)],
-            capture_output=True, text=True, env=dict(os.environ),
+            capture_output=True, text=True, env=env,
         )  # fmt: skip
     if done.returncode != 0:
         pytest.fail(f"scripts/provision-shards.sh {N_SHARDS} failed: {done.stderr.strip()}")
