@@ -29,15 +29,16 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
     """Attach, index and analyze after the last chunk; return (index built, its seconds)."""
     space, timings = state.space, state.ctx.timings
     assert space is not None
+    rows = None  # the space's row count, when this publish knows it without a count(*)
     if state.detached:
         t = time.perf_counter()
-        partitions.attach_partition(conn, space.id)
+        rows = partitions.attach_partition(conn, space.id) + state.detached_rows
         timings["attach_s"] = time.perf_counter() - t
     index_s = 0.0
     built = False
     if state.build:
         t = time.perf_counter()
-        built = space_index.ensure_hnsw_index(conn, space, index=state.ctx.index)
+        built = space_index.ensure_hnsw_index(conn, space, index=state.ctx.index, rows=rows)
         index_s = time.perf_counter() - t
     t = time.perf_counter()
     if state.inserted or state.updated:

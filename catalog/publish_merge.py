@@ -38,6 +38,7 @@ class MergeState:
     space: Space | None = None
     build: bool = False
     detached: str | None = None  # the new space's partition table, attached at the end
+    detached_rows: int = 0  # rows merged into it (its index's row count, without a scan)
     inserted: int = 0
     updated: int = 0
     extent: list[Any] | None = None
@@ -149,10 +150,11 @@ def merge_chunk(
         imagery.merge_thumbnails(conn, cid, mode)
     t = time.perf_counter()
     if state.detached:  # nothing there to conflict with (a new space; ids checked above)
-        conn.execute(
+        merged = conn.execute(
             _merge_embeddings_sql("insert", space, state.detached),
             {"cid": cid, "space": space.id},
         )
+        state.detached_rows += max(merged.rowcount, 0)
     elif shards.is_sharded(conn, space.id):  # written through to the shards
         shards.merge_embeddings(conn, space, mode, cid)
     else:

@@ -119,6 +119,7 @@ def ensure_index(
     ef_construction: int | None = None,
     maintenance_work_mem_mb: int | None = None,
     index: IndexSettings | None = None,
+    rows: int | None = None,
 ) -> bool:
     """Build the space's similarity index if absent or invalid. Returns True if built.
 
@@ -131,7 +132,8 @@ def ensure_index(
     then never blocked, not even by the drop's lock): ``finish_swap`` drops it after the
     commit. The HNSW graph's ``m`` and ``ef_construction`` come from ``index`` (the
     caller's IndexSettings; default: the code's) unless given; the build memory is sized
-    from the row count unless given, capped at 4 GiB.
+    from the row count unless given, capped at 4 GiB. ``rows``: the space's row count when
+    the caller knows it (else counted).
     """
     space = get_space(conn, space.id)  # as recorded now (a caller's copy may predate a build)
     kind = kind or space.index_kind
@@ -158,10 +160,12 @@ def ensure_index(
         return False
     ensure_partition(conn, space.id)
     table = partition_name(space.id)
-    row = conn.execute(
-        "select count(*) from embeddings where space_id = %s", (space.id,)
-    ).fetchone()
-    rows = int(row[0]) if row else 0
+    if rows is None:  # (a publish into a new partition knows it: at 10M this scan of the
+        # just-loaded rows took minutes of the index phase)
+        row = conn.execute(
+            "select count(*) from embeddings where space_id = %s", (space.id,)
+        ).fetchone()
+        rows = int(row[0]) if row else 0
     if maintenance_work_mem_mb is None:
         need = index_memory_bytes(rows, space, kind, m)
         maintenance_work_mem_mb = min(max(64, need // (1 << 20) + 16), 4096)
@@ -228,12 +232,13 @@ def ensure_hnsw_index(
     ef_construction: int | None = None,
     maintenance_work_mem_mb: int | None = None,
     index: IndexSettings | None = None,
+    rows: int | None = None,
 ) -> bool:
     """The space's index of its recorded kind, if absent (the name of earlier versions,
     when every space had an HNSW index): ``ensure_index`` without a kind."""
     return ensure_index(
         conn, space, m=m, ef_construction=ef_construction,
-        maintenance_work_mem_mb=maintenance_work_mem_mb, index=index,
+        maintenance_work_mem_mb=maintenance_work_mem_mb, index=index, rows=rows,
     )  # fmt: skip
 
 

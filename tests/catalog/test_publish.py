@@ -528,3 +528,16 @@ def test_cli_publish_with_an_invalid_collection_id_is_one_line(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: invalid collection id 'with space'")
     assert result.stderr.count("\n") == 1
+
+
+def test_the_index_of_a_new_space_records_the_rows_the_publish_merged(
+    run: Path, db_settings: DatabaseSettings
+) -> None:
+    # the publish counts the rows it merged into the new space's partition and hands that
+    # to the index build (at 10M a count(*) over the just-loaded rows took minutes)
+    res = publish(run, collection_id=_name(), settings=db_settings, progress=False)
+    with psycopg.connect(db_settings.database_url) as c:
+        params = c.execute(
+            "select index_params from embedding_spaces where id = %s", (res.space_id,)
+        ).fetchone()
+    assert params is not None and params[0]["rows"] == 40
