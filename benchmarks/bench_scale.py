@@ -282,7 +282,10 @@ def run_queries(
     from embcat.catalog.search import SearchQuery
     from embcat.catalog.similarity import SimilaritySettings, SimilaritySpec, similar_with_plan
 
-    settings = SimilaritySettings(ivfflat_probes=probes) if probes else None
+    # --probes means exactly that many (the share-of-lists rule off)
+    settings = (
+        SimilaritySettings(ivfflat_probes=probes, ivfflat_probes_fraction=0) if probes else None
+    )
 
     out = []
     http = httpx.Client()
@@ -392,6 +395,7 @@ def main() -> None:
     if a.probes:
         suffix += f"_probes{a.probes}"
         os.environ["EMBCAT_SIMILARITY_IVFFLAT_PROBES"] = str(a.probes)  # the HTTP server's
+        os.environ["EMBCAT_SIMILARITY_IVFFLAT_PROBES_FRACTION"] = "0"
     out_path = ROOT / "benchmarks" / "results" / f"scale_{a.data}_{a.n}{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
