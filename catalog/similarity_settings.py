@@ -60,10 +60,11 @@ class SimilaritySettings(BaseSettings):
     )
     ivfflat_probes: int = Field(default=10, ge=1, description="ivfflat.probes (ivfflat-bit).")
     # 10 probes are 1 % of the lists at 1M (1,000 lists, recall@10 0.998) but 0.3 % at 10M
-    # (3,162 lists: 0.936); probing a fixed share of the lists keeps the share of the space
-    # scanned, and so the recall, as it grows (benchmarks/README.md, Scale, round 4).
+    # (3,162 lists: 0.936, worst 0.4); a share of the lists keeps the recall as a space grows.
+    # Measured at 10M: 0.5 % (16 probes) 0.960 (worst 0.5) at 24 ms, 1 % (32) 0.964 at 38 ms
+    # (benchmarks/README.md, Scale, round 4).
     ivfflat_probes_fraction: float = Field(
-        default=0.01,
+        default=0.005,
         ge=0,
         le=1,
         description="ivfflat-bit: probe at least this share of the index's lists.",

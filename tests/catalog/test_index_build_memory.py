@@ -85,6 +85,6 @@ def test_ivfflat_probes_keep_a_share_of_the_lists() -> None:
 
     s = SimilaritySettings()
     assert ivfflat_probes(s, space(1000)) == 10  # 1M rows: the setting
-    assert ivfflat_probes(s, space(3162)) == 32  # 10M rows: 1 % of the lists
+    assert ivfflat_probes(s, space(3162)) == 16  # 10M rows: 0.5 % of the lists
     assert ivfflat_probes(s, space(None)) == 10  # never built (or built before the record)
     assert ivfflat_probes(SimilaritySettings(ivfflat_probes_fraction=0), space(3162)) == 10
