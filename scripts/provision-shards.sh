@@ -4,8 +4,9 @@
 #
 #   scripts/provision-shards.sh [N]      (default N=2; EMBCAT_SHARD_BASE_PORT, default 5441)
 #
-# 1. N extra PostgreSQL clusters "embcat_shard<i>" (pg_createcluster, Debian) on loopback
-#    ports BASE+1 .. BASE+N, password (scram) authentication on 127.0.0.1 only, with a
+# 1. N extra PostgreSQL clusters on loopback ports BASE+1 .. BASE+N (pg_createcluster,
+#    Debian; the one already on a port is used; new ones are "embcat_shard<i>", or
+#    "embcat_shard_<port>" for another base port or when that name is taken), password (scram) authentication on 127.0.0.1 only, with a
 #    role embcat/embcat (superuser of that shard server) and a template database embcat_shard_template that holds PostGIS,
 #    pgvector and postgres_fdw (the shard reads the coordinator's items through it).
 # 2. On the coordinator (EMBCAT_DATABASE_URL's server, the cluster on 5432): postgres_fdw
@@ -35,7 +36,16 @@ PGV=$(ls /usr/lib/postgresql | sort -n | tail -n1)
 psql_port() { local port=$1; shift; runuser -u postgres -- psql -p "$port" -XAtq -v ON_ERROR_STOP=1 "$@"; }
 
 for i in $(seq 1 "$N"); do
-  name=embcat_shard${i} port=$((BASE + i))
+  port=$((BASE + i))
+  # a shard server is known by its port (a second base port, e.g. a development catalogue
+  # beside the test one, gets clusters of its own names)
+  name=$(pg_lsclusters -h | awk -v p="$port" '$3 == p {print $2}' | head -n1)
+  if [ -z "$name" ]; then
+    name=embcat_shard${i}
+    if [ "$BASE" != 5441 ] || pg_lsclusters -h | awk '{print $2}' | grep -qx "$name"; then
+      name=embcat_shard_${port}
+    fi
+  fi
   if ! pg_lsclusters -h | awk '{print $2}' | grep -qx "$name"; then
     say "creating cluster ${PGV}/${name} on port ${port}"
     pg_createcluster "$PGV" "$name" --port "$port" -- --auth-host=scram-sha-256 --auth-local=peer >/dev/null
