@@ -89,6 +89,7 @@ from embcat.catalog.publish_space import (
 from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import space_index
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import IndexSettings, Space
 
@@ -174,6 +175,10 @@ def _publish(ctx: PublishContext, settings: DatabaseSettings | None) -> PublishR
         conn.commit()
         with translated(), conn.transaction():
             result = _publish_tx(conn, ctx)
+        if result.index_built:  # an index it replaced goes now, concurrently
+            conn.autocommit = True
+            with translated():
+                space_index.finish_swap(conn, result.space_id)
     result.elapsed_s = time.perf_counter() - ctx.t0
     log.info(result.summary())
     return result

@@ -34,12 +34,19 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
         t = time.perf_counter()
         rows = partitions.attach_partition(conn, space.id) + state.detached_rows
         timings["attach_s"] = time.perf_counter() - t
+    elif state.rebuild:  # the planner's count and this publish's rows (no count(*) scan)
+        built_rows = int((space.index_params or {}).get("rows") or 0)
+        rows = max(space_index.estimated_rows(conn, space), built_rows) + state.inserted
     index_s = 0.0
     built = False
     if state.build:
         t = time.perf_counter()
-        built = space_index.ensure_hnsw_index(conn, space, index=state.ctx.index, rows=rows)
+        # (a replaced index stays until the commit: finish_swap drops it after)
+        built = space_index.ensure_index(
+            conn, space, rebuild=state.rebuild, drop_old=False, index=state.ctx.index, rows=rows
+        )
         index_s = time.perf_counter() - t
+        state.space = spaces_mod.get_space(conn, space.id)  # the kind it was built as
     t = time.perf_counter()
     if state.inserted or state.updated:
         # The planner's columns only: statistics of the jsonb documents (properties, assets,

@@ -37,6 +37,7 @@ class MergeState:
     known_space: Space | None = None  # the existing collection's space (checked)
     space: Space | None = None
     build: bool = False
+    rebuild: bool = False  # the build replaces an index (readers keep it until the commit)
     detached: str | None = None  # the new space's partition table, attached at the end
     detached_rows: int = 0  # rows merged into it (its index's row count, without a scan)
     inserted: int = 0
@@ -119,9 +120,10 @@ def merge_chunk(
                 state.detached = partitions.create_partition_table(conn, space.id)
             else:  # rows in the default partition (a mirror's): move them in now
                 partitions.ensure_partition(conn, space.id)
-        state.build = (
-            (not ctx.defer_index) and space.indexable and not space_index.has_index(conn, space)
-        )
+        # the index is built when missing, re-judged ("auto") or grown out of (rebuilt)
+        due = space_index.build_due(conn, space, manifest.rows) if space.indexable else None
+        state.build = (not ctx.defer_index) and due is not None
+        state.rebuild = state.build and due != "missing"
         partitions.merge_lock(conn, space.id, exclusive=state.build)
     space = state.space
     # A collection this publish created holds nothing but what it merges, and the run's

@@ -108,6 +108,54 @@ def space_center(
     return tuple(float(v) for v in row[0])
 
 
+# A publish rebuilds an ivfflat-bit index when its space has grown past this many times the
+# rows the index was built with: IVFFlat keeps the lists (sqrt of the rows at the build)
+# and the centre of its build, so a space first published with 2,000 rows (45 lists) and
+# grown to 10M would scan ~220k codes a probe. Rebuilding at each 4x growth costs at most
+# a third more than building once at the final size.
+REBUILD_GROWTH = 4
+
+
+def estimated_rows(conn: psycopg.Connection, space: Space) -> int:
+    """The planner's row count of the space's partition (``reltuples``; each publish
+    ANALYZEs it), 0 when never counted. No scan."""
+    row = conn.execute(
+        "select greatest(c.reltuples, 0)::bigint from pg_class c where c.oid = to_regclass(%s)",
+        (f"public.{partition_name(space.id)}",),
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def build_due(conn: psycopg.Connection, space: Space, incoming: int) -> str | None:
+    """Why a publish of ``incoming`` rows into ``space`` builds its index, or None:
+    "missing" when it has none; "auto" when its kind is still to be judged by the data
+    (registered "auto", below ADVICE_MIN_ROWS at its last build) and the space reaches
+    that many rows; "growth" when an ivfflat-bit index falls REBUILD_GROWTH times behind
+    the rows (a rebuild). Sharded spaces keep their index (placing one builds it on each
+    shard; rebuilding them is not supported)."""
+    if not has_index(conn, space):
+        return "missing"
+    params = space.index_params or {}
+    built_rows = int(params.get("rows") or 0)
+    if built_rows <= 0:  # an index without a build record (made by an earlier version)
+        return None
+    from embcat.catalog.store import shards  # (it imports this module)
+
+    if shards.is_sharded(conn, space.id):
+        return None
+    rows = max(estimated_rows(conn, space), built_rows) + incoming
+    if space.index_kind == "ivfflat-bit" and rows > REBUILD_GROWTH * built_rows:
+        if ivfflat_lists(rows) > int(params.get("lists") or 0):
+            return "growth"
+    auto = params.get("auto")
+    if isinstance(auto, dict) and not auto.get("decided"):
+        from embcat.catalog.index_advice import ADVICE_MIN_ROWS
+
+        if rows >= ADVICE_MIN_ROWS:
+            return "auto"
+    return None
+
+
 def ensure_index(
     conn: psycopg.Connection,
     space: Space,
@@ -133,9 +181,14 @@ def ensure_index(
     commit. The HNSW graph's ``m`` and ``ef_construction`` come from ``index`` (the
     caller's IndexSettings; default: the code's) unless given; the build memory is sized
     from the row count unless given, capped at 4 GiB. ``rows``: the space's row count when
-    the caller knows it (else counted).
+    the caller knows it (else counted). Without ``kind``, a space registered as "auto"
+    whose kind is not yet judged gets it judged on a sample of its rows first
+    (``catalog.index_advice.judge_auto``): binary codes where they rank its data,
+    ``hnsw-halfvec`` where they do not.
     """
     space = get_space(conn, space.id)  # as recorded now (a caller's copy may predate a build)
+    auto = (space.index_params or {}).get("auto") if kind is None else None
+    pending = isinstance(auto, dict) and not auto.get("decided")
     kind = kind or space.index_kind
     if kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {kind!r}; use one of {list(INDEX_KINDS)}")
@@ -156,7 +209,8 @@ def ensure_index(
 
     if shards.is_sharded(conn, space.id):
         return shards.ensure_index(conn, space, kind=kind, rebuild=rebuild)
-    if kind == space.index_kind and not rebuild and has_index(conn, space):
+    current = kind == space.index_kind and not rebuild and has_index(conn, space)
+    if current and not pending:
         return False
     ensure_partition(conn, space.id)
     table = partition_name(space.id)
@@ -166,6 +220,16 @@ def ensure_index(
             "select count(*) from embeddings where space_id = %s", (space.id,)
         ).fetchone()
         rows = int(row[0]) if row else 0
+    if pending:  # an "auto" space's kind, judged on its data once it has enough of it
+        from embcat.catalog.index_advice import judge_auto  # (it imports this package)
+
+        kind, auto = judge_auto(conn, space, rows)
+        if current and kind == space.index_kind:  # the index it has suits: record why
+            conn.execute(
+                "update embedding_spaces set index_params = index_params || %s where id = %s",
+                (Jsonb({"auto": auto}), space.id),
+            )
+            return False
     if maintenance_work_mem_mb is None:
         need = index_memory_bytes(rows, space, kind, m)
         maintenance_work_mem_mb = min(max(64, need // (1 << 20) + 16), 4096)
@@ -209,6 +273,8 @@ def ensure_index(
     conn.execute(f"create index {building} on public.{table} {definition}")
     params["rows"] = rows
     params["build_s"] = round(time.perf_counter() - started, 3)
+    if auto is not None:  # (an explicit kind ends the automatic choice)
+        params["auto"] = auto
     conn.execute(
         "update embedding_spaces set index_kind = %s, index_center = %s, index_params = %s"
         " where id = %s",

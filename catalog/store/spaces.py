@@ -82,7 +82,8 @@ class IndexSettings(BaseSettings):
     kind: IndexKind | Literal["auto"] = Field(
         default="auto",
         description="Index kind of newly registered spaces; auto: ivfflat-bit from"
-        f" {AUTO_BIT_MIN_DIMS} dimensions, hnsw-halfvec below (benchmarks/README.md, Scale).",
+        f" {AUTO_BIT_MIN_DIMS} dimensions, hnsw-halfvec below, and hnsw-halfvec where binary"
+        " codes do not rank the data (judged at the first build; benchmarks/README.md, Scale).",
     )
     m: int = Field(default=16, ge=2, le=100, description="HNSW m: links per graph node.")
     ef_construction: int = Field(
@@ -315,14 +316,20 @@ def get_or_create_space(
     """Register a space (idempotent on its identity) inside the caller's transaction.
 
     ``index_kind`` (default: ``default_kind(dimensions, index.kind)``) applies to a new space
-    only; an existing space keeps its kind (``ensure_index(..., kind=...)`` switches it).
+    only; an existing space keeps its kind (``ensure_index(..., kind=...)`` switches it). A
+    binary default of "auto" is recorded as such (``index_params.auto``) and judged on the
+    data at the first build of enough rows.
     ``options``: the canonical encoder options (encoders.manifest.space_options); their
     hash is part of the identity, so the same encoder with another seed, band list or
     checkpoint is another space. Without them (a mirror of a catalogue that records none)
     the space is one of unknown options.
     """
+    # "auto" registers a binary default still to be judged on the data (the space's first
+    # index build of enough rows: store.space_index.ensure_index)
+    judged = index_kind is None and (index or defaults(IndexSettings)).kind == "auto"
     if index_kind is None:
         index_kind = default_kind(dimensions, index.kind if index is not None else None)
+    params = {"auto": {"decided": False}} if judged and index_kind in BIT_KINDS else {}
     if index_kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {index_kind!r}; use one of {list(INDEX_KINDS)}")
     if storage not in INDEX_MAX_DIMS:
@@ -335,8 +342,8 @@ def get_or_create_space(
     row = conn.execute(
         f"""insert into embedding_spaces
               (encoder_name, encoder_version, dimensions, storage, metric, normalized, mlm,
-               index_kind, options_sha256, options)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               index_kind, options_sha256, options, index_params)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (encoder_name, encoder_version, dimensions, storage, metric,
                          options_sha256)
             do update set encoder_name = excluded.encoder_name
@@ -344,6 +351,7 @@ def get_or_create_space(
         (
             encoder_name, encoder_version, dimensions, storage, metric, normalized,
             Jsonb(mlm or {}), index_kind, sha, Jsonb(options) if options is not None else None,
+            Jsonb(params),
         ),
     ).fetchone()  # fmt: skip
     assert row is not None

@@ -113,7 +113,7 @@ def test_a_run_of_new_chips_adds_its_source_bytes(tmp_path, db_settings):
 
 def _advice(conn: psycopg.Connection, cid: str, vectors: np.ndarray):
     load_collection(conn, cid, vectors, encoder_name=f"advice-{cid}", build_index=False)
-    stats = collection_stats(conn, cid, sample=len(vectors), queries=40, rerank_candidates=30)
+    stats = collection_stats(conn, cid, sample=len(vectors), queries=40)
     assert stats.index is not None
     return stats.index
 
