@@ -235,7 +235,13 @@ def _bulk(
         _ensure_index(conn, space, analyze=initial, index=opts.index)
         result.index_s = time.perf_counter() - t
         reporter = _Reporter(on_progress, "incremental", 0, None)
+        before = result.upserted
         _incremental(http, opts, conn, space, cursor, base, reporter, result, on_page)
+        if result.upserted > before:  # the changes may have outgrown an ivfflat-bit index
+            t = time.perf_counter()
+            grew = result.upserted - before
+            _ensure_index(conn, space, analyze=False, index=opts.index, incoming=grew)
+            result.index_s += time.perf_counter() - t
 
 
 def _incremental(

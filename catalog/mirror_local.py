@@ -23,8 +23,7 @@ from embcat.catalog.mirror_write import write_page
 from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import items as store_items
-from embcat.catalog.store import partitions
-from embcat.catalog.store.space_index import ensure_index
+from embcat.catalog.store import partitions, space_index
 from embcat.catalog.store.spaces import IndexSettings, Space, get_or_create_space, get_space
 
 log = logging.getLogger(__name__)
@@ -155,21 +154,36 @@ def _delete(conn: psycopg.Connection, cid: str, ids: list[str]) -> int:
 
 
 def _ensure_index(
-    conn: psycopg.Connection, space: Space, analyze: bool, index: IndexSettings | None = None
+    conn: psycopg.Connection,
+    space: Space,
+    analyze: bool,
+    index: IndexSettings | None = None,
+    incoming: int = 0,
 ) -> None:
     """Build the space's index if it is absent or invalid (also on a rerun after a mirror
     killed between its last page and the build), under the publish merge lock, once for
-    the whole initial phase."""
+    the whole initial phase; rebuild it when the rows (the planner's count, plus
+    ``incoming`` rows written since the last ANALYZE) have outgrown it."""
     # the merge locks as catalog.publish.build_index takes them (global exclusively only to
     # attach the space's partition, then the space's exclusively)
     partitions.merge_lock(conn, exclusive=not partitions.has_partition(conn, space.id))
     partitions.merge_lock(conn, space.id, exclusive=True)
-    built = ensure_index(conn, space, index=index)
+    # an ivfflat-bit index the mirrored rows have outgrown is rebuilt, as a publish does
+    # (the replaced index stays until the commit)
+    space = get_space(conn, space.id)  # (its build record as it is now)
+    grown = space_index.build_due(conn, space, incoming) == "growth"
+    built = space_index.ensure_index(conn, space, index=index, rebuild=grown, drop_old=False)
     if built or analyze:
         conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
         table = partitions.space_table(conn, space.id)  # its partition only (migration 0021)
         conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
     conn.commit()
+    if built:
+        conn.autocommit = True
+        try:
+            space_index.finish_swap(conn, space.id)
+        finally:
+            conn.autocommit = False
 
 
 def local_space(conn: psycopg.Connection, collection_id: str) -> Space:

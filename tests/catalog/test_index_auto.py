@@ -11,6 +11,7 @@ it (lists and centre are the build's).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,34 @@ def test_the_sample_is_repeatable(conn: psycopg.Connection, rows: int) -> None:
     first = space_sample(conn, space, 50, rows)
     assert len(first) == 50
     assert np.array_equal(first, space_sample(conn, space, 50, rows))
+
+
+def test_a_mirror_rebuilds_the_ivfflat_index_its_changes_outgrew(
+    tmp_path: Path, make_database: Callable[..., str]
+) -> None:
+    from helpers_server import start_server
+
+    from embcat.api.settings import ApiSettings
+    from embcat.catalog.mirror import MirrorOptions, mirror
+
+    cid = "auto-mirror"
+    origin = DatabaseSettings(database_url=make_database())
+    local = DatabaseSettings(database_url=make_database())
+    publish(_manifold_run(tmp_path / "a", 2100, 5, "chip", cid), collection_id=cid,
+            settings=origin, progress=False)  # fmt: skip
+    handle = start_server(ApiSettings(database_url=origin.database_url, db_pool_max=4))
+    try:
+        mirror(MirrorOptions(handle.base_url, cid), local)
+        with psycopg.connect(local.database_url) as c:
+            first = _space(c, cid).index_params or {}
+        publish(_manifold_run(tmp_path / "b", 7000, 6, "more", cid), collection_id=cid,
+                settings=origin, progress=False)  # fmt: skip
+        second = mirror(MirrorOptions(handle.base_url, cid), local)
+    finally:
+        handle.stop()
+    assert second.upserted == 7000
+    with psycopg.connect(local.database_url) as c:
+        space = _space(c, cid)
+        assert space.index_kind == "ivfflat-bit"
+        assert (space.index_params or {})["lists"] > first["lists"]
+        assert space_index.has_index(c, space)
