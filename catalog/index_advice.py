@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from embcat.catalog.store.spaces import IndexKind, Space, kind_indexable
+from embcat.catalog.store.spaces import AUTO_BIT_MIN_DIMS, IndexKind, Space, kind_indexable
 from embcat.catalog.store.vectors import space_sample
 
 log = logging.getLogger(__name__)
@@ -164,21 +164,27 @@ def judge_auto(
 ) -> tuple[IndexKind, dict[str, Any]]:
     """The kind of an "auto" space on its data (``catalog.index_advice``), and what to
     record of the judgement; below ADVICE_MIN_ROWS it keeps its kind, still undecided.
-    Only binary defaults are judged (registration marks no other space "auto"): below
-    AUTO_BIT_MIN_DIMS a code has too few distinct distances, whatever the sample says."""
+    Below AUTO_BIT_MIN_DIMS a code has too few distinct distances, whatever the sample
+    says: such spaces are hnsw-halfvec (registration marks only binary defaults "auto";
+    ``embcat index build --kind auto`` judges any space). A space of hnsw-bit stays so
+    where binary codes rank the data."""
     if rows < ADVICE_MIN_ROWS:
         return space.index_kind, {"decided": False}
     corpus = space_sample(conn, space, ADVICE_SAMPLE, rows)
     advice = advise(space, corpus)
     kind: IndexKind = space.index_kind
-    if space.binary and advice.recommended == "hnsw-halfvec":
-        if kind_indexable("hnsw-halfvec", space.storage, space.dimensions):
+    if space.dimensions < AUTO_BIT_MIN_DIMS:
+        kind = "hnsw-halfvec"
+    elif advice.recommended == "hnsw-halfvec":
+        if space.binary and kind_indexable("hnsw-halfvec", space.storage, space.dimensions):
             kind = "hnsw-halfvec"
             log.warning(
                 "space %s: binary codes keep only recall@10 %.3f on a sample of %d of its"
                 " vectors (isotropic-like data): indexing it as hnsw-halfvec",
                 space.id, advice.binary_recall_at_10, len(corpus),
             )  # fmt: skip
+    elif not space.binary and kind_indexable("ivfflat-bit", space.storage, space.dimensions):
+        kind = "ivfflat-bit"  # (asked for: embcat index build --kind auto)
     record = {
         "decided": True,
         "binary_recall_at_10": round(advice.binary_recall_at_10, 4),

@@ -9,6 +9,7 @@ merge locks as a publish that builds one.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import psycopg
 
@@ -68,7 +69,7 @@ def build_index(
     collection_id: str,
     settings: DatabaseSettings | None = None,
     *,
-    kind: spaces_mod.IndexKind | None = None,
+    kind: spaces_mod.IndexKind | Literal["auto"] | None = None,
     rebuild: bool = False,
     index: IndexSettings | None = None,
 ) -> str | None:
@@ -97,4 +98,4 @@ def build_index(
             conn.commit()
             conn.autocommit = True
             space_index.finish_swap(conn, space.id)
-        return (kind or space.index_kind) if built else None
+        return spaces_mod.get_space(conn, space.id).index_kind if built else None

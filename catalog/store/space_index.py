@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import psycopg
@@ -160,7 +160,7 @@ def ensure_index(
     conn: psycopg.Connection,
     space: Space,
     *,
-    kind: IndexKind | None = None,
+    kind: IndexKind | Literal["auto"] | None = None,
     rebuild: bool = False,
     drop_old: bool = True,
     m: int | None = None,
@@ -184,12 +184,14 @@ def ensure_index(
     the caller knows it (else counted). Without ``kind``, a space registered as "auto"
     whose kind is not yet judged gets it judged on a sample of its rows first
     (``catalog.index_advice.judge_auto``): binary codes where they rank its data,
-    ``hnsw-halfvec`` where they do not.
+    ``hnsw-halfvec`` where they do not; ``kind="auto"`` judges any space so, now.
     """
+    requested = kind
     space = get_space(conn, space.id)  # as recorded now (a caller's copy may predate a build)
-    auto = (space.index_params or {}).get("auto") if kind is None else None
-    pending = isinstance(auto, dict) and not auto.get("decided")
-    kind = kind or space.index_kind
+    judge = requested == "auto"  # (embcat index build --kind auto: judge it now, any space)
+    auto = (space.index_params or {}).get("auto") if requested in (None, "auto") else None
+    pending = judge or (isinstance(auto, dict) and not auto.get("decided"))
+    kind = space.index_kind if requested in (None, "auto") else requested
     if kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {kind!r}; use one of {list(INDEX_KINDS)}")
     if m is None or ef_construction is None:
@@ -246,7 +248,7 @@ def ensure_index(
     params: dict[str, Any]
     built_space = Space(
         space.id, space.encoder_name, space.encoder_version, space.dimensions, space.storage,
-        space.metric, space.normalized, space.mlm, kind,
+        space.metric, space.normalized, space.mlm, cast(IndexKind, kind),  # (checked above)
     )  # fmt: skip
     if kind == "hnsw-halfvec":
         params = {"m": int(m), "ef_construction": int(ef_construction)}

@@ -188,10 +188,12 @@ def index() -> None:
 @index.command("build")
 @click.argument("collection_id")
 @click.option(
-    "--kind", type=click.Choice(["hnsw-halfvec", "ivfflat-bit", "hnsw-bit"]), default=None,
+    "--kind", type=click.Choice(["hnsw-halfvec", "ivfflat-bit", "hnsw-bit", "auto"]),
+    default=None,
     help="Index kind (default: the space's recorded kind). Another kind than the recorded"
     " one switches the space: the new index is built, then swapped in (readers keep the"
-    " old one until then).",
+    " old one until then). auto: the kind that suits the space's data, judged on a sample"
+    " of it (what `embcat stats` recommends).",
 )  # fmt: skip
 @click.option(
     "--rebuild", is_flag=True,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from shardgen import write_run
 from vectorgen import load_collection, manifold_vectors
 
@@ -184,3 +185,27 @@ def test_a_mirror_rebuilds_the_ivfflat_index_its_changes_outgrew(
         assert space.index_kind == "ivfflat-bit"
         assert (space.index_params or {})["lists"] > first["lists"]
         assert space_index.has_index(c, space)
+
+
+def test_index_build_kind_auto_switches_an_explicit_binary_space_of_isotropic_data(
+    database_url: str,
+) -> None:
+    from click.testing import CliRunner
+
+    from embcat.cli import main
+
+    cid = f"auto-cli-{uuid.uuid4().hex[:6]}"
+    isotropic = np.random.default_rng(6).standard_normal((2500, DIMS)).astype(np.float32)
+    with psycopg.connect(database_url) as c:
+        register_vector(c)
+        load_collection(c, cid, isotropic, encoder_name=cid, index_kind="ivfflat-bit")
+        c.commit()
+    env = {"EMBCAT_DATABASE_URL": database_url}
+    done = CliRunner().invoke(main, ["index", "build", cid, "--kind", "auto"], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"built the hnsw-halfvec index of {cid}" in done.output
+    again = CliRunner().invoke(main, ["index", "build", cid, "--kind", "auto"], env=env)
+    assert "already exists" in again.output  # judged the same: nothing to build
+    with psycopg.connect(database_url) as c:
+        space = _space(c, cid)
+        assert space.index_kind == "hnsw-halfvec" and space_index.has_index(c, space)
