@@ -133,6 +133,7 @@ def build_due(conn: psycopg.Connection, space: Space, incoming: int) -> str | No
     that many rows; "growth" when an ivfflat-bit index falls REBUILD_GROWTH times behind
     the rows (a rebuild). Sharded spaces keep their index (placing one builds it on each
     shard; rebuilding them is not supported)."""
+    space = get_space(conn, space.id)  # its build record as committed now
     if not has_index(conn, space):
         return "missing"
     params = space.index_params or {}
