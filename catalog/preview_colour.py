@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 
 from embcat.catalog.errors import NotFound, translated
+from embcat.catalog.store import item_reads
 from embcat.catalog.store.spaces import Space, collection_space
 
 SAMPLE_SIZE = 10_000
@@ -92,15 +93,7 @@ class FalseColour:
 def collection_version(conn: psycopg.Connection, collection_id: str) -> Version:
     """(largest change sequence of items and tombstones, item count) of a collection."""
     with translated():
-        row = conn.execute(
-            """select greatest(
-                   (select max(change_seq) from items where collection_id = %(c)s),
-                   (select max(change_seq) from item_tombstones where collection_id = %(c)s)),
-                   (select count(*) from items where collection_id = %(c)s)""",
-            {"c": collection_id},
-        ).fetchone()
-    assert row is not None
-    return int(row[0] or 0), int(row[1])
+        return item_reads.version(conn, collection_id)
 
 
 def _space_of(conn: psycopg.Connection, collection_id: str) -> Space:

@@ -12,6 +12,7 @@ from psycopg import sql
 from embcat.catalog.errors import InvalidInput, NotFound
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
+from embcat.catalog.store import item_reads
 from embcat.catalog.store.partitions import space_table
 from embcat.catalog.store.spaces import Space
 
@@ -31,13 +32,7 @@ def _fetch_vectors(conn: psycopg.Connection, space: Space, refs: Sequence[ItemRe
     found = {(c, i): np.asarray(v, dtype=np.float64) for c, i, v in rows}
     missing = [p for p in pairs if p not in found]
     if missing:
-        known = conn.execute(
-            sql.SQL("select collection_id, id from items where (collection_id, id) in ({})").format(
-                sql.SQL(", ").join(sql.SQL("(%s, %s)") for _ in missing)
-            ),
-            [v for p in missing for v in p],
-        ).fetchall()
-        known_set = {(c, i) for c, i in known}
+        known_set = item_reads.existing(conn, missing)
         absent = [f"{c}/{i}" for c, i in missing if (c, i) not in known_set]
         if absent:
             raise NotFound(f"item(s) not found: {', '.join(absent)}")
