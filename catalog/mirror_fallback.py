@@ -28,6 +28,7 @@ from embcat.catalog.mirror_rows import (
     _item_to_row,
 )
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.store import embedding_reads
 from embcat.catalog.store import items as store_items
 from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import (
@@ -156,12 +157,7 @@ def _fallback(
                 checksum = asset.get("file:checksum")
                 vector = None
                 if checksum and local.get(item["id"]) == checksum:
-                    stored = conn.execute(
-                        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-                        " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
-                        (cid, item["id"], space.id),
-                    ).fetchone()
-                    vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
+                    vector = embedding_reads.stored_vector(conn, space, cid, item["id"])
                 if vector is None:
                     vector = _fallback_vector(http, opts, reporter, space, item, asset, result)
                 rows.append(_item_to_row(item, vector, cid, base))

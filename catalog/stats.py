@@ -40,6 +40,7 @@ from embcat.catalog.quantize import (
     quantize,
 )
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import embedding_reads
 from embcat.catalog.store.spaces import Space, collection_space
 
 
@@ -128,12 +129,7 @@ def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
 
 def _sample(conn: psycopg.Connection, cid: str, space: Space, n: int, seed: int) -> np.ndarray:
     """Up to ``n`` vectors picked by a seeded hash of the id (repeatable, no full sort)."""
-    rows = conn.execute(
-        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-        " WHERE e.collection_id = %s AND e.space_id = %s"
-        " ORDER BY md5(e.item_id || %s) LIMIT %s",
-        (cid, space.id, str(seed), n),
-    ).fetchall()
+    rows = embedding_reads.hashed_sample(conn, cid, space, n, seed)
     if not rows:
         return np.zeros((0, space.dimensions), dtype=np.float32)
     return np.stack([np.asarray(r[0].to_numpy(), dtype=np.float32) for r in rows])
@@ -223,11 +219,7 @@ def collection_stats(
         space = collection_space(conn, collection_id)
         if space is None:
             raise NotFound(f"collection {collection_id!r} has no embeddings yet")
-        row = conn.execute(
-            "SELECT count(*) FROM embeddings WHERE collection_id = %s AND space_id = %s",
-            (collection_id, space.id),
-        ).fetchone()
-        items = int(row[0]) if row else 0
+        items = embedding_reads.count(conn, collection_id, space.id)
         source = _source_bytes(conn, collection_id)
         corpus = _sample(conn, collection_id, space, sample, seed)
     rng = np.random.default_rng(seed)
