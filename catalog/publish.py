@@ -62,7 +62,6 @@ from typing import Any, Literal
 
 import psycopg
 import pyarrow.parquet as pq
-from psycopg.types.json import Jsonb
 
 from embcat.catalog import imagery, metrics
 from embcat.catalog.db import connect
@@ -89,6 +88,7 @@ from embcat.catalog.publish_space import (
 from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import publishes
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import IndexSettings, Space
 
@@ -265,14 +265,11 @@ def _record(
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     checksum = ctx.manifest.checksum()
-    rec = conn.execute(
-        "insert into publishes (collection_id, manifest_sha256, mode, origin, started_at,"
-        " rows_in, inserted, updated, skipped, details)"
-        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id",
-        (ctx.collection_id, checksum, ctx.mode, ctx.origin, ctx.started_wall, rows, inserted,
-         updated, skipped, Jsonb(details)),
-    ).fetchone()  # fmt: skip
-    assert rec is not None
+    publish_id = publishes.insert(
+        conn, ctx.collection_id, manifest_sha256=checksum, mode=ctx.mode, origin=ctx.origin,
+        started_at=ctx.started_wall, rows_in=rows, inserted=inserted, updated=updated,
+        skipped=skipped, details=details,
+    )  # fmt: skip
     return PublishResult(
         collection_id=ctx.collection_id,
         mode=ctx.mode,
@@ -287,7 +284,7 @@ def _record(
         created_collection=state.created,
         index_built=built,
         index_s=index_s,
-        publish_id=int(rec[0]),
+        publish_id=publish_id,
         index_kind=space.index_kind,
         timings=timings,
     )
@@ -297,18 +294,7 @@ def list_publishes(
     conn: psycopg.Connection, collection_id: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Publish records, newest first."""
-    rows = conn.execute(
-        "select id, collection_id, mode, origin, manifest_sha256, started_at, finished_at,"
-        " rows_in, inserted, updated, skipped, details from publishes"
-        " where %(cid)s::text is null or collection_id = %(cid)s"
-        " order by finished_at desc, id desc limit %(limit)s",
-        {"cid": collection_id, "limit": limit},
-    ).fetchall()
-    keys = (
-        "id", "collection_id", "mode", "origin", "manifest_sha256", "started_at",
-        "finished_at", "rows", "inserted", "updated", "skipped", "details",
-    )  # fmt: skip
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return publishes.records(conn, collection_id, limit)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ from embcat.catalog.quantize import (
     quantize,
 )
 from embcat.catalog.store import collections as store_collections
-from embcat.catalog.store import embedding_reads
+from embcat.catalog.store import embedding_reads, publishes
 from embcat.catalog.store.spaces import Space, collection_space
 
 
@@ -114,14 +114,7 @@ def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
     the items it inserted (``source_bytes · inserted / rows``), so that a re-publish (a
     rewritten manifest of the same chips, an upsert of new vectors for them) adds nothing.
     Collections without publish records fall back to ``embcat:source_bytes``."""
-    row = conn.execute(
-        """SELECT round(sum((details ->> 'source_bytes')::numeric * inserted
-                            / nullif(rows_in, 0)))
-             FROM publishes
-            WHERE collection_id = %(c)s AND details ? 'source_bytes'""",
-        {"c": collection_id},
-    ).fetchone()
-    found = row[0] if row else None
+    found = publishes.source_bytes(conn, collection_id)
     if found is None:
         found = store_collections.stac_bigint(conn, collection_id, "embcat:source_bytes")
     return int(found) if found else None
