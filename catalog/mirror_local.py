@@ -20,10 +20,9 @@ from embcat.catalog.mirror_rows import (
 )
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_page
-from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import items as store_items
-from embcat.catalog.store import partitions
+from embcat.catalog.store import partitions, staged_merge
 from embcat.catalog.store.space_index import ensure_index
 from embcat.catalog.store.spaces import IndexSettings, Space, get_or_create_space, get_space
 
@@ -166,9 +165,7 @@ def _ensure_index(
     partitions.merge_lock(conn, space.id, exclusive=True)
     built = ensure_index(conn, space, index=index)
     if built or analyze:
-        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        table = partitions.space_table(conn, space.id)  # its partition only (migration 0021)
-        conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
+        staged_merge.analyze(conn, space.id)
     conn.commit()
 
 

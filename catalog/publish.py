@@ -68,7 +68,7 @@ from embcat.catalog.db import connect
 from embcat.catalog.errors import EmbcatError, InvalidInput, translated
 from embcat.catalog.item_shape import item_template
 from embcat.catalog.publish_copy import stage_sql
-from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS, build_index, finish_space
+from embcat.catalog.publish_index import build_index, finish_space
 from embcat.catalog.publish_input import (
     MODES,
     Mode,
@@ -91,6 +91,7 @@ from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import publishes
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import IndexSettings, Space
+from embcat.catalog.store.staged_merge import ANALYZE_ITEM_COLUMNS
 
 log = logging.getLogger(__name__)
 
