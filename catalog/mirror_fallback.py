@@ -28,7 +28,7 @@ from embcat.catalog.mirror_rows import (
     _item_to_row,
 )
 from embcat.catalog.settings import DatabaseSettings
-from embcat.catalog.store import embedding_reads
+from embcat.catalog.store import embedding_reads, mirror_state
 from embcat.catalog.store import items as store_items
 from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import (
@@ -173,11 +173,7 @@ def _fallback(
             if on_page is not None:
                 on_page(result)
         result.deleted += store_items.delete_unlisted(conn, cid, "mirror_seen")
-        conn.execute(
-            "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
-            " WHERE remote_url = %s AND remote_collection = %s",
-            (opts.remote_url, cid),
-        )
+        mirror_state.set_incremental(conn, opts.remote_url, cid)
         conn.commit()
         result.load_s = time.perf_counter() - started
         t = time.perf_counter()
