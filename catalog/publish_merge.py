@@ -15,12 +15,12 @@ from typing import Any
 
 import psycopg
 
-from embcat.catalog import imagery
 from embcat.catalog.errors import Conflict, InvalidInput
 from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
 from embcat.catalog.publish_rows import union
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import imagery as store_imagery
 from embcat.catalog.store import partitions, shards, space_index, staged_merge
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import Space
@@ -142,7 +142,7 @@ def merge_chunk(
     state.updated += updated
     timings["merge_items_s"] += time.perf_counter() - t
     if state.thumbnails or mode == "upsert":
-        imagery.merge_thumbnails(conn, cid, mode)
+        store_imagery.merge_thumbnails(conn, cid, mode)
     t = time.perf_counter()
     if state.detached:  # nothing there to conflict with (a new space; ids checked above)
         state.detached_rows += staged_merge.merge_embeddings(
