@@ -33,7 +33,8 @@ The steps live in modules of their own, each handed the ``PublishContext``:
     publish_rows   row validation, vectorised per record batch
     publish_copy   the staging rows in binary COPY form (catalog.pgbinary)
     publish_load   the reader thread and the COPY of chunks
-    publish_merge  each chunk into items + embeddings; the space and the merge locks
+    publish_merge  each chunk into items + embeddings (its SQL: store.staged_merge); the
+                   space and the merge locks
     publish_space  which collection, and whether the run's vectors may join its space
     publish_index  partition attach, index build, ANALYZE; ``embcat index build``
 

@@ -1,4 +1,5 @@
-"""STAC item search over the ``items`` table: the query, its page, its counts.
+"""STAC item search over the ``items`` table: the query, its page, its counts (their
+statements in ``catalog.store.item_reads``).
 
 ``where_clause(SearchQuery)`` composes every filter of a search (collections, ids, bbox,
 intersects, datetime, CQL2 ``filter``, ``query``, free-text ``q``) into one
