@@ -33,35 +33,10 @@ from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import items as store_items
 
+# (named here by migration 0017; the probe of the lock is store.items.open_writers)
+from embcat.catalog.store.items import WRITER_LOCK_CLASS as WRITER_LOCK_CLASS
+
 MAX_LIMIT = 10_000
-
-# The first key of the writers' advisory locks (migrations/versions/0017): b"embc".
-WRITER_LOCK_CLASS = 1701667427
-
-# One read of pg_locks: the other transactions holding a write lock on the items tables
-# (``w``) and the collections they declared (``d``, the second key as pg_locks shows it: an
-# oid, so hashtext's int4 is compared modulo 2^32). ``%(c)s`` null: writers of any collection.
-_WRITERS_SQL = f"""
-with l as materialized (
-  select pid, locktype, relation, mode, classid, objid, objsubid from pg_locks
-   where database = (select oid from pg_database where datname = current_database())
-     and pid <> pg_backend_pid()
-), w as (
-  select distinct pid from l
-   where locktype = 'relation'
-     and relation in ('items'::regclass, 'item_tombstones'::regclass)
-     and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
-                  'AccessExclusiveLock')
-), d as (
-  select pid, objid::bigint as h from l
-   where locktype = 'advisory' and classid = {WRITER_LOCK_CLASS}::oid and objsubid = 2
-)
-select count(*) from w
- where %(c)s::text is null
-    or not exists (select 1 from d where d.pid = w.pid)
-    or exists (select 1 from d where d.pid = w.pid
-                and d.h = (hashtext(%(c)s::text)::bigint & 4294967295))
-"""
 
 
 @dataclass(frozen=True)
@@ -105,8 +80,7 @@ def safe_high_water(
     with translated():
         row = conn.execute("select pg_sequence_last_value('item_change_seq')").fetchone()
         last = int(row[0]) if row and row[0] is not None else 0
-        row = conn.execute(_WRITERS_SQL, {"c": collection_id}).fetchone()
-        pending = int(row[0]) if row else 0
+        pending = store_items.open_writers(conn, collection_id)
     return (None if pending else last), pending
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from embcat.catalog.settings import DatabaseSettings, defaults
+from embcat.catalog.store import item_reads
 from embcat.catalog.store.spaces import IndexSettings
 
 DEMO_COLLECTION = "demo-mosaiks"
@@ -199,11 +200,7 @@ def prepare_demo(
     with rasterio.open(scene) as ds:
         cover = land_cover(ds.width)
     with connect(settings) as conn:
-        rows = conn.execute(
-            "select id, properties->'embcat:window' from items where collection_id = %s"
-            " order by id",
-            (DEMO_COLLECTION,),
-        ).fetchall()
+        rows = item_reads.property_of_each(conn, DEMO_COLLECTION, "embcat:window")
     best, best_share = rows[0][0], -1.0
     for iid, window in rows:
         col, row, w, h = (int(v) for v in window)

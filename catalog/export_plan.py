@@ -30,6 +30,7 @@ from embcat.catalog.quantize import (
 )
 from embcat.catalog.search import SearchQuery
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import export_reads
 from embcat.catalog.store.spaces import Space, get_space
 
 MAX_WAIT_FOR_WRITERS_S = 10.0
@@ -137,13 +138,6 @@ def _base_where(req: ExportRequest, space: Space, as_of: int) -> sql.Composable:
     return sql.SQL(" AND ").join(parts)
 
 
-def _from(space: Space) -> sql.Composable:
-    return sql.SQL(
-        "items i JOIN embeddings e ON e.collection_id = i.collection_id AND e.item_id = i.id"
-        " AND e.space_id = {}"
-    ).format(sql.Literal(space.id))
-
-
 def _has_search(req: ExportRequest) -> bool:
     q = req.query
     return any(
@@ -177,15 +171,7 @@ def _vector_batches(
     is the same size (one field: its length, pgvector's 4-byte header, D values), so the
     raw stream is read as a numpy record array, ``batch_size`` rows or more at a time,
     without a Python object per row."""
-    template = sql.SQL(
-        "COPY (SELECT {send}(e.{col}) FROM {src} WHERE {w}) TO STDOUT (FORMAT BINARY)"
-    )
-    query = template.format(
-        send=sql.SQL(f"{space.storage}_send"),
-        col=sql.Identifier(space.column),
-        src=_from(space),
-        w=where,
-    )
+    query = export_reads.vectors_copy(space, where)
     record = pgbinary.copy_row_dtype(space.dimensions, space.storage)
     size = pgbinary.value_size(space.dimensions, space.storage)
     buf = bytearray()
@@ -248,20 +234,11 @@ def plan_export(conn: psycopg.Connection, req: ExportRequest) -> ExportPlan:
         if req.limit is not None:
             # A part: count at most limit + 1 rows, and take the schema (and the int8
             # statistics) from this part's rows only, so each part costs O(limit).
-            count_row = conn.execute(
-                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) x").format(
-                    _from(space), where, sql.Literal(req.limit + 1)
-                )
-            ).fetchone()
-            part = sql.SQL(
-                "{w} AND i.id IN (SELECT i.id FROM {src} WHERE {w} ORDER BY i.id LIMIT {n})"
-            ).format(w=where, src=_from(space), n=sql.Literal(req.limit))
+            remaining = export_reads.count(conn, space.id, where, at_most=req.limit + 1)
+            part = export_reads.first_rows(space.id, where, req.limit)
         else:
-            count_row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_from(space), where)
-            ).fetchone()
+            remaining = export_reads.count(conn, space.id, where)
             part = where
-        remaining = int(count_row[0]) if count_row else 0
         rows = remaining if req.limit is None else min(req.limit, remaining)
         properties, assets, details, keep = item_shape(
             conn, req.collection_id, req.columns, _has_search(req), part

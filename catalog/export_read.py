@@ -15,13 +15,9 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from embcat.catalog.export_plan import (
-    ExportPlan,
-    _base_where,
-    _from,
-    _has_search,
-)
+from embcat.catalog.export_plan import ExportPlan, _base_where, _has_search
 from embcat.catalog.export_rows import _batch_table, _select
+from embcat.catalog.store import export_reads
 
 
 def _order_by(plan: ExportPlan) -> sql.Composable:
@@ -47,14 +43,9 @@ def _index_order(conn: psycopg.Connection, plan: ExportPlan) -> None:
 def _copy_query(plan: ExportPlan) -> tuple[sql.Composed, list[str]]:
     req = plan.request
     select, types = _select(plan)
-    query = sql.SQL("COPY ({sel} FROM {src} WHERE {w}{order}{lim}) TO STDOUT (FORMAT BINARY)")
-    return query.format(
-        sel=select,
-        src=_from(plan.space),
-        w=_base_where(req, plan.space, plan.as_of),
-        order=_order_by(plan),
-        lim=sql.SQL(" LIMIT {}").format(sql.Literal(req.limit)) if req.limit else sql.SQL(""),
-    ), types
+    where = _base_where(req, plan.space, plan.as_of)
+    query = export_reads.rows_copy(select, plan.space.id, where, _order_by(plan), req.limit)
+    return query, types
 
 
 _DONE = object()

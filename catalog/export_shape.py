@@ -17,7 +17,6 @@ import psycopg
 import pyarrow as pa
 import pyarrow.json as pajson
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from embcat.catalog.exchange_format import (
     DATETIME_COLUMNS,
@@ -26,6 +25,7 @@ from embcat.catalog.exchange_format import (
     type_from_text,
     type_to_text,
 )
+from embcat.catalog.store import export_reads, item_reads
 
 NESTED_CHUNK = 10_000  # distinct values of a property inferred at a time (memory bound)
 
@@ -74,15 +74,6 @@ def _kind(types: list[str], integral: bool, str_arrays: bool) -> str:
     return "json"
 
 
-_KIND_AGG = sql.SQL(
-    "jsonb_typeof({v}),"
-    " bool_and(jsonb_typeof({v}) <> 'number' OR {v}::text ~ '^-?[0-9]{{1,15}}$'),"
-    " bool_and(jsonb_typeof({v}) <> 'array'"
-    " OR NOT jsonb_path_exists({v}, '$[*] ? (@.type() != \"string\")')),"
-    ' count(*), min({v}::text COLLATE "C"), max({v}::text COLLATE "C")'
-)
-
-
 def _kinds(
     rows: list[tuple[Any, ...]], total: int | dict[tuple[str, ...], int]
 ) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -119,26 +110,11 @@ def _discover(
 
     One hash aggregate per (key, JSON type): no DISTINCT sort of every value.
     """
-    prop_sql = sql.SQL(
-        "SELECT p.key, {agg} FROM {src}, jsonb_each(i.properties) p WHERE {w}"
-        " GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(agg=_KIND_AGG.format(v=sql.SQL("p.value")), src=sql.SQL("items i"), w=where)
-    asset_sql = sql.SQL(
-        "SELECT a.key, f.key, {agg} FROM {src}, jsonb_each(i.assets) a,"
-        " jsonb_each(CASE WHEN jsonb_typeof(a.value) = 'object' THEN a.value ELSE '{{}}' END) f"
-        " WHERE {w} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    ).format(agg=_KIND_AGG.format(v=sql.SQL("f.value")), src=sql.SQL("items i"), w=where)
-    count_sql = sql.SQL("SELECT count(*) FROM items i WHERE {w}").format(w=where)
-    present_sql = sql.SQL(
-        "SELECT a.key, count(*) FROM items i, jsonb_each(i.assets) a"
-        " WHERE {w} AND jsonb_typeof(a.value) = 'object' GROUP BY 1"
-    ).format(w=where)
-    total_row = conn.execute(count_sql).fetchone()
-    total = int(total_row[0]) if total_row else 0
-    present = {(k,): int(n) for k, n in conn.execute(present_sql).fetchall()}
+    total = export_reads.count_items(conn, where)
+    present = {(k,): n for k, n in export_reads.assets_present(conn, where).items()}
     details = ShapeDetails(assets_everywhere=sorted(k for (k,), n in present.items() if n == total))
     properties: list[tuple[str, str, str]] = []
-    prop_rows = conn.execute(prop_sql).fetchall()
+    prop_rows = export_reads.property_kinds(conn, where)
     structured = _structured_keys(prop_rows)
     for (key,), (kind, value) in _kinds(prop_rows, total).items():
         if key in DATETIME_COLUMNS:
@@ -158,7 +134,8 @@ def _discover(
             details.constants[key] = value
     assets: dict[str, dict[str, str]] = {}
     for (akey, fkey), (kind, value) in _kinds(
-        conn.execute(asset_sql).fetchall(), {k: total for k in present if present[k] == total}
+        export_reads.asset_field_kinds(conn, where),
+        {k: total for k in present if present[k] == total},
     ).items():
         assets.setdefault(akey, {})[fkey] = kind
         if value is not _NOT_CONSTANT:
@@ -170,13 +147,7 @@ def _known_shape(
     conn: psycopg.Connection, collection_id: str
 ) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]], ShapeDetails] | None:
     """The shape kept by an earlier export, while no item was written since (else None)."""
-    row = conn.execute(
-        "SELECT s.properties, s.assets, s.details FROM export_shapes s"
-        " WHERE s.collection_id = %s"
-        " AND s.seq >= coalesce((SELECT max(change_seq) FROM items"
-        " WHERE collection_id = %s), 0)",
-        (collection_id, collection_id),
-    ).fetchone()
+    row = export_reads.known_shape(conn, collection_id)
     if row is None:
         return None
     props = [(p["name"], p["column"], p["kind"]) for p in row[0]]
@@ -191,24 +162,16 @@ def keep_shape(
     details: ShapeDetails,
 ) -> None:
     """Best-effort: a read-only database or role simply rediscovers next time."""
-    seq = conn.execute(
-        "SELECT coalesce(max(change_seq), 0) FROM items WHERE collection_id = %s",
-        (collection_id,),
-    ).fetchone()
+    seq = item_reads.last_change(conn, collection_id)
     try:
         with conn.transaction():
-            conn.execute(
-                "INSERT INTO export_shapes (collection_id, seq, properties, assets, details)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (collection_id) DO UPDATE SET"
-                " seq = excluded.seq, properties = excluded.properties,"
-                " assets = excluded.assets, details = excluded.details, updated_at = now()",
-                (
-                    collection_id,
-                    seq[0] if seq else 0,
-                    Jsonb([{"name": n, "column": c, "kind": k} for n, c, k in properties]),
-                    Jsonb(assets),
-                    Jsonb(details.as_json()),
-                ),
+            export_reads.keep_shape(
+                conn,
+                collection_id,
+                seq,
+                [{"name": n, "column": c, "kind": k} for n, c, k in properties],
+                assets,
+                details.as_json(),
             )
     except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
         pass
@@ -295,10 +258,7 @@ def _infer(texts: list[str]) -> pa.DataType | None:
 def _nested_type(conn: psycopg.Connection, where: sql.Composable, key: str) -> pa.DataType | None:
     """The one Arrow type of a property's object / array values, from its distinct values
     (read ``NESTED_CHUNK`` at a time: memory bounded by the chunk, not by the values)."""
-    query = sql.SQL(
-        "SELECT DISTINCT p.value::text FROM items i, jsonb_each(i.properties) p"
-        " WHERE {w} AND p.key = {k} AND jsonb_typeof(p.value) <> 'null'"
-    ).format(w=where, k=sql.Literal(key))
+    query = export_reads.distinct_values(where, key)
     found: pa.DataType | None = None
     with conn.cursor(name="embcat_export_nested") as cur:
         cur.execute(query)

@@ -5,7 +5,8 @@ optional ``thumbnail`` column (encoders.thumbnails). The publish job (catalog/pu
 reads that column with the others, checks each PNG, adds it as one more field of the same
 binary COPY into its staging table, and gives the item a ``thumbnail`` asset; the merge of
 each chunk copies the PNGs into ``item_thumbnails`` (migration 0020), with the publish's
-mode (insert / ignore / upsert). A run without the column publishes as before.
+mode (insert / ignore / upsert). A run without the column publishes as before. The rows of
+both tables are read and written by ``catalog.store.imagery``.
 
 Scene quicklooks: the manifest's optional ``quicklooks`` records name a PNG per source scene
 in the run folder (Web Mercator, with WGS84 bounds). The publish checks their sizes and
@@ -34,11 +35,11 @@ import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg import sql
 
 from embcat.catalog import pgbinary
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import imagery as store_imagery
 from embcat.catalog.store import items as store_items
 from embcat.encoders.manifest import (
     QUICKLOOK_KEY_PATTERN,
@@ -141,38 +142,6 @@ class ThumbnailEncoder:
         return [headers, pc.fill_null(col, b"")]
 
 
-def merge_thumbnails(conn: psycopg.Connection, collection_id: str, mode: str) -> None:
-    """Copy the staged chunk's PNGs into ``item_thumbnails`` (after the items merge).
-
-    insert: every staged thumbnail; ignore: those of items that have the asset and no row
-    yet; upsert: replaced where different, and removed for staged items without one."""
-    params = {"cid": collection_id}
-    insert = sql.SQL(
-        "INSERT INTO item_thumbnails (collection_id, item_id, png)"
-        " SELECT %(cid)s::text, s.id, s.thumbnail FROM publish_staging s {join}"
-        " WHERE s.thumbnail IS NOT NULL {conflict}"
-    )
-    if mode == "insert":
-        conn.execute(insert.format(join=sql.SQL(""), conflict=sql.SQL("")), params)
-        return
-    join = sql.SQL(
-        "JOIN items i ON i.collection_id = %(cid)s AND i.id = s.id AND i.assets ? 'thumbnail'"
-    )
-    if mode == "ignore":
-        conflict = sql.SQL("ON CONFLICT (collection_id, item_id) DO NOTHING")
-    else:
-        conflict = sql.SQL(
-            "ON CONFLICT (collection_id, item_id) DO UPDATE SET png = excluded.png"
-            " WHERE item_thumbnails.png IS DISTINCT FROM excluded.png"
-        )
-        conn.execute(
-            "DELETE FROM item_thumbnails t USING publish_staging s"
-            " WHERE t.collection_id = %(cid)s AND t.item_id = s.id AND s.thumbnail IS NULL",
-            params,
-        )
-    conn.execute(insert.format(join=join, conflict=conflict), params)
-
-
 # -- scene quicklooks -------------------------------------------------------------------------
 
 
@@ -236,17 +205,9 @@ def store_quicklooks(
     """Insert or replace the collection's quicklook rows (one file in memory at a time)."""
     for q in quicklooks:
         r = q.record
-        conn.execute(
-            "INSERT INTO collection_quicklooks"
-            " (collection_id, key, source_item, bbox, datetime, png, sha256)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (collection_id, key) DO UPDATE SET source_item = excluded.source_item,"
-            " bbox = excluded.bbox, datetime = excluded.datetime, png = excluded.png,"
-            " sha256 = excluded.sha256, updated_at = now()"
-            " WHERE collection_quicklooks.sha256 IS DISTINCT FROM excluded.sha256"
-            " OR collection_quicklooks.bbox IS DISTINCT FROM excluded.bbox",
-            (collection_id, r.key, r.source_item, list(r.bbox), r.acquired, q.path.read_bytes(),
-             r.sha256),
+        store_imagery.put_quicklook(
+            conn, collection_id, r.key, source_item=r.source_item, bbox=list(r.bbox),
+            acquired=r.acquired, png=q.path.read_bytes(), sha256=r.sha256,
         )  # fmt: skip
 
 
@@ -297,12 +258,9 @@ def collection_imagery(
 def thumbnail_png(conn: psycopg.Connection, collection_id: str, item_id: str) -> bytes:
     """The item's thumbnail PNG; NotFound names what is missing."""
     with translated():
-        row = conn.execute(
-            "SELECT png FROM item_thumbnails WHERE collection_id = %s AND item_id = %s",
-            (collection_id, item_id),
-        ).fetchone()
-        if row is not None:
-            return bytes(row[0])
+        png = store_imagery.thumbnail(conn, collection_id, item_id)
+        if png is not None:
+            return png
         if store_collections.exists(conn, collection_id):
             if store_items.exists(conn, collection_id, item_id):
                 raise NotFound(f"item {item_id!r} of collection {collection_id!r} has no thumbnail")
@@ -318,12 +276,9 @@ def quicklook_png(conn: psycopg.Connection, collection_id: str, key: str) -> tup
     if not _KEY.match(key):
         raise NotFound(f"no quicklook {key!r} in collection {collection_id!r}")
     with translated():
-        row = conn.execute(
-            "SELECT png, sha256 FROM collection_quicklooks WHERE collection_id = %s AND key = %s",
-            (collection_id, key),
-        ).fetchone()
-        if row is not None:
-            return bytes(row[0]), str(row[1])
+        found = store_imagery.quicklook(conn, collection_id, key)
+        if found is not None:
+            return found
         if store_collections.exists(conn, collection_id):
             raise NotFound(f"no quicklook {key!r} in collection {collection_id!r}")
     raise NotFound(f"collection {collection_id!r} does not exist")

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from embcat.catalog.store import embedding_reads
 from embcat.catalog.store.spaces import AUTO_BIT_MIN_DIMS, IndexKind, Space, kind_indexable
-from embcat.catalog.store.vectors import space_sample
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,16 @@ def advise(
     return IndexAdvice(
         space.index_kind, measured, ADVICE_CANDIDATES, len(corpus), recommended, reason
     )
+
+
+def space_sample(conn: psycopg.Connection, space: Space, n: int, rows: int) -> np.ndarray:
+    """About ``n`` of the space's ``rows`` vectors (float32), repeatably: a page sample of
+    three times as many rows (all of them in a small space) in a hash order of the ids."""
+    percent = min(100.0, 100.0 * 3 * n / rows) if rows > 4 * n else 100.0
+    found = embedding_reads.block_sample(conn, space, percent, n)
+    if not found:
+        return np.zeros((0, space.dimensions), dtype=np.float32)
+    return np.asarray([r[0] for r in found], dtype=np.float32)
 
 
 def judge_auto(

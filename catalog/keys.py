@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from embcat.catalog.errors import InvalidInput, NotFound, Unauthorized, translated
+from embcat.catalog.store import api_keys
 from embcat.catalog.store import collections as store_collections
 
 SCOPES = ("read", "write", "admin")
@@ -95,34 +96,22 @@ def create_key(
                 )
         key_id = "k_" + secrets.token_hex(6)
         token = secrets.token_urlsafe(32)
-        conn.execute(
-            "insert into api_keys (id, name, secret_hash, scopes, collection_id)"
-            " values (%s, %s, %s, %s, %s)",
-            (key_id, name.strip(), _hash(token), scopes, collection_id),
-        )
+        api_keys.insert(conn, key_id, name.strip(), _hash(token), scopes, collection_id)
     return key_id, f"{key_id}.{token}"
 
 
 def list_keys(conn: psycopg.Connection, *, include_revoked: bool = True) -> list[KeyInfo]:
     """All keys (never their secrets), oldest first."""
     with translated():
-        rows = conn.execute(
-            "select id, name, scopes, collection_id, created_at, revoked_at, last_used_at"
-            " from api_keys where %s or revoked_at is null order by created_at, id",
-            (include_revoked,),
-        ).fetchall()
+        rows = api_keys.rows(conn, include_revoked=include_revoked)
     return [KeyInfo(r[0], r[1], list(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
 
 def revoke_key(conn: psycopg.Connection, key_id: str) -> None:
     """Revoke a key (idempotent for an already revoked key); NotFound for an unknown id."""
     with translated():
-        row = conn.execute(
-            "update api_keys set revoked_at = coalesce(revoked_at, now()) where id = %s"
-            " returning id",
-            (key_id,),
-        ).fetchone()
-    if row is None:
+        found = api_keys.revoke(conn, key_id)
+    if not found:
         raise NotFound(f"no API key with id {key_id!r}")
 
 
@@ -138,7 +127,7 @@ def _touch(conn: psycopg.Connection, key_id: str) -> None:
     transaction usable when the update is refused."""
     try:
         with conn.transaction():
-            conn.execute("update api_keys set last_used_at = now() where id = %s", (key_id,))
+            api_keys.touch(conn, key_id)
     except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
         pass
 
@@ -149,12 +138,7 @@ def verify(conn: psycopg.Connection, presented: str) -> Principal:
     if not sep or not key_id or not token or len(presented) > 512:
         raise Unauthorized("malformed API key")
     with translated():
-        row = conn.execute(
-            "select name, secret_hash, scopes, collection_id, revoked_at,"
-            " last_used_at is null or last_used_at < now() - make_interval(secs => %s)"
-            " from api_keys where id = %s",
-            (LAST_USED_RESOLUTION_S, key_id),
-        ).fetchone()
+        row = api_keys.for_verify(conn, key_id, LAST_USED_RESOLUTION_S)
     # Compare against a dummy hash when the id is unknown, so timing does not tell.
     stored = row[1] if row is not None else _hash("")
     matches = hmac.compare_digest(stored, _hash(token))

@@ -74,6 +74,7 @@ from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_copy
 from embcat.catalog.quantize import check_dtype
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.store import mirror_state
 from embcat.catalog.store.spaces import Space
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,9 @@ def _initial(
                 if page.data is not None:
                     write_copy(conn, cid, space, page.data, insert_only=True)
                 done = not page.more
-                conn.execute(
-                    "UPDATE mirror_state SET phase = %s, as_of = %s,"
-                    " after_id = coalesce(%s, after_id), cursor = %s,"
-                    " rows_total = rows_total + %s, bytes_total = bytes_total + %s,"
-                    " updated_at = now() WHERE remote_url = %s AND remote_collection = %s",
-                    ("incremental" if done else "initial", page.as_of, page.last_id,
-                     page.as_of if done else 0, len(page.ids), page.nbytes, opts.remote_url,
-                     cid),
+                mirror_state.record_initial_page(
+                    conn, opts.remote_url, cid, done=done, as_of=page.as_of,
+                    last_id=page.last_id, rows=len(page.ids), nbytes=page.nbytes,
                 )  # fmt: skip
                 conn.commit()
                 result.verified += page.verified
@@ -288,11 +284,8 @@ def _incremental(
             deletes += [i for i in upserts if i not in got]  # gone, or outside the filters
         _write_rows(conn, cid, space, rows)
         result.deleted += _delete(conn, cid, deletes)
-        conn.execute(
-            "UPDATE mirror_state SET cursor = %s, rows_total = rows_total + %s,"
-            " bytes_total = bytes_total + %s, updated_at = now()"
-            " WHERE remote_url = %s AND remote_collection = %s",
-            (new_cursor, len(rows), nbytes, opts.remote_url, cid),
+        mirror_state.record_changes(
+            conn, opts.remote_url, cid, cursor=new_cursor, rows=len(rows), nbytes=nbytes
         )
         conn.commit()
         result.upserted += len(rows)

@@ -28,6 +28,7 @@ from embcat.catalog.mirror_rows import (
     _item_to_row,
 )
 from embcat.catalog.settings import DatabaseSettings
+from embcat.catalog.store import embedding_reads, mirror_state
 from embcat.catalog.store import items as store_items
 from embcat.catalog.store.spaces import Space
 from embcat.catalog.vectors import (
@@ -156,12 +157,7 @@ def _fallback(
                 checksum = asset.get("file:checksum")
                 vector = None
                 if checksum and local.get(item["id"]) == checksum:
-                    stored = conn.execute(
-                        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-                        " WHERE e.collection_id = %s AND e.item_id = %s AND e.space_id = %s",
-                        (cid, item["id"], space.id),
-                    ).fetchone()
-                    vector = np.asarray(stored[0].to_numpy(), np.float32) if stored else None
+                    vector = embedding_reads.stored_vector(conn, space, cid, item["id"])
                 if vector is None:
                     vector = _fallback_vector(http, opts, reporter, space, item, asset, result)
                 rows.append(_item_to_row(item, vector, cid, base))
@@ -177,11 +173,7 @@ def _fallback(
             if on_page is not None:
                 on_page(result)
         result.deleted += store_items.delete_unlisted(conn, cid, "mirror_seen")
-        conn.execute(
-            "UPDATE mirror_state SET phase = 'incremental', updated_at = now()"
-            " WHERE remote_url = %s AND remote_collection = %s",
-            (opts.remote_url, cid),
-        )
+        mirror_state.set_incremental(conn, opts.remote_url, cid)
         conn.commit()
         result.load_s = time.perf_counter() - started
         t = time.perf_counter()

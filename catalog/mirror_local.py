@@ -9,7 +9,6 @@ from urllib.parse import quote
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 
 from embcat.catalog.errors import Conflict, InvalidInput, NotFound
 from embcat.catalog.imagery import QUICKLOOK_ASSET_PREFIX
@@ -20,10 +19,9 @@ from embcat.catalog.mirror_rows import (
 )
 from embcat.catalog.mirror_write import Row as _Row
 from embcat.catalog.mirror_write import write_page
-from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS
 from embcat.catalog.store import collections as store_collections
 from embcat.catalog.store import items as store_items
-from embcat.catalog.store import partitions, space_index
+from embcat.catalog.store import mirror_state, partitions, space_index, staged_merge
 from embcat.catalog.store.spaces import IndexSettings, Space, get_or_create_space, get_space
 
 log = logging.getLogger(__name__)
@@ -97,11 +95,7 @@ def _prepare_local(
     """Create or check the local collection + space; return the space and the state row."""
     cid = opts.collection_id
     remote = opts.remote_url
-    state = conn.execute(
-        "SELECT phase, as_of, after_id, cursor, dtype, filters, rows_total FROM mirror_state"
-        " WHERE remote_url = %s AND remote_collection = %s",
-        (remote, cid),
-    ).fetchone()
+    state = mirror_state.get(conn, remote, cid)
     found, local_space_id = store_collections.find_space_id(conn, cid)
     if found and state is None:
         raise Conflict(
@@ -129,14 +123,9 @@ def _prepare_local(
             raise Conflict(f"local collection {cid!r} holds another embedding space")
         store_collections.set_stac_and_space(conn, cid, local_stac, space.id)
     if state is None:
-        conn.execute(
-            "INSERT INTO mirror_state (remote_url, remote_collection, collection_id, phase,"
-            " dtype, filters) VALUES (%s, %s, %s, 'initial', %s, %s)",
-            (remote, cid, cid, opts.dtype, Jsonb(opts.filters())),
-        )
+        mirror_state.insert(conn, remote, cid, opts.dtype, opts.filters())
         return space, None
-    keys = ("phase", "as_of", "after_id", "cursor", "dtype", "filters", "rows_total")
-    return space, dict(zip(keys, state, strict=True))
+    return space, state
 
 
 def _dumps(obj: Any) -> bytes:
@@ -174,9 +163,7 @@ def _ensure_index(
     grown = space_index.build_due(conn, space, incoming) == "growth"
     built = space_index.ensure_index(conn, space, index=index, rebuild=grown, drop_old=False)
     if built or analyze:
-        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        table = partitions.space_table(conn, space.id)  # its partition only (migration 0021)
-        conn.execute(f"analyze {table} (collection_id, item_id, space_id)")
+        staged_merge.analyze(conn, space.id)
     conn.commit()
     if built:
         conn.autocommit = True

@@ -35,8 +35,7 @@ from embcat.catalog.pgbinary import (
 )
 from embcat.catalog.publish_copy import TOAST_TARGET_MAX
 from embcat.catalog.store import items as store_items
-from embcat.catalog.store import shards
-from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store import shards, staged_merge
 from embcat.catalog.store.spaces import Space
 
 _FIELDS = 10
@@ -147,15 +146,4 @@ def write_copy(
         shards.merge_embeddings(conn, space, mode, cid, source="mirror_stage", wkb="geom",
                                 vector="vec")  # fmt: skip
         return
-    col = space.column
-    emb_conflict = (
-        ""
-        if insert_only
-        else f"ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
-    )
-    conn.execute(
-        f"""INSERT INTO {space_table(conn, space.id)} AS embeddings
-                   (collection_id, item_id, space_id, geometry, {col})
-            SELECT %s, id, %s, ST_GeomFromWKB(geom, 4326), vec FROM mirror_stage {emb_conflict}""",
-        (cid, space.id),
-    )
+    staged_merge.mirror_embeddings(conn, space, cid, insert_only=insert_only)

@@ -32,6 +32,7 @@ from embcat.catalog.preview_colour import (
     robust_rgb,
 )
 from embcat.catalog.search_request import parse_bounds
+from embcat.catalog.store import item_reads
 
 MAX_PNG_SIDE = 2048
 MAX_RENDER_ITEMS = 200_000
@@ -57,15 +58,6 @@ def preview_area(value: str | Sequence[Any] | None) -> Bounds | None:
     return bounds
 
 
-def _envelope_clause(bbox: tuple[float, float, float, float] | None) -> tuple[str, dict[str, Any]]:
-    if bbox is None:
-        return "", {}
-    return (
-        " and i.geometry && ST_MakeEnvelope(%(w)s, %(s)s, %(e)s, %(n)s, 4326)",
-        dict(zip(("w", "s", "e", "n"), bbox, strict=True)),
-    )
-
-
 def features_json(
     conn: psycopg.Connection,
     colours: FalseColour,
@@ -82,14 +74,8 @@ def features_json(
     """
     if not 1 <= limit <= 100_000:
         raise InvalidInput(f"limit must be in 1..100000, got {limit}")
-    where, params = _envelope_clause(bbox)
     with translated():
-        rows = conn.execute(
-            "select i.id, ST_AsGeoJSON(i.geometry, 7),"
-            " to_json(i.datetime)::text from items i"
-            f" where i.collection_id = %(c)s{where} order by i.id limit %(limit)s",
-            {"c": colours.collection_id, "limit": limit + 1, **params},
-        ).fetchall()
+        rows = item_reads.footprints(conn, colours.collection_id, bbox, limit + 1)
     truncated = len(rows) > limit
     rows = rows[:limit]
     parts = []
@@ -160,13 +146,8 @@ def render_png(
     from rasterio.io import MemoryFile
 
     w, h = png_size(bbox, width, height)
-    where, params = _envelope_clause(bbox)
     with translated():
-        rows = conn.execute(
-            "select i.id, ST_AsGeoJSON(i.geometry, 7) from items i"
-            f" where i.collection_id = %(c)s{where} limit %(limit)s",
-            {"c": colours.collection_id, "limit": MAX_RENDER_ITEMS + 1, **params},
-        ).fetchall()
+        rows = item_reads.shapes(conn, colours.collection_id, bbox, MAX_RENDER_ITEMS + 1)
     if len(rows) > MAX_RENDER_ITEMS:
         raise InvalidInput(
             f"the area holds more than {MAX_RENDER_ITEMS} chips; render a smaller bbox"

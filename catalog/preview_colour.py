@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 
 from embcat.catalog.errors import NotFound, translated
+from embcat.catalog.store import embedding_reads, item_reads
 from embcat.catalog.store.spaces import Space, collection_space
 
 SAMPLE_SIZE = 10_000
@@ -92,15 +93,7 @@ class FalseColour:
 def collection_version(conn: psycopg.Connection, collection_id: str) -> Version:
     """(largest change sequence of items and tombstones, item count) of a collection."""
     with translated():
-        row = conn.execute(
-            """select greatest(
-                   (select max(change_seq) from items where collection_id = %(c)s),
-                   (select max(change_seq) from item_tombstones where collection_id = %(c)s)),
-                   (select count(*) from items where collection_id = %(c)s)""",
-            {"c": collection_id},
-        ).fetchone()
-    assert row is not None
-    return int(row[0] or 0), int(row[1])
+        return item_reads.version(conn, collection_id)
 
 
 def _space_of(conn: psycopg.Connection, collection_id: str) -> Space:
@@ -115,19 +108,12 @@ def _sample(
     conn: psycopg.Connection, collection_id: str, space: Space, count: int, size: int, seed: int
 ) -> np.ndarray:
     """Up to ``size`` vectors of the collection, chosen reproducibly (Bernoulli, seeded)."""
-    sampling = ""
-    params: dict[str, Any] = {"c": collection_id, "s": space.id, "n": size}
+    share = None
     if count > size:
         # Each row is kept with probability p (over-sampled by 1.5 so LIMIT is usually reached).
-        sampling = "tablesample bernoulli (%(p)s) repeatable (%(seed)s)"
-        params |= {"p": min(100.0, 150.0 * size / count), "seed": seed}
-    query = (
-        f"select {space.vector_sql('e')} from embeddings e {sampling}"
-        " where e.collection_id = %(c)s and e.space_id = %(s)s"
-        " order by e.item_id limit %(n)s"
-    )
-    with translated(), conn.cursor(binary=True) as cur:
-        rows = cur.execute(query, params).fetchall()
+        share = (min(100.0, 150.0 * size / count), seed)
+    with translated():
+        rows = embedding_reads.bernoulli_sample(conn, collection_id, space, size, share)
     if not rows:
         return np.zeros((0, space.dimensions), dtype=np.float32)
     return np.stack([np.asarray(_values(r[0]), dtype=np.float32) for r in rows])
@@ -214,14 +200,9 @@ def false_colour(
         vector = f"l2_normalize({vector})"
     # pgvector's <#> is the negative inner product: -(v <#> axis) is the projection.
     columns = "".join(f", -({vector} <#> %(a{k})s::{space.sql_type})" for k in range(len(axes)))
-    params: dict[str, Any] = {"c": collection_id, "s": space.id}
-    params |= {f"a{k}": _vector_text(axis) for k, axis in enumerate(axes)}
+    params = {f"a{k}": _vector_text(axis) for k, axis in enumerate(axes)}
     with translated():
-        rows = conn.execute(
-            f"select e.item_id{columns} from embeddings e"
-            " where e.collection_id = %(c)s and e.space_id = %(s)s order by e.item_id",
-            params,
-        ).fetchall()
+        rows = embedding_reads.per_item(conn, collection_id, space.id, columns, params)
     ids = tuple(r[0] for r in rows)
     projections = np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), len(axes))
     return FalseColour(

@@ -33,7 +33,8 @@ The steps live in modules of their own, each handed the ``PublishContext``:
     publish_rows   row validation, vectorised per record batch
     publish_copy   the staging rows in binary COPY form (catalog.pgbinary)
     publish_load   the reader thread and the COPY of chunks
-    publish_merge  each chunk into items + embeddings; the space and the merge locks
+    publish_merge  each chunk into items + embeddings (its SQL: store.staged_merge); the
+                   space and the merge locks
     publish_space  which collection, and whether the run's vectors may join its space
     publish_index  partition attach, index build, ANALYZE; ``embcat index build``
 
@@ -62,14 +63,13 @@ from typing import Any, Literal
 
 import psycopg
 import pyarrow.parquet as pq
-from psycopg.types.json import Jsonb
 
 from embcat.catalog import imagery, metrics
 from embcat.catalog.db import connect
 from embcat.catalog.errors import EmbcatError, InvalidInput, translated
 from embcat.catalog.item_shape import item_template
 from embcat.catalog.publish_copy import stage_sql
-from embcat.catalog.publish_index import ANALYZE_ITEM_COLUMNS, build_index, finish_space
+from embcat.catalog.publish_index import build_index, finish_space
 from embcat.catalog.publish_input import (
     MODES,
     Mode,
@@ -89,9 +89,10 @@ from embcat.catalog.publish_space import (
 from embcat.catalog.settings import DatabaseSettings, defaults
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
-from embcat.catalog.store import space_index
+from embcat.catalog.store import publishes, space_index
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import IndexSettings, Space
+from embcat.catalog.store.staged_merge import ANALYZE_ITEM_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +271,11 @@ def _record(
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     checksum = ctx.manifest.checksum()
-    rec = conn.execute(
-        "insert into publishes (collection_id, manifest_sha256, mode, origin, started_at,"
-        " rows_in, inserted, updated, skipped, details)"
-        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id",
-        (ctx.collection_id, checksum, ctx.mode, ctx.origin, ctx.started_wall, rows, inserted,
-         updated, skipped, Jsonb(details)),
-    ).fetchone()  # fmt: skip
-    assert rec is not None
+    publish_id = publishes.insert(
+        conn, ctx.collection_id, manifest_sha256=checksum, mode=ctx.mode, origin=ctx.origin,
+        started_at=ctx.started_wall, rows_in=rows, inserted=inserted, updated=updated,
+        skipped=skipped, details=details,
+    )  # fmt: skip
     return PublishResult(
         collection_id=ctx.collection_id,
         mode=ctx.mode,
@@ -292,7 +290,7 @@ def _record(
         created_collection=state.created,
         index_built=built,
         index_s=index_s,
-        publish_id=int(rec[0]),
+        publish_id=publish_id,
         index_kind=space.index_kind,
         timings=timings,
     )
@@ -302,18 +300,7 @@ def list_publishes(
     conn: psycopg.Connection, collection_id: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Publish records, newest first."""
-    rows = conn.execute(
-        "select id, collection_id, mode, origin, manifest_sha256, started_at, finished_at,"
-        " rows_in, inserted, updated, skipped, details from publishes"
-        " where %(cid)s::text is null or collection_id = %(cid)s"
-        " order by finished_at desc, id desc limit %(limit)s",
-        {"cid": collection_id, "limit": limit},
-    ).fetchall()
-    keys = (
-        "id", "collection_id", "mode", "origin", "manifest_sha256", "started_at",
-        "finished_at", "rows", "inserted", "updated", "skipped", "details",
-    )  # fmt: skip
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return publishes.records(conn, collection_id, limit)
 
 
 __all__ = [

@@ -17,13 +17,9 @@ from embcat.catalog.db import connect
 from embcat.catalog.errors import translated
 from embcat.catalog.publish_merge import MergeState
 from embcat.catalog.settings import DatabaseSettings, defaults
-from embcat.catalog.store import partitions, shards, space_index
+from embcat.catalog.store import partitions, shards, space_index, staged_merge
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import IndexSettings
-
-ANALYZE_ITEM_COLUMNS = (
-    "collection_id, id, geometry, bbox, datetime, start_datetime, end_datetime, change_seq"
-)
 
 
 def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, float]:
@@ -37,7 +33,7 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
         timings["attach_s"] = time.perf_counter() - t
     elif state.rebuild:  # the planner's count and this publish's rows (no count(*) scan)
         built_rows = int((space.index_params or {}).get("rows") or 0)
-        rows = max(space_index.estimated_rows(conn, space), built_rows) + state.inserted
+        rows = max(int(partitions.estimated_rows(conn, space.id)), built_rows) + state.inserted
     index_s = 0.0
     built = False
     if state.build:
@@ -53,14 +49,9 @@ def finish_space(conn: psycopg.Connection, state: MergeState) -> tuple[bool, flo
         # The planner's columns only: statistics of the jsonb documents (properties, assets,
         # links; ~1.5 kB a row) took most of the ANALYZE time and no query plan uses them
         # (autovacuum still gathers them later).
-        conn.execute(f"analyze items ({ANALYZE_ITEM_COLUMNS})")
-        # the space's partition only (migration 0021); not a sharded one: postgres_fdw's
-        # ANALYZE reads every remote row (the shards' autovacuum keeps their own statistics)
-        if not shards.is_sharded(conn, space.id):
-            conn.execute(
-                f"analyze {partitions.space_table(conn, space.id)}"
-                " (collection_id, item_id, space_id)"
-            )
+        # Not a sharded space's partition: postgres_fdw's ANALYZE reads every remote row
+        # (the shards' autovacuum keeps their own statistics).
+        staged_merge.analyze(conn, space.id, partition=not shards.is_sharded(conn, space.id))
     timings["analyze_s"] = time.perf_counter() - t
     return built, index_s
 

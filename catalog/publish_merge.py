@@ -2,8 +2,9 @@
 
 ``merge_chunk`` checks the chunk's ids (duplicates in the run, clashes in mode insert),
 registers the space and creates the collection on the first chunk, takes the merge locks
-(see catalog.publish, "The merge locks"), then runs ``INSERT .. SELECT`` from the staging
-table. ``MergeState`` is what the merges of one publish accumulate, in its one transaction.
+(see catalog.publish, "The merge locks"), then merges the staging table into items and
+embeddings (``store.staged_merge``). ``MergeState`` is what the merges of one publish
+accumulate, in its one transaction.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from embcat.catalog import imagery
 from embcat.catalog.errors import Conflict, InvalidInput
 from embcat.catalog.publish_input import MAX_REPORTED, PublishContext
 from embcat.catalog.publish_rows import union
 from embcat.catalog.stacgen import build_collection
 from embcat.catalog.store import collections as store_collections
-from embcat.catalog.store import partitions, shards, space_index
+from embcat.catalog.store import imagery as store_imagery
+from embcat.catalog.store import partitions, shards, space_index, staged_merge
 from embcat.catalog.store import spaces as spaces_mod
 from embcat.catalog.store.spaces import Space
 from embcat.encoders.manifest import space_options
@@ -131,87 +131,29 @@ def merge_chunk(
     # insertion, and nothing to clash with.
     mode = "insert" if state.created else ctx.mode
     if ctx.mode == "insert" and not state.created:
-        clash = conn.execute(
-            "select s.id from publish_staging s join items i"
-            " on i.collection_id = %s and i.id = s.id order by s.id limit %s",
-            (cid, MAX_REPORTED),
-        ).fetchall()
+        clash = staged_merge.clashes(conn, cid, MAX_REPORTED)
         if clash:
             raise Conflict(
                 f"mode insert: {len(clash)}{'+' if len(clash) == MAX_REPORTED else ''} items"
-                f" already exist in {cid!r}: {', '.join(repr(c[0]) for c in clash)}"
+                f" already exist in {cid!r}: {', '.join(repr(c) for c in clash)}"
                 " (use --mode upsert or --mode ignore)"
             )
     t = time.perf_counter()
-    counts = conn.execute(_merge_items_sql(mode), {"cid": cid}).fetchone()
-    assert counts is not None
-    state.inserted += int(counts[0])
-    state.updated += int(counts[1])
+    inserted, updated = staged_merge.merge_items(conn, cid, mode)
+    state.inserted += inserted
+    state.updated += updated
     timings["merge_items_s"] += time.perf_counter() - t
     if state.thumbnails or mode == "upsert":
-        imagery.merge_thumbnails(conn, cid, mode)
+        store_imagery.merge_thumbnails(conn, cid, mode)
     t = time.perf_counter()
     if state.detached:  # nothing there to conflict with (a new space; ids checked above)
-        merged = conn.execute(
-            _merge_embeddings_sql("insert", space, state.detached),
-            {"cid": cid, "space": space.id},
+        state.detached_rows += staged_merge.merge_embeddings(
+            conn, space, "insert", cid, state.detached
         )
-        state.detached_rows += max(merged.rowcount, 0)
     elif shards.is_sharded(conn, space.id):  # written through to the shards
         shards.merge_embeddings(conn, space, mode, cid)
     else:
-        conn.execute(
-            _merge_embeddings_sql(mode, space, partitions.space_table(conn, space.id)),
-            {"cid": cid, "space": space.id},
-        )
+        table = partitions.space_table(conn, space.id)
+        staged_merge.merge_embeddings(conn, space, mode, cid, table)
     timings["merge_embeddings_s"] += time.perf_counter() - t
     conn.execute("TRUNCATE publish_staging")
-
-
-def _merge_items_sql(mode: str) -> sql.Composed:
-    conflict = {
-        "insert": "",
-        "ignore": "ON CONFLICT (collection_id, id) DO NOTHING",
-        "upsert": """ON CONFLICT (collection_id, id) DO UPDATE SET
-            geometry = excluded.geometry, bbox = excluded.bbox, datetime = excluded.datetime,
-            start_datetime = NULL, end_datetime = NULL, properties = excluded.properties,
-            assets = excluded.assets, links = excluded.links
-          WHERE (ST_AsEWKB(items.geometry), items.bbox, items.datetime, items.start_datetime,
-                 items.end_datetime, items.properties, items.assets, items.links)
-             IS DISTINCT FROM
-                (ST_AsEWKB(excluded.geometry), excluded.bbox, excluded.datetime, NULL::timestamptz,
-                 NULL::timestamptz, excluded.properties, excluded.assets, excluded.links)""",
-    }[mode]
-    return sql.SQL(
-        """
-WITH merged AS (
-  INSERT INTO items (collection_id, id, geometry, bbox, datetime, properties, assets, links)
-  SELECT %(cid)s::text, s.id, g.geom,
-         ARRAY[ST_XMin(g.geom), ST_YMin(g.geom), ST_XMax(g.geom), ST_YMax(g.geom)],
-         s.datetime, s.properties, s.assets, s.links
-    FROM publish_staging s
-    CROSS JOIN LATERAL (SELECT ST_GeomFromWKB(s.wkb, 4326) AS geom) g
-  {conflict}
-  RETURNING (xmax = 0) AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
-"""
-    ).format(conflict=sql.SQL(conflict))
-
-
-def _merge_embeddings_sql(mode: str, space: Space, table: str = "embeddings") -> sql.Composed:
-    col = sql.Identifier(space.column)
-    conflict = {
-        "insert": sql.SQL(""),
-        "ignore": sql.SQL("ON CONFLICT (collection_id, item_id, space_id) DO NOTHING"),
-        "upsert": sql.SQL(
-            "ON CONFLICT (collection_id, item_id, space_id) DO UPDATE SET {col} = excluded.{col}"
-            " WHERE embeddings.{col} IS DISTINCT FROM excluded.{col}"
-        ).format(col=col),
-    }[mode]
-    return sql.SQL(
-        "INSERT INTO {table} AS embeddings"
-        " (collection_id, item_id, space_id, geometry, datetime, {col})"
-        " SELECT %(cid)s::text, s.id, %(space)s::int, ST_GeomFromWKB(s.wkb, 4326), s.datetime,"
-        " s.embedding FROM publish_staging s {conflict}"
-    ).format(col=col, conflict=conflict, table=sql.Identifier("public", table))

@@ -71,7 +71,8 @@ from embcat.catalog.similarity_fewshot import _fetch_vectors, _unit, linear_dire
 from embcat.catalog.similarity_session import _vector_adapters
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
-from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store import embedding_reads
+from embcat.catalog.store.partitions import estimated_rows
 from embcat.catalog.store.spaces import Space
 
 
@@ -208,25 +209,13 @@ def _background_refs(
     in hash order: a 1M-row collection is not sorted whole. Too few rows (a collection that
     is a small part of the table): the collection's rows themselves in hash order.
     """
-    row = conn.execute(
-        "select greatest(reltuples, 0) from pg_class where oid = %s::regclass",
-        (space_table(conn, space.id),),
-    ).fetchone()
-    total = float(row[0]) if row else 0.0
+    total = estimated_rows(conn, space.id)
     want = size + len(exclude)
     percent = 100.0 if total <= 0 else min(100.0, 100.0 * 20 * want / total)
-    rows = conn.execute(
-        "select item_id from embeddings tablesample system (%s) repeatable (7)"
-        " where collection_id = %s and space_id = %s order by md5(item_id) limit %s",
-        (percent, collection_id, space.id, want),
-    ).fetchall()
-    if len(rows) < want and percent < 100.0:
-        rows = conn.execute(
-            "select item_id from embeddings where collection_id = %s and space_id = %s"
-            " order by md5(item_id) limit %s",
-            (collection_id, space.id, want),
-        ).fetchall()
-    refs = [ItemRef(collection=collection_id, id=r[0]) for r in rows if r[0] not in exclude]
+    ids = embedding_reads.item_ids_sample(conn, collection_id, space.id, want, percent)
+    if len(ids) < want and percent < 100.0:
+        ids = embedding_reads.item_ids_sample(conn, collection_id, space.id, want, None)
+    refs = [ItemRef(collection=collection_id, id=i) for i in ids if i not in exclude]
     return refs[:size]
 
 
@@ -254,21 +243,10 @@ def score_query(
     # The collection (the model's own) and the rows' own columns on embeddings e; the
     # rest of the filter joins items (catalog.filters).
     rows = replace(Filter.from_search(search), collections=()).for_embeddings()
-    conditions: list[sql.Composable] = [
-        sql.SQL("e.space_id = {}").format(sql.Literal(space.id)),
-        sql.SQL("e.collection_id = {}").format(sql.Literal(model.collection_id)),
-        *rows.conditions,
-    ]
-    if rows.rest is not None:
-        conditions.append(sql.SQL("({})").format(rows.rest))
-    source = (
-        "embeddings e"
-        if rows.rest is None
-        else "embeddings e join items i on i.collection_id = e.collection_id and i.id = e.item_id"
+    source = embedding_reads.rows_source(space.id, rows, collection_id=model.collection_id)
+    inner = sql.SQL("select e.item_id, e.geometry, {score} as score {source}").format(
+        score=score, source=source
     )
-    inner = sql.SQL(
-        "select e.item_id, e.geometry, {score} as score from {source} where {cond}"
-    ).format(score=score, source=sql.SQL(source), cond=sql.SQL(" and ").join(conditions))
     if model.top is not None:
         query = sql.SQL(
             "select item_id, ST_AsBinary(geometry), score from ({inner}) s"

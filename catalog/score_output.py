@@ -13,6 +13,7 @@ import psycopg
 
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.score_model import META_KEY, ScoreModel, ScoreRequest
+from embcat.catalog.store import embedding_reads
 from embcat.encoders.thumbnails import png_bytes
 
 
@@ -94,15 +95,7 @@ def collection_bbox(
 ) -> tuple[float, float, float, float] | None:
     """The extent of the collection's chips (the PNG's area when the request has no bbox)."""
     with translated():
-        row = conn.execute(
-            "select ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) from"
-            " (select ST_Extent(geometry)::geometry x from embeddings"
-            "  where collection_id = %s and space_id = %s) s",
-            (model.collection_id, model.space.id),
-        ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return float(row[0]), float(row[1]), float(row[2]), float(row[3])
+        return embedding_reads.extent(conn, model.collection_id, model.space.id)
 
 
 def png_area(

@@ -1,4 +1,5 @@
-"""STAC item search over the ``items`` table: the query, its page, its counts.
+"""STAC item search over the ``items`` table: the query, its page, its counts (their
+statements in ``catalog.store.item_reads``).
 
 ``where_clause(SearchQuery)`` composes every filter of a search (collections, ids, bbox,
 intersects, datetime, CQL2 ``filter``, ``query``, free-text ``q``) into one
@@ -22,7 +23,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from embcat.catalog.errors import InvalidInput, translated
 from embcat.catalog.filters import Filter, datetime_clause
@@ -53,7 +53,8 @@ from embcat.catalog.search_values import (
     parse_timestamp,
     spatial_filter,
 )
-from embcat.catalog.stac import ITEM_COLUMNS, item_to_stac
+from embcat.catalog.stac import item_to_stac
+from embcat.catalog.store import item_reads
 
 
 @dataclass
@@ -110,17 +111,8 @@ def search_items(
     key_cols = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(k.expr, sql.Identifier(f"_k{n}")) for n, k in enumerate(keys)
     )
-    query = sql.SQL(
-        "SELECT {cols}, {keys} FROM items i WHERE {where} ORDER BY {order} LIMIT {limit}"
-    ).format(
-        cols=ITEM_COLUMNS,
-        keys=key_cols,
-        where=where,
-        order=order_by(keys, reverse),
-        limit=sql.Literal(q.limit + 1),
-    )
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query).fetchall()
+    with translated():
+        rows = item_reads.page(conn, where, key_cols, order_by(keys, reverse), q.limit + 1)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     if reverse:
@@ -148,10 +140,9 @@ EXACT_COUNT_LIMIT = 10_000
 
 def estimate_matched(conn: psycopg.Connection, q: SearchQuery) -> int:
     """The planner's estimate of the items matching ``q`` (no rows are read)."""
-    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM items i WHERE {}").format(where_clause(q))
-    with translated(), conn.cursor() as cur:
-        plan = cur.execute(query).fetchone()
-    return int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
+    with translated():
+        found = item_reads.estimate(conn, where_clause(q))
+    return 0 if found is None else found
 
 
 def count_matched(
@@ -161,18 +152,12 @@ def count_matched(
     exactly while at most ``limit`` rows match (the count stops there), otherwise the
     planner's row estimate, flagged ``estimated`` (like pgstac's context)."""
     where = where_clause(q)
-    counted = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM items i WHERE {} LIMIT {}) m").format(
-        where, sql.Literal(limit + 1)
-    )
-    with translated(), conn.cursor() as cur:
-        row = cur.execute(counted).fetchone()
-        n = int(row[0]) if row else 0
+    with translated():
+        n = item_reads.count_at_most(conn, where, limit + 1)
         if n <= limit:
             return n, False
-        plan = cur.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM items i WHERE {}").format(where)
-        ).fetchone()
-    estimate = int(plan[0][0]["Plan"]["Plan Rows"]) if plan else n
+        found = item_reads.estimate(conn, where)
+    estimate = n if found is None else found
     return max(estimate, n), True
 
 

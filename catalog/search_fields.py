@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from embcat.catalog.errors import translated
+from embcat.catalog.store import item_reads
 
 # --------------------------------------------------------------------------- fields
 
@@ -107,18 +107,8 @@ def queryables(
         },
         "datetime": {"title": "Acquisition time", "type": "string", "format": "date-time"},
     }
-    where = (
-        sql.SQL("TRUE")
-        if collection_id is None
-        else sql.SQL("collection_id = {}").format(sql.Literal(collection_id))
-    )
-    query = sql.SQL(
-        "SELECT k.key, jsonb_typeof(k.value) AS t, count(*) FROM"
-        " (SELECT properties FROM items WHERE {where} LIMIT {n}) s,"
-        " jsonb_each(s.properties) k GROUP BY 1, 2 ORDER BY 1, 3 DESC"
-    ).format(where=where, n=sql.Literal(sample))
     with translated():
-        rows = conn.execute(query).fetchall()
+        rows = item_reads.property_types(conn, collection_id, sample)
     for key, typ, _count in rows:
         if key in out or typ not in JSON_TYPES:
             continue

@@ -69,7 +69,6 @@ from embcat.catalog import metrics
 from embcat.catalog.errors import InvalidInput, NotFound, translated
 from embcat.catalog.filters import Filter, RowFilter
 from embcat.catalog.settings import defaults
-from embcat.catalog.similarity_estimates import _STATS_SQL
 from embcat.catalog.similarity_fewshot import (
     background_sample,
     linear_direction,
@@ -81,18 +80,10 @@ from embcat.catalog.similarity_rank import RankContext, rank
 from embcat.catalog.similarity_session import _put_back, _set_local_query, _vector_adapters
 from embcat.catalog.similarity_settings import IterativeScan, SimilaritySettings
 from embcat.catalog.similarity_spec import Hit, ItemRef, Plan, SimilaritySpec, parse_spec
+from embcat.catalog.store.embedding_reads import ITEM_VECTOR_SQL, STATS_SQL
 from embcat.catalog.store.spaces import COLLECTION_SPACES_SQL, Space, space_from_row
 
 _SPACES_SQL = COLLECTION_SPACES_SQL
-
-
-# The stored vector of one item in its collection's space, in both storage columns (one is
-# null): sent before the space is known (same round trip), read in binary.
-_ITEM_VECTOR_SQL = (
-    "select e.embedding, e.embedding_f32 from embeddings e"
-    " join collections c on c.id = e.collection_id and c.space_id = e.space_id"
-    " where e.collection_id = %s and e.item_id = %s"
-)
 
 
 def _scope(spec: SimilaritySpec, collections: Sequence[str] | None) -> list[str]:
@@ -290,11 +281,11 @@ def _similar(
         set_cur = conn.execute(*_set_local_query(gucs))
         space_cur = conn.execute(_SPACES_SQL, (scope,))
         vector_cur = (
-            conn.execute(_ITEM_VECTOR_SQL, (spec.item.collection, spec.item.id), binary=True)
+            conn.execute(ITEM_VECTOR_SQL, (spec.item.collection, spec.item.id), binary=True)
             if spec.item is not None
             else None
         )
-        stats_cur = conn.execute(_STATS_SQL)
+        stats_cur = conn.execute(STATS_SQL)
     old_row = set_cur.fetchone()
     assert old_row is not None
     old = dict(zip(gucs, old_row[: len(gucs)], strict=True))
@@ -314,7 +305,7 @@ def _similar(
 
 
 def _stored(row: tuple[Any, ...] | None) -> np.ndarray | None:
-    """The vector of an ``_ITEM_VECTOR_SQL`` row (HalfVector or Vector), if any."""
+    """The vector of an ``ITEM_VECTOR_SQL`` row (HalfVector or Vector), if any."""
     for value in row or ():
         if isinstance(value, HalfVector | Vector):
             return value.to_numpy()

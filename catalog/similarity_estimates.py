@@ -11,18 +11,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-# The tables' sizes and row counts as the planner sees them, read in the first round trip:
-# the key under which a planner estimate is remembered (see _estimates).
-# (``embeddings`` is partitioned by space: its partitions' sizes and estimates, summed)
-_STATS_SQL = (
-    "select (select coalesce(sum(pg_relation_size(h.inhrelid)), 0) from pg_inherits h"
-    "  where h.inhparent = 'embeddings'::regclass), pg_relation_size('items'),"
-    " (select coalesce(sum(greatest(c.reltuples, 0)), 0) from pg_inherits h"
-    "  join pg_class c on c.oid = h.inhrelid where h.inhparent = 'embeddings'::regclass),"
-    " (select reltuples from pg_class where oid = 'items'::regclass)"
-)
-
-
 ESTIMATE_CACHE_SIZE = 1024
 
 
@@ -45,11 +33,12 @@ def _estimates(
 ) -> list[float]:
     """The planner's row estimates of ``queries``, planned together in one round trip.
 
-    With ``stats`` (``_STATS_SQL``'s row), an estimate is remembered for a minute under
-    the query text and those numbers: the planner derives it from the statistics and the
-    tables' current sizes, so a repeated filter (the unfiltered query, the next page, a
-    map view searched again) skips the EXPLAIN, and an insert or ANALYZE that could change
-    the answer changes the key.
+    With ``stats`` (the row of ``store.embedding_reads.STATS_SQL``: the tables' sizes and
+    row counts), an estimate is remembered for a minute under the query text and those
+    numbers: the planner derives it from the statistics and the tables' current sizes, so
+    a repeated filter (the unfiltered query, the next page, a map view searched again)
+    skips the EXPLAIN, and an insert or ANALYZE that could change the answer changes the
+    key.
     """
     union = sql.SQL(" union all ").join(sql.SQL("({})").format(q) for q in queries)
     key = None

@@ -7,37 +7,21 @@ from collections.abc import Sequence
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput, NotFound
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import ItemRef, SimilaritySpec
-from embcat.catalog.store.partitions import space_table
+from embcat.catalog.store import embedding_reads, item_reads
+from embcat.catalog.store.partitions import estimated_rows
 from embcat.catalog.store.spaces import Space
 
 
 def _fetch_vectors(conn: psycopg.Connection, space: Space, refs: Sequence[ItemRef]) -> np.ndarray:
     pairs = [(r.collection, r.id) for r in refs]
-    rows = conn.execute(
-        sql.SQL(
-            "select e.collection_id, e.item_id, {col}::real[] from embeddings e"
-            " where e.space_id = %s and (e.collection_id, e.item_id) in ({pairs})"
-        ).format(
-            col=sql.SQL(space.vector_sql("e")),
-            pairs=sql.SQL(", ").join(sql.SQL("(%s, %s)") for _ in pairs),
-        ),
-        [space.id, *[v for p in pairs for v in p]],
-    ).fetchall()
-    found = {(c, i): np.asarray(v, dtype=np.float64) for c, i, v in rows}
+    found = embedding_reads.vectors_of(conn, space, pairs)
     missing = [p for p in pairs if p not in found]
     if missing:
-        known = conn.execute(
-            sql.SQL("select collection_id, id from items where (collection_id, id) in ({})").format(
-                sql.SQL(", ").join(sql.SQL("(%s, %s)") for _ in missing)
-            ),
-            [v for p in missing for v in p],
-        ).fetchall()
-        known_set = {(c, i) for c, i in known}
+        known_set = item_reads.existing(conn, missing)
         absent = [f"{c}/{i}" for c, i in missing if (c, i) not in known_set]
         if absent:
             raise NotFound(f"item(s) not found: {', '.join(absent)}")
@@ -138,27 +122,14 @@ def linear_query(
 def background_sample(conn: psycopg.Connection, space: Space, size: int) -> np.ndarray:
     """A fixed pseudo-random sample of ``size`` rows of the space (block sample, then a
     hash order; fewer only if the space holds fewer)."""
-    row = conn.execute(
-        "select greatest(reltuples, 0) from pg_class where oid = %s::regclass",
-        (space_table(conn, space.id),),
-    ).fetchone()
-    total = float(row[0]) if row else 0.0
+    total = estimated_rows(conn, space.id)
     percent = 100.0 if total <= 0 else min(100.0, 100.0 * 20 * size / total)
-    query = sql.SQL(
-        "select {col}::real[] from embeddings e tablesample system (%s) repeatable (7)"
-        " where e.space_id = %s order by md5(e.collection_id || '/' || e.item_id) limit %s"
-    ).format(col=sql.SQL(space.vector_sql("e")))
-    rows = conn.execute(query, (percent, space.id, size)).fetchall()
+    rows = embedding_reads.block_sample(conn, space, percent, size)
     if len(rows) < size:
         # The block sample is sized from the whole table: a space that is a small share
         # of it yields too few rows. Then up to 20x the size of the space's own rows
         # (through its index, so bounded whatever the table's size), in hash order.
-        fallback = sql.SQL(
-            "select v from (select {col}::real[] as v, e.collection_id, e.item_id"
-            " from embeddings e where e.space_id = %s limit %s) s"
-            " order by md5(s.collection_id || '/' || s.item_id) limit %s"
-        ).format(col=sql.SQL(space.vector_sql("e")))
-        more = conn.execute(fallback, (space.id, 20 * size, size)).fetchall()
+        more = embedding_reads.first_rows_sample(conn, space, 20 * size, size)
         if len(more) > len(rows):
             rows = more
     return np.asarray([r[0] for r in rows], dtype=np.float64).reshape(-1, space.dimensions)

@@ -17,7 +17,7 @@ from embcat.catalog.similarity_estimates import _estimates
 from embcat.catalog.similarity_session import _set_local
 from embcat.catalog.similarity_settings import SimilaritySettings
 from embcat.catalog.similarity_spec import Hit, SimilaritySpec
-from embcat.catalog.store import shards
+from embcat.catalog.store import embedding_reads, shards
 from embcat.catalog.store.spaces import Space
 
 Strategy = Literal["exact", "index"]
@@ -60,36 +60,11 @@ def _sources(ctx: RankContext) -> _Sources:
     # The parts of the filter the embedding rows answer themselves (collection, item id,
     # their copies of the item geometry and times, migrations 0007 and 0026): checked on
     # the tuple the index scan already holds, served by the rows' own indexes in the exact
-    # strategy.
-    conditions: list[sql.Composable] = [
-        sql.SQL("e.space_id = {}").format(sql.Literal(space.id)),
-        *ctx.rows_filter.conditions,
-    ]
-    where = ctx.rows_filter.rest
-    if where is not None:
-        conditions.append(sql.SQL("({})").format(where))
-    # Without a filter on items the join is not needed (every vector has its item): the
-    # planner then sees one table, and the index scan no longer probes items per row.
-    source = (
-        "from embeddings e where {}"
-        if where is None
-        else "from embeddings e join items i on i.collection_id = e.collection_id"
-        " and i.id = e.item_id where {}"
-    )
-    # The estimate leaves the few example items in (no difference to the count, and the
-    # same filter then has the same text, whatever the query item: see _estimates).
-    filtered = sql.SQL(source).format(sql.SQL(" and ").join(conditions))
-    refs = ctx.spec.references
-    if refs:
-        conditions.append(
-            sql.SQL("(e.collection_id, e.item_id) not in ({})").format(
-                sql.SQL(", ").join(
-                    sql.SQL("({}, {})").format(sql.Literal(r.collection), sql.Literal(r.id))
-                    for r in refs
-                )
-            )
-        )
-    base = sql.SQL(source).format(sql.SQL(" and ").join(conditions))
+    # strategy. The estimate leaves the few example items in (no difference to the count,
+    # and the same filter then has the same text, whatever the query item: see _estimates).
+    filtered = embedding_reads.rows_source(space.id, ctx.rows_filter)
+    refs = [(r.collection, r.id) for r in ctx.spec.references]
+    base = embedding_reads.rows_source(space.id, ctx.rows_filter, exclude=refs)
     return _Sources(filtered, base, distance)
 
 
@@ -131,9 +106,7 @@ def choose_strategy(ctx: RankContext, filtered: sql.Composed) -> tuple[Strategy,
     queries = [sql.SQL("select 1 {}").format(filtered)]
     if compare:
         queries.append(
-            sql.SQL("select 1 from embeddings e where e.space_id = {}").format(
-                sql.Literal(space.id)
-            )
+            sql.SQL("select 1 {}").format(embedding_reads.rows_source(space.id, RowFilter()))
         )
     estimates = _estimates(ctx.conn, queries, ctx.stats)
     estimate = estimates[0]
@@ -176,7 +149,8 @@ def _execute(
     catalog.shards) with the hits' item columns joined."""
     if sharded:
         ranked = shards.ranked_across(ctx.conn, ctx.space, ranked, params, ctx.wanted)
-    return ctx.conn.execute(_escaped(ctx.conn, _with_items(ranked, ctx.item_columns)), params)
+    ranked = embedding_reads.with_items(ranked, ctx.item_columns)
+    return ctx.conn.execute(_escaped(ctx.conn, ranked), params)
 
 
 def _index_scan(
@@ -285,17 +259,6 @@ def _escaped(conn: psycopg.Connection, query: sql.Composed) -> sql.Composed:
         return part
 
     return sql.Composed([walk(p) for p in query])
-
-
-def _with_items(ranked: sql.Composed, item_columns: sql.Composable | None) -> sql.Composed:
-    """``ranked`` (collection_id, item_id, d), with the items' columns joined if asked for."""
-    if item_columns is None:
-        return ranked
-    return sql.SQL(
-        "select r.collection_id, r.item_id, r.d, {cols} from ({ranked}) r"
-        " left join items i on i.collection_id = r.collection_id and i.id = r.item_id"
-        " order by r.d, r.collection_id, r.item_id"
-    ).format(cols=item_columns, ranked=ranked)
 
 
 def _score(distance: float, op: str, metric: str) -> float:

@@ -35,6 +35,7 @@ from embcat.catalog.quantize import (
     quantize,
 )
 from embcat.catalog.store import collections as store_collections
+from embcat.catalog.store import embedding_reads, publishes
 from embcat.catalog.store.spaces import Space, collection_space
 
 
@@ -86,14 +87,7 @@ def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
     the items it inserted (``source_bytes · inserted / rows``), so that a re-publish (a
     rewritten manifest of the same chips, an upsert of new vectors for them) adds nothing.
     Collections without publish records fall back to ``embcat:source_bytes``."""
-    row = conn.execute(
-        """SELECT round(sum((details ->> 'source_bytes')::numeric * inserted
-                            / nullif(rows_in, 0)))
-             FROM publishes
-            WHERE collection_id = %(c)s AND details ? 'source_bytes'""",
-        {"c": collection_id},
-    ).fetchone()
-    found = row[0] if row else None
+    found = publishes.source_bytes(conn, collection_id)
     if found is None:
         found = store_collections.stac_bigint(conn, collection_id, "embcat:source_bytes")
     return int(found) if found else None
@@ -101,12 +95,7 @@ def _source_bytes(conn: psycopg.Connection, collection_id: str) -> int | None:
 
 def _sample(conn: psycopg.Connection, cid: str, space: Space, n: int, seed: int) -> np.ndarray:
     """Up to ``n`` vectors picked by a seeded hash of the id (repeatable, no full sort)."""
-    rows = conn.execute(
-        f"SELECT {space.vector_sql('e')}::vector FROM embeddings e"
-        " WHERE e.collection_id = %s AND e.space_id = %s"
-        " ORDER BY md5(e.item_id || %s) LIMIT %s",
-        (cid, space.id, str(seed), n),
-    ).fetchall()
+    rows = embedding_reads.hashed_sample(conn, cid, space, n, seed)
     if not rows:
         return np.zeros((0, space.dimensions), dtype=np.float32)
     return np.stack([np.asarray(r[0].to_numpy(), dtype=np.float32) for r in rows])
@@ -129,11 +118,7 @@ def collection_stats(
         space = collection_space(conn, collection_id)
         if space is None:
             raise NotFound(f"collection {collection_id!r} has no embeddings yet")
-        row = conn.execute(
-            "SELECT count(*) FROM embeddings WHERE collection_id = %s AND space_id = %s",
-            (collection_id, space.id),
-        ).fetchone()
-        items = int(row[0]) if row else 0
+        items = embedding_reads.count(conn, collection_id, space.id)
         source = _source_bytes(conn, collection_id)
         corpus = _sample(conn, collection_id, space, sample, seed)
     rng = np.random.default_rng(seed)

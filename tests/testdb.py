@@ -165,6 +165,18 @@ def drop_database(url: str, wait_s: float = 10.0) -> None:
 
 
 @contextmanager
+def own_database(prefix: str = "embcat_module") -> Iterator[str]:
+    """A migrated database of the caller's own for the ``with`` block, dropped after it:
+    what a module-scoped fixture yields for a module that must not share the session
+    database (it reads the whole catalogue, loads bulk data, or locks tables)."""
+    url = create_database(prefix)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@contextmanager
 def provisioning_lock() -> Iterator[None]:
     """Hold the machine-wide lock of the provisioning scripts (provision-shards.sh,
     provision-db.sh) while a test runs one: two test processes (xdist workers, or two

@@ -1,4 +1,5 @@
-"""The ``items`` table: the one item write, the reads by id and the deletes.
+"""The ``items`` table: the one item write, the reads by id, the change feed's reads (its
+query and the probe for open writers) and the deletes.
 
 Every writer of item documents but publish (which merges its own staging table in bulk,
 ``catalog.publish_merge``) goes through :func:`write_sql`: staged rows ``s`` with the
@@ -181,6 +182,42 @@ def changes(
         {"c": collection_id, "s": since, "h": high, "n": limit},
     ).fetchall()
     return [(op, iid, int(seq)) for op, iid, seq in rows]
+
+
+# The first key of the writers' advisory locks (migrations/versions/0017): b"embc".
+WRITER_LOCK_CLASS = 1701667427
+
+# One read of pg_locks: the other transactions holding a write lock on the items tables
+# (``w``) and the collections they declared (``d``, the second key as pg_locks shows it: an
+# oid, so hashtext's int4 is compared modulo 2^32). ``%(c)s`` null: writers of any collection.
+_OPEN_WRITERS_SQL = f"""
+with l as materialized (
+  select pid, locktype, relation, mode, classid, objid, objsubid from pg_locks
+   where database = (select oid from pg_database where datname = current_database())
+     and pid <> pg_backend_pid()
+), w as (
+  select distinct pid from l
+   where locktype = 'relation'
+     and relation in ('items'::regclass, 'item_tombstones'::regclass)
+     and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                  'AccessExclusiveLock')
+), d as (
+  select pid, objid::bigint as h from l
+   where locktype = 'advisory' and classid = {WRITER_LOCK_CLASS}::oid and objsubid = 2
+)
+select count(*) from w
+ where %(c)s::text is null
+    or not exists (select 1 from d where d.pid = w.pid)
+    or exists (select 1 from d where d.pid = w.pid
+                and d.h = (hashtext(%(c)s::text)::bigint & 4294967295))
+"""
+
+
+def open_writers(conn: psycopg.Connection, collection_id: str | None) -> int:
+    """How many other open transactions hold a write lock on the items tables and may
+    write the collection (declared it, or declared none; None: any collection)."""
+    row = conn.execute(_OPEN_WRITERS_SQL, {"c": collection_id}).fetchone()
+    return int(row[0]) if row else 0
 
 
 def delete(conn: psycopg.Connection, collection_id: str, item_id: str) -> bool:

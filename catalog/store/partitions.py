@@ -38,6 +38,16 @@ def space_table(conn: psycopg.Connection, space_id: int) -> str:
     return partition_name(space_id) if has_partition(conn, space_id) else DEFAULT_PARTITION
 
 
+def estimated_rows(conn: psycopg.Connection, space_id: int) -> float:
+    """The planner's row count of the table that holds the space's rows (0 before its
+    first ANALYZE)."""
+    row = conn.execute(
+        "select greatest(reltuples, 0) from pg_class where oid = %s::regclass",
+        (space_table(conn, space_id),),
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
 def merge_lock(
     conn: psycopg.Connection, space_id: int | None = None, *, exclusive: bool = False
 ) -> None:

@@ -14,7 +14,12 @@ from psycopg.types.json import Jsonb
 
 from embcat.catalog.errors import InvalidInput
 from embcat.catalog.settings import defaults
-from embcat.catalog.store.partitions import DEFAULT_PARTITION, ensure_partition, partition_name
+from embcat.catalog.store.partitions import (
+    DEFAULT_PARTITION,
+    ensure_partition,
+    estimated_rows,
+    partition_name,
+)
 from embcat.catalog.store.spaces import (
     INDEX_KINDS,
     IndexKind,
@@ -116,16 +121,6 @@ def space_center(
 REBUILD_GROWTH = 4
 
 
-def estimated_rows(conn: psycopg.Connection, space: Space) -> int:
-    """The planner's row count of the space's partition (``reltuples``; each publish
-    ANALYZEs it), 0 when never counted. No scan."""
-    row = conn.execute(
-        "select greatest(c.reltuples, 0)::bigint from pg_class c where c.oid = to_regclass(%s)",
-        (f"public.{partition_name(space.id)}",),
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
 def build_due(conn: psycopg.Connection, space: Space, incoming: int) -> str | None:
     """Why a publish of ``incoming`` rows into ``space`` builds its index, or None:
     "missing" when it has none; "auto" when its kind is still to be judged by the data
@@ -144,7 +139,7 @@ def build_due(conn: psycopg.Connection, space: Space, incoming: int) -> str | No
 
     if shards.is_sharded(conn, space.id):
         return None
-    rows = max(estimated_rows(conn, space), built_rows) + incoming
+    rows = max(int(estimated_rows(conn, space.id)), built_rows) + incoming
     if space.index_kind == "ivfflat-bit" and rows > REBUILD_GROWTH * built_rows:
         if ivfflat_lists(rows) > int(params.get("lists") or 0):
             return "growth"

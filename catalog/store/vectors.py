@@ -12,7 +12,6 @@ import numpy as np
 import psycopg
 
 from embcat.catalog.errors import InvalidInput, NotFound
-from embcat.catalog.store.spaces import Space
 
 Bounds = tuple[float, float, float, float]
 
@@ -55,25 +54,3 @@ def item_extent(conn: psycopg.Connection, collection_id: str) -> Bounds:
         raise InvalidInput(f"collection {collection_id!r} has no items to render")
     west, south, east, north = (float(v) for v in row)
     return west, south, east, north
-
-
-def space_sample(conn: psycopg.Connection, space: Space, n: int, rows: int) -> np.ndarray:
-    """About ``n`` of the space's ``rows`` vectors (float32), repeatably (the sample an "auto"
-    space's kind is judged on, ``catalog.index_advice``): all of them in a seeded
-    order for small spaces, else a page sample (a few pages more than needed)."""
-    vector = f"{space.vector_sql('e')}::vector"
-    if rows > 4 * n:
-        percent = min(100.0, 100.0 * 3 * n / rows)
-        query = (
-            f"select {vector} from embeddings e tablesample system ({percent:.6f})"
-            f" repeatable (0) where e.space_id = {int(space.id)} limit {int(n)}"
-        )
-    else:
-        query = (
-            f"select {vector} from embeddings e where e.space_id = {int(space.id)}"
-            f" order by md5(e.item_id) limit {int(n)}"
-        )
-    found = [np.asarray(r[0].to_numpy(), dtype=np.float32) for r in conn.execute(query)]
-    if not found:
-        return np.zeros((0, space.dimensions), dtype=np.float32)
-    return np.stack(found)

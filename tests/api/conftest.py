@@ -10,9 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
+import testdb
 from apidata import collection_json, insert_collection, insert_items, make_item
 from helpers_server import start_server  # tests/ is on sys.path under pytest
-from testdb import create_database, drop_database
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +62,8 @@ def seeded(database_url: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
 @pytest.fixture(scope="module")
 def own_database() -> Iterator[str]:
     """A migrated database of the module's own (a copy of the migrated template)."""
-    url = create_database("embcat_module")
-    try:
+    with testdb.own_database() as url:
         yield url
-    finally:
-        drop_database(url)
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def test_stats_advises_binary_codes_for_encoder_like_data_far_larger_than_its_sa
 
 @pytest.mark.parametrize("rows", [100, 10_000])
 def test_the_sample_is_repeatable(conn: psycopg.Connection, rows: int) -> None:
-    from embcat.catalog.store.vectors import space_sample
+    from embcat.catalog.index_advice import space_sample
 
     cid = f"auto-sample-{uuid.uuid4().hex[:6]}"
     vectors = np.random.default_rng(2).standard_normal((rows, 8)).astype(np.float32)

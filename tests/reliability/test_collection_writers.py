@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 import pytest
 from shardgen import write_run
-from testdb import create_database, drop_database
+from testdb import own_database
 from vectorgen import load_collection
 
 from embcat.catalog.changes import changes_since, safe_high_water
@@ -36,11 +36,8 @@ def db_settings() -> Iterator[DatabaseSettings]:
     """This module's own database: its setups publish into an empty catalogue, not among
     the session's partitions (2-8 s per setup late in a full run), and the tables it locks
     hold up no other module."""
-    url = create_database("embcat_module")
-    try:
+    with own_database() as url:
         yield DatabaseSettings(database_url=url)
-    finally:
-        drop_database(url)
 
 
 _NEW_ITEM = (

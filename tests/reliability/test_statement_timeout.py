@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from helpers_server import start_server
 from relhelpers import api_settings_for
-from testdb import create_database, drop_database
+from testdb import own_database
 
 TIMEOUT_MS = 100
 ROWS = 25_000
@@ -26,11 +26,8 @@ def database_url() -> Iterator[str]:
     """This module's own database: its 25,000 items are a bulk insert into an empty catalogue
     and a DROP DATABASE afterwards, not a cascading delete among the session's partitions
     (20 s at the end of a full run)."""
-    url = create_database("embcat_module")
-    try:
+    with own_database() as url:
         yield url
-    finally:
-        drop_database(url)
 
 
 @pytest.fixture(scope="module")
