@@ -150,7 +150,7 @@ def _execute(
     if sharded:
         ranked = shards.ranked_across(ctx.conn, ctx.space, ranked, params, ctx.wanted)
     ranked = embedding_reads.with_items(ranked, ctx.item_columns)
-    return ctx.conn.execute(_escaped(ctx.conn, ranked), params)
+    return ctx.conn.execute(shards.escaped(ctx.conn, ranked), params)
 
 
 def _index_scan(
@@ -243,22 +243,6 @@ def _query_param(q: np.ndarray, space: Space) -> HalfVector | Vector:
     cast to the vector type in SQL is no alternative: it was evaluated per row.
     """
     return HalfVector(q) if space.storage == "halfvec" else Vector(q)
-
-
-def _escaped(conn: psycopg.Connection, query: sql.Composed) -> sql.Composed:
-    """``query`` with every ``%`` inside its literals doubled, for execution with
-    parameters: psycopg reads ``%`` in the query text as the start of a placeholder, so a
-    ``%`` in an id, a LIKE pattern or a filter string made the query fail. Literals are
-    rendered (quoted) by psycopg first; only then are their ``%`` escaped."""
-
-    def walk(part: sql.Composable) -> sql.Composable:
-        if isinstance(part, sql.Literal):
-            return sql.SQL(part.as_string(conn).replace("%", "%%"))
-        if isinstance(part, sql.Composed):
-            return sql.Composed([walk(p) for p in part])
-        return part
-
-    return sql.Composed([walk(p) for p in query])
 
 
 def _score(distance: float, op: str, metric: str) -> float:

@@ -135,12 +135,21 @@ def merge_embeddings(
     )
 
 
-def _escaped(conn: psycopg.Connection, part: sql.Composable) -> sql.Composable:
-    if isinstance(part, sql.Literal):
-        return sql.SQL(part.as_string(conn).replace("%", "%%"))
-    if isinstance(part, sql.Composed):
-        return sql.Composed([_escaped(conn, p) for p in part])
-    return part
+def escaped(conn: psycopg.Connection, query: sql.Composable) -> sql.Composed:
+    """``part`` with every ``%`` inside its literals doubled, for execution with
+    parameters: psycopg reads ``%`` in the query text as the start of a placeholder, so a
+    ``%`` in an id, a LIKE pattern or a filter string made the query fail. Literals are
+    rendered (quoted) by psycopg first; only then are their ``%`` escaped."""
+
+    def walk(part: sql.Composable) -> sql.Composable:
+        if isinstance(part, sql.Literal):
+            return sql.SQL(part.as_string(conn).replace("%", "%%"))
+        if isinstance(part, sql.Composed):
+            return sql.Composed([walk(p) for p in part])
+        return part
+
+    done = walk(query)
+    return done if isinstance(done, sql.Composed) else sql.Composed([done])
 
 
 def session_settings(conn: psycopg.Connection) -> dict[str, str]:
@@ -160,7 +169,7 @@ def ranked_across(
     on every shard of ``space`` under this session's current ``FORWARDED_SETTINGS``, and
     the shards' lists merged: the query to execute instead of ``ranked``."""
     # every % inside the query's literals doubled first (mogrify reads % as a placeholder)
-    text = psycopg.ClientCursor(conn).mogrify(_escaped(conn, ranked).as_string(conn), params)
+    text = psycopg.ClientCursor(conn).mogrify(escaped(conn, ranked).as_string(conn), params)
     keep = list(session_settings(conn).items())
     return sql.SQL(
         "select collection_id, item_id, d from embcat.shard_ranked({s}, {names}, {vals}, {q})"
@@ -169,7 +178,7 @@ def ranked_across(
         s=sql.Literal(space.id),
         names=sql.Literal([k for k, _ in keep]),
         vals=sql.Literal([v for _, v in keep]),
-        # pre-escaped: the caller executes it with parameters, some without _escaped
+        # pre-escaped: the caller executes it with parameters, some without ``escaped``
         q=sql.SQL(sql.Literal(text).as_string(conn).replace("%", "%%")),
         n=sql.Literal(n),
     )
