@@ -156,3 +156,33 @@ def test_two_publishes_of_one_new_space_share_its_partition(
         part = partitions.partition_name(sid)
         assert c.execute(f"select count(*) from {part}").fetchone() == (60,)
         assert partitions.has_partition(c, sid)
+
+
+def test_a_publish_leaves_the_planner_estimates_for_the_rows_own_filters(
+    tmp_path: Path, db_settings: DatabaseSettings
+) -> None:
+    """A bbox or datetime filter on the embedding rows is estimated from their statistics:
+    without them a 10 % box was estimated at 2 rows and searched exactly."""
+    cid = _name()
+    publish(write_run(tmp_path / "r", 20_000, 16, 1, encoder=cid), collection_id=cid,
+            settings=db_settings, progress=False)  # fmt: skip
+    with psycopg.connect(db_settings.database_url) as c:
+        space = spaces.collection_space(c, cid)
+        assert space is not None
+        x0, y0, x1, y1 = c.execute(
+            "select ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) from"
+            " (select ST_Extent(geometry)::geometry b from embeddings where space_id = %s) s",
+            (space.id,),
+        ).fetchone()  # type: ignore[misc]
+        where = (
+            f"e.space_id = {space.id} and ST_Intersects(e.geometry,"
+            f" ST_MakeEnvelope({x0}, {y0}, {x1}, {y0 + (y1 - y0) / 10}, 4326))"
+        )
+        plan = c.execute(f"explain (format json) select 1 from embeddings e where {where}")
+        estimate = plan.fetchone()[0][0]["Plan"]["Plan Rows"]  # type: ignore[index]
+        real = c.execute(f"select count(*) from embeddings e where {where}").fetchone()[0]  # type: ignore[index]
+        assert real / 2 <= estimate <= real * 2
+        table = partitions.partition_name(space.id)
+        stats = c.execute("select attname from pg_stats where tablename = %s", (table,))
+        analyzed = {r[0] for r in stats}
+        assert {"geometry", "datetime"} <= analyzed
