@@ -102,7 +102,7 @@ def stream_export(
     ``row_group_bytes`` (Arrow in-memory size: the vectors' size in the file).
     """
     sink = _Sink(emit)
-    writer = _writer(sink, plan.schema, plan.request.dtype)
+    writer = _writer(sink, plan.schema, plan.request.dtype, plan.request.columns)
     with translated():
         conn.rollback()
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
