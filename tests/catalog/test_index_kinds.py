@@ -129,7 +129,9 @@ def test_ivfflat_probing_every_list_recalls_at_least_the_default(conn, data: Dat
     every = SimilaritySettings(exact_threshold=0, exact_fraction=0, ivfflat_probes_fraction=1)
     full, strategies = recall(conn, data, settings=every, where=None)
     assert strategies == {"index"}
-    assert full >= default and full >= 0.95
+    # the global top candidates by Hamming distance need not hold more true neighbours than
+    # the probed lists' (k-means samples at random): allow one neighbour of the 200
+    assert full >= default - 0.005 and full >= 0.95
 
 
 def test_each_kind_answers_exactly_with_the_escape_hatch(conn, data: Data) -> None:
