@@ -166,6 +166,8 @@ def space_sample(conn: psycopg.Connection, space: Space, n: int, rows: int) -> n
     three times as many rows (all of them in a small space) in a hash order of the ids."""
     percent = min(100.0, 100.0 * 3 * n / rows) if rows > 4 * n else 100.0
     found = embedding_reads.block_sample(conn, space, percent, n)
+    if len(found) < n and percent < 100.0:  # too few pages drawn (small rows, few pages)
+        found = embedding_reads.block_sample(conn, space, 100.0, n)
     if not found:
         return np.zeros((0, space.dimensions), dtype=np.float32)
     return np.asarray([r[0] for r in found], dtype=np.float32)
@@ -183,6 +185,8 @@ def judge_auto(
     if rows < ADVICE_MIN_ROWS:
         return space.index_kind, {"decided": False}
     corpus = space_sample(conn, space, ADVICE_SAMPLE, rows)
+    if len(corpus) < min(ADVICE_SAMPLE, ADVICE_MIN_ROWS):  # (rows was an over-estimate)
+        return space.index_kind, {"decided": False}
     advice = advise(space, corpus)
     kind: IndexKind = space.index_kind
     if space.dimensions < AUTO_BIT_MIN_DIMS:

@@ -144,16 +144,20 @@ def test_stats_advises_binary_codes_for_encoder_like_data_far_larger_than_its_sa
     assert stats.index.recommended == "ivfflat-bit", stats.index.reason
 
 
-@pytest.mark.parametrize("rows", [100, 10_000])
-def test_the_sample_is_repeatable(conn: psycopg.Connection, rows: int) -> None:
+@pytest.mark.parametrize(("rows", "claimed"), [(100, 100), (10_000, 10_000), (10_000, 10**9)])
+def test_the_sample_is_repeatable_and_full(
+    conn: psycopg.Connection, rows: int, claimed: int
+) -> None:
+    # (claimed: the row count the caller believes; a page sample of small rows, or one
+    # sized for far more rows, can draw no page at all: then every row is read)
     from embcat.catalog.index_advice import space_sample
 
     cid = f"auto-sample-{uuid.uuid4().hex[:6]}"
     vectors = np.random.default_rng(2).standard_normal((rows, 8)).astype(np.float32)
     space = load_collection(conn, cid, vectors, encoder_name=cid, build_index=False)
-    first = space_sample(conn, space, 50, rows)
+    first = space_sample(conn, space, 50, claimed)
     assert len(first) == 50
-    assert np.array_equal(first, space_sample(conn, space, 50, rows))
+    assert np.array_equal(first, space_sample(conn, space, 50, claimed))
 
 
 def test_a_mirror_rebuilds_the_ivfflat_index_its_changes_outgrew(
