@@ -112,12 +112,12 @@ def load(url: str, vectors: np.ndarray, points: np.ndarray) -> dict[str, float]:
         )  # fmt: skip
         c.commit()
         loaded = time.perf_counter()
-        from embcat.catalog.store.space_index import ensure_hnsw_index
+        from embcat.catalog.store.space_index import ensure_index
         from embcat.catalog.store.spaces import collection_space
 
         space = collection_space(c, "bench")
         assert space is not None
-        ensure_hnsw_index(c, space)
+        ensure_index(c, space)
         c.commit()
         built = time.perf_counter()
         c.execute("vacuum analyze items") if c.autocommit else None

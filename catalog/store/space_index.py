@@ -288,24 +288,6 @@ def ensure_index(
     return True
 
 
-def ensure_hnsw_index(
-    conn: psycopg.Connection,
-    space: Space,
-    *,
-    m: int | None = None,
-    ef_construction: int | None = None,
-    maintenance_work_mem_mb: int | None = None,
-    index: IndexSettings | None = None,
-    rows: int | None = None,
-) -> bool:
-    """The space's index of its recorded kind, if absent (the name of earlier versions,
-    when every space had an HNSW index): ``ensure_index`` without a kind."""
-    return ensure_index(
-        conn, space, m=m, ef_construction=ef_construction,
-        maintenance_work_mem_mb=maintenance_work_mem_mb, index=index, rows=rows,
-    )  # fmt: skip
-
-
 def finish_swap(conn: psycopg.Connection, space_id: int) -> list[str]:
     """After ``ensure_index(..., drop_old=False)`` has committed: drop the space's replaced
     indexes with ``DROP INDEX CONCURRENTLY`` (no lock that blocks readers or writers) and

@@ -81,8 +81,8 @@ def test_space_index_is_used_by_a_query_with_the_same_cast(conn: psycopg.Connect
             " values ('c5', %s, %s, %s)",
             (f"i{i}", space.id, HalfVector(rng.standard_normal(8))),
         )
-    assert space_index.ensure_hnsw_index(conn, space)
-    assert not space_index.ensure_hnsw_index(conn, space)  # already there: nothing to do
+    assert space_index.ensure_index(conn, space)
+    assert not space_index.ensure_index(conn, space)  # already there: nothing to do
     # Forbid the other ways (seq scan, the plain space index + sort) so the plan shows
     # whether the ordered HNSW scan is usable with this cast and operator.
     conn.execute("set local enable_seqscan = off")
