@@ -44,11 +44,12 @@ only the rest (CQL2 ``filter``, ``query``, ``q``: the item's properties) joins t
 
 Query strategy: the filtered row count F is estimated with ``EXPLAIN`` (remembered for a
 minute per filter while the tables' sizes and row counts stay the same). When F is below
-``exact_threshold`` rows or below ``exact_fraction`` of the space's N rows (or with
-``exact``), distances are computed for every filtered row
-(a materialised CTE keeps the planner off the index) and sorted: exact. Otherwise the HNSW
-index is scanned with ``hnsw.iterative_scan`` (so that selective filters still yield k rows;
-such a scan visits about k·N/F index tuples, an exact scan F rows, hence the relative rule),
+``exact_threshold`` rows, below ``exact_fraction`` of the space's N rows or below
+sqrt(c·N) (c: the candidates, ``similarity_rank._exact_bar``), or with ``exact``,
+distances are computed for every filtered row
+(a materialised CTE keeps the planner off the index) and sorted: exact. Otherwise the
+index is scanned with iterative scans (so that selective filters still yield their rows;
+such a scan visits about c·N/F index tuples, an exact scan F rows, hence the relative rule),
 ``ef_search = max(requested or default, 2·(limit+offset))`` within ``[ef_search_min,
 ef_search_max]``; should the index scan return fewer rows than asked for (its scan budget
 ran out under a selective filter the estimate missed), the query is repeated exactly.

@@ -112,7 +112,7 @@ def choose_strategy(ctx: RankContext, filtered: sql.Composed) -> tuple[Strategy,
     estimate = estimates[0]
     if estimate < settings.exact_threshold:
         return "exact", estimate
-    if compare and estimate < _exact_bar(space, settings, ctx.wanted, estimates[1]):
+    if compare and estimate < _exact_bar(settings, ctx.wanted, estimates[1]):
         return "exact", estimate
     return "index", estimate
 
@@ -221,18 +221,21 @@ def _candidates(settings: SimilaritySettings, wanted: int) -> int:
     return max(settings.rerank_candidates, settings.rerank_factor * wanted)
 
 
-def _exact_bar(space: Space, settings: SimilaritySettings, wanted: int, rows: float) -> float:
+def _exact_bar(settings: SimilaritySettings, wanted: int, rows: float) -> float:
     """Filtered row estimate below which an exact scan beats the index, of ``rows``.
 
     An index scan under a filter of F rows visits about c·N/F index tuples to find its c
-    rows, an exact scan F rows: they cost the same near F = sqrt(c·N). HNSW-halfvec needs
-    c = k (the ``exact_fraction`` rule); a binary kind needs its candidates, so its bar is
-    the larger of that rule and sqrt(candidates·N).
+    candidates, an exact scan F rows: they cost the same near F = sqrt(c·N), with c the
+    candidates a binary kind re-ranks (``_candidates``). The same bar holds for HNSW over
+    halfvec (migration 0027): with only k rows to find, its iterative scan under such a
+    filter was both slower and far less exact than the scan (isotropic mixture, 1M x 768,
+    a 1 % bbox: 36 ms at recall@10 0.69 against 24 ms at 1.000; benchmarks/README.md,
+    Scale, round 5). ``exact_fraction`` of the rows stays a lower bound.
     """
-    bar = settings.exact_fraction * rows
-    if space.binary:
-        bar = max(bar, math.sqrt(_candidates(settings, wanted) * max(rows, 0.0)))
-    return bar
+    return max(
+        settings.exact_fraction * rows,
+        math.sqrt(_candidates(settings, wanted) * max(rows, 0.0)),
+    )
 
 
 def _query_param(q: np.ndarray, space: Space) -> HalfVector | Vector:

@@ -53,7 +53,7 @@ class SimilaritySettings(BaseSettings):
         ge=1,
         le=100_000,
         description="Binary index kinds: fewest candidates fetched by Hamming distance and"
-        " re-ranked exactly.",
+        " re-ranked exactly; every kind: the c of the exact bar sqrt(c x N).",
     )
     rerank_factor: int = Field(
         default=10, ge=1, le=1000, description="Binary kinds: candidates per result asked for."

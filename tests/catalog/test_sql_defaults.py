@@ -56,6 +56,18 @@ def test_exact_bound_is_the_api_one(conn: psycopg.Connection) -> None:
     assert float(bound[2]) == pytest.approx(DEFAULTS.exact_fraction)
 
 
+def test_exact_bound_is_sqrt_candidates_times_n_for_every_kind(conn: psycopg.Connection) -> None:
+    """As catalog.similarity_rank._exact_bar (migration 0027): no kind is left out."""
+    _, source = _function(conn, "_similar_to_vector")
+    rule = re.search(
+        r"greatest\(\d+, [0-9.]+ \* greatest\(reltuples, 0\),\s*"
+        r"sqrt\(greatest\((\d+), (\d+) \* k\) \* greatest\(reltuples, 0\)\)\)",
+        source,
+    )
+    assert rule is not None
+    assert (int(rule[1]), int(rule[2])) == (DEFAULTS.rerank_candidates, DEFAULTS.rerank_factor)
+
+
 @pytest.mark.parametrize("name", ["similar", "similar_to_vector"])
 def test_k_bound_is_the_api_max_k(conn: psycopg.Connection, name: str) -> None:
     _, source = _function(conn, name)
