@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from psycopg import sql
 
 from embcat.catalog.errors import InvalidInput
@@ -29,6 +30,7 @@ from embcat.catalog.search_cql2 import cql2_to_sql, normalise_filter
 from embcat.catalog.search_text import free_text_clause, query_to_cql2
 from embcat.catalog.search_values import (
     TRUE,
+    bbox_bounds,
     check_depth,
     parse_interval,
     spatial_filter,
@@ -44,14 +46,23 @@ FILTER_LANGS = ("cql2-json", "cql2-text")
 @dataclass(frozen=True)
 class RowFilter:
     """A filter rendered for embedding rows: ``conditions`` over ``embeddings e`` (joined
-    with AND), ``rest`` over ``items i`` (None: no join needed)."""
+    with AND), ``rest`` over ``items i`` (None: no join needed). ``counted``: the same
+    conditions as the planner should estimate them (None: ``conditions`` themselves), for
+    a condition whose fast form the planner would misjudge (``Filter.for_embeddings``)."""
 
     conditions: tuple[sql.Composable, ...] = ()
     rest: sql.Composable | None = None
+    counted: tuple[sql.Composable, ...] | None = None
 
     @property
     def empty(self) -> bool:
         return not self.conditions and self.rest is None
+
+    def for_estimate(self) -> RowFilter:
+        """The filter in the form whose planner row estimate is the right one."""
+        if self.counted is None:
+            return self
+        return RowFilter(self.counted, self.rest)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class Filter:
     collections: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     area: sql.Composable | None = None  # bbox or intersects, EPSG:4326
+    box: tuple[float, float, float, float] | None = None  # the area when it is one bbox
     interval: tuple[datetime | None, datetime | None] | None = None
     expression: Any = None  # the CQL2 ``filter``, normalised CQL2 JSON
     query: Any = None  # the Query extension, as CQL2 JSON
@@ -74,6 +86,10 @@ class Filter:
         reported stays the same."""
         check_depth(q.query, "query")
         area = spatial_filter(q)
+        box = None
+        if q.bbox is not None:
+            minx, miny, maxx, maxy = bbox_bounds(q.bbox)
+            box = (minx, miny, maxx, maxy) if minx <= maxx else None  # (antimeridian: two)
         interval = parse_interval(q.datetime) if q.datetime else None
         expression = None
         if q.filter is not None and q.filter != "":
@@ -89,6 +105,7 @@ class Filter:
             collections=tuple(q.collections or ()),
             ids=tuple(q.ids or ()),
             area=area,
+            box=box,
             interval=interval,
             expression=expression,
             query=query,
@@ -118,12 +135,21 @@ class Filter:
             conditions.append(_any(f"{ROWS}.collection_id", self.collections))
         if self.ids:
             conditions.append(_any(f"{ROWS}.item_id", self.ids))
+        counted = list(conditions)  # the same, as the planner should estimate them
+        fast = None
         if self.area is not None:
-            conditions.append(_intersects(ROWS, self.area))
+            counted.append(_intersects(ROWS, self.area))
+            fast = _inside_box_or_intersects(ROWS, self.area, self.box)
+            conditions.append(fast if fast is not None else counted[-1])
         if self.interval is not None:
             conditions.append(interval_clause(self.interval, ROWS))
+            counted.append(conditions[-1])
         rest = self._item_only()
-        return RowFilter(tuple(conditions), sql.SQL(" AND ").join(rest) if rest else None)
+        return RowFilter(
+            tuple(conditions),
+            sql.SQL(" AND ").join(rest) if rest else None,
+            tuple(counted) if fast is not None else None,
+        )
 
     def _item_only(self) -> list[sql.Composable]:
         """The parts only ``items i`` can answer (properties): filter, query, q."""
@@ -143,6 +169,40 @@ def _any(column: str, values: tuple[str, ...]) -> sql.Composable:
 
 def _intersects(alias: str, area: sql.Composable) -> sql.Composable:
     return sql.SQL("ST_Intersects({}.geometry, {})").format(sql.SQL(alias), area)
+
+
+def _inside_box_or_intersects(
+    alias: str, area: sql.Composable, box: tuple[float, float, float, float] | None
+) -> sql.Composable | None:
+    """``ST_Intersects(geometry, area)`` for an ``area`` that is the bbox ``box``, with a
+    fast path: a row whose bounding box lies inside the bbox intersects it, decided by
+    PostGIS's box operator ``@`` without GEOS. Measured at 1M x 768 (a 1 % bbox, 10,000
+    chips): the exact strategy's filter took 14.5 ms with ST_Intersects on every row
+    (GEOS, ~1.3 us a polygon), 6.2 ms with this form (95 % of the chips inside).
+
+    Exact, not approximate: ``@`` compares float4 boxes that PostGIS rounds outwards, so
+    the bbox is first shrunk by four float4 steps on each side; a row's outward box inside
+    the outward box of the shrunk bbox is inside the bbox itself. Rows near the edge take
+    ST_Intersects as before. None when the bbox is too small to shrink (or not a bbox).
+
+    The CASE (not an OR) keeps the planner's estimate near the ``&&`` one (an OR of the
+    two tests was estimated at 1 % of the rows it passes); callers still estimate the
+    plain ST_Intersects form (``RowFilter.counted``), whose estimate is the ``&&`` one."""
+    if box is None:
+        return None
+    minx, miny, maxx, maxy = box
+    mx = 4.0 * float(np.spacing(np.float32(max(abs(minx), abs(maxx), 1.0))))
+    my = 4.0 * float(np.spacing(np.float32(max(abs(miny), abs(maxy), 1.0))))
+    inner = (minx + mx, miny + my, maxx - mx, maxy - my)
+    if not (inner[0] < inner[2] and inner[1] < inner[3]):
+        return None
+    shrunk = sql.SQL("ST_MakeEnvelope({}, {}, {}, {}, 4326)").format(
+        *(sql.Literal(v) for v in inner)
+    )
+    g = sql.SQL("{}.geometry").format(sql.SQL(alias))
+    return sql.SQL(
+        "({g} && {area} AND CASE WHEN {g} @ {shrunk} THEN true ELSE ST_Intersects({g}, {area}) END)"
+    ).format(g=g, area=area, shrunk=shrunk)
 
 
 def datetime_clause(value: str) -> sql.Composable:

@@ -62,7 +62,7 @@ def _sources(ctx: RankContext) -> _Sources:
     # the tuple the index scan already holds, served by the rows' own indexes in the exact
     # strategy. The estimate leaves the few example items in (no difference to the count,
     # and the same filter then has the same text, whatever the query item: see _estimates).
-    filtered = embedding_reads.rows_source(space.id, ctx.rows_filter)
+    filtered = embedding_reads.rows_source(space.id, ctx.rows_filter.for_estimate())
     refs = [(r.collection, r.id) for r in ctx.spec.references]
     base = embedding_reads.rows_source(space.id, ctx.rows_filter, exclude=refs)
     return _Sources(filtered, base, distance)

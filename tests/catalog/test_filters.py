@@ -87,6 +87,91 @@ def test_for_items_selects_what_the_embedding_rendering_selects(
     assert {r[0] for r in conn.execute(on_rows).fetchall()} == expected
 
 
+BOX = (10.0, 45.0, 10.5, 45.3)
+
+
+def _shapes_around(box: tuple[float, float, float, float]) -> list[str]:
+    """WKT of shapes in, across, just outside and on the edges of ``box``: rotated chips
+    of every size, chips a nanodegree in or out, a copy of the box, points, a line."""
+    rng = np.random.default_rng(21)
+    x0, y0, x1, y1 = box
+    out = []
+    for _ in range(400):
+        cx, cy = rng.uniform(x0 - 0.1, x1 + 0.1), rng.uniform(y0 - 0.1, y1 + 0.1)
+        r, a = rng.uniform(1e-4, 0.05), rng.uniform(0, np.pi / 2)
+        ring = [(float(cx + r * np.cos(a + k * np.pi / 2)),
+                 float(cy + r * np.sin(a + k * np.pi / 2))) for k in range(4)]  # fmt: skip
+        out.append("POLYGON((" + ",".join(f"{x!r} {y!r}" for x, y in [*ring, ring[0]]) + "))")
+    for eps in (-1e-9, 0.0, 1e-9):  # a chip ending just before, on and just past each edge
+        for lo, hi, yl, yh in (
+            (x0 - 0.01, x0 + eps, y0 + 0.1, y0 + 0.11),
+            (x1 - eps, x1 + 0.01, y0 + 0.1, y0 + 0.11),
+            (x0 + 0.1, x0 + 0.11, y0 - 0.01, y0 + eps),
+            (x0 + 0.1, x0 + 0.11, y1 - eps, y1 + 0.01),
+        ):
+            out.append(
+                f"POLYGON(({lo!r} {yl!r},{hi!r} {yl!r},{hi!r} {yh!r},{lo!r} {yh!r},{lo!r} {yl!r}))"
+            )
+    out.append(f"POLYGON(({x0!r} {y0!r},{x1!r} {y0!r},{x1!r} {y1!r},{x0!r} {y1!r},{x0!r} {y0!r}))")
+    out += [
+        f"POINT({x0 + 0.2!r} {y0 + 0.1!r})",
+        f"POINT({x0!r} {y0!r})",
+        f"POINT({x0 - 1e-9!r} {y0!r})",
+    ]
+    out.append(f"LINESTRING({x0 - 0.2!r} {y0 - 0.2!r},{x1 + 0.2!r} {y1 + 0.2!r})")
+    return out
+
+
+def _passing(conn: psycopg.Connection, wkts: list[str], conditions: sql.Composable) -> set[int]:
+    query = sql.SQL(
+        "select n from (select n, ST_GeomFromText(wkt, 4326) as geometry"
+        " from unnest(%s::text[]) with ordinality u(wkt, n)) e where {}"
+    ).format(conditions)
+    return {r[0] for r in conn.execute(query, (wkts,)).fetchall()}
+
+
+def test_a_bbox_on_embedding_rows_passes_exactly_what_st_intersects_passes(
+    conn: psycopg.Connection,
+) -> None:
+    """The rows' bbox test (a box fast path before ST_Intersects) is exact, edges too."""
+    wkts = _shapes_around(BOX)
+    flt = Filter.from_search(SearchQuery(bbox=list(BOX)))
+    rows = flt.for_embeddings()
+    assert rows.counted is not None  # the fast form is the one that runs
+    fast = _passing(conn, wkts, sql.SQL(" and ").join(rows.conditions))
+    plain = _passing(conn, wkts, sql.SQL(" and ").join(rows.for_estimate().conditions))
+    assert "ST_Intersects" in sql.SQL(" ").join(rows.for_estimate().conditions).as_string(conn)
+    assert 0 < len(plain) < len(wkts)
+    assert fast == plain
+
+
+def test_a_bbox_too_small_to_shrink_keeps_st_intersects(conn: psycopg.Connection) -> None:
+    tiny = (10.0, 45.0, 10.0 + 1e-9, 45.0 + 1e-9)
+    rows = Filter.from_search(SearchQuery(bbox=list(tiny))).for_embeddings()
+    assert rows.counted is None
+    wkts = _shapes_around(tiny)
+    assert _passing(conn, wkts, sql.SQL(" and ").join(rows.conditions))
+
+
+def test_a_bbox_is_estimated_as_its_st_intersects(conn: psycopg.Connection, data: Data) -> None:
+    """The strategy's row estimate is the planner's for ST_Intersects (the fast form's
+    CASE would halve it; an OR of the two tests was estimated at 1 %)."""
+    box = [0.0, 0.0, 4.0, 4.0]
+    flt = Filter.from_search(SearchQuery(collections=[data.cid], bbox=box))
+    spec = SimilaritySpec.model_validate({"item": {"collection": data.cid, "id": data.ids[0]}})
+    _, plan = similar_with_plan(conn, spec, flt, K, settings=FORCE_INDEX)
+    space = conn.execute("select space_id from collections where id = %s", (data.cid,)).fetchone()
+    assert space is not None
+    explain = conn.execute(
+        "explain (format json) select 1 from embeddings e where e.space_id = %s"
+        " and e.collection_id = any(%s::text[])"
+        " and ST_Intersects(e.geometry, ST_MakeEnvelope(0, 0, 4, 4, 4326))",
+        (space[0], [data.cid]),
+    ).fetchone()
+    assert explain is not None
+    assert plan.estimated_rows == pytest.approx(explain[0][0]["Plan"]["Plan Rows"])
+
+
 def test_similarity_under_a_datetime_window_ranks_like_an_exact_scan(
     conn: psycopg.Connection, data: Data
 ) -> None:
