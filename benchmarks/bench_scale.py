@@ -389,8 +389,10 @@ def main() -> None:
     p.add_argument(
         "--exact", action="store_true", help="the filtered queries ask for the exact answer"
     )
+    p.add_argument("--tag", default="", help="suffix of the JSON's name (keeps earlier runs')")
     a = p.parse_args()
     suffix = "_shards" if a.shards_only else "_publish" if a.publish_only else ""
+    suffix += f"_{a.tag}" if a.tag else ""
     suffix += "_exact" if a.exact else ""
     if a.probes:
         suffix += f"_probes{a.probes}"
