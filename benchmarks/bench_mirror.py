@@ -3,8 +3,12 @@ loopback API server (``embcat serve`` in its own process), next to ``embcat publ
 the same rows in the same run.
 
     nice -n 10 .venv/bin/python benchmarks/bench_mirror.py [--n 100000] [--dims 768]
-        [--page-rows 5000] [--dtype float32] [--profile FILE]
+        [--page-rows 5000] [--dtype float32] [--data isotropic|manifold] [--profile FILE]
         [--out benchmarks/results/bench_mirror.json]
+
+``--data manifold``: encoder-like vectors (bench_scale's), so that the receiving space's
+``auto`` kind is the binary one; shardgen's standard-normal vectors (the default) are
+judged isotropic and get an HNSW graph over halfvec (30 minutes at 1M).
 
 Catalogue A gets a ``tests/shardgen.py`` run through ``embcat publish`` (index deferred:
 its rows/s is the load rate the mirror's load phase is compared with); an API server on
@@ -30,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # first: its conftest holds create_database
 
+from bench_scale import vector_chunks  # noqa: E402
 from benchcommon import in_child, rss_mb  # noqa: E402
 from shardgen import write_run  # noqa: E402
 
@@ -105,12 +111,35 @@ def _child_mirror(
                "rss_mb": rss_mb()})  # fmt: skip
 
 
+def manifold_mutate(n: int, dims: int, seed: int) -> Any:
+    """A ``write_run`` hook that replaces each shard's vectors with the next rows of
+    bench_scale's manifold data set (encoder-like: the receiving space's ``auto`` kind
+    judges it binary-friendly, where shardgen's standard-normal vectors get HNSW over
+    halfvec, a 30-minute build at 1M)."""
+    chunks = vector_chunks("manifold", n, dims, seed)
+    buf = np.empty((0, dims), np.float32)
+
+    def mutate(rank: int, columns: dict[str, Any]) -> None:
+        nonlocal buf
+        need = len(columns["embedding"])
+        while len(buf) < need:
+            buf = np.concatenate([buf, next(chunks)])
+        columns["embedding"] = buf[:need].astype(columns["embedding"].dtype)
+        buf = buf[need:]
+
+    return mutate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dims", type=int, default=768)
     ap.add_argument("--page-rows", type=int, default=10000)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--data", choices=["isotropic", "manifold"], default="isotropic",
+        help="the vectors: shardgen's standard normal, or bench_scale's manifold",
+    )  # fmt: skip
     ap.add_argument("--profile", help="write a cProfile of the mirror to this file")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_mirror.json")
     args = ap.parse_args()
@@ -120,7 +149,7 @@ def main() -> None:
     b_url = create_database("embcat_bench")
     results: dict[str, Any] = {
         "n": n, "dims": dims, "page_rows": args.page_rows, "dtype": args.dtype,
-        "load_average_before": os.getloadavg(),
+        "data": args.data, "load_average_before": os.getloadavg(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -128,8 +157,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2))
 
     try:
+        mutate = manifold_mutate(n, dims, 7) if args.data == "manifold" else None
         run = write_run(work / "run", n, dims=dims, seed=0, shards=4, encoder="bench",
-                        row_group_size=8192)  # fmt: skip
+                        row_group_size=8192, mutate=mutate)  # fmt: skip
         results["publish"] = pub = in_child(_child_publish, a_url, str(run))
         pub["rows_s"] = n / pub["seconds"]
         shutil.rmtree(work / "run", ignore_errors=True)
