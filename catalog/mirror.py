@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,7 @@ from embcat.catalog.mirror_options import (
     MirrorResult,
     ProgressHook,
     _Reporter,
+    auto_dtype,
 )
 from embcat.catalog.mirror_pages import (
     _QUEUED_PAGES,
@@ -200,11 +202,16 @@ def _bulk(
                            f"space of {cid!r}")  # fmt: skip
     base = opts.remote_url
     started = time.perf_counter()
+    auto = opts.dtype == "auto"
     with connect(settings) as conn:
         try:
+            if auto:  # (a new mirror's state row records what it resolves to)
+                opts = replace(opts, dtype=auto_dtype(str(space_json["storage"])))
             space, state = _prepare_local(conn, opts, stac, space_json)
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteError(f"space of {cid!r}: not an embedding space ({exc!r})") from None
+        if auto and state is not None:  # an existing mirror goes on as it was started
+            opts = replace(opts, dtype=str(state["dtype"]))
         if state is not None and (state["dtype"], state["filters"]) != (
             opts.dtype,
             opts.filters(),
@@ -317,7 +324,8 @@ def mirror(
     ``on_progress`` is called after each committed page with a ``MirrorProgress`` (rows,
     total, bytes, rate, ETA); ``on_page`` with the running ``MirrorResult``.
     """
-    check_dtype(opts.dtype)
+    if opts.dtype != "auto":
+        check_dtype(opts.dtype)
     if opts.dtype == "binary":
         raise InvalidInput(
             "binary vectors keep one bit per dimension and cannot be stored as a space;"
@@ -356,8 +364,9 @@ def mirror(
         try:
             if bulk:
                 _bulk(http, opts, settings, stac, result, on_page, on_progress)
-            else:
-                _fallback(http, opts, settings, stac, result, on_page, on_progress)
+            else:  # a plain STAC API serves float32 .npy files
+                auto = replace(opts, dtype="float32") if opts.dtype == "auto" else opts
+                _fallback(http, auto, settings, stac, result, on_page, on_progress)
         except httpx.HTTPError as exc:
             raise RemoteError(f"transfer from {opts.remote_url} failed: {exc}") from exc
     result.seconds = time.perf_counter() - started

@@ -101,6 +101,41 @@ def test_mirror_then_incremental_changes(
     assert (third.upserted, third.deleted, third.bytes) == (0, 0, 0)
 
 
+def _mirrored_dtype(url: str) -> str:
+    with psycopg.connect(url) as c:
+        row = c.execute("select dtype from mirror_state where collection_id = %s", (CID,))
+        return str(row.fetchone()[0])
+
+
+def test_a_halfvec_space_is_mirrored_as_float16_by_default(
+    remote: tuple[str, str], make_database: Callable[..., str]
+) -> None:
+    """float16 is lossless for halfvec storage and half the bytes of float32."""
+    a_url, a_base = remote
+    b_url, c_url = make_database(), make_database()
+    half = mirror(MirrorOptions(a_base, CID, page_rows=50), DatabaseSettings(database_url=b_url))
+    full = mirror(
+        MirrorOptions(a_base, CID, page_rows=50, dtype="float32"),
+        DatabaseSettings(database_url=c_url),
+    )
+    assert (_mirrored_dtype(b_url), half.verified) == ("float16", N)
+    assert _snapshot(b_url) == _snapshot(a_url)  # every vector as stored
+    assert full.bytes - half.bytes > 0.8 * N * 16 * 2  # 2 B a value fewer (16 dims)
+
+
+def test_an_existing_mirror_keeps_its_dtype_under_auto(
+    remote: tuple[str, str], make_database: Callable[..., str]
+) -> None:
+    a_url, a_base = remote
+    b_url = make_database()
+    b = DatabaseSettings(database_url=b_url)
+    mirror(MirrorOptions(a_base, CID, page_rows=50, dtype="float32"), b)
+    with psycopg.connect(a_url) as c:
+        c.execute("delete from items where id = 'chip-00000010'")
+    again = mirror(MirrorOptions(a_base, CID, page_rows=50), b)  # auto: no Conflict
+    assert (again.deleted, _mirrored_dtype(b_url)) == (1, "float32")
+
+
 def test_killed_mirror_resumes_to_the_same_state(
     remote: tuple[str, str], make_database: Callable[..., str]
 ) -> None:

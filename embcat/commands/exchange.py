@@ -174,10 +174,11 @@ def export_command(
 @click.option("--filter", "filter_", help="Only items matching this CQL2 filter.")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float16", "int8"]),
-    default="float32",
+    type=click.Choice(["auto", "float32", "float16", "int8"]),
+    default="auto",
     show_default=True,
-    help="Transfer dtype (float32 and, for halfvec spaces, float16 are lossless).",
+    help="Transfer dtype (float32 and, for halfvec spaces, float16 are lossless; auto: the"
+    " smallest lossless one, or the dtype an existing mirror was started with).",
 )
 @click.option("--page-rows", default=10000, show_default=True, help="Rows per transaction.")
 @click.option(
