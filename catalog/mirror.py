@@ -365,8 +365,8 @@ def mirror(
             if bulk:
                 _bulk(http, opts, settings, stac, result, on_page, on_progress)
             else:  # a plain STAC API serves float32 .npy files
-                auto = replace(opts, dtype="float32") if opts.dtype == "auto" else opts
-                _fallback(http, auto, settings, stac, result, on_page, on_progress)
+                plain = replace(opts, dtype="float32") if opts.dtype == "auto" else opts
+                _fallback(http, plain, settings, stac, result, on_page, on_progress)
         except httpx.HTTPError as exc:
             raise RemoteError(f"transfer from {opts.remote_url} failed: {exc}") from exc
     result.seconds = time.perf_counter() - started

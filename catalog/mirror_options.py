@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from embcat.catalog.quantize import LOSSLESS_FOR, bytes_per_vector
 from embcat.catalog.search_request import parse_filter, parse_json
 
 if TYPE_CHECKING:
@@ -141,5 +142,7 @@ class _Reporter:
 
 def auto_dtype(storage: str) -> str:
     """The transfer dtype of ``dtype="auto"`` for a space stored as ``storage``: the
-    smallest that is lossless for it (``quantize.LOSSLESS_FOR``)."""
-    return "float16" if storage == "halfvec" else "float32"
+    smallest that is lossless for it (``quantize.LOSSLESS_FOR``; float32 for a storage it
+    does not name, which the local space then refuses as before)."""
+    lossless = [d for d, storages in LOSSLESS_FOR.items() if storage in storages]
+    return min(lossless, key=lambda d: bytes_per_vector(d, 1), default="float32")
